@@ -1,0 +1,88 @@
+"""Stable error codes and the typed exceptions that carry them.
+
+Every failure that can reach a client or the process exit status is a `WorkerError` with one of
+the codes below; the HTTP layer turns it into `{"error": {"code", "message", ...}}` and the SSE
+layer into a terminal `error` event. Codes are part of the protocol: never rename one.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_REQUEST = "INVALID_REQUEST"
+    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    INSUFFICIENT_VRAM = "INSUFFICIENT_VRAM"
+    VRAM_OOM = "VRAM_OOM"
+    CUDA_ERROR = "CUDA_ERROR"
+    INFERENCE_TIMEOUT = "INFERENCE_TIMEOUT"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+    BUSY = "BUSY"
+    LOADING = "LOADING"
+    DRAINING = "DRAINING"
+    CONFLICT = "CONFLICT"
+    NOT_FOUND = "NOT_FOUND"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+
+
+#: Codes after which the same request may succeed if simply sent again.
+RETRIABLE = frozenset(
+    {ErrorCode.BUSY, ErrorCode.LOADING, ErrorCode.VRAM_OOM, ErrorCode.INFERENCE_TIMEOUT}
+)
+
+
+class WorkerError(Exception):
+    """An error with a stable code, a human message and (for bad input) the field at fault."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, field: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.field = field
+
+    @property
+    def retriable(self) -> bool:
+        return self.code in RETRIABLE
+
+    def to_body(self) -> dict:
+        body: dict = {"code": str(self.code), "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return {"error": body}
+
+
+class ModelLoadError(WorkerError):
+    """The model file is missing, malformed, or uses something we do not support."""
+
+    code = ErrorCode.MODEL_LOAD_FAILED
+
+
+class InvalidRequest(WorkerError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class InsufficientVram(WorkerError):
+    code = ErrorCode.INSUFFICIENT_VRAM
+
+
+class VramOom(WorkerError):
+    code = ErrorCode.VRAM_OOM
+
+
+class CudaError(WorkerError):
+    """A CUDA failure. `fatal` means the context is poisoned and the process must exit."""
+
+    code = ErrorCode.CUDA_ERROR
+
+    def __init__(self, message: str, *, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class Cancelled(WorkerError):
+    code = ErrorCode.CANCELLED
