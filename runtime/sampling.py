@@ -1,11 +1,45 @@
 """Sampling parameters and the one sampling chain every backend implements.
 
-(Skeleton: the chain itself lands with the reference engine.)
+The chain, exactly (the CUDA sampler replicates it; see
+specs/decisions/0004-reference-engine-and-sampling.md):
+
+1. ``x = float64(logits)``.
+2. repetition_penalty ``p != 1``: for each *distinct* token id in ``history``,
+   ``x[id] = x[id] / p`` if ``x[id] > 0`` else ``x[id] * p`` (llama.cpp's rule).
+3. temperature 0: return ``argmax(x)`` (the lowest id among equal maxima). Stop.
+4. ``x = x / temperature``.
+5. Order the candidates by descending ``x``, equal values by ascending token id. Every filter
+   below keeps a *prefix* of this order, so the chain reduces to one cut-off ``n``.
+   Candidates with ``x < x_max - 40`` are dropped first: their weight ``exp(-40) < 2**-53`` cannot
+   change a left-to-right float64 sum that already holds ``exp(0) = 1``, so dropping them changes
+   no result (it only spares sorting the whole vocabulary).
+6. weights ``w_i = exp(x_i - x_max)`` (float64), ``c = cumsum(w)`` left to right, total
+   ``T = c[-1]``.
+7. top_k ``k > 0``: ``n = min(n, k)``.
+8. top_p ``< 1``: ``n = min(n, 1 + first i with c[i] >= top_p * T)``.
+9. min_p ``> 0``: ``n = min(n, count of w_i >= min_p)`` (``w_0 = 1`` is the max probability's
+   weight, so this is ``p_i >= min_p * p_max``).
+10. draw ``u = uniform(seed, draw)``; return the token at the first ``i < n`` with
+    ``c[i] > u * c[n - 1]`` (renormalizing over the kept prefix), or the one at ``n - 1`` if
+    rounding leaves none.
+
+``uniform`` is a counter-based generator (splitmix64 finalizer over the pair (seed, draw)), so a
+draw depends only on the seed and its index in the job: no generator state to carry between
+steps, and the GPU computes the very same number.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (odd, ~2**64 / golden ratio)
+_SEED_SALT = 0xD1B54A32D192ED03  # keeps seed 0 from mixing to the all-zero key
+#: Candidates this far below the maximum (after temperature) weigh exp(-40) < 2**-53: dropped.
+_NEGLIGIBLE = 40.0
 
 
 @attrs.frozen
@@ -16,3 +50,66 @@ class SamplingParams:
     min_p: float = 0.0  # [0, 1]; 0 = off
     repetition_penalty: float = 1.0  # (0, 2]; 1 = off
     seed: int = 0  # 0 .. 2**64-1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's output function: a bijection on 64-bit words with full avalanche."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def random_u64(seed: int, draw: int) -> int:
+    """The 64-bit word behind `uniform`: word number `draw` of the splitmix64 stream keyed by seed.
+
+    key = mix64(seed XOR salt); word = mix64(key + GAMMA * (draw + 1)), all mod 2**64.
+    """
+    key = _mix64((seed & _MASK64) ^ _SEED_SALT)
+    return _mix64((key + _GAMMA * ((draw & _MASK64) + 1)) & _MASK64)
+
+
+def uniform(seed: int, draw: int) -> float:
+    """A float in [0, 1) with 53 random bits, fixed by (seed, draw) alone."""
+    return (random_u64(seed, draw) >> 11) * (1.0 / (1 << 53))
+
+
+def apply_repetition_penalty(x: np.ndarray, penalty: float, history: Iterable[int]) -> None:
+    """In place on float64 logits: penalize each distinct token of `history` once."""
+    if penalty == 1.0:
+        return
+    ids = np.unique(np.fromiter(history, dtype=np.int64))
+    if ids.size == 0:
+        return
+    vals = x[ids]
+    x[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+
+
+def sample_from_logits(
+    logits: np.ndarray, params: SamplingParams, history: Iterable[int], draw: int
+) -> int:
+    """Pick the next token id from `logits` (vocab,) with the chain in this module's docstring."""
+    x = np.array(logits, dtype=np.float64)  # (vocab,) a copy: the penalty writes into it
+    apply_repetition_penalty(x, params.repetition_penalty, history)
+    if params.temperature == 0.0:
+        return int(np.argmax(x))  # first maximum = lowest id among ties
+    x /= params.temperature
+    x_max = x.max()
+    cand = np.flatnonzero(x >= x_max - _NEGLIGIBLE)  # (n_cand,) ascending ids
+    # Stable sort on -x keeps ascending ids among equal values.
+    order = cand[np.argsort(-x[cand], kind="stable")]  # (n_cand,) token ids, best first
+    w = np.exp(x[order] - x_max)  # (n_cand,) unnormalized probabilities, w[0] == 1
+    c = np.cumsum(w)  # (n_cand,) sequential left-to-right sums
+    n = order.size
+    if params.top_k > 0:
+        n = min(n, params.top_k)
+    if params.top_p < 1.0:
+        n = min(n, int(np.argmax(c >= params.top_p * c[-1])) + 1)  # c[-1] always qualifies
+    if params.min_p > 0.0:
+        n = min(n, max(1, int(np.count_nonzero(w >= params.min_p))))
+    threshold = uniform(params.seed, draw) * c[n - 1]
+    i = int(np.searchsorted(c[:n], threshold, side="right"))  # first i with c[i] > threshold
+    return int(order[min(i, n - 1)])

@@ -1,0 +1,157 @@
+"""The shared sampling chain against hand-computed distributions and an independent re-derivation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from runtime.sampling import SamplingParams, random_u64, sample_from_logits, uniform
+
+MASK = (1 << 64) - 1
+
+
+def splitmix64_reference(state: int) -> tuple[int, int]:
+    """The textbook splitmix64 step (state += GAMMA; mix), written out independently."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return state, z ^ (z >> 31)
+
+
+def test_uniform_is_the_splitmix64_stream_of_the_seeds_key():
+    seed = 12345
+    _, key = splitmix64_reference((seed ^ 0xD1B54A32D192ED03) - 0x9E3779B97F4A7C15 & MASK)
+    state = key
+    for draw in range(5):
+        state, word = splitmix64_reference(state)
+        assert random_u64(seed, draw) == word
+        assert uniform(seed, draw) == (word >> 11) / 2.0**53
+
+
+def test_uniform_range_and_spread():
+    us = np.array([uniform(7, d) for d in range(20000)])
+    assert us.min() >= 0.0 and us.max() < 1.0
+    assert abs(us.mean() - 0.5) < 0.01
+    counts, _ = np.histogram(us, bins=10, range=(0, 1))
+    assert counts.min() > 1800 and counts.max() < 2200
+    # Different seeds give different streams; extreme seeds are fine.
+    assert [uniform(0, d) for d in range(4)] != [uniform(1, d) for d in range(4)]
+    assert 0.0 <= uniform(2**64 - 1, 2**40) < 1.0
+
+
+def test_greedy_is_argmax_with_lowest_id_on_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=1000).astype(np.float32)
+    params = SamplingParams(temperature=0.0, seed=99)
+    assert sample_from_logits(logits, params, [], 0) == int(np.argmax(logits))
+    tied = np.zeros(10, np.float32)
+    tied[[3, 7]] = 5.0
+    assert all(sample_from_logits(tied, params, [], d) == 3 for d in range(20))
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    logits = np.array([2.0, 1.9, -1.0, -1.1], np.float32)
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.5)
+    # 2.0 / 1.5 = 1.33 < 1.9: token 0 loses to token 1.
+    assert sample_from_logits(logits, greedy, [0, 0, 0], 0) == 1
+    # Both positives penalized: 1.33 vs 1.27, token 0 wins again.
+    assert sample_from_logits(logits, greedy, [0, 1], 0) == 0
+    neg = np.array([-1.0, -1.2, -5.0], np.float32)
+    # -1.0 * 1.5 = -1.5 < -1.2: penalizing a negative logit pushes it further down.
+    assert sample_from_logits(neg, greedy, [0], 0) == 1
+
+
+def empirical(logits, params, n):
+    counts = np.zeros(len(logits))
+    for d in range(n):
+        counts[sample_from_logits(logits, params, [], d)] += 1
+    return counts
+
+
+def chi_square(counts, probs):
+    expected = probs * counts.sum()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "sampled a token of probability zero"
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum()), int(keep.sum())
+
+
+LOGITS = np.log(np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04]))
+
+
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (SamplingParams(temperature=1.0, seed=1), [0.4, 0.25, 0.15, 0.1, 0.06, 0.04]),
+        # temperature 2 flattens: p ~ sqrt(p).
+        (SamplingParams(temperature=2.0, seed=2), list(softmax(LOGITS / 2.0))),
+        # top_k 3 keeps the three best, renormalized.
+        (SamplingParams(top_k=3, seed=3), [0.4 / 0.8, 0.25 / 0.8, 0.15 / 0.8, 0, 0, 0]),
+        # top_p 0.6: 0.4 < 0.6, 0.65 >= 0.6 -> smallest prefix is two tokens.
+        (SamplingParams(top_p=0.6, seed=4), [0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0]),
+        # min_p 0.3: keep p >= 0.12 -> 0.4, 0.25, 0.15.
+        (SamplingParams(min_p=0.3, seed=5), [0.4 / 0.8, 0.25 / 0.8, 0.15 / 0.8, 0, 0, 0]),
+        # Filters compose: top_k 5 (mass 0.96), top_p 0.85 (0.8/0.96 < 0.85 <= 0.9/0.96), min_p.
+        (
+            SamplingParams(top_k=5, top_p=0.85, min_p=0.2, seed=6),
+            [0.4 / 0.9, 0.25 / 0.9, 0.15 / 0.9, 0.1 / 0.9, 0, 0],
+        ),
+    ],
+)
+def test_distribution_matches_expected_probabilities(params, expected):
+    n = 6000
+    counts = empirical(LOGITS.astype(np.float32), params, n)
+    stat, k = chi_square(counts, np.array(expected))
+    # chi-square with k-1 dof: 99.9th percentile for dof <= 5 is below 21.
+    assert stat < 21.0, (counts, expected)
+    assert k == np.count_nonzero(expected)
+
+
+def test_same_seed_same_tokens_different_seed_differs():
+    rng = np.random.default_rng(1)
+    logits = [rng.normal(size=500).astype(np.float32) * 2 for _ in range(40)]
+    params = SamplingParams(temperature=0.8, top_p=0.95, seed=2**63 + 5)
+
+    def run(p):
+        return [sample_from_logits(lg, p, [], d) for d, lg in enumerate(logits)]
+
+    assert run(params) == run(params)
+    other = SamplingParams(temperature=0.8, top_p=0.95, seed=2**63 + 6)
+    assert run(params) != run(other)
+
+
+def test_draw_follows_descending_probability_cumsum():
+    """An independent pick: sort by (-logit, id), walk the cumulative probability past u."""
+    rng = np.random.default_rng(2)
+    logits = np.round(rng.normal(size=64) * 2, 1).astype(np.float32)  # rounding makes ties
+    params = SamplingParams(temperature=0.7, seed=11)
+    for d in range(200):
+        x = [float(v) / 0.7 for v in logits]
+        ranked = sorted(range(len(x)), key=lambda i: (-x[i], i))
+        m = max(x)
+        w = [math.exp(x[i] - m) for i in ranked]
+        total = math.fsum(w)
+        u = uniform(11, d) * total
+        acc, pick = 0.0, ranked[-1]
+        for i, wi in zip(ranked, w, strict=True):
+            acc += wi
+            if acc > u:
+                pick = i
+                break
+        assert sample_from_logits(logits, params, [], d) == pick
+
+
+def test_negligible_tail_never_sampled_and_huge_logits_are_safe():
+    logits = np.full(49152, -1e4, np.float32)
+    logits[17] = 3e4
+    logits[18] = 3e4 - 1.0
+    params = SamplingParams(temperature=1.5, seed=3)
+    picks = {sample_from_logits(logits, params, [], d) for d in range(200)}
+    assert picks == {17, 18}
