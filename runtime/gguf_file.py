@@ -1,0 +1,174 @@
+"""Open, validate and memory-map a GGUF model file.
+
+`open_gguf(path)` checks everything a loader could trip over later (header, tensor table, types,
+bounds, the architecture's metadata and tensors with their shapes) and turns every problem into a
+`ModelLoadError` that names the file, the key or tensor, and what was expected. Tensor bytes stay
+memory-mapped: nothing is read until a backend dequantizes or uploads it.
+
+Shapes are numpy order: GGUF lists dimensions fastest-first, so a matrix stored as
+[in_features, out_features] is reported as (out_features, in_features) = (rows, cols).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from runtime import quants
+from runtime.architectures import Architecture, get_architecture
+from runtime.errors import ModelLoadError
+from runtime.gguf_header import read_header
+from runtime.model_config import ModelConfig
+
+
+@attrs.frozen
+class TensorRecord:
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple[int, ...]  # numpy order: (rows, cols) for a matrix
+    raw: np.ndarray = attrs.field(eq=False, repr=False)  # uint8, (rows, row_bytes) or (nbytes,)
+    offset: int = 0  # absolute byte offset of the data in the file
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+    def dequantize(self) -> np.ndarray:
+        """float32 array of `.shape` (a fresh copy, not memory-mapped)."""
+        return quants.dequantize(self.raw, self.qtype, self.shape)
+
+
+class GGUFModel:
+    """A validated, memory-mapped GGUF model. Use `open_gguf`; call `close()` when done."""
+
+    def __init__(
+        self,
+        path: Path,
+        data: np.memmap | None,
+        metadata: dict[str, Any],
+        tensors: dict[str, TensorRecord],
+        arch: Architecture,
+        config: ModelConfig,
+    ):
+        self.path = path
+        self._data = data
+        self.metadata = metadata
+        self.tensors = tensors
+        self.arch = arch
+        self.config = config
+
+    def _name(self, role: str, layer: int | None) -> str:
+        if role == "output" and self.config.tied_output:
+            return self.arch.tensor_name("token_embd")
+        try:
+            name = self.arch.tensor_name(role, layer)
+        except KeyError as e:
+            raise KeyError(f"architecture {self.arch.name} has no role {role!r}: {e}") from None
+        if layer is not None and not 0 <= layer < self.config.n_layers:
+            raise KeyError(f"layer {layer} out of range 0..{self.config.n_layers - 1}")
+        return name
+
+    def weight(self, role: str, layer: int | None = None) -> TensorRecord:
+        """The tensor playing `role` (in `layer`); `output` is token_embd when tied."""
+        name = self._name(role, layer)
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(f"{self.path.name} has no tensor {name!r} (role {role})") from None
+
+    def has_weight(self, role: str, layer: int | None = None) -> bool:
+        try:
+            return self._name(role, layer) in self.tensors
+        except KeyError:
+            return False
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def quant_kind(self) -> str:
+        """The type holding most bytes among the 2-D weights (e.g. "Q4_1")."""
+        by_type: Counter[str] = Counter()
+        for t in self.tensors.values():
+            if len(t.shape) >= 2:
+                by_type[t.qtype.name] += t.nbytes
+        return by_type.most_common(1)[0][0] if by_type else "F32"
+
+    def close(self) -> None:
+        """Drop the memory map. Records handed out earlier keep their own reference."""
+        self._data = None
+        self.tensors = {}
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
+    """Validate and memory-map the GGUF file at `path`; ModelLoadError on any problem."""
+    path = Path(path)
+    where = str(path)
+    try:
+        return _open(path)
+    except ModelLoadError as e:
+        if where in e.message:
+            raise
+        raise ModelLoadError(f"{where}: {e.message}") from None
+
+
+def _open(path: Path) -> GGUFModel:
+    if not path.is_file():
+        raise ModelLoadError("no such model file")
+    header = read_header(path)  # every length and offset checked against the file size
+    metadata = header.metadata
+    arch_name = metadata.get("general.architecture")
+    if not isinstance(arch_name, str):
+        raise ModelLoadError("required metadata key 'general.architecture' is missing")
+    arch = get_architecture(arch_name)
+    for key in arch.required_keys():
+        if key not in metadata:
+            raise ModelLoadError(
+                f"required metadata key {key!r} is missing (architecture {arch_name})"
+            )
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # (file_size,)
+    tensors: dict[str, TensorRecord] = {}
+    for info in header.tensors:
+        raw = data[info.offset : info.offset + info.nbytes]  # (nbytes,)
+        if len(info.shape) >= 2:
+            raw = raw.reshape(*info.shape[:-1], -1)  # (rows, row_bytes)
+        tensors[info.name] = TensorRecord(info.name, info.qtype, info.shape, raw, info.offset)
+    config = arch.config_from_metadata(metadata, set(tensors))
+    _check_tensors(arch, config, tensors)
+    return GGUFModel(path, data, metadata, tensors, arch, config)
+
+
+def _check_tensors(arch: Architecture, config: ModelConfig, tensors: dict[str, TensorRecord]):
+    wanted: list[tuple[str, int | None]] = [("token_embd", None), ("output_norm", None)]
+    if not config.tied_output:
+        wanted.append(("output", None))
+    layer_roles = [r for r in arch.shapes if r in arch.layer_tensors]
+    wanted += [(r, i) for i in range(config.n_layers) for r in layer_roles]
+    for role, layer in wanted:
+        name = arch.tensor_name(role, layer)
+        expected = arch.shapes[role](config)
+        t = tensors.get(name)
+        if t is None:
+            raise ModelLoadError(
+                f"required tensor {name!r} is missing (role {role}, expected shape {expected})"
+            )
+        if t.shape != expected:
+            raise ModelLoadError(
+                f"tensor {name!r} has shape {t.shape}, expected {expected} (role {role}, "
+                f"from the metadata: n_layers={config.n_layers} d_model={config.d_model} "
+                f"n_heads={config.n_heads} n_kv_heads={config.n_kv_heads} d_ff={config.d_ff} "
+                f"vocab={config.vocab_size})"
+            )
