@@ -68,6 +68,8 @@ class TensorInfo:
 class Header:
     version: int
     metadata: dict[str, Any]
+    #: key -> (GGUF value type id, element type id for arrays else None), to copy files exactly
+    value_types: dict[str, tuple[int, int | None]]
     tensors: list[TensorInfo]
     data_start: int
     file_size: int
@@ -159,13 +161,20 @@ def _walk(c: _Cursor, size: int) -> Header:
         raise ModelLoadError(f"metadata key count {n_kv} exceeds {MAX_KV}")
 
     metadata: dict[str, Any] = {}
+    value_types: dict[str, tuple[int, int | None]] = {}
     for index in range(n_kv):
         c.what = f"metadata entry #{index}"
         key = c.string(MAX_KEY_BYTES)
         c.what = f"metadata key {key!r}"
         if key in metadata:
             raise ModelLoadError(f"metadata key {key!r} appears twice")
-        metadata[key] = c.value(c.u32())
+        vtype = c.u32()
+        etype = None
+        if vtype == _ARRAY:
+            c.need(4)
+            (etype,) = struct.unpack_from("<I", c.buf, c.pos)  # peeked: value() reads it again
+        value_types[key] = (vtype, etype)
+        metadata[key] = c.value(vtype)
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -191,7 +200,7 @@ def _walk(c: _Cursor, size: int) -> Header:
         if name in seen:
             raise ModelLoadError(f"tensor {name!r} appears twice")
         seen.add(name)
-    return Header(version, metadata, tensors, data_start, size)
+    return Header(version, metadata, value_types, tensors, data_start, size)
 
 
 def _tensor(name, dims, raw_type, offset, data_start, alignment, size) -> TensorInfo:

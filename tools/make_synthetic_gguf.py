@@ -1,0 +1,209 @@
+"""Write a GGUF model with a real model's shapes, types and metadata but random weights.
+
+Speed work on the GPU machine needs a model of the right size and weight types, not the right
+numbers, and that machine has no model file. With `like=PATH` the metadata (tokenizer included)
+is copied key for key with its original value types; without it, a built-in spec of
+SmolLM2-135M-Instruct Q4_1 is used, with a small self-consistent byte-level BPE vocabulary.
+
+Weights are built directly as quantized blocks: random payload bytes with explicit small fp16
+scales chosen so every decoded weight is finite with a standard deviation near 0.02 (norm weights
+near 1), which keeps activations of a random deep model in range.
+
+    python -m tools.make_synthetic_gguf OUT.gguf [--like REAL.gguf] [--layers N] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFValueType as V
+from gguf import GGUFWriter
+
+from runtime.architectures import get_architecture
+from runtime.gguf_header import read_header
+from runtime.quants import BLOCK_SIZES
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+#: SmolLM2-135M-Instruct Q4_1, as llama.cpp's converter wrote it: key -> (value, GGUF type)
+SMOLLM2_135M: dict[str, tuple[Any, V]] = {
+    "general.type": ("model", V.STRING),
+    "general.name": ("Synthetic SmolLM2 135M (random weights)", V.STRING),
+    "llama.block_count": (30, V.UINT32),
+    "llama.context_length": (8192, V.UINT32),
+    "llama.embedding_length": (576, V.UINT32),
+    "llama.feed_forward_length": (1536, V.UINT32),
+    "llama.attention.head_count": (9, V.UINT32),
+    "llama.attention.head_count_kv": (3, V.UINT32),
+    "llama.rope.freq_base": (100000.0, V.FLOAT32),
+    "llama.attention.layer_norm_rms_epsilon": (1e-5, V.FLOAT32),
+    "general.file_type": (3, V.UINT32),  # MOSTLY_Q4_1
+    "llama.vocab_size": (49152, V.UINT32),
+    "llama.rope.dimension_count": (64, V.UINT32),
+    "tokenizer.ggml.add_space_prefix": (False, V.BOOL),
+    "tokenizer.ggml.add_bos_token": (False, V.BOOL),
+    "tokenizer.ggml.model": ("gpt2", V.STRING),
+    "tokenizer.ggml.pre": ("smollm", V.STRING),
+    "tokenizer.ggml.bos_token_id": (1, V.UINT32),
+    "tokenizer.ggml.eos_token_id": (2, V.UINT32),
+    "tokenizer.ggml.unknown_token_id": (0, V.UINT32),
+    "tokenizer.ggml.padding_token_id": (2, V.UINT32),
+    "tokenizer.chat_template": (CHATML, V.STRING),
+    "general.quantization_version": (2, V.UINT32),
+}
+SMOLLM2_TYPES = {"token_embd": Q.Q8_0, "norm": Q.F32, "matrix": Q.Q4_1}
+
+
+def byte_chars() -> list[str]:
+    """GPT-2's byte-level alphabet: byte b is shown as this printable character."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def synthetic_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """tokens, token types, merges: specials, the 256 byte tokens, then two-byte merges."""
+    chars = byte_chars()
+    n_pairs = vocab_size - len(SPECIALS) - 256
+    if not 0 <= n_pairs <= 256 * 256:
+        raise ValueError(f"vocab_size must be in {len(SPECIALS) + 256}..{256 * 257 + 3}")
+    pairs = [(a, b) for a in chars for b in chars][:n_pairs]
+    tokens = SPECIALS + chars + [a + b for a, b in pairs]
+    types = [3] * len(SPECIALS) + [1] * (256 + n_pairs)  # 3 = control, 1 = normal
+    return tokens, types, [f"{a} {b}" for a, b in pairs]
+
+
+def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarray:
+    """uint8 bytes of a tensor of numpy `shape`: (rows, row_bytes) or (nbytes,)."""
+    block, size = BLOCK_SIZES[qtype]
+    n_values = int(np.prod(shape))
+    if qtype in (Q.F32, Q.F16):
+        center = 1.0 if "norm" in name else 0.0
+        x = center + rng.normal(0, 0.02, n_values)
+        out = x.astype(np.float32 if qtype == Q.F32 else np.float16).view(np.uint8)
+        return out.reshape(*shape[:-1], -1)
+    n_blocks = n_values // block
+    b = np.frombuffer(rng.bytes(n_blocks * size), np.uint8).reshape(n_blocks, size).copy()
+
+    def f16(col: int, value: float) -> None:  # a jittered fp16 scale at byte `col` of each block
+        scale = value * rng.uniform(0.5, 1.5, (n_blocks, 1))
+        b[:, col : col + 2] = scale.astype(np.float16).view(np.uint8)
+
+    std = 0.02
+    if qtype == Q.Q8_0:
+        f16(0, std / 74)  # int8 payload: std ~74
+    elif qtype in (Q.Q4_0, Q.Q5_0):
+        f16(0, std / (4.6 if qtype == Q.Q4_0 else 9.2))
+    elif qtype == Q.Q4_1:
+        f16(0, std / 4.6)
+        b[:, 2:4] = np.full((n_blocks, 1), -7.5 * std / 4.6, np.float16).view(np.uint8)
+    elif qtype == Q.Q4_K:  # value = d*sc*q - dmin*m with 6-bit sc, m averaging ~32
+        f16(0, std / (4.6 * 32))
+        f16(2, 7.5 * std / (4.6 * 32))
+    elif qtype == Q.Q6_K:  # value = d*sc*(q-32), sc int8: keep it in 1..16
+        b[:, 192:208] = rng.integers(1, 17, (n_blocks, 16), dtype=np.uint8)
+        f16(208, std / (18.5 * 8.5))
+    return b.reshape(*shape[:-1], -1)
+
+
+def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str, Q, tuple]]]:
+    meta = dict(SMOLLM2_135M)
+    meta["llama.block_count"] = (n_layers, V.UINT32)
+    meta["llama.vocab_size"] = (vocab_size, V.UINT32)
+    tokens, types, merges = synthetic_vocab(vocab_size)
+    meta["tokenizer.ggml.tokens"] = (tokens, V.STRING)
+    meta["tokenizer.ggml.token_type"] = (types, V.INT32)
+    meta["tokenizer.ggml.merges"] = (merges, V.STRING)
+    arch = get_architecture("llama")
+    config = arch.config_from_metadata({k: v for k, (v, _) in meta.items()}, set())
+    plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, 576))]
+    for i in range(n_layers):
+        for role in arch.layer_tensors:
+            kind = "norm" if role.endswith("norm") else "matrix"
+            shape = arch.shapes[role](config)
+            plan.append((arch.tensor_name(role, i), SMOLLM2_TYPES[kind], shape))
+    plan.append(("output_norm.weight", Q.F32, (576,)))
+    return meta, plan
+
+
+def _like_plan(like: Path, n_layers: int | None) -> tuple[dict, list[tuple[str, Q, tuple]]]:
+    header = read_header(like)
+    meta = {}
+    for key, value in header.metadata.items():
+        vtype, etype = header.value_types[key]
+        meta[key] = (value, V(etype) if vtype == V.ARRAY else V(vtype))
+    arch = meta["general.architecture"][0]
+    keep = n_layers if n_layers is not None else meta[f"{arch}.block_count"][0]
+    meta[f"{arch}.block_count"] = (keep, V.UINT32)
+    plan = []
+    for t in header.tensors:
+        m = re.match(r"blk\.(\d+)\.", t.name)
+        if m is None or int(m.group(1)) < keep:
+            plan.append((t.name, t.qtype, t.shape))
+    return meta, plan
+
+
+def write_synthetic_model(
+    out_path: str | Path,
+    like: str | Path | None = None,
+    *,
+    seed: int = 0,
+    n_layers: int | None = None,
+    vocab_size: int = 49152,
+) -> Path:
+    """Write the synthetic GGUF to `out_path` and return it. See the module docstring."""
+    out_path = Path(out_path)
+    if like is not None:
+        meta, plan = _like_plan(Path(like), n_layers)
+    else:
+        meta, plan = _builtin_plan(30 if n_layers is None else n_layers, vocab_size)
+    arch = meta.pop("general.architecture", ("llama", V.STRING))[0]
+    writer = GGUFWriter(out_path, arch)  # writes general.architecture itself
+    for key, (value, vtype) in meta.items():
+        if key == "general.alignment":
+            writer.add_custom_alignment(value)
+        elif isinstance(value, list):
+            if not value:
+                continue  # GGUFWriter cannot write an empty array; no loader needs one
+            writer.add_key_value(key, value, V.ARRAY, sub_type=vtype)
+        else:
+            writer.add_key_value(key, value, vtype)
+    for name, qtype, shape in plan:
+        block, size = BLOCK_SIZES[qtype]
+        byte_shape = (*shape[:-1], shape[-1] // block * size)
+        writer.add_tensor_info(
+            name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qtype
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    rng = np.random.default_rng(seed)
+    for name, qtype, shape in plan:  # one tensor in memory at a time
+        writer.write_tensor_data(random_tensor(name, qtype, shape, rng))
+    writer.close()
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="where to write the .gguf")
+    p.add_argument("--like", type=Path, help="real GGUF to copy metadata, shapes and types from")
+    p.add_argument("--layers", type=int, help="keep only this many layers (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    path = write_synthetic_model(args.out, args.like, seed=args.seed, n_layers=args.layers)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
