@@ -1,0 +1,86 @@
+"""The llama building blocks in fp32 numpy: RMSNorm, rotary embedding, causal GQA attention, SwiGLU.
+
+Pure functions on arrays; `runtime.numpy_engine` strings them together. Kept apart so tests can
+check each one against a plain per-element loop. Shapes: T = tokens in this pass, H = query
+heads, KV = key/value heads, D = head_dim, P = positions already in the cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x (T, d) -> x / sqrt(mean(x**2) + eps) * weight, per row, in fp32."""
+    ms = np.einsum("td,td->t", x, x, dtype=np.float32)[:, None] / np.float32(x.shape[1])  # (T, 1)
+    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
+
+
+def rope_tables(max_context: int, rope_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of pos * base**(-2i / rope_dim): two (max_context, rope_dim // 2) fp32 tables.
+
+    Computed in float64 and rounded once, so long positions keep their accuracy.
+    """
+    inv_freq = base ** (-np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # (rope_dim/2,)
+    angles = np.arange(max_context, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> None:
+    """Rotate x (T, heads, D) in place; cos, sin (T, rope_dim/2) are the rows of its positions.
+
+    "norm" (GGUF llama, GGML rope mode 0) rotates adjacent pairs (x[2i], x[2i+1]); "neox" rotates
+    (x[i], x[i + rope_dim/2]). Dimensions past rope_dim are left alone.
+    """
+    half = cos.shape[1]
+    if style == "norm":
+        pairs = x[..., : 2 * half].reshape(*x.shape[:2], half, 2)  # (T, heads, half, 2) view
+        a, b = pairs[..., 0], pairs[..., 1]
+    elif style == "neox":
+        a, b = x[..., :half], x[..., half : 2 * half]  # (T, heads, half) views
+    else:
+        raise ValueError(f"unknown rope style {style!r}")
+    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, half)
+    a_new = a * c - b * s
+    b[...] = a * s + b * c
+    a[...] = a_new
+
+
+def attention(
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float
+) -> np.ndarray:
+    """Causal grouped-query attention of T new queries over the cache.
+
+    q (T, H, D) for positions start .. start+T-1; k_cache, v_cache (KV, >= start+T, D) already hold
+    those positions' keys/values. Query head h reads kv head h // (H // KV) (llama.cpp's grouping).
+    Returns (T, H * D).
+    """
+    t_new, n_heads, d = q.shape
+    n_kv = k_cache.shape[0]
+    group = n_heads // n_kv
+    n = start + t_new
+    # (KV, group * T, D): the queries of one kv group stacked, head-major within the group
+    qg = q.reshape(t_new, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t_new, d)
+    scores = np.matmul(qg, k_cache[:, :n].transpose(0, 2, 1))  # (KV, group*T, n)
+    scores *= np.float32(scale)
+    if t_new > 1:
+        # query t (at position start + t) sees keys 0 .. start + t
+        future = np.arange(n)[None, :] > (start + np.arange(t_new))[:, None]  # (T, n)
+        scores.reshape(n_kv, group, t_new, n)[:, :, future] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, v_cache[:, :n])  # (KV, group*T, D)
+    return out.reshape(n_kv, group, t_new, d).transpose(2, 0, 1, 3).reshape(t_new, n_heads * d)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    # exp(-x) overflows to inf for x < -88; x / inf = -0 is then the right limit.
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1.0) + np.exp(-x))
+
+
+def swiglu(gate_up: np.ndarray, d_ff: int) -> np.ndarray:
+    """gate_up (T, 2 * d_ff) = [gate | up] -> silu(gate) * up, (T, d_ff)."""
+    gate, up = gate_up[:, :d_ff], gate_up[:, d_ff:]
+    return silu(gate) * up
