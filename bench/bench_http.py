@@ -70,9 +70,7 @@ def bench_engine(args) -> dict:
     model_path = Path(args.model) if args.model else _default_model()
     model = open_gguf(model_path)
     tokenizer = Tokenizer.from_metadata(model.metadata)
-    prompt_ids = tokenizer.encode(PROMPT, parse_special=True)
-    if tokenizer.add_bos and tokenizer.bos_id is not None:
-        prompt_ids = [tokenizer.bos_id, *prompt_ids]
+    prompt_ids = tokenizer.encode(PROMPT, parse_special=True)  # adds BOS as the model asks
     engine = load_engine(
         model_path, backend=args.backend, max_context=args.max_context, progress=None
     )
