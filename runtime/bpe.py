@@ -1,0 +1,144 @@
+"""Byte-level BPE (GPT-2 style): the byte <-> character mapping and the merge loop.
+
+Byte-level vocabularies spell every byte as one printable character (GPT-2's mapping), so a
+token's text is a string over 256 characters. Encoding a pre-token word: map its UTF-8 bytes to
+those characters, start from one symbol per character, then repeatedly merge the adjacent pair
+with the lowest merge rank (rank = index in `tokenizer.ggml.merges`), leftmost first on ties.
+Pairs are kept in a heap and checked for staleness when popped, exactly as llama.cpp does, so
+even vocabularies whose merge ranks are not perfectly ordered give llama.cpp's ids.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+
+
+def _byte_to_char() -> tuple[str, ...]:
+    """GPT-2's mapping: printable Latin-1 bytes stand for themselves, the rest move to 256+."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return tuple(table[b] for b in range(256))
+
+
+BYTE_TO_CHAR: tuple[str, ...] = _byte_to_char()
+CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
+
+
+def bytes_to_symbols(data: bytes) -> str:
+    """UTF-8 (or any) bytes -> the byte-level spelling used by token texts."""
+    return "".join([BYTE_TO_CHAR[b] for b in data])
+
+
+def symbols_to_bytes(text: str) -> bytes:
+    """Inverse of `bytes_to_symbols`; characters outside the mapping keep their own UTF-8."""
+    try:
+        return bytes([CHAR_TO_BYTE[c] for c in text])
+    except KeyError:
+        return b"".join(bytes([CHAR_TO_BYTE[c]]) if c in CHAR_TO_BYTE else c.encode() for c in text)
+
+
+def parse_merges(merges: Sequence[str]) -> dict[tuple[str, str], int]:
+    """`"left right"` lines -> rank. Split at the first space after the first character (a token
+    may itself be a lone space in non-byte-level files); the first occurrence of a pair wins."""
+    ranks: dict[tuple[str, str], int] = {}
+    for rank, line in enumerate(merges):
+        cut = line.find(" ", 1)
+        if cut < 0:
+            raise ValueError(f"merge {rank} ({line!r}) has no space separating its two parts")
+        ranks.setdefault((line[:cut], line[cut + 1 :]), rank)
+    return ranks
+
+
+class BytePairEncoder:
+    """Encodes pre-token words to ids, caching the result per word (prompts repeat words a lot).
+
+    `vocab` maps token text to id; `ranks` comes from `parse_merges`. With `ignore_merges` a word
+    that is itself a token is taken whole (llama.cpp does this for the llama3 family).
+    """
+
+    CACHE_LIMIT = 1 << 16  # words; the cache is dropped whole when full (cheap, rarely happens)
+
+    def __init__(
+        self,
+        vocab: Mapping[str, int],
+        ranks: Mapping[tuple[str, str], int],
+        *,
+        ignore_merges: bool = False,
+    ):
+        self._vocab = vocab
+        self._ranks = ranks
+        self._ignore_merges = ignore_merges
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def encode_word(self, word: str) -> tuple[int, ...]:
+        """Token ids of one pre-token word (plain text, not yet byte-mapped)."""
+        ids = self._cache.get(word)
+        if ids is None:
+            symbols = bytes_to_symbols(word.encode("utf-8"))
+            vocab = self._vocab
+            if self._ignore_merges and symbols in vocab:
+                ids = (vocab[symbols],)
+            else:
+                ids = tuple(self._ids_of(self.merge(symbols)))
+            if len(self._cache) >= self.CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[word] = ids
+        return ids
+
+    def _ids_of(self, pieces: list[str]) -> list[int]:
+        vocab = self._vocab
+        ids: list[int] = []
+        for piece in pieces:
+            token = vocab.get(piece)
+            if token is not None:
+                ids.append(token)
+            else:
+                # No such token: a byte the vocabulary lacks (SmolLM2's has no token for 21 byte
+                # values, e.g. 0x04 or 0xF5-0xFF) or an inconsistent merge. llama.cpp then looks
+                # up each UTF-8 byte of the piece as a one-byte token and drops the rest, which
+                # keeps only its ASCII characters; we do the same so the ids stay identical.
+                ids.extend(vocab[c] for c in piece if c < "\x80" and c in vocab)
+        return ids
+
+    def merge(self, symbols: str) -> list[str]:
+        """The BPE pieces of a byte-mapped word, in order."""
+        n = len(symbols)
+        if n < 2:
+            return [symbols] if n else []
+        ranks = self._ranks
+        text = list(symbols)  # text[i]: symbol starting at i; "" once merged into its left
+        nxt = [*range(1, n), -1]
+        prv = list(range(-1, n - 1))
+        # (rank, left, right, merged text): lowest rank first, then leftmost, as llama.cpp.
+        heap = []
+        for i in range(n - 1):
+            rank = ranks.get((text[i], text[i + 1]))
+            if rank is not None:
+                heap.append((rank, i, i + 1, text[i] + text[i + 1]))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, merged = heapq.heappop(heap)
+            lt, rt = text[left], text[right]
+            if not lt or not rt or lt + rt != merged:
+                continue  # stale: one side has changed since this pair was queued
+            text[left], text[right] = merged, ""
+            after = nxt[right]
+            nxt[left] = after
+            if after >= 0:
+                prv[after] = left
+            before = prv[left]
+            if before >= 0:
+                rank = ranks.get((text[before], merged))
+                if rank is not None:
+                    heapq.heappush(heap, (rank, before, left, text[before] + merged))
+            if after >= 0:
+                rank = ranks.get((merged, text[after]))
+                if rank is not None:
+                    heapq.heappush(heap, (rank, left, after, merged + text[after]))
+        return [t for t in text if t]

@@ -1,0 +1,269 @@
+"""The GGUF tokenizer: byte-level BPE with special tokens, matching llama.cpp's token ids.
+
+Built from the `tokenizer.ggml.*` metadata alone (see `Tokenizer.from_metadata`). Encoding first
+cuts the text at special-token texts (as llama.cpp's `tokenizer_st_partition` does), then runs the
+pre-tokenizer and BPE on each stretch of plain text between them. Decoding maps ids back to bytes;
+`IncrementalDecoder` turns a stream of ids into text without ever emitting half a character.
+Why our own implementation: specs/decisions/0003-tokenizer.md.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import numbers
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from runtime.bpe import BytePairEncoder, parse_merges, symbols_to_bytes
+from runtime.errors import ModelLoadError
+from runtime.pretokenize import IGNORE_MERGES_FAMILIES, PreTokenizer
+
+
+class TokenType(enum.IntEnum):
+    """`tokenizer.ggml.token_type` values (llama.cpp's llama_token_type)."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+# Token texts that end generation whatever the metadata says (llama.cpp keeps the same list;
+# chat models often name only <|endoftext|> as EOS but stop a turn with <|im_end|> & co.).
+EOG_TEXTS = frozenset(
+    {
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|eom_id|>",
+        "<EOT>",
+        "_<EOT>",
+        "<|end_of_text|>",
+        "<end_of_utterance>",
+    }
+)
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_REQUIRED: Any = object()
+
+
+def _meta(metadata: Mapping[str, Any], key: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """`metadata[key]` checked to be a `kind` (ints and bools may come as numpy scalars)."""
+    value = metadata.get(key, default)
+    if value is _REQUIRED:
+        raise ModelLoadError(f"tokenizer metadata lacks {key}")
+    if value is None or isinstance(value, kind):
+        return value
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind is bool and type(value).__name__ == "bool_":
+        return bool(value)
+    raise ModelLoadError(
+        f"tokenizer metadata {key} is a {type(value).__name__}, expected {kind.__name__}"
+    )
+
+
+class Tokenizer:
+    """Encode text to token ids and back, exactly as llama.cpp does for the same GGUF file."""
+
+    kind = "gpt2-bpe"
+
+    def __init__(
+        self,
+        tokens: list[str],
+        token_types: list[int],
+        merges: list[str],
+        *,
+        pre: str,
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+        extra_eog_ids: Iterable[int] = (),
+    ):
+        if len(token_types) != len(tokens):
+            raise ModelLoadError(
+                f"tokenizer.ggml.token_type has {len(token_types)} entries for {len(tokens)} tokens"
+            )
+        self.tokens = tokens
+        self.token_types = [int(t) for t in token_types]  # TokenType values
+        self.vocab_size = len(tokens)
+        for name, tid in (("bos", bos_id), ("eos", eos_id)):
+            if tid is not None and not 0 <= tid < self.vocab_size:
+                raise ModelLoadError(
+                    f"tokenizer.ggml.{name}_token_id = {tid} is outside the vocabulary"
+                )
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        if add_bos and bos_id is None:
+            raise ModelLoadError(
+                "tokenizer.ggml.add_bos_token is true but there is no bos_token_id"
+            )
+        self._vocab = {text: i for i, text in enumerate(tokens)}  # on duplicates the last wins
+        self._pre = PreTokenizer(pre)
+        try:
+            self._bpe = BytePairEncoder(
+                self._vocab,
+                parse_merges(merges),
+                ignore_merges=self._pre.family in IGNORE_MERGES_FAMILIES,
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"tokenizer.ggml.merges/tokens: {exc}") from None
+
+        eog = {i for i in (eos_id, *extra_eog_ids) if i is not None and 0 <= i < self.vocab_size}
+        eog |= {self._vocab[t] for t in EOG_TEXTS if t in self._vocab}
+        self.eog_ids = frozenset(eog)
+        for i in self.eog_ids:  # as llama.cpp: an end-of-generation token is a control token
+            if self.token_types[i] == TokenType.NORMAL:
+                self.token_types[i] = TokenType.CONTROL
+
+        # Special tokens matched as whole units in the input, longest text first.
+        special = [
+            (i, t)
+            for i, t in enumerate(tokens)
+            if t
+            and self.token_types[i]
+            in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+        ]
+        special.sort(key=lambda it: -len(it[1].encode()))
+        self._special = special
+        self._token_bytes = [self._bytes_of(i) for i in range(self.vocab_size)]
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+        """Build from GGUF metadata as plain Python values (the `tokenizer.ggml.*` keys)."""
+        model = _meta(metadata, "tokenizer.ggml.model", str)
+        if model != "gpt2":
+            raise ModelLoadError(
+                f"tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') is supported"
+            )
+        eog_extra = [
+            _meta(metadata, f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eot", "eom")
+        ]
+        return cls(
+            list(_meta(metadata, "tokenizer.ggml.tokens", list)),
+            list(_meta(metadata, "tokenizer.ggml.token_type", list)),
+            list(_meta(metadata, "tokenizer.ggml.merges", list)),
+            pre=_meta(metadata, "tokenizer.ggml.pre", str, "default"),
+            bos_id=_meta(metadata, "tokenizer.ggml.bos_token_id", int, None),
+            eos_id=_meta(metadata, "tokenizer.ggml.eos_token_id", int, None),
+            add_bos=bool(_meta(metadata, "tokenizer.ggml.add_bos_token", bool, False)),
+            extra_eog_ids=[i for i in eog_extra if i is not None],
+        )
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def encode(
+        self, text: str, parse_special: bool = True, *, add_bos: bool | None = None
+    ) -> list[int]:
+        """Token ids of `text`.
+
+        parse_special: special-token texts in `text` (e.g. "<|im_start|>") become their token,
+        as llama.cpp does for prompts; with False only user-defined tokens are (as in llama.cpp
+        and HF), control-token texts are encoded as ordinary text.
+        add_bos: None follows the model (`tokenizer.ggml.add_bos_token`); a BOS is never added
+        in front of a text that already starts with one (a chat template that renders it).
+        """
+        ids: list[int] = []
+        encode_word = self._bpe.encode_word
+        for fragment in self._partition(text, parse_special):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+                continue
+            for word in self._pre.split(fragment):
+                ids.extend(encode_word(word))
+        if add_bos is None:
+            add_bos = self.add_bos
+        if add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids.insert(0, self.bos_id)
+        return ids
+
+    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Cut `text` at special-token texts: llama.cpp's order (each token, longest first, over
+        all remaining plain fragments, left to right), so overlapping texts resolve the same."""
+        fragments: list[str | int] = [text] if text else []
+        for tid, special in self._special:
+            if special not in text:  # fragments are substrings of text: nothing to cut
+                continue
+            if not parse_special and self.token_types[tid] != TokenType.USER_DEFINED:
+                continue
+            cut: list[str | int] = []
+            for fragment in fragments:
+                if isinstance(fragment, int) or special not in fragment:
+                    cut.append(fragment)
+                    continue
+                for n, part in enumerate(fragment.split(special)):
+                    if n:
+                        cut.append(tid)
+                    if part:
+                        cut.append(part)
+            fragments = cut
+        return fragments
+
+    # --- decoding -------------------------------------------------------------------------
+
+    def _bytes_of(self, tid: int) -> bytes:
+        text, ttype = self.tokens[tid], self.token_types[tid]
+        if ttype == TokenType.NORMAL:
+            return symbols_to_bytes(text)
+        if ttype == TokenType.BYTE and (m := _BYTE_TOKEN.fullmatch(text)):
+            return bytes([int(m.group(1), 16)])
+        # Control, user-defined, unknown and unused tokens decode to their text as written.
+        return text.encode("utf-8")
+
+    def token_bytes(self, tid: int) -> bytes:
+        """The raw bytes token `tid` stands for (may be part of a UTF-8 character)."""
+        return self._token_bytes[self._check(tid)]
+
+    def is_special(self, tid: int) -> bool:
+        """True for control tokens (BOS, EOS, <|im_start|>, ...)."""
+        return self.token_types[self._check(tid)] == TokenType.CONTROL
+
+    def _check(self, tid: int) -> int:
+        if not 0 <= tid < self.vocab_size:
+            raise ValueError(f"token id {tid} is outside the vocabulary (size {self.vocab_size})")
+        return tid
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """Text of `ids`. Control tokens decode to their text unless `skip_special`; invalid
+        UTF-8 (a character cut off at either end) becomes U+FFFD."""
+        parts = [self.token_bytes(t) for t in ids if not (skip_special and self.is_special(t))]
+        return b"".join(parts).decode("utf-8", errors="replace")
+
+    def incremental_decoder(self, *, skip_special: bool = False) -> IncrementalDecoder:
+        return IncrementalDecoder(self, skip_special=skip_special)
+
+
+class IncrementalDecoder:
+    """Turns a stream of token ids into text, emitting only complete UTF-8 characters.
+
+    A byte-level token can end in the middle of a multi-byte character (emoji and CJK often
+    span several tokens); those bytes are held until the character is complete. Bytes that can
+    never become valid UTF-8 are emitted as U+FFFD at once, so nothing is held forever.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = False):
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """The text that `token_id` completes (possibly "")."""
+        tok = self._tokenizer
+        data = tok.token_bytes(token_id)
+        if self._skip_special and tok.is_special(token_id):
+            return ""
+        return self._utf8.decode(data)
+
+    def flush(self) -> str:
+        """Whatever is still held (an unfinished character, as U+FFFD); resets the decoder."""
+        text = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return text
