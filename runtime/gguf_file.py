@@ -11,6 +11,7 @@ Shapes are numpy order: GGUF lists dimensions fastest-first, so a matrix stored 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from pathlib import Path
@@ -156,8 +157,9 @@ def _check_tensors(arch: Architecture, config: ModelConfig, tensors: dict[str, T
     if not config.tied_output:
         wanted.append(("output", None))
     layer_roles = [r for r in arch.shapes if r in arch.layer_tensors]
-    wanted += [(r, i) for i in range(config.n_layers) for r in layer_roles]
-    for role, layer in wanted:
+    # lazily, layer by layer: a corrupt block_count of 2**60 fails at the first absent layer
+    per_layer = ((r, i) for i in range(config.n_layers) for r in layer_roles)
+    for role, layer in itertools.chain(wanted, per_layer):
         name = arch.tensor_name(role, layer)
         expected = arch.shapes[role](config)
         t = tensors.get(name)

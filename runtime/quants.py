@@ -147,7 +147,9 @@ def dequantize(raw: np.ndarray, qtype: Q, shape: tuple[int, ...]) -> np.ndarray:
     decode = _DECODERS[qtype]
     blocks = flat.reshape(-1, size)  # (n_blocks, type_size)
     out = np.empty((blocks.shape[0], block), dtype=np.float32)  # (n_blocks, block_size)
-    for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):
-        stop = start + _CHUNK_BLOCKS
-        out[start:stop] = decode(blocks[start:stop])
+    # a damaged file may hold inf/nan scales: decode them to inf/nan quietly, as ggml does
+    with np.errstate(all="ignore"):
+        for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):
+            stop = start + _CHUNK_BLOCKS
+            out[start:stop] = decode(blocks[start:stop])
     return out.reshape(shape)
