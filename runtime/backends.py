@@ -67,6 +67,11 @@ def load_engine(
             from runtime.numpy_engine import NumpyEngine
 
             return NumpyEngine.load(gguf, max_context=max_context, progress=progress)
+        if not cuda_available():
+            raise CudaError(
+                "the cuda backend needs PyCUDA and an NVIDIA GPU, and this machine lacks one "
+                "(pip install 'worker-orcd[cuda]' on a GPU host, or use --backend cpu)"
+            )
         try:
             from cuda.engine import CudaEngine
         except ImportError as e:
