@@ -1,0 +1,44 @@
+// Embedding gather: out[t, :] = dequantized row ids[t] of W (n_tokens x n_cols float32).
+//
+// Grid (ceil(slots / threads), n_tokens): each thread decodes one 8-value slot of the row and
+// writes two float4. ids live in device memory (int32), so a decode step's launch is graph
+// capturable. For F32/F16 rows the "block" is 8 values: n_cols must be a multiple of 8 (the
+// plain-copy kernel embed_plain_* below handles any n_cols).
+#include "ggml_blocks.cuh"
+
+template <class T>
+__device__ __forceinline__ void embed_impl(const uint8_t *__restrict__ W, int n_cols,
+                                           const int *__restrict__ ids, float *__restrict__ out) {
+    constexpr int NS = T::QK / 8;
+    const int t = blockIdx.y;
+    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    const int nblk = n_cols / T::QK;
+    if (s >= nblk * NS) return;
+    const int b = s / NS, k = s % NS;
+    const uint8_t *blk = W + ((size_t)ids[t] * nblk + b) * T::BYTES;
+    float4 a, c;
+    T::slot8(blk, k, a, c);
+    float *o = out + (size_t)t * n_cols + b * T::QK;
+    *reinterpret_cast<float4 *>(o + T::P0(k)) = a;
+    *reinterpret_cast<float4 *>(o + T::P1(k)) = c;
+}
+
+#define EMBED_KERNEL(T, name)                                                                  \
+    extern "C" __global__ void embed_##name(const uint8_t *__restrict__ W, int n_cols,         \
+                                            const int *__restrict__ ids,                       \
+                                            float *__restrict__ out) {                         \
+        embed_impl<ggml::T>(W, n_cols, ids, out);                                              \
+    }
+GGML_FOR_EACH_TYPE(EMBED_KERNEL)
+
+// Any n_cols for plain float rows: one thread per value.
+extern "C" __global__ void embed_plain_f32(const float *__restrict__ W, int n_cols,
+                                           const int *__restrict__ ids, float *__restrict__ out) {
+    const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_cols) out[(size_t)t * n_cols + c] = W[(size_t)ids[t] * n_cols + c];
+}
+extern "C" __global__ void embed_plain_f16(const __half *__restrict__ W, int n_cols,
+                                           const int *__restrict__ ids, float *__restrict__ out) {
+    const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_cols) out[(size_t)t * n_cols + c] = __half2float(W[(size_t)ids[t] * n_cols + c]);
+}

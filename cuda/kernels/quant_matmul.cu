@@ -1,0 +1,171 @@
+// Matrix-matrix product for prefill: Y[t, r] = sum_c X[t, c] * W[r, c]  (+ Y[t, r] when accumulate).
+//
+// X: n x cols float32 (row-major), W: rows x cols raw GGML blocks, Y: n x rows float32.
+// Both kernels tile the output (tokens x weight rows) and walk cols in steps of BK = 32: each step
+// dequantizes a BN x 32 weight tile into shared memory once and reuses it for BM tokens.
+//   matmul_simt_*:   fp32 FMA, 64 x 64 tile, 256 threads with 4 x 4 outputs each (exact path).
+//   matmul_tc{32,64}_*: tensor cores (WMMA m16n16k16), X and W tiles rounded to fp16 in shared
+//                    memory, fp32 accumulation; BM = 32 or 64 tokens, BN = 64 rows, 4 warps.
+// cols must be a multiple of 32 (quant blocks are 32 or 256 values; F32/F16 rows too here);
+// n and rows are arbitrary (out-of-range tile rows load as zeros and are not stored).
+#include <mma.h>
+
+#include "ggml_blocks.cuh"
+
+#define BK 32
+
+// Dequantize quad q (4 values) of tile row r: weights at cols k0 + 4q .. +3 of weight row `row`.
+template <class T>
+__device__ __forceinline__ float4 w_quad(const uint8_t *__restrict__ W, size_t row_bytes, int row,
+                                         int rows, int k0, int q) {
+    if (row >= rows) return make_float4(0.f, 0.f, 0.f, 0.f);
+    const int col = k0 + 4 * q;
+    float4 v;
+    T::dq4(W + (size_t)row * row_bytes + (size_t)(col / T::QK) * T::BYTES, (col % T::QK) / 4, v);
+    return v;
+}
+
+__device__ __forceinline__ float4 x_quad(const float *__restrict__ X, int cols, int t, int n, int k0,
+                                         int q) {
+    if (t >= n) return make_float4(0.f, 0.f, 0.f, 0.f);
+    return *reinterpret_cast<const float4 *>(X + (size_t)t * cols + k0 + 4 * q);
+}
+
+// ---------------------------------------------------------------- fp32 SIMT
+template <class T>
+__device__ __forceinline__ void matmul_simt_impl(const uint8_t *__restrict__ W, int rows, int cols,
+                                                 const float *__restrict__ X, int n,
+                                                 float *__restrict__ Y, int accumulate) {
+    constexpr int BM = 64, BN = 64;
+    __shared__ float Xs[BK][BM + 4];  // transposed tiles: [k][token], [k][row]
+    __shared__ float Ws[BK][BN + 4];
+    const int tid = threadIdx.x;
+    const int t0 = blockIdx.y * BM, r0 = blockIdx.x * BN;
+    const size_t row_bytes = (size_t)(cols / T::QK) * T::BYTES;
+    const int ty = tid / 16, tx = tid % 16;  // outputs: tokens 4ty.., rows 4tx..
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < cols; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int idx = tid + 256 * i, r = idx / 8, q = idx % 8;  // 64 tile rows x 8 quads
+            const float4 w = w_quad<T>(W, row_bytes, r0 + r, rows, k0, q);
+            Ws[4 * q][r] = w.x, Ws[4 * q + 1][r] = w.y, Ws[4 * q + 2][r] = w.z, Ws[4 * q + 3][r] = w.w;
+            const float4 x = x_quad(X, cols, t0 + r, n, k0, q);
+            Xs[4 * q][r] = x.x, Xs[4 * q + 1][r] = x.y, Xs[4 * q + 2][r] = x.z, Xs[4 * q + 3][r] = x.w;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < BK; ++k) {
+            const float4 a = *reinterpret_cast<const float4 *>(&Xs[k][4 * ty]);
+            const float4 b = *reinterpret_cast<const float4 *>(&Ws[k][4 * tx]);
+            const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int t = t0 + 4 * ty + i;
+        if (t >= n) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int r = r0 + 4 * tx + j;
+            if (r < rows) {
+                float *y = Y + (size_t)t * rows + r;
+                *y = accumulate ? *y + acc[i][j] : acc[i][j];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tensor cores
+template <class T, int BM>
+__device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, int rows, int cols,
+                                               const float *__restrict__ X, int n,
+                                               float *__restrict__ Y, int accumulate) {
+    using namespace nvcuda;
+    constexpr int BN = 64, LD = BK + 8, LDC = BN + 4;
+    constexpr int FM = BM / 32, FN = 2;  // 16x16 fragments per warp: warps tile 2 x 2
+    __shared__ __align__(32) __half As[BM][LD];    // [token][k]
+    __shared__ __align__(32) __half Bs[BN][LD];    // [row][k] = W tile, read as col-major B
+    __shared__ __align__(32) float Cs[BM][LDC];    // epilogue staging
+    const int tid = threadIdx.x, warp = tid / 32;
+    const int wm = warp / 2, wn = warp % 2;
+    const int t0 = blockIdx.y * BM, r0 = blockIdx.x * BN;
+    const size_t row_bytes = (size_t)(cols / T::QK) * T::BYTES;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+    for (int k0 = 0; k0 < cols; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // W tile: 64 rows x 8 quads, 4 quads per thread
+            const int idx = tid + 128 * i, r = idx / 8, q = idx % 8;
+            const float4 w = w_quad<T>(W, row_bytes, r0 + r, rows, k0, q);
+            __half2 h[2] = {__floats2half2_rn(w.x, w.y), __floats2half2_rn(w.z, w.w)};
+            *reinterpret_cast<uint2 *>(&Bs[r][4 * q]) = *reinterpret_cast<uint2 *>(h);
+        }
+#pragma unroll
+        for (int i = 0; i < BM / 16; ++i) {  // X tile: BM tokens x 8 quads
+            const int idx = tid + 128 * i, t = idx / 8, q = idx % 8;
+            const float4 x = x_quad(X, cols, t0 + t, n, k0, q);
+            __half2 h[2] = {__floats2half2_rn(x.x, x.y), __floats2half2_rn(x.z, x.w)};
+            *reinterpret_cast<uint2 *>(&As[t][4 * q]) = *reinterpret_cast<uint2 *>(h);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[FM];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[FN];
+#pragma unroll
+            for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(a[i], &As[(wm * FM + i) * 16][kk], LD);
+#pragma unroll
+            for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], &Bs[(wn * FN + j) * 16][kk], LD);
+#pragma unroll
+            for (int i = 0; i < FM; ++i)
+#pragma unroll
+                for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j)
+            wmma::store_matrix_sync(&Cs[(wm * FM + i) * 16][(wn * FN + j) * 16], acc[i][j], LDC,
+                                    wmma::mem_row_major);
+    __syncthreads();
+    for (int idx = tid; idx < BM * BN; idx += 128) {  // consecutive threads: consecutive rows of Y
+        const int t = t0 + idx / BN, r = r0 + idx % BN;
+        if (t < n && r < rows) {
+            float *y = Y + (size_t)t * rows + r;
+            const float v = Cs[idx / BN][idx % BN];
+            *y = accumulate ? *y + v : v;
+        }
+    }
+}
+
+#define MATMUL_KERNELS(T, name)                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        matmul_simt_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
+                           const float *__restrict__ X, int n, float *__restrict__ Y,          \
+                           int accumulate) {                                                   \
+        matmul_simt_impl<ggml::T>(W, rows, cols, X, n, Y, accumulate);                         \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        matmul_tc32_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
+                           const float *__restrict__ X, int n, float *__restrict__ Y,          \
+                           int accumulate) {                                                   \
+        matmul_tc_impl<ggml::T, 32>(W, rows, cols, X, n, Y, accumulate);                       \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        matmul_tc64_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
+                           const float *__restrict__ X, int n, float *__restrict__ Y,          \
+                           int accumulate) {                                                   \
+        matmul_tc_impl<ggml::T, 64>(W, rows, cols, X, n, Y, accumulate);                       \
+    }
+GGML_FOR_EACH_TYPE(MATMUL_KERNELS)

@@ -1,0 +1,172 @@
+"""Launchers for the quantized-weight kernels: embedding gather, matrix-vector, matrix-matrix.
+
+Weights are the GGUF file's raw bytes in VRAM (row-major rows of GGML blocks); activations are
+float32. Every launch is a `prepared_async_call` on the caller's stream with no host sync and no
+allocation, so the engine can capture decode steps into a CUDA graph (kernel arguments are fixed
+per call site: token ids and positions live in device memory).
+
+Shape rules (checked here, ValueError otherwise):
+- quantized types: cols a multiple of the block (32, or 256 for Q4_K / Q6_K); rows arbitrary.
+- F32 / F16: matvec cols a multiple of 8, matmul cols a multiple of 32, embedding any width.
+- matmul additionally needs cols a multiple of 32 for every type (its k-tile).
+
+`matmul` runs on tensor cores by default (X and W rounded to fp16 per tile, fp32 accumulation,
+relative error ~1e-3 of sum |w x|); `tensor_cores=False` selects the fp32 SIMT kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from gguf import GGMLQuantizationType as Q
+
+from cuda.compile import load_module
+
+log = logging.getLogger(__name__)
+
+#: qtype -> (kernel suffix, values per block as the kernels see it)
+_TYPES: dict[Q, tuple[str, int]] = {
+    Q.F32: ("f32", 8),
+    Q.F16: ("f16", 8),
+    Q.Q8_0: ("q8_0", 32),
+    Q.Q4_0: ("q4_0", 32),
+    Q.Q4_1: ("q4_1", 32),
+    Q.Q5_0: ("q5_0", 32),
+    Q.Q4_K: ("q4_k", 256),
+    Q.Q6_K: ("q6_k", 256),
+}
+_ARGS = "PiiPPi"  # W, rows, cols, x, y, accumulate
+_MM_ARGS = "PiiPiPi"  # W, rows, cols, X, n, Y, accumulate
+_MV_WARPS = 4  # rows per thread block of the matvec kernel (MV_WARPS in quant_matvec.cu)
+_EMBED_THREADS = 128
+
+
+def _module(filename: str):
+    # PyCUDA turns any nvcc stderr into a warning; log it rather than let pytest's
+    # filterwarnings=error (or a caller's) turn a harmless note into a failure.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = load_module(filename)
+    for w in caught:
+        log.warning("nvcc on %s: %s", filename, w.message)
+    return module
+
+
+class QuantKernels:
+    """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init."""
+
+    def __init__(self) -> None:
+        import pycuda.driver as drv
+
+        mv, emb, mm = (_module(f"quant_{k}.cu") for k in ("matvec", "embed", "matmul"))
+        self._matvec: dict[Q, Any] = {}
+        self._embed: dict[Q, Any] = {}
+        self._mm: dict[tuple[str, Q], Any] = {}
+        for qtype, (suffix, _) in _TYPES.items():
+            self._matvec[qtype] = mv.get_function(f"matvec_{suffix}").prepare(_ARGS)
+            self._embed[qtype] = emb.get_function(f"embed_{suffix}").prepare("PiPP")
+            for variant in ("simt", "tc32", "tc64"):
+                fn = mm.get_function(f"matmul_{variant}_{suffix}")
+                self._mm[variant, qtype] = fn.prepare(_MM_ARGS)
+        self._embed_plain = {
+            Q.F32: emb.get_function("embed_plain_f32").prepare("PiPP"),
+            Q.F16: emb.get_function("embed_plain_f16").prepare("PiPP"),
+        }
+        dev = drv.Context.get_device()
+        self.num_sms = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+
+    @staticmethod
+    def supports(qtype: Q | int) -> bool:
+        try:
+            return Q(qtype) in _TYPES
+        except ValueError:
+            return False
+
+    @staticmethod
+    def _block(qtype: Q | int) -> tuple[Q, str, int]:
+        qtype = Q(qtype)
+        if qtype not in _TYPES:
+            raise ValueError(f"no CUDA kernels for weight type {qtype.name}")
+        suffix, qk = _TYPES[qtype]
+        return qtype, suffix, qk
+
+    def embed_rows(
+        self, qtype, w_ptr: int, n_cols: int, ids_ptr: int, n_tokens: int, out_ptr: int, stream
+    ) -> None:
+        """out (n_tokens, n_cols) float32 = dequantized rows ids[0..n_tokens) (int32, device)."""
+        qtype, _, qk = self._block(qtype)
+        if n_tokens <= 0:
+            return
+        if qtype in self._embed_plain and n_cols % qk:
+            grid = ((n_cols + _EMBED_THREADS - 1) // _EMBED_THREADS, n_tokens)
+            fn = self._embed_plain[qtype]
+        else:
+            _check_cols(qtype, n_cols, qk)
+            slots = n_cols // 8
+            grid = ((slots + _EMBED_THREADS - 1) // _EMBED_THREADS, n_tokens)
+            fn = self._embed[qtype]
+        fn.prepared_async_call(
+            grid, (_EMBED_THREADS, 1, 1), stream, w_ptr, n_cols, ids_ptr, out_ptr
+        )
+
+    def matvec(
+        self,
+        qtype,
+        w_ptr: int,
+        rows: int,
+        cols: int,
+        x_ptr: int,
+        y_ptr: int,
+        stream,
+        *,
+        accumulate: bool = False,
+    ) -> None:
+        """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`."""
+        qtype, _, qk = self._block(qtype)
+        _check_cols(qtype, cols, qk)
+        if rows <= 0:
+            return
+        grid = ((rows + _MV_WARPS - 1) // _MV_WARPS, 1)
+        self._matvec[qtype].prepared_async_call(
+            grid, (32 * _MV_WARPS, 1, 1), stream, w_ptr, rows, cols, x_ptr, y_ptr, int(accumulate)
+        )
+
+    def matmul(
+        self,
+        qtype,
+        w_ptr: int,
+        rows: int,
+        cols: int,
+        x_ptr: int,
+        n: int,
+        y_ptr: int,
+        stream,
+        *,
+        accumulate: bool = False,
+        tensor_cores: bool = True,
+    ) -> None:
+        """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`."""
+        qtype, _, qk = self._block(qtype)
+        _check_cols(qtype, cols, max(qk, 32))
+        if rows <= 0 or n <= 0:
+            return
+        col_tiles = (rows + 63) // 64
+        if not tensor_cores:
+            variant, bm, threads = "simt", 64, 256
+        elif col_tiles * ((n + 63) // 64) >= self.num_sms:
+            variant, bm, threads = "tc64", 64, 128
+        else:  # too few 64-token tiles to fill the GPU: halve them
+            variant, bm, threads = "tc32", 32, 128
+        grid = (col_tiles, (n + bm - 1) // bm)
+        self._mm[variant, qtype].prepared_async_call(
+            grid, (threads, 1, 1), stream, w_ptr, rows, cols, x_ptr, n, y_ptr, int(accumulate)
+        )
+
+
+def _check_cols(qtype: Q, cols: int, multiple: int) -> None:
+    if cols <= 0 or cols % multiple:
+        raise ValueError(
+            f"{qtype.name} kernels need cols a positive multiple of {multiple}, got {cols}"
+        )
