@@ -1,0 +1,88 @@
+"""tools.make_synthetic_gguf: files open_gguf accepts, with the real model's shapes and types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from runtime.default_model import default_model_path
+from runtime.gguf_file import open_gguf
+from runtime.gguf_header import read_header
+from tools import make_synthetic_gguf as syn
+
+
+def test_builtin_spec_small_variant(tmp_path: Path):
+    path = syn.write_synthetic_model(tmp_path / "s.gguf", n_layers=2, vocab_size=400, seed=1)
+    model = open_gguf(path)
+    c = model.config
+    assert (c.arch, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_ff) == (
+        "llama", 2, 576, 9, 3, 1536,
+    )  # fmt: skip
+    assert c.vocab_size == 400 and c.tied_output and c.rope_base == 100000.0
+    assert model.quant_kind == "Q4_1"
+    assert model.weight("token_embd").qtype == Q.Q8_0
+    assert model.weight("attn_norm", 1).qtype == Q.F32
+    for rec in model.tensors.values():
+        x = rec.dequantize()
+        assert np.isfinite(x).all(), rec.name
+        if "norm" in rec.name:
+            assert abs(float(x.mean()) - 1.0) < 0.05, rec.name
+        else:  # weights of a plausible scale, zero-centred
+            assert 0.005 < float(x.std()) < 0.05 and abs(float(x.mean())) < 0.005, rec.name
+    # the synthetic vocabulary is a consistent byte-level BPE
+    tokens = model.metadata["tokenizer.ggml.tokens"]
+    merges = model.metadata["tokenizer.ggml.merges"]
+    assert len(tokens) == 400 == len(set(tokens))
+    assert len(model.metadata["tokenizer.ggml.token_type"]) == 400
+    known = set(tokens)
+    assert all(a in known and b in known and a + b in known for a, b in map(str.split, merges))
+    assert tokens[model.metadata["tokenizer.ggml.eos_token_id"]] == "<|im_end|>"
+    assert "<|im_start|>" in model.metadata["tokenizer.chat_template"]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path):
+    a = syn.write_synthetic_model(tmp_path / "a.gguf", n_layers=1, vocab_size=300, seed=3)
+    b = syn.write_synthetic_model(tmp_path / "b.gguf", n_layers=1, vocab_size=300, seed=3)
+    c = syn.write_synthetic_model(tmp_path / "c.gguf", n_layers=1, vocab_size=300, seed=4)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_builtin_plan_is_the_real_model_table():
+    real = read_header(default_model_path())
+    meta, plan = syn._builtin_plan(30, 49152)
+    assert {n: (q, s) for n, q, s in plan} == {t.name: (t.qtype, t.shape) for t in real.tensors}
+    for key, (value, vtype) in meta.items():
+        if key.startswith("tokenizer.ggml.") and isinstance(value, list):
+            continue  # the vocabulary itself is synthetic
+        if key in ("general.name", "tokenizer.chat_template"):
+            continue
+        if isinstance(value, float):  # stored as float32
+            assert real.metadata[key] == float(np.float32(value)), key
+        else:
+            assert real.metadata[key] == value, key
+        assert real.value_types[key] == (vtype, None), key
+
+
+def test_like_the_real_model_copies_metadata_exactly(tmp_path: Path, capsys: pytest.CaptureFixture):
+    real_path = default_model_path()
+    path = tmp_path / "like.gguf"
+    syn.main([str(path), "--like", str(real_path), "--layers", "2", "--seed", "9"])
+    assert f"wrote {path}" in capsys.readouterr().out
+    real, fake = read_header(real_path), read_header(path)
+    assert fake.metadata.pop("llama.block_count") == 2
+    assert real.metadata.pop("llama.block_count") == 30
+    assert fake.metadata == real.metadata  # tokenizer included
+    fake.value_types.pop("llama.block_count")
+    real.value_types.pop("llama.block_count")
+    assert fake.value_types == real.value_types
+    kept = {t.name: (t.qtype, t.shape) for t in real.tensors if not t.name.startswith("blk.")}
+    kept |= {
+        t.name: (t.qtype, t.shape) for t in real.tensors if t.name.startswith(("blk.0.", "blk.1."))
+    }
+    assert {t.name: (t.qtype, t.shape) for t in fake.tensors} == kept
+    model = open_gguf(path)
+    assert np.isfinite(model.weight("output").dequantize()).all()
+    assert np.isfinite(model.weight("ffn_down", 1).dequantize()).all()
