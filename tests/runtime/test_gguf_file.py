@@ -62,6 +62,7 @@ def write_tiny(
     retype: dict[str, Q] | None = None,
     tied: bool = False,
     arch: str = "llama",
+    layer: dict[str, tuple[Q, tuple[int, ...]]] | None = None,  # suffix -> type, shape
 ) -> Path:
     rng = np.random.default_rng(0)
     w = GGUFWriter(path, arch)
@@ -83,8 +84,9 @@ def write_tiny(
     w.add_string("tokenizer.ggml.model", "gpt2")
     tensors: list[tuple[str, Q, tuple[int, ...]]] = [("token_embd.weight", Q.Q8_0, (VOCAB, D))]
     for i in range(LAYERS):
-        for role, shape in SHAPES.items():
-            tensors.append((f"blk.{i}.{role}.weight", TYPES[role], shape))
+        default = {f"{r}.weight": (TYPES[r], shape) for r, shape in SHAPES.items()}
+        for suffix, (qtype, shape) in (layer or default).items():
+            tensors.append((f"blk.{i}.{suffix}", qtype, shape))
         tensors.append((f"blk.{i}.attn_norm.weight", Q.F32, (D,)))
         tensors.append((f"blk.{i}.ffn_norm.weight", Q.F32, (D,)))
     tensors.append(("output_norm.weight", Q.F32, (D,)))
@@ -95,7 +97,7 @@ def write_tiny(
             continue
         shape = (reshape or {}).get(name, shape)
         qtype = (retype or {}).get(name, qtype)
-        if qtype == Q.F32:
+        if qtype == Q.F32 and len(shape) == 1:
             w.add_tensor(name, 1 + rng.normal(0, 0.1, shape).astype(np.float32))
         elif qtype == Q.Q2_K:  # a real type we do not support: 84-byte blocks
             w.add_tensor(
@@ -143,6 +145,41 @@ def test_tiny_mixed_file_matches_gguf_reader(tiny: Path):
     with pytest.raises(KeyError):
         model.weight("attn_qkv", 0)
     model.close()
+
+
+def test_qwen2_roles_with_qkv_bias(tmp_path: Path):
+    layer = {f"{r}.weight": (TYPES[r], shape) for r, shape in SHAPES.items()}
+    layer |= {"attn_q.bias": (Q.F32, (D,)), "attn_k.bias": (Q.F32, (KV,))}
+    layer |= {"attn_v.bias": (Q.F32, (KV,))}
+    model = open_gguf(write_tiny(tmp_path / "qwen2.gguf", arch="qwen2", tied=True, layer=layer))
+    c = model.config
+    assert c.arch == "qwen2" and c.qkv_bias and c.rope_style == "neox" and c.tied_output
+    assert model.weight("attn_k_bias", 1).name == "blk.1.attn_k.bias"
+    assert model.weight("attn_k_bias", 1).shape == (KV,)
+    assert not model.arch.fused_qkv
+    del layer["attn_v.bias"]  # the bias is required for qwen2
+    msg = _load_error(write_tiny(tmp_path / "q2b.gguf", arch="qwen2", layer=layer))
+    assert "'blk.0.attn_v.bias'" in msg
+
+
+def test_phi3_roles_with_fused_qkv_and_gate_up(tmp_path: Path):
+    layer = {
+        "attn_qkv.weight": (Q.Q4_K, (D + 2 * KV, D)),  # rows: q, then k, then v
+        "attn_output.weight": (Q.Q4_0, (D, D)),
+        "ffn_up.weight": (Q.Q4_1, (2 * FF, D)),  # gate rows, then up rows
+        "ffn_down.weight": (Q.Q6_K, (D, FF)),
+    }
+    model = open_gguf(write_tiny(tmp_path / "phi3.gguf", arch="phi3", layer=layer))
+    c, a = model.config, model.arch
+    assert c.arch == "phi3" and c.rope_style == "neox" and not c.qkv_bias
+    assert a.fused_qkv and a.fused_gate_up
+    assert model.weight("attn_qkv", 0).shape == (D + 2 * KV, D)
+    assert model.weight("ffn_gate_up", 1).name == "blk.1.ffn_up.weight"
+    assert model.weight("ffn_gate_up", 1).shape == (2 * FF, D)
+    assert not model.has_weight("attn_q", 0) and not model.has_weight("ffn_gate", 0)
+    layer["ffn_up.weight"] = (Q.Q4_1, (FF, D))  # an unfused up matrix is the wrong shape
+    msg = _load_error(write_tiny(tmp_path / "phi3b.gguf", arch="phi3", layer=layer))
+    assert "'blk.0.ffn_up.weight'" in msg and f"expected ({2 * FF}, {D})" in msg
 
 
 def test_tied_output_resolves_to_token_embd(tmp_path: Path):
