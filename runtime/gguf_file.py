@@ -120,6 +120,8 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     where = str(path)
     try:
         return _open(path)
+    except OSError as e:  # unreadable file, I/O error, mmap refused
+        raise ModelLoadError(f"{where}: cannot read the model file: {e.strerror or e}") from None
     except ModelLoadError as e:
         if where in e.message:
             raise
