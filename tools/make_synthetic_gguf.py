@@ -10,6 +10,7 @@ scales chosen so every decoded weight is finite with a standard deviation near 0
 near 1), which keeps activations of a random deep model in range.
 
     python -m tools.make_synthetic_gguf OUT.gguf [--like REAL.gguf] [--layers N] [--seed S]
+                                        [--matrix-type Q4_K]
 """
 
 from __future__ import annotations
@@ -160,13 +161,28 @@ def write_synthetic_model(
     seed: int = 0,
     n_layers: int | None = None,
     vocab_size: int = 49152,
+    matrix_type: str | None = None,
 ) -> Path:
-    """Write the synthetic GGUF to `out_path` and return it. See the module docstring."""
+    """Write the synthetic GGUF to `out_path` and return it. See the module docstring.
+
+    `matrix_type` (e.g. "Q4_K") replaces the type of every per-layer matrix, to time kernels of
+    each weight type at real shapes; rows must be whole blocks of that type.
+    """
     out_path = Path(out_path)
     if like is not None:
         meta, plan = _like_plan(Path(like), n_layers)
     else:
         meta, plan = _builtin_plan(30 if n_layers is None else n_layers, vocab_size)
+    if matrix_type is not None:
+        new = Q[matrix_type]
+        if new not in BLOCK_SIZES:
+            raise ValueError(f"matrix_type {matrix_type} is not a supported type")
+        plan = [(n, new if n.startswith("blk.") and len(s) == 2 else q, s) for n, q, s in plan]
+        for name, qtype, shape in plan:
+            if shape[-1] % BLOCK_SIZES[qtype][0]:
+                raise ValueError(
+                    f"{name}: rows of {shape[-1]} values are not whole {qtype.name} blocks"
+                )
     arch = meta.pop("general.architecture", ("llama", V.STRING))[0]
     writer = GGUFWriter(out_path, arch)  # writes general.architecture itself
     for key, (value, vtype) in meta.items():
@@ -200,8 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--like", type=Path, help="real GGUF to copy metadata, shapes and types from")
     p.add_argument("--layers", type=int, help="keep only this many layers (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--matrix-type", help="give every per-layer matrix this type, e.g. Q4_K")
     args = p.parse_args(argv)
-    path = write_synthetic_model(args.out, args.like, seed=args.seed, n_layers=args.layers)
+    path = write_synthetic_model(
+        args.out, args.like, seed=args.seed, n_layers=args.layers, matrix_type=args.matrix_type
+    )
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

@@ -86,3 +86,20 @@ def test_like_the_real_model_copies_metadata_exactly(tmp_path: Path, capsys: pyt
     model = open_gguf(path)
     assert np.isfinite(model.weight("output").dequantize()).all()
     assert np.isfinite(model.weight("ffn_down", 1).dequantize()).all()
+
+
+def test_matrix_type_override(tmp_path: Path):
+    # Q5_0 (32-value blocks) fits every matrix; the K-quants' 256-value blocks do not fit
+    # SmolLM2's 576-wide rows, which is why its Q4_K_M file falls back to other types there
+    path = syn.write_synthetic_model(
+        tmp_path / "q5.gguf", n_layers=1, vocab_size=300, matrix_type="Q5_0"
+    )
+    model = open_gguf(path)
+    assert model.quant_kind == "Q5_0" and model.weight("token_embd").qtype == Q.Q8_0
+    assert model.weight("ffn_down", 0).qtype == Q.Q5_0
+    assert model.weight("attn_norm", 0).qtype == Q.F32
+    assert np.isfinite(model.weight("attn_v", 0).dequantize()).all()
+    with pytest.raises(ValueError, match="576 values are not whole Q4_K blocks"):
+        syn.write_synthetic_model(tmp_path / "k.gguf", n_layers=1, matrix_type="Q4_K")
+    with pytest.raises(ValueError, match="Q2_K"):
+        syn.write_synthetic_model(tmp_path / "x.gguf", n_layers=1, matrix_type="Q2_K")
