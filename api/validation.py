@@ -1,0 +1,184 @@
+"""Validation of POST /execute and /cancel bodies: bad input stops here, with the field named.
+
+Everything is checked before a job exists: types (a bool is not a number), ranges, lengths,
+unknown fields (a misspelt "max_token" would otherwise silently mean the default). What needs
+the model (does prompt + max_tokens fit the context?) is checked by the app after tokenizing,
+and also answers 400 INVALID_REQUEST before any stream starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+
+import attrs
+
+from runtime.errors import InvalidRequest
+from runtime.sampling import SamplingParams
+
+JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_PROMPT_CHARS = 32_768
+MAX_TOKENS_LIMIT = 2048
+DEFAULT_MAX_TOKENS = 256
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 100
+MAX_MESSAGES = 256
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+SEED_LIMIT = 2**64 - 1
+
+EXECUTE_FIELDS = frozenset(
+    {
+        "job_id",
+        "prompt",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+        "stop",
+        "seed",
+    }
+)
+
+
+@attrs.frozen
+class ExecuteRequest:
+    job_id: str
+    prompt: str | None  # exactly one of prompt / messages is set
+    messages: tuple[dict, ...] | None
+    max_tokens: int
+    stop: tuple[str, ...]
+    params: SamplingParams  # carries the seed (given or generated)
+
+
+def parse_json_object(body: bytes) -> dict:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidRequest(f"body is not valid JSON: {error}", field="body") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("body must be a JSON object", field="body")
+    return value
+
+
+def _int(body: dict, name: str, default: int | None, lo: int, hi: int | None) -> int | None:
+    value = body.get(name, default)
+    if value is None and default is None and name not in body:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer", field=name)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise InvalidRequest(f"{name} must be in {bound}, got {value}", field=name)
+    return value
+
+
+def _float(body: dict, name: str, default: float, lo: float, hi: float, *, lo_open: bool) -> float:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a finite number", field=name)
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        bound = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise InvalidRequest(f"{name} must be in {bound}, got {value}", field=name)
+    return float(value)
+
+
+def validate_job_id(body: dict) -> str:
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+        raise InvalidRequest(
+            "job_id is required: 1-128 characters of A-Z a-z 0-9 . _ : -", field="job_id"
+        )
+    return job_id
+
+
+def _messages(value: object) -> tuple[dict, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_MESSAGES:
+        raise InvalidRequest(
+            f"messages must be a list of 1-{MAX_MESSAGES} messages", field="messages"
+        )
+    total = 0
+    out = []
+    for index, message in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise InvalidRequest(f"{where} must be an object with role and content", field=where)
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role"
+            )
+        if not isinstance(content, str):
+            raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
+        total += len(content)
+        out.append({"role": role, "content": content})
+    if total == 0 or total > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"messages must hold 1-{MAX_PROMPT_CHARS} characters of content in all",
+            field="messages",
+        )
+    return tuple(out)
+
+
+def validate_execute(body: dict) -> ExecuteRequest:
+    """Check an /execute body; raises `InvalidRequest` naming the first field at fault."""
+    unknown = sorted(set(body) - EXECUTE_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    job_id = validate_job_id(body)
+
+    prompt, messages = body.get("prompt"), None
+    if ("prompt" in body) == ("messages" in body):
+        raise InvalidRequest("give exactly one of prompt or messages", field="prompt")
+    if "prompt" in body:
+        if not isinstance(prompt, str) or not 1 <= len(prompt) <= MAX_PROMPT_CHARS:
+            raise InvalidRequest(
+                f"prompt must be a string of 1-{MAX_PROMPT_CHARS} characters", field="prompt"
+            )
+    else:
+        messages = _messages(body["messages"])
+
+    max_tokens = _int(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, MAX_TOKENS_LIMIT)
+    temperature = _float(body, "temperature", 1.0, 0.0, 2.0, lo_open=False)
+    top_k = _int(body, "top_k", 0, 0, None)
+    top_p = _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    min_p = _float(body, "min_p", 0.0, 0.0, 1.0, lo_open=False)
+    repetition_penalty = _float(body, "repetition_penalty", 1.0, 0.0, 2.0, lo_open=True)
+
+    stop = body.get("stop", [])
+    if isinstance(stop, str):  # a single string is a common shorthand
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest(
+            f"stop must be a list of at most {MAX_STOP_STRINGS} strings", field="stop"
+        )
+    for text in stop:
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_STOP_CHARS:
+            raise InvalidRequest(
+                f"each stop string must have 1-{MAX_STOP_CHARS} characters", field="stop"
+            )
+
+    seed = _int(body, "seed", None, 0, SEED_LIMIT)
+    if seed is None:
+        seed = secrets.randbits(64)  # echoed in `started`, so the run can be replayed
+
+    params = SamplingParams(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    return ExecuteRequest(job_id, prompt, messages, max_tokens, tuple(stop), params)
+
+
+def validate_cancel(body: dict) -> str:
+    unknown = sorted(set(body) - {"job_id"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    return validate_job_id(body)

@@ -1,0 +1,88 @@
+"""The worker's settings: one frozen record, filled from the command line or the environment.
+
+`runtime.cli` builds it from flags, `runtime.asgi` from `WORKER_ORCD_*` environment variables;
+both go through `WorkerConfig.from_mapping` so the two entry points cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+BACKENDS = ("auto", "cpu", "cuda")
+DEFAULT_MAX_CONTEXT = 2048  # tokens of KV cache unless --max-context says otherwise
+MAX_BODY_BYTES = 1024 * 1024  # POST bodies above this answer 413
+ENV_PREFIX = "WORKER_ORCD_"
+
+
+def _positive(_instance, attribute, value) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def default_worker_id() -> str:
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
+
+
+@attrs.frozen
+class WorkerConfig:
+    model: Path | None = None  # None: the embedded default model
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 picks a free port (tests)
+    worker_id: str = attrs.field(factory=default_worker_id)
+    gpu_device: int = 0
+    backend: str = attrs.field(default="auto", validator=attrs.validators.in_(BACKENDS))
+    # KV-cache tokens; None: min(DEFAULT_MAX_CONTEXT, the model's trained context)
+    max_context: int | None = attrs.field(default=None, validator=_positive)
+    residency_interval_s: float = attrs.field(default=30.0, validator=_positive)
+    # jobs that may wait behind the running one before /execute answers 503 BUSY
+    queue_size: int = attrs.field(default=16, validator=_positive)
+    # on SIGTERM, how long streams get to deliver their terminal event
+    drain_timeout_s: float = attrs.field(default=3.0, validator=_positive)
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str | None]) -> WorkerConfig:
+        """Build from string settings (flag values or environment); missing or None keeps the default."""
+        converters = {
+            "model": Path,
+            "host": str,
+            "port": int,
+            "worker_id": str,
+            "gpu_device": int,
+            "backend": str,
+            "max_context": int,
+            "residency_interval_s": float,
+            "queue_size": int,
+            "drain_timeout_s": float,
+        }
+        kwargs = {}
+        for name, convert in converters.items():
+            raw = values.get(name)
+            if raw is not None and raw != "":
+                kwargs[name] = convert(raw)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+        """WORKER_ORCD_MODEL, WORKER_ORCD_BACKEND, WORKER_ORCD_MAX_CONTEXT, ... (upper-case names)."""
+        environ = os.environ if environ is None else environ
+        aliases = {"residency_interval_s": "RESIDENCY_INTERVAL", "drain_timeout_s": "DRAIN_TIMEOUT"}
+        values = {}
+        for name in attrs.fields_dict(cls):
+            key = ENV_PREFIX + aliases.get(name, name.upper())
+            if key in environ:
+                values[name] = environ[key]
+        return cls.from_mapping(values)
+
+    def resolved_model_path(self) -> Path:
+        """The model file to load; the embedded default when none was given."""
+        if self.model is not None:
+            return self.model
+        from runtime.default_model import default_model_path
+
+        return default_model_path()
