@@ -1,0 +1,281 @@
+"""The executor actor: one OS thread owns the engine for the whole life of the process.
+
+`run()` is one long `trio.to_thread.run_sync` call (never `abandon_on_cancel`: a thread that
+still drives the GPU must not be forgotten). The thread loads the model, runs jobs one at a time
+through `runtime.generate`, answers residency checks between jobs and between decode steps, and
+closes the engine in `finally`. Nothing else ever touches the engine.
+
+Trio -> thread: one bounded memory channel of commands (load, job, wake, stop), received with
+`trio.from_thread.run`. Thread -> trio: fire-and-forget callbacks through the trio token
+(`run_sync_soon`), so the decode loop never waits for the event loop to forward a token.
+Cancellation is a flag the generation loop polls between every prefill chunk and decode step.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from actors.jobs import End, Failed, JobHandle, Started, Token
+from runtime.engine_api import Engine, ProgressCallback, ResidencyReport
+from runtime.errors import Cancelled, ErrorCode, WorkerError
+from runtime.generate import Finished, TokenOut, generate
+from runtime.narration import Narrator
+
+ACTOR = "executor"
+CONTROL_SLACK = 4  # channel slots beyond the job queue: load, stop, one wake per pending check
+_STOP = object()
+_WAKE = object()
+
+
+@attrs.frozen
+class EngineFacts:
+    """What the trio side may know about the engine, read once on the executor thread."""
+
+    backend: str
+    quant_kind: str
+    memory_bytes: int
+    max_context: int
+
+
+@attrs.define
+class _Load:
+    load: Callable[[ProgressCallback], Engine]
+    progress: ProgressCallback  # runs on the trio thread
+    done: trio.Event = attrs.field(factory=trio.Event)
+    facts: EngineFacts | None = None
+    error: BaseException | None = None
+
+
+@attrs.define
+class _Check:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    report: ResidencyReport | None = None
+    error: BaseException | None = None
+
+
+def _utc_now() -> str:
+    return (
+        datetime.datetime.now(datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class Executor:
+    def __init__(self, *, narrator: Narrator, queue_size: int, tokenizer: Any = None):
+        self.queue_size = queue_size
+        self.pending = 0  # jobs sent and not yet taken by the thread (queue occupancy)
+        self.tokenizer = tokenizer  # set by the loader before the first job
+        self._send, self._receive = trio.open_memory_channel[object](queue_size + CONTROL_SLACK)
+        self._checks: collections.deque[_Check] = collections.deque()
+        self._stopping = False  # read by the thread between steps: finish the job now
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._narrator = narrator.child(actor=ACTOR)
+        self._engine: Engine | None = None  # touched only on the executor thread
+
+    # ------------------------------------------------------------------ trio side
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Executor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The actor: returns after `stop()`; an engine bug propagates (the worker then exits)."""
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stop_when_cancelled)
+            await trio.to_thread.run_sync(self._thread_main, task_status.started)
+            nursery.cancel_scope.cancel()
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stopping = True  # the thread ends its job at the next step, then sees Cancelled
+
+    def has_room(self) -> bool:
+        return self.pending < self.queue_size
+
+    def submit(self, handle: JobHandle) -> None:
+        """Queue a job (the caller checked `has_room`); FIFO, one at a time."""
+        self._send.send_nowait(handle)
+        self.pending += 1
+
+    async def load(
+        self, load: Callable[[ProgressCallback], Engine], progress: ProgressCallback
+    ) -> EngineFacts:
+        """Load the engine on the executor thread; `progress(done, total)` runs on the trio thread."""
+        command = _Load(load, progress)
+        await self._send.send(command)
+        await command.done.wait()
+        if command.error is not None:
+            raise command.error
+        assert command.facts is not None
+        return command.facts
+
+    async def check_residency(self) -> ResidencyReport:
+        """Run `engine.check_residency()` on the executor thread (between jobs or steps)."""
+        check = _Check()
+        self._checks.append(check)
+        # Wakes an idle thread. A full queue means a busy thread, which polls `_checks` itself.
+        with contextlib.suppress(trio.WouldBlock):
+            self._send.send_nowait(_WAKE)
+        await check.done.wait()
+        if check.error is not None:
+            raise check.error
+        assert check.report is not None
+        return check.report
+
+    async def stop(self) -> None:
+        """Finish the running job at its next step, close the engine, end the thread."""
+        self._stopping = True
+        await self._send.send(_STOP)
+
+    def _take(self, handle: JobHandle) -> bool:
+        self.pending -= 1
+        return handle.try_start()
+
+    # ------------------------------------------------------------------ executor thread
+
+    def _post(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):  # trio is gone: nobody is left to tell
+            self._token.run_sync_soon(fn, *args)
+
+    def _thread_main(self, started: Callable[[Executor], None]) -> None:
+        trio.from_thread.run_sync(started, self)
+        try:
+            while True:
+                self._service_checks()
+                try:
+                    command = trio.from_thread.run(self._receive.receive)
+                except (trio.Cancelled, trio.RunFinishedError):
+                    return
+                if command is _STOP:
+                    return
+                if isinstance(command, _Load):
+                    self._load(command)
+                elif isinstance(command, JobHandle) and trio.from_thread.run_sync(
+                    self._take, command
+                ):
+                    self._run_job(command)
+        finally:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+    def _load(self, command: _Load) -> None:
+        def progress(done: int, total: int) -> None:
+            if self._stopping:  # SIGTERM while loading: abandon the load rather than finish it
+                raise Cancelled("the worker is shutting down; load abandoned")
+            self._post(command.progress, done, total)
+
+        try:
+            engine = command.load(progress)
+            self._engine = engine
+            command.facts = EngineFacts(
+                backend=engine.backend,
+                quant_kind=engine.quant_kind,
+                memory_bytes=engine.memory_bytes(),
+                max_context=engine.max_context,
+            )
+        except Exception as error:  # reported to the loader, which decides it is fatal
+            command.error = error
+        self._post(command.done.set)
+
+    def _service_checks(self) -> None:
+        while self._checks:
+            check = self._checks.popleft()
+            try:
+                if self._engine is None:
+                    check.report = ResidencyReport(False, 0, "no model is loaded")
+                else:
+                    check.report = self._engine.check_residency()
+            except Exception as error:
+                check.error = error
+            self._post(check.done.set)
+
+    def _run_job(self, handle: JobHandle) -> None:
+        job, engine, tokenizer = handle.job, self._engine, self.tokenizer
+        assert engine is not None and tokenizer is not None
+        request = job.request
+        narrator = self._narrator.child(job_id=job.job_id, correlation_id=job.correlation_id)
+        self._post(handle.deliver, Started(len(job.prompt_ids), request.params.seed, _utc_now()))
+        narrator.emit(
+            "execute_start",
+            target=job.job_id,
+            human=f"Started job {job.job_id}: {len(job.prompt_ids)} prompt tokens, up to {request.max_tokens} new.",
+            prompt_tokens=len(job.prompt_ids),
+            max_tokens=request.max_tokens,
+            seed=request.params.seed,
+        )
+
+        def should_cancel() -> bool:
+            self._service_checks()
+            return handle.cancel_requested or self._stopping
+
+        final: End | Failed
+        try:
+            events = generate(
+                engine,
+                job.prompt_ids,
+                request.params,
+                max_tokens=request.max_tokens,
+                decoder=tokenizer.incremental_decoder(),
+                eog_ids=tokenizer.eog_ids,
+                stops=request.stop,
+                should_cancel=should_cancel,
+            )
+            final = Failed(ErrorCode.INTERNAL, "generation ended without a result")
+            for event in events:
+                if isinstance(event, TokenOut):
+                    self._post(handle.deliver, Token(event.text, event.index))
+                elif isinstance(event, Finished):
+                    final = End(event.tokens_out, round(event.decode_time_ms, 3), event.stop_reason)
+        except Cancelled:
+            reason = (
+                handle.cancel_reason if handle.cancel_requested else "the worker is shutting down"
+            )
+            final = Failed(ErrorCode.CANCELLED, reason)
+        except WorkerError as error:
+            final = Failed(error.code, error.message)
+            if getattr(error, "fatal", False):  # e.g. a poisoned CUDA context: the actor dies
+                self._finish(handle, narrator, final)
+                raise
+        except Exception as error:
+            # Unknown engine state: fail the job, then let the executor die (worker exits non-zero).
+            self._finish(
+                handle,
+                narrator,
+                Failed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"),
+            )
+            raise
+        self._finish(handle, narrator, final)
+
+    def _finish(self, handle: JobHandle, narrator: Narrator, final: End | Failed) -> None:
+        self._post(handle.deliver, final)
+        if isinstance(final, End):
+            narrator.emit(
+                "execute_end",
+                target=handle.job_id,
+                human=f"Finished job {handle.job_id}: {final.tokens_out} tokens ({final.stop_reason}).",
+                outcome="end",
+                tokens_out=final.tokens_out,
+                decode_time_ms=final.decode_time_ms,
+                stop_reason=final.stop_reason,
+            )
+        else:
+            narrator.emit(
+                "execute_end",
+                level="info" if final.code is ErrorCode.CANCELLED else "error",
+                target=handle.job_id,
+                human=f"Job {handle.job_id} ended with {final.code}: {final.message}.",
+                outcome="error",
+                code=str(final.code),
+                detail=final.message,
+            )

@@ -1,0 +1,97 @@
+"""Admission and bookkeeping of jobs: the one place that says yes, 409, 503 BUSY, or 404.
+
+Live jobs (queued or running) are indexed by job_id, so a duplicate is refused (409) and a
+cancel finds its target. Finished job ids are remembered for a while (bounded) so that a cancel
+after the end answers 202 and changes nothing, as the protocol wants, instead of 404.
+Runs entirely on the trio thread.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from actors.executor import Executor
+from actors.jobs import Job, JobHandle, JobState
+from runtime.errors import ErrorCode, WorkerError
+from runtime.narration import Narrator
+from runtime.state import Status, WorkerState
+
+ACTOR = "scheduler"
+REMEMBER_FINISHED = 4096  # finished job ids kept for idempotent cancels
+BUSY_RETRY_AFTER_S = 1
+
+
+class Scheduler:
+    def __init__(self, *, executor: Executor, state: WorkerState, narrator: Narrator):
+        self.executor = executor
+        self.state = state
+        self.live: dict[str, JobHandle] = {}
+        self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._narrator = narrator.child(actor=ACTOR)
+
+    def admission_error(self) -> WorkerError | None:
+        """Why a new job would be refused right now by the worker's state (None: it would not)."""
+        status = self.state.status
+        if status is Status.LOADING:
+            return WorkerError(
+                f"the model is still loading ({self.state.load_percent} %)", code=ErrorCode.LOADING
+            )
+        if status is Status.DRAINING:
+            return WorkerError("the worker is shutting down", code=ErrorCode.DRAINING)
+        if status is Status.UNHEALTHY:
+            return WorkerError(
+                f"the worker is unhealthy: {self.state.reason}", code=ErrorCode.INTERNAL
+            )
+        return None
+
+    def check_job_id(self, job_id: str) -> None:
+        if job_id in self.live:
+            raise WorkerError(f"job {job_id} is already queued or running", code=ErrorCode.CONFLICT)
+
+    def submit(self, job: Job) -> JobHandle:
+        """Admit a job or raise: LOADING/DRAINING/INTERNAL (state), CONFLICT, BUSY."""
+        error = self.admission_error()
+        if error is not None:
+            raise error
+        self.check_job_id(job.job_id)
+        if not self.executor.has_room():
+            raise WorkerError(
+                f"the queue is full ({self.executor.queue_size} jobs waiting)", code=ErrorCode.BUSY
+            )
+        handle = JobHandle(job, on_done=self._retire)
+        self.live[job.job_id] = handle
+        self.finished.pop(job.job_id, None)
+        self.executor.submit(handle)
+        return handle
+
+    def cancel(self, job_id: str, *, correlation_id: str | None = None) -> bool:
+        """POST /cancel: True (202) for a live or recently finished job, False (404) otherwise."""
+        handle = self.live.get(job_id)
+        if handle is None:
+            return job_id in self.finished
+        was_queued = handle.state is JobState.QUEUED
+        if handle.request_cancel() and not handle.cancel_noted:
+            handle.cancel_noted = True
+            self._narrator.emit(
+                "cancel",
+                target=job_id,
+                job_id=job_id,
+                correlation_id=correlation_id or handle.job.correlation_id,
+                human=f"Cancel requested for {'queued' if was_queued else 'running'} job {job_id}.",
+                job_state="queued" if was_queued else "running",
+            )
+        return True
+
+    def cancel_all(self, reason: str) -> int:
+        """Draining or crashing: every live job gets a terminal CANCELLED (queued: at once)."""
+        handles = list(self.live.values())
+        for handle in handles:
+            handle.request_cancel(reason)
+        return len(handles)
+
+    def _retire(self, handle: JobHandle) -> None:
+        if self.live.get(handle.job_id) is handle:
+            del self.live[handle.job_id]
+        self.finished[handle.job_id] = None
+        while len(self.finished) > REMEMBER_FINISHED:
+            self.finished.popitem(last=False)
