@@ -1,0 +1,81 @@
+"""The HTTP front-end actor: hypercorn serving the quart-trio app inside the worker's nursery.
+
+`started(binds)` comes as soon as the socket listens, long before the model is loaded, so
+`/health` can say `loading`. Hypercorn's own log lines are turned into narration events, so
+stderr stays one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from runtime.narration import Narrator
+
+ACTOR = "http"
+GRACEFUL_TIMEOUT_S = 1.0  # after our own drain, connections still open get this long
+
+
+class _NarrationHandler(logging.Handler):
+    def __init__(self, narrator: Narrator):
+        super().__init__()
+        self.narrator = narrator
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = (
+            "error"
+            if record.levelno >= logging.ERROR
+            else "warning"
+            if record.levelno >= logging.WARNING
+            else "debug"
+        )
+        self.narrator.emit("server_log", level=level, human=record.getMessage()[:500])
+
+
+def narrated_logger(narrator: Narrator) -> logging.Logger:
+    logger = logging.getLogger(f"worker_orcd.hypercorn.{narrator.worker_id}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        logger.addHandler(_NarrationHandler(narrator.child(actor=ACTOR)))
+    return logger
+
+
+def hypercorn_config(host: str, port: int, narrator: Narrator) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.accesslog = None  # requests are narrated by the app where they matter
+    config.errorlog = narrated_logger(narrator)
+    config.keep_alive_timeout = 75  # clients such as benchmarks reuse connections
+    return config
+
+
+async def run_http(
+    app,
+    *,
+    host: str,
+    port: int,
+    narrator: Narrator,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown_trigger()` returns; `started` with the bound URLs (port 0 resolved)."""
+    config = hypercorn_config(host, port, narrator)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            functools.partial(serve, app, config, shutdown_trigger=shutdown_trigger)
+        )
+        narrator.emit(
+            "listening",
+            actor=ACTOR,
+            target=binds[0],
+            human=f"Listening on {', '.join(binds)}.",
+            binds=binds,
+        )
+        task_status.started(binds)

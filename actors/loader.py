@@ -1,0 +1,166 @@
+"""The loader actor: GGUF file -> tokenizer here, engine on the executor thread, progress -> state.
+
+Order, as narrated: model_load_start, model_load_progress at 0/25/50/75/100 %, (each threshold
+once, in order, whatever granularity the engine reports), model_load_complete, ready. The
+tokenizer and chat template come from the file's metadata on a worker thread (building the BPE
+tables takes a moment and must not stall `/health`); the weights are placed by the executor
+thread, which owns the engine (and so, on the GPU, the CUDA context).
+
+A load failure is fatal: the worker narrates it, marks itself unhealthy and exits non-zero
+(the pool manager sees the exit; a worker without a model has nothing to offer).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from actors.executor import EngineFacts, Executor
+from runtime.config import DEFAULT_MAX_CONTEXT, WorkerConfig
+from runtime.narration import Narrator
+from runtime.state import ModelFacts, Status, WorkerState
+
+ACTOR = "loader"
+PROGRESS_MARKS = (0, 25, 50, 75, 100)
+
+
+@attrs.frozen
+class ModelInfo:
+    """What the HTTP side needs from the model besides the engine: text in, text out."""
+
+    tokenizer: Any  # runtime.tokenizer.Tokenizer (or a test double with the same surface)
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    context_length: int  # the model's trained maximum
+
+
+def token_text(tokenizer: Any, token_id: int | None) -> str:
+    if token_id is None:
+        return ""
+    return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+def open_model_info(path: Path) -> ModelInfo:
+    """Read tokenizer, chat template and context length from the GGUF metadata (any thread)."""
+    from runtime.gguf_file import open_gguf
+    from runtime.tokenizer import Tokenizer
+
+    with open_gguf(path) as model:
+        metadata = model.metadata
+        context_length = model.config.context_length
+    tokenizer = Tokenizer.from_metadata(metadata)
+    return ModelInfo(
+        tokenizer=tokenizer,
+        chat_template=metadata.get("tokenizer.chat_template"),
+        bos_token=token_text(tokenizer, tokenizer.bos_id),
+        eos_token=token_text(tokenizer, tokenizer.eos_id),
+        context_length=context_length,
+    )
+
+
+def default_engine_loader(path: Path, backend: str, *, max_context: int, gpu_device: int, progress):
+    from runtime.backends import load_engine
+
+    return load_engine(
+        path, backend, max_context=max_context, progress=progress, gpu_device=gpu_device
+    )
+
+
+@attrs.define
+class _ProgressNarration:
+    """Turns the engine's byte counts into the state's percent and narration at each mark."""
+
+    state: WorkerState
+    narrator: Narrator
+    next_mark: int = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = self.state.set_load_progress(done, total)
+        while self.next_mark < len(PROGRESS_MARKS) and percent >= PROGRESS_MARKS[self.next_mark]:
+            mark = PROGRESS_MARKS[self.next_mark]
+            self.next_mark += 1
+            self.narrator.emit(
+                "model_load_progress",
+                target=self.state.model,
+                human=f"Loading the model: {mark} %.",
+                percent=mark,
+                done_bytes=done,
+                total_bytes=total,
+            )
+
+
+async def run_loader(
+    *,
+    config: WorkerConfig,
+    path: Path,
+    backend: str,
+    state: WorkerState,
+    executor: Executor,
+    narrator: Narrator,
+    info_loader: Callable[[Path], ModelInfo] = open_model_info,
+    engine_loader: Callable[..., Any] = default_engine_loader,
+    task_status: trio.TaskStatus[ModelInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Load the model; `started(info)` once it is resident and the worker is ready."""
+    narrator = narrator.child(actor=ACTOR)
+    t0 = time.monotonic()
+    narrator.emit(
+        "model_load_start",
+        target=str(path),
+        human=f"Loading {path.name} on the {backend} backend.",
+        backend=backend,
+        gpu_device=config.gpu_device,
+    )
+    try:
+        info = await trio.to_thread.run_sync(info_loader, path)
+        max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, info.context_length)
+        executor.tokenizer = info.tokenizer
+        load = functools.partial(
+            engine_loader, path, backend, max_context=max_context, gpu_device=config.gpu_device
+        )
+        facts: EngineFacts = await executor.load(
+            lambda progress: load(progress=progress), _ProgressNarration(state, narrator)
+        )
+    except Exception as error:
+        if state.status is Status.DRAINING:
+            # SIGTERM during the load: the supervisor is stopping us; not a crash.
+            await trio.sleep_forever()
+        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+        state.mark_unhealthy(f"model load failed: {message}")
+        narrator.emit(
+            "error",
+            level="error",
+            target=str(path),
+            human=f"The model failed to load: {message}",
+            code=str(getattr(error, "code", "MODEL_LOAD_FAILED")),
+        )
+        raise
+    state.mark_ready(
+        ModelFacts(
+            quant_kind=facts.quant_kind,
+            vram_bytes_used=facts.memory_bytes if facts.backend == "cuda" else 0,
+            tokenizer_kind=info.tokenizer.kind,
+            vocab_size=info.tokenizer.vocab_size,
+            context_length=facts.max_context,
+        ),
+        backend=facts.backend,
+    )
+    seconds = round(time.monotonic() - t0, 3)
+    narrator.emit(
+        "model_load_complete",
+        target=str(path),
+        human=f"Model resident on {facts.backend}: {facts.memory_bytes} bytes in {seconds} s.",
+        backend=facts.backend,
+        quant_kind=facts.quant_kind,
+        memory_bytes=facts.memory_bytes,
+        context_length=facts.max_context,
+        seconds=seconds,
+    )
+    task_status.started(info)

@@ -1,0 +1,179 @@
+"""The supervisor: builds the worker, starts the actors in order, drains on SIGTERM/SIGINT.
+
+    root nursery (run_worker)
+      http      hypercorn.trio.serve            started first: /health answers "loading"
+      signals   SIGTERM/SIGINT -> drain -> stop
+      core      executor thread -> loader -> residency monitor -> "ready"
+
+Every actor runs in one nursery, so an actor that raises cancels its siblings and the process
+exits non-zero (`runtime.cli`): the worker never serves HTTP with a dead executor. Under the
+`hypercorn` command (`runtime.asgi`) the core runs in the app's lifespan nursery instead and a
+crash ends the process the same way.
+
+Draining: status `draining` (new jobs 503), every queued and running job gets a terminal
+`error` CANCELLED, streams get `drain_timeout_s` to flush it, the executor closes the engine,
+hypercorn stops. All within the 5 s the protocol allows.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.executor import Executor
+from actors.http import run_http
+from actors.loader import ModelInfo, default_engine_loader, open_model_info, run_loader
+from actors.residency import run_residency_monitor
+from actors.scheduler import Scheduler
+from api.app import create_app
+from runtime.config import WorkerConfig
+from runtime.narration import Narrator
+from runtime.state import WorkerState
+
+ACTOR = "supervisor"
+EXECUTOR_STOP_TIMEOUT_S = 1.0
+
+
+def model_name(path: Path) -> str:
+    return path.name.removesuffix(".gguf")
+
+
+class Worker:
+    """The parts of one worker process and how they start and stop; no I/O in the constructor."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        backend: str,
+        narrator: Narrator | None = None,
+        info_loader=open_model_info,
+        engine_loader=default_engine_loader,
+    ):
+        self.config = config
+        self.path = config.resolved_model_path()
+        self.backend = backend  # resolved: "cpu" | "cuda"
+        self.narrator = narrator or Narrator(config.worker_id, model=model_name(self.path))
+        self.state = WorkerState(config.worker_id, model_name(self.path), backend)
+        self.executor = Executor(narrator=self.narrator, queue_size=config.queue_size)
+        self.scheduler = Scheduler(executor=self.executor, state=self.state, narrator=self.narrator)
+        self.info: ModelInfo | None = None
+        self.open_streams = 0  # SSE responses still being written (the drain waits for them)
+        self._info_loader = info_loader
+        self._engine_loader = engine_loader
+        self._core_scope: trio.CancelScope | None = None
+        self.ready = trio.Event()  # set once the model is resident and jobs are admitted
+        self.stopped = trio.Event()  # set once drained: the HTTP server may stop
+        self.app = create_app(self)
+
+    def narrate(self, action: str, *, level: str = "info", human: str, **fields: Any) -> None:
+        self.narrator.emit(
+            action, level=level, actor=ACTOR, target=self.state.model, human=human, **fields
+        )
+
+    async def run_core(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Executor, loader, residency monitor; `started()` once the worker is ready."""
+        with trio.CancelScope() as scope:
+            self._core_scope = scope
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.executor.run)
+                self.info = await nursery.start(
+                    functools.partial(
+                        run_loader,
+                        config=self.config,
+                        path=self.path,
+                        backend=self.backend,
+                        state=self.state,
+                        executor=self.executor,
+                        narrator=self.narrator,
+                        info_loader=self._info_loader,
+                        engine_loader=self._engine_loader,
+                    )
+                )
+                await nursery.start(
+                    functools.partial(
+                        run_residency_monitor,
+                        check=self.executor.check_residency,
+                        state=self.state,
+                        narrator=self.narrator,
+                        interval_s=self.config.residency_interval_s,
+                    )
+                )
+                self.narrate(
+                    "ready",
+                    human=f"Ready: {self.state.model} on {self.state.backend}, accepting jobs.",
+                    backend=self.state.backend,
+                )
+                self.ready.set()
+                task_status.started()
+
+    async def drain(self, reason: str) -> None:
+        """Refuse new jobs, end every live stream with a terminal event, stop the executor."""
+        self.state.mark_draining(reason)
+        cancelled = self.scheduler.cancel_all("the worker is shutting down")
+        self.narrate(
+            "shutdown", human=f"Draining ({reason}): cancelling {cancelled} job(s).", jobs=cancelled
+        )
+        with trio.move_on_after(self.config.drain_timeout_s):
+            while self.scheduler.live or self.open_streams:
+                await trio.sleep(0.01)
+        with trio.move_on_after(EXECUTOR_STOP_TIMEOUT_S):
+            await self.executor.stop()
+        if self._core_scope is not None:
+            self._core_scope.cancel()
+
+    async def shutdown(self, reason: str) -> None:
+        """Drain, then let the HTTP server stop (SIGTERM/SIGINT, or a test)."""
+        if self.stopped.is_set():
+            return
+        await self.drain(reason)
+        self.stopped.set()
+
+
+async def _watch_signals(worker: Worker, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            worker.narrate("signal", human=f"Received {name}; shutting down.", signal=name)
+            await worker.shutdown(f"received {name}")
+            return
+
+
+async def run_worker(
+    worker: Worker, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """The whole worker under one root nursery; returns after a clean drain, raises on a crash.
+
+    `started(binds)` as soon as HTTP listens; `worker.ready` tells when the model is loaded.
+    """
+    signals_scope = trio.CancelScope()
+
+    async def watch_signals() -> None:
+        with signals_scope:
+            await _watch_signals(worker)
+
+    async with trio.open_nursery() as root:
+        if handle_signals:
+            root.start_soon(watch_signals)
+        binds = await root.start(
+            functools.partial(
+                run_http,
+                worker.app,
+                host=worker.config.host,
+                port=worker.config.port,
+                narrator=worker.narrator,
+                shutdown_trigger=worker.stopped.wait,
+            )
+        )
+        task_status.started(binds)
+        await worker.run_core()
+        # The core ends only when drained (or crashed, which cancels everything anyway).
+        await worker.stopped.wait()
+        signals_scope.cancel()  # hypercorn stops by itself once `stopped` is set
