@@ -39,6 +39,8 @@ _TYPES: dict[Q, tuple[str, int]] = {
 }
 _ARGS = "PiiPPi"  # W, rows, cols, x, y, accumulate
 _MM_ARGS = "PiiPiPi"  # W, rows, cols, X, n, Y, accumulate
+#: matmul variant -> (tokens per tile, threads per block)
+_MM_SHAPES = {"simt": (64, 256), "tc32": (32, 128), "tc64": (64, 128)}
 _MV_WARPS = 4  # rows per thread block of the matvec kernel (MV_WARPS in quant_matvec.cu)
 _EMBED_THREADS = 128
 
@@ -67,7 +69,7 @@ class QuantKernels:
         for qtype, (suffix, _) in _TYPES.items():
             self._matvec[qtype] = mv.get_function(f"matvec_{suffix}").prepare(_ARGS)
             self._embed[qtype] = emb.get_function(f"embed_{suffix}").prepare("PiPP")
-            for variant in ("simt", "tc32", "tc64"):
+            for variant in _MM_SHAPES:
                 fn = mm.get_function(f"matmul_{variant}_{suffix}")
                 self._mm[variant, qtype] = fn.prepare(_MM_ARGS)
         self._embed_plain = {
@@ -146,19 +148,26 @@ class QuantKernels:
         *,
         accumulate: bool = False,
         tensor_cores: bool = True,
+        variant: str | None = None,
     ) -> None:
-        """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`."""
+        """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`.
+
+        `variant` forces a kernel ("simt", "tc32", "tc64"; for tests and benchmarks); by default
+        the tensor-core tile height follows the grid size.
+        """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, max(qk, 32))
         if rows <= 0 or n <= 0:
             return
         col_tiles = (rows + 63) // 64
-        if not tensor_cores:
-            variant, bm, threads = "simt", 64, 256
-        elif col_tiles * ((n + 63) // 64) >= self.num_sms:
-            variant, bm, threads = "tc64", 64, 128
-        else:  # too few 64-token tiles to fill the GPU: halve them
-            variant, bm, threads = "tc32", 32, 128
+        if variant is None:
+            if not tensor_cores:
+                variant = "simt"
+            elif col_tiles * ((n + 63) // 64) >= self.num_sms:
+                variant = "tc64"
+            else:  # too few 64-token tiles to fill the GPU: halve them
+                variant = "tc32"
+        bm, threads = _MM_SHAPES[variant]
         grid = (col_tiles, (n + bm - 1) // bm)
         self._mm[variant, qtype].prepared_async_call(
             grid, (threads, 1, 1), stream, w_ptr, rows, cols, x_ptr, n, y_ptr, int(accumulate)

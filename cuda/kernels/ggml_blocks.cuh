@@ -15,117 +15,120 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// Host too, so the decoders can be checked on a machine without a GPU.
+#define GGML_HD __host__ __device__ __forceinline__
+
 namespace ggml {
 
-__device__ __forceinline__ uint32_t ld32_a4(const uint8_t *p) {
+GGML_HD uint32_t ld32_a4(const uint8_t *p) {
     return *reinterpret_cast<const uint32_t *>(p);
 }
-__device__ __forceinline__ uint32_t ld32_a2(const uint8_t *p) {
+GGML_HD uint32_t ld32_a2(const uint8_t *p) {
     const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
     return uint32_t(h[0]) | (uint32_t(h[1]) << 16);
 }
-__device__ __forceinline__ float ldh(const uint8_t *p) {
+GGML_HD float ldh(const uint8_t *p) {
     return __half2float(*reinterpret_cast<const __half *>(p));
 }
 // byte k of w as an unsigned / signed integer, to float
-__device__ __forceinline__ float ub(uint32_t w, int k) { return float((w >> (8 * k)) & 0xFFu); }
-__device__ __forceinline__ float sb(uint32_t w, int k) { return float(int8_t((w >> (8 * k)) & 0xFFu)); }
+GGML_HD float ub(uint32_t w, int k) { return float((w >> (8 * k)) & 0xFFu); }
+GGML_HD float sb(uint32_t w, int k) { return float(int8_t((w >> (8 * k)) & 0xFFu)); }
 // four 4-bit fields of w selected by shift (0: low nibbles, 4: high nibbles)
-__device__ __forceinline__ float4 nib4(uint32_t w, int shift, float d, float m) {
+GGML_HD float4 nib4(uint32_t w, int shift, float d, float m) {
     uint32_t n = (w >> shift) & 0x0F0F0F0Fu;
     return make_float4(d * ub(n, 0) + m, d * ub(n, 1) + m, d * ub(n, 2) + m, d * ub(n, 3) + m);
 }
 
 struct F32 {  // a "block" of 8 plain floats; rows must be multiples of 8 values
     static constexpr int QK = 8, BYTES = 32;
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         v = *reinterpret_cast<const float4 *>(b + 16 * q);
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int, float4 &a, float4 &c) {
+    static GGML_HD void slot8(const uint8_t *b, int, float4 &a, float4 &c) {
         a = reinterpret_cast<const float4 *>(b)[0];
         c = reinterpret_cast<const float4 *>(b)[1];
     }
-    static __device__ __forceinline__ int P0(int) { return 0; }
-    static __device__ __forceinline__ int P1(int) { return 4; }
+    static GGML_HD int P0(int) { return 0; }
+    static GGML_HD int P1(int) { return 4; }
 };
 
 struct F16 {  // 8 halves (16 bytes) per "block"
     static constexpr int QK = 8, BYTES = 16;
-    static __device__ __forceinline__ float4 h4(uint2 u) {
+    static GGML_HD float4 h4(uint2 u) {
         float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
         float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
         return make_float4(lo.x, lo.y, hi.x, hi.y);
     }
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         v = h4(*reinterpret_cast<const uint2 *>(b + 8 * q));
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int, float4 &a, float4 &c) {
+    static GGML_HD void slot8(const uint8_t *b, int, float4 &a, float4 &c) {
         uint4 u = *reinterpret_cast<const uint4 *>(b);
         a = h4(make_uint2(u.x, u.y));
         c = h4(make_uint2(u.z, u.w));
     }
-    static __device__ __forceinline__ int P0(int) { return 0; }
-    static __device__ __forceinline__ int P1(int) { return 4; }
+    static GGML_HD int P0(int) { return 0; }
+    static GGML_HD int P1(int) { return 4; }
 };
 
 struct Q8_0 {  // fp16 d, int8 q[32]: x = d * q
     static constexpr int QK = 32, BYTES = 34;
-    static __device__ __forceinline__ float4 one(const uint8_t *b, int q, float d) {
+    static GGML_HD float4 one(const uint8_t *b, int q, float d) {
         uint32_t w = ld32_a2(b + 2 + 4 * q);
         return make_float4(d * sb(w, 0), d * sb(w, 1), d * sb(w, 2), d * sb(w, 3));
     }
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         v = one(b, q, ldh(b));
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
         float d = ldh(b);
         a = one(b, 2 * s, d);
         c = one(b, 2 * s + 1, d);
     }
-    static __device__ __forceinline__ int P0(int s) { return 8 * s; }
-    static __device__ __forceinline__ int P1(int s) { return 8 * s + 4; }
+    static GGML_HD int P0(int s) { return 8 * s; }
+    static GGML_HD int P1(int s) { return 8 * s + 4; }
 };
 
 // Q4_0 / Q4_1 / Q5_0: qs[16] holds value j in the low nibble of qs[j] and value j+16 in the
 // high nibble, so slot s (bytes 4s..4s+3) gives values 4s.. and 16+4s..
 struct Q4_0 {  // fp16 d, qs[16]: x = d * (q - 8)
     static constexpr int QK = 32, BYTES = 18;
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         float d = ldh(b);
         v = nib4(ld32_a2(b + 2 + 4 * (q & 3)), 4 * (q >> 2), d, -8.f * d);
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
         float d = ldh(b);
         uint32_t w = ld32_a2(b + 2 + 4 * s);
         a = nib4(w, 0, d, -8.f * d);
         c = nib4(w, 4, d, -8.f * d);
     }
-    static __device__ __forceinline__ int P0(int s) { return 4 * s; }
-    static __device__ __forceinline__ int P1(int s) { return 16 + 4 * s; }
+    static GGML_HD int P0(int s) { return 4 * s; }
+    static GGML_HD int P1(int s) { return 16 + 4 * s; }
 };
 
 struct Q4_1 {  // fp16 d, fp16 m, qs[16]: x = d * q + m
     static constexpr int QK = 32, BYTES = 20;
-    static __device__ __forceinline__ float2 dm(const uint8_t *b) {
+    static GGML_HD float2 dm(const uint8_t *b) {
         return __half22float2(*reinterpret_cast<const __half2 *>(b));
     }
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         float2 f = dm(b);
         v = nib4(ld32_a4(b + 4 + 4 * (q & 3)), 4 * (q >> 2), f.x, f.y);
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
         float2 f = dm(b);
         uint32_t w = ld32_a4(b + 4 + 4 * s);
         a = nib4(w, 0, f.x, f.y);
         c = nib4(w, 4, f.x, f.y);
     }
-    static __device__ __forceinline__ int P0(int s) { return 4 * s; }
-    static __device__ __forceinline__ int P1(int s) { return 16 + 4 * s; }
+    static GGML_HD int P0(int s) { return 4 * s; }
+    static GGML_HD int P1(int s) { return 16 + 4 * s; }
 };
 
 struct Q5_0 {  // fp16 d, uint32 qh (bit j = fifth bit of value j), qs[16]: x = d * (q - 16)
     static constexpr int QK = 32, BYTES = 22;
-    static __device__ __forceinline__ float4 five(uint32_t w, int shift, uint32_t h4, float d) {
+    static GGML_HD float4 five(uint32_t w, int shift, uint32_t h4, float d) {
         // h4: the four fifth bits of these values in bits 0..3
         float4 v;
         v.x = d * (float(((w >> shift) & 15u) | ((h4 & 1u) << 4)) - 16.f);
@@ -134,20 +137,20 @@ struct Q5_0 {  // fp16 d, uint32 qh (bit j = fifth bit of value j), qs[16]: x = 
         v.w = d * (float(((w >> (shift + 24)) & 15u) | ((h4 & 8u) << 1)) - 16.f);
         return v;
     }
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         float d = ldh(b);
         uint32_t qh = ld32_a2(b + 2);
         v = five(ld32_a2(b + 6 + 4 * (q & 3)), 4 * (q >> 2), (qh >> (4 * q)) & 15u, d);
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
         float d = ldh(b);
         uint32_t qh = ld32_a2(b + 2);
         uint32_t w = ld32_a2(b + 6 + 4 * s);
         a = five(w, 0, (qh >> (4 * s)) & 15u, d);
         c = five(w, 4, (qh >> (16 + 4 * s)) & 15u, d);
     }
-    static __device__ __forceinline__ int P0(int s) { return 4 * s; }
-    static __device__ __forceinline__ int P1(int s) { return 16 + 4 * s; }
+    static GGML_HD int P0(int s) { return 4 * s; }
+    static GGML_HD int P1(int s) { return 16 + 4 * s; }
 };
 
 // Q4_K super-block of 256: fp16 d, fp16 dmin, 12 bytes of packed 6-bit scales/mins for 8
@@ -155,7 +158,7 @@ struct Q5_0 {  // fp16 d, uint32 qh (bit j = fifth bit of value j), qs[16]: x = 
 // and 2c+1 in its high nibbles: x = d * sc[j] * q - dmin * mn[j].
 struct Q4_K {
     static constexpr int QK = 256, BYTES = 144;
-    static __device__ __forceinline__ void scale_min(const uint8_t *b, int j, float &sc, float &mn) {
+    static GGML_HD void scale_min(const uint8_t *b, int j, float &sc, float &mn) {
         const uint8_t *s = b + 4;
         float d = ldh(b), dmin = ldh(b + 2);
         uint32_t a, m;
@@ -169,13 +172,13 @@ struct Q4_K {
         sc = d * float(a);
         mn = -dmin * float(m);
     }
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         int c = q >> 4, hi = (q >> 3) & 1, l = 4 * (q & 7);
         float sc, mn;
         scale_min(b, 2 * c + hi, sc, mn);
         v = nib4(ld32_a4(b + 16 + 32 * c + l), 4 * hi, sc, mn);
     }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int s, float4 &a, float4 &c4) {
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c4) {
         int c = s >> 3, l = 4 * (s & 7);
         uint32_t w = ld32_a4(b + 16 + 32 * c + l);
         float sc, mn;
@@ -184,8 +187,8 @@ struct Q4_K {
         scale_min(b, 2 * c + 1, sc, mn);
         c4 = nib4(w, 4, sc, mn);
     }
-    static __device__ __forceinline__ int P0(int s) { return 64 * (s >> 3) + 4 * (s & 7); }
-    static __device__ __forceinline__ int P1(int s) { return P0(s) + 32; }
+    static GGML_HD int P0(int s) { return 64 * (s >> 3) + 4 * (s & 7); }
+    static GGML_HD int P1(int s) { return P0(s) + 32; }
 };
 
 // Q6_K super-block of 256: ql[128], qh[64], int8 scales[16], fp16 d. Half h (128 values) has
@@ -193,7 +196,7 @@ struct Q4_K {
 // and bits 2g..2g+1 of qh[32h + l]; x = d * scales[v / 16] * (q - 32).
 struct Q6_K {
     static constexpr int QK = 256, BYTES = 210;
-    static __device__ __forceinline__ float4 six(uint32_t lo, int lshift, uint32_t hi, int hshift,
+    static GGML_HD float4 six(uint32_t lo, int lshift, uint32_t hi, int hshift,
                                                  float ds) {
         float4 v;
         v.x = ds * (float(((lo >> lshift) & 15u) | (((hi >> hshift) & 3u) << 4)) - 32.f);
@@ -202,19 +205,19 @@ struct Q6_K {
         v.w = ds * (float(((lo >> (lshift + 24)) & 15u) | (((hi >> (hshift + 24)) & 3u) << 4)) - 32.f);
         return v;
     }
-    static __device__ __forceinline__ float dsc(const uint8_t *b, int v) {
+    static GGML_HD float dsc(const uint8_t *b, int v) {
         return ldh(b + 208) * float(int8_t(b[192 + v / 16]));
     }
-    static __device__ __forceinline__ void dq4(const uint8_t *b, int q, float4 &v) {
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         int val = 4 * q, h = val >> 7, g = (val >> 5) & 3, l = val & 31;
         uint32_t lo = ld32_a2(b + 64 * h + 32 * (g & 1) + l);
         uint32_t hi = ld32_a2(b + 128 + 32 * h + l);
         v = six(lo, 4 * (g >> 1), hi, 2 * g, dsc(b, val));
     }
     // slot s: half s/16, groups gA = (s/8)&1 and gA+2, values l..l+3 with l = 4(s&7)
-    static __device__ __forceinline__ int P0(int s) { return 128 * (s >> 4) + 32 * ((s >> 3) & 1) + 4 * (s & 7); }
-    static __device__ __forceinline__ int P1(int s) { return P0(s) + 64; }
-    static __device__ __forceinline__ void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+    static GGML_HD int P0(int s) { return 128 * (s >> 4) + 32 * ((s >> 3) & 1) + 4 * (s & 7); }
+    static GGML_HD int P1(int s) { return P0(s) + 64; }
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
         int h = s >> 4, g = (s >> 3) & 1, l = 4 * (s & 7);
         uint32_t lo = ld32_a2(b + 64 * h + 32 * g + l);
         uint32_t hi = ld32_a2(b + 128 + 32 * h + l);

@@ -1,0 +1,258 @@
+"""Quant kernels on the GPU against numpy: embedding gather, matvec, matmul for every weight type.
+
+Weights are random but valid GGML blocks (random quant bytes, finite fp16 scales), decoded by
+`runtime.quants.dequantize` (itself tested against gguf-py) and multiplied in float64.
+Tolerances are bounds on the error relative to sum |w x| of each output (the size of the terms):
+1e-5 for the fp32 paths, 2e-3 for the tensor-core matmul that rounds X and W to fp16 (each
+rounding is at most 2^-11 relative). Sizes include rows that are not multiples of the warps or
+tiles, token counts that are not multiples of the tile, and multi-block rows. A guard region
+after every output checks that nothing is written out of bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as Q
+
+from runtime.quants import dequantize
+
+TYPES = [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q4_K, Q.Q6_K]
+#: byte offsets of the fp16 scale fields in a block (d; and m / dmin where the type has one)
+SCALE_FIELDS = {
+    Q.Q8_0: (0,),
+    Q.Q4_0: (0,),
+    Q.Q4_1: (0, 2),
+    Q.Q5_0: (0,),
+    Q.Q4_K: (0, 2),
+    Q.Q6_K: (208,),
+}
+GUARD = 37  # floats of sentinel after each output
+SENTINEL = np.float32(-12345.0)
+EXACT_TOL = 1e-5
+TC_TOL = 2e-3
+
+
+def random_weights(qtype: Q, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, row_bytes) uint8: valid GGML blocks with random quants and finite fp16 scales."""
+    if qtype == Q.F32:
+        return rng.standard_normal((rows, cols)).astype("<f4").view(np.uint8)
+    if qtype == Q.F16:
+        return rng.standard_normal((rows, cols)).astype("<f2").view(np.uint8)
+    qk, size = GGML_QUANT_SIZES[qtype]
+    nb = cols // qk
+    raw = rng.integers(0, 256, size=(rows, nb, size), dtype=np.uint8)
+    for off in SCALE_FIELDS[qtype]:
+        scale = rng.uniform(0.5, 1.5, (rows, nb)) * rng.choice([-1.0, 1.0], (rows, nb)) * 0.02
+        raw[:, :, off : off + 2] = scale.astype("<f2").view(np.uint8).reshape(rows, nb, 2)
+    return raw.reshape(rows, nb * size)
+
+
+def block_cols(qtype: Q) -> int:
+    """The smallest legal row width of the kernels: the block (8 for plain floats)."""
+    return 8 if qtype in (Q.F32, Q.F16) else GGML_QUANT_SIZES[qtype][0]
+
+
+@pytest.fixture(scope="session")
+def kq(cuda_ctx):
+    from cuda.quant_ops import QuantKernels
+
+    return QuantKernels()
+
+
+@pytest.fixture(scope="session")
+def gpu(cuda_ctx):
+    """Helpers bound to one stream: upload, guarded output buffers, download after sync."""
+    import pycuda.driver as drv
+    import pycuda.gpuarray as gpuarray
+
+    class Gpu:
+        stream = drv.Stream()
+
+        @staticmethod
+        def put(a: np.ndarray):
+            return gpuarray.to_gpu(np.ascontiguousarray(a))
+
+        @staticmethod
+        def out(n_values: int, init: np.ndarray | None = None):
+            host = np.full(n_values + GUARD, SENTINEL, np.float32)
+            if init is not None:
+                host[:n_values] = init.reshape(-1)
+            return gpuarray.to_gpu(host)
+
+        def get(self, buf, shape) -> np.ndarray:
+            self.stream.synchronize()
+            host = buf.get()
+            n_values = int(np.prod(shape))
+            assert np.all(host[n_values:] == SENTINEL), "kernel wrote past the end of its output"
+            return host[:n_values].reshape(shape)
+
+    return Gpu()
+
+
+def assert_close(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, tol: float) -> None:
+    """|got - ref| <= tol * magnitude (+ a floor for outputs whose terms are all ~0)."""
+    assert np.all(np.isfinite(got))
+    bound = tol * magnitude + 1e-30
+    err = np.abs(got.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert np.all(err <= bound), (
+        f"max err/bound {float((err / bound)[worst]):.3g} at {worst}: got {got[worst]}, ref {ref[worst]}"
+    )
+
+
+# ---------------------------------------------------------------------------- embedding
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tokens", [1, 5, 130])
+def test_embed_rows_match_numpy(kq, gpu, qtype, n_tokens):
+    rng = np.random.default_rng(1000 + n_tokens)
+    vocab, cols = 61, block_cols(qtype) * 3
+    raw = random_weights(qtype, vocab, cols, rng)
+    ids = rng.integers(0, vocab, n_tokens).astype(np.int32)
+    ids[0] = vocab - 1  # the last row too
+    out = gpu.out(n_tokens * cols)
+    kq.embed_rows(
+        qtype, gpu.put(raw).gpudata, cols, gpu.put(ids).gpudata, n_tokens, out.gpudata, gpu.stream
+    )
+    got = gpu.get(out, (n_tokens, cols))
+    ref = dequantize(raw, qtype, (vocab, cols))[ids]
+    # one rounding apart at most (the GPU may fuse d * q + m into one FMA)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16], ids=lambda t: t.name)
+def test_embed_rows_of_any_width_for_plain_floats(kq, gpu, qtype):
+    rng = np.random.default_rng(7)
+    vocab, cols, n_tokens = 9, 13, 4
+    raw = random_weights(qtype, vocab, cols, rng)
+    ids = np.array([8, 0, 3, 3], np.int32)
+    out = gpu.out(n_tokens * cols)
+    kq.embed_rows(
+        qtype, gpu.put(raw).gpudata, cols, gpu.put(ids).gpudata, n_tokens, out.gpudata, gpu.stream
+    )
+    got = gpu.get(out, (n_tokens, cols))
+    np.testing.assert_array_equal(got, dequantize(raw, qtype, (vocab, cols))[ids])
+
+
+# ---------------------------------------------------------------------------- matvec
+
+
+def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed):
+    rng = np.random.default_rng(seed)
+    raw = random_weights(qtype, rows, cols, rng)
+    x = rng.standard_normal(cols).astype(np.float32)
+    y0 = rng.standard_normal(rows).astype(np.float32)
+    y = gpu.out(rows, y0 if accumulate else None)
+    kq.matvec(
+        qtype,
+        gpu.put(raw).gpudata,
+        rows,
+        cols,
+        gpu.put(x).gpudata,
+        y.gpudata,
+        gpu.stream,
+        accumulate=accumulate,
+    )
+    got = gpu.get(y, (rows,))
+    w = dequantize(raw, qtype, (rows, cols)).astype(np.float64)
+    ref = w @ x + (y0 if accumulate else 0.0)
+    magnitude = np.abs(w) @ np.abs(x) + (np.abs(y0) if accumulate else 0.0)
+    assert_close(got, ref, magnitude, EXACT_TOL)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("rows", "blocks"), [(1, 1), (7, 3), (193, 5)])
+def test_matvec_matches_numpy(kq, gpu, qtype, rows, blocks):
+    _matvec_case(kq, gpu, qtype, rows, block_cols(qtype) * blocks, accumulate=False, seed=rows)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_matvec_accumulates_into_y(kq, gpu, qtype):
+    _matvec_case(kq, gpu, qtype, 45, block_cols(qtype) * 2, accumulate=True, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("qtype", "rows", "cols"),
+    [(Q.Q4_1, 1536, 576), (Q.Q4_1, 576, 1536), (Q.Q4_1, 192, 576), (Q.Q8_0, 49152, 576)],
+    ids=["q4_1-ffn-up", "q4_1-ffn-down", "q4_1-attn-k", "q8_0-head"],
+)
+def test_matvec_at_the_default_models_shapes(kq, gpu, qtype, rows, cols):
+    _matvec_case(kq, gpu, qtype, rows, cols, accumulate=False, seed=rows + cols)
+
+
+# ---------------------------------------------------------------------------- matmul
+
+
+def _matmul_case(kq, gpu, qtype, rows, cols, n, *, variant, accumulate, seed):
+    rng = np.random.default_rng(seed)
+    raw = random_weights(qtype, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y0 = rng.standard_normal((n, rows)).astype(np.float32)
+    y = gpu.out(n * rows, y0 if accumulate else None)
+    kq.matmul(
+        qtype, gpu.put(raw).gpudata, rows, cols, gpu.put(x).gpudata, n, y.gpudata, gpu.stream,
+        accumulate=accumulate, variant=variant,
+    )  # fmt: skip
+    got = gpu.get(y, (n, rows))
+    w = dequantize(raw, qtype, (rows, cols)).astype(np.float64)
+    ref = x.astype(np.float64) @ w.T + (y0 if accumulate else 0.0)
+    magnitude = np.abs(x) @ np.abs(w).T + (np.abs(y0) if accumulate else 0.0)
+    assert_close(got, ref, magnitude, EXACT_TOL if variant == "simt" else TC_TOL)
+    if variant != "simt":  # the bound is the worst case; typical errors are far smaller
+        rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert rel < 2e-3, rel
+
+
+MATMUL_SIZES = [(193, 1), (7, 5), (70, 130)]  # (rows, n tokens)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("rows", "n"), MATMUL_SIZES)
+@pytest.mark.parametrize("variant", ["simt", "tc32", "tc64"])
+def test_matmul_matches_numpy(kq, gpu, qtype, rows, n, variant):
+    cols = max(block_cols(qtype), 32) * 3
+    _matmul_case(kq, gpu, qtype, rows, cols, n, variant=variant, accumulate=False, seed=rows * n)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0, Q.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("variant", ["simt", "tc64"])
+def test_matmul_accumulates_into_y(kq, gpu, qtype, variant):
+    cols = max(block_cols(qtype), 32) * 2
+    _matmul_case(kq, gpu, qtype, 33, cols, 67, variant=variant, accumulate=True, seed=5)
+
+
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_matmul_prefill_shape_of_the_default_model(kq, gpu, tensor_cores):
+    rng = np.random.default_rng(11)
+    rows, cols, n = 1536, 576, 512
+    raw = random_weights(Q.Q4_1, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    y = gpu.out(n * rows)
+    kq.matmul(
+        Q.Q4_1,
+        gpu.put(raw).gpudata,
+        rows,
+        cols,
+        gpu.put(x).gpudata,
+        n,
+        y.gpudata,
+        gpu.stream,
+        tensor_cores=tensor_cores,
+    )
+    got = gpu.get(y, (n, rows))
+    w = dequantize(raw, Q.Q4_1, (rows, cols)).astype(np.float64)
+    magnitude = np.abs(x) @ np.abs(w).T
+    assert_close(got, x.astype(np.float64) @ w.T, magnitude, TC_TOL if tensor_cores else EXACT_TOL)
+
+
+def test_shapes_the_kernels_cannot_take_are_refused(kq, gpu):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kq.matvec(Q.Q4_1, 0, 4, 48, 0, 0, gpu.stream)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        kq.matmul(Q.Q4_K, 0, 4, 288, 0, 3, 0, gpu.stream)
+    with pytest.raises(ValueError, match="no CUDA kernels"):
+        kq.matvec(Q.Q5_1, 0, 4, 32, 0, 0, gpu.stream)
+    assert kq.supports(Q.Q4_1) and not kq.supports(Q.Q5_1)
