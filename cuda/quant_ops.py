@@ -5,6 +5,8 @@ float32. Every launch is a `prepared_async_call` on the caller's stream with no 
 allocation, so the engine can capture decode steps into a CUDA graph (kernel arguments are fixed
 per call site: token ids and positions live in device memory).
 
+Pointers are device addresses: ints, or anything `int()` takes (a PyCUDA DeviceAllocation).
+
 Shape rules (checked here, ValueError otherwise):
 - quantized types: cols a multiple of the block (32, or 256 for Q4_K / Q6_K); rows arbitrary.
 - F32 / F16: matvec cols a multiple of 8, matmul cols a multiple of 32, embedding any width.
@@ -110,7 +112,7 @@ class QuantKernels:
             grid = ((slots + _EMBED_THREADS - 1) // _EMBED_THREADS, n_tokens)
             fn = self._embed[qtype]
         fn.prepared_async_call(
-            grid, (_EMBED_THREADS, 1, 1), stream, w_ptr, n_cols, ids_ptr, out_ptr
+            grid, (_EMBED_THREADS, 1, 1), stream, int(w_ptr), n_cols, int(ids_ptr), int(out_ptr)
         )
 
     def matvec(
@@ -132,7 +134,15 @@ class QuantKernels:
             return
         grid = ((rows + _MV_WARPS - 1) // _MV_WARPS, 1)
         self._matvec[qtype].prepared_async_call(
-            grid, (32 * _MV_WARPS, 1, 1), stream, w_ptr, rows, cols, x_ptr, y_ptr, int(accumulate)
+            grid,
+            (32 * _MV_WARPS, 1, 1),
+            stream,
+            int(w_ptr),
+            rows,
+            cols,
+            int(x_ptr),
+            int(y_ptr),
+            int(accumulate),
         )
 
     def matmul(
@@ -170,7 +180,16 @@ class QuantKernels:
         bm, threads = _MM_SHAPES[variant]
         grid = (col_tiles, (n + bm - 1) // bm)
         self._mm[variant, qtype].prepared_async_call(
-            grid, (threads, 1, 1), stream, w_ptr, rows, cols, x_ptr, n, y_ptr, int(accumulate)
+            grid,
+            (threads, 1, 1),
+            stream,
+            int(w_ptr),
+            rows,
+            cols,
+            int(x_ptr),
+            n,
+            int(y_ptr),
+            int(accumulate),
         )
 
 

@@ -37,8 +37,8 @@ __device__ __forceinline__ void matmul_simt_impl(const uint8_t *__restrict__ W, 
                                                  const float *__restrict__ X, int n,
                                                  float *__restrict__ Y, int accumulate) {
     constexpr int BM = 64, BN = 64;
-    __shared__ float Xs[BK][BM + 4];  // transposed tiles: [k][token], [k][row]
-    __shared__ float Ws[BK][BN + 4];
+    __shared__ __align__(16) float Xs[BK][BM + 4];  // transposed tiles: [k][token], [k][row]
+    __shared__ __align__(16) float Ws[BK][BN + 4];
     const int tid = threadIdx.x;
     const int t0 = blockIdx.y * BM, r0 = blockIdx.x * BN;
     const size_t row_bytes = (size_t)(cols / T::QK) * T::BYTES;
@@ -82,6 +82,11 @@ __device__ __forceinline__ void matmul_simt_impl(const uint8_t *__restrict__ W, 
 }
 
 // ---------------------------------------------------------------- tensor cores
+__device__ __forceinline__ uint2 half4(float4 v) {  // 4 floats -> 4 halves (round to nearest)
+    __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+    return make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
+}
+
 template <class T, int BM>
 __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, int rows, int cols,
                                                const float *__restrict__ X, int n,
@@ -106,15 +111,13 @@ __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, in
         for (int i = 0; i < 4; ++i) {  // W tile: 64 rows x 8 quads, 4 quads per thread
             const int idx = tid + 128 * i, r = idx / 8, q = idx % 8;
             const float4 w = w_quad<T>(W, row_bytes, r0 + r, rows, k0, q);
-            __half2 h[2] = {__floats2half2_rn(w.x, w.y), __floats2half2_rn(w.z, w.w)};
-            *reinterpret_cast<uint2 *>(&Bs[r][4 * q]) = *reinterpret_cast<uint2 *>(h);
+            *reinterpret_cast<uint2 *>(&Bs[r][4 * q]) = half4(w);
         }
 #pragma unroll
         for (int i = 0; i < BM / 16; ++i) {  // X tile: BM tokens x 8 quads
             const int idx = tid + 128 * i, t = idx / 8, q = idx % 8;
             const float4 x = x_quad(X, cols, t0 + t, n, k0, q);
-            __half2 h[2] = {__floats2half2_rn(x.x, x.y), __floats2half2_rn(x.z, x.w)};
-            *reinterpret_cast<uint2 *>(&As[t][4 * q]) = *reinterpret_cast<uint2 *>(h);
+            *reinterpret_cast<uint2 *>(&As[t][4 * q]) = half4(x);
         }
         __syncthreads();
 #pragma unroll
