@@ -18,7 +18,7 @@ from typing import Any
 
 from runtime.bpe import BytePairEncoder, parse_merges, symbols_to_bytes
 from runtime.errors import ModelLoadError
-from runtime.pretokenize import IGNORE_MERGES_FAMILIES, PreTokenizer
+from runtime.pretokenize import IGNORE_MERGES_FAMILIES, PreTokenizer, family_of
 
 
 class TokenType(enum.IntEnum):
@@ -144,6 +144,9 @@ class Tokenizer:
             raise ModelLoadError(
                 f"tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') is supported"
             )
+        pre = _meta(metadata, "tokenizer.ggml.pre", str, "default")
+        # Without the key llama.cpp adds BOS for the llama3 family only.
+        add_bos_default = family_of(pre) == "llama3"
         eog_extra = [
             _meta(metadata, f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eot", "eom")
         ]
@@ -151,10 +154,10 @@ class Tokenizer:
             list(_meta(metadata, "tokenizer.ggml.tokens", list)),
             list(_meta(metadata, "tokenizer.ggml.token_type", list)),
             list(_meta(metadata, "tokenizer.ggml.merges", list)),
-            pre=_meta(metadata, "tokenizer.ggml.pre", str, "default"),
+            pre=pre,
             bos_id=_meta(metadata, "tokenizer.ggml.bos_token_id", int, None),
             eos_id=_meta(metadata, "tokenizer.ggml.eos_token_id", int, None),
-            add_bos=bool(_meta(metadata, "tokenizer.ggml.add_bos_token", bool, False)),
+            add_bos=bool(_meta(metadata, "tokenizer.ggml.add_bos_token", bool, add_bos_default)),
             extra_eog_ids=[i for i in eog_extra if i is not None],
         )
 
