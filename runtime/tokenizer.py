@@ -121,8 +121,7 @@ class Tokenizer:
         eog |= {self._vocab[t] for t in EOG_TEXTS if t in self._vocab}
         self.eog_ids = frozenset(eog)
         for i in self.eog_ids:  # as llama.cpp: an end-of-generation token is a control token
-            if self.token_types[i] == TokenType.NORMAL:
-                self.token_types[i] = TokenType.CONTROL
+            self.token_types[i] = TokenType.CONTROL
 
         # Special tokens matched as whole units in the input, longest text first.
         special = [
