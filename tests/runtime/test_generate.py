@@ -207,3 +207,51 @@ def test_same_seed_same_tokens_through_the_loop():
     assert tokens(params) == tokens(params)
     others = {tuple(tokens(SamplingParams(temperature=1.0, top_k=8, seed=s))) for s in range(5)}
     assert len(others) > 1
+
+
+# -- the real engine and tokenizer --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real():
+    from runtime.default_model import default_model_path
+    from runtime.gguf_file import open_gguf
+    from runtime.numpy_engine import NumpyEngine
+    from runtime.tokenizer import Tokenizer
+
+    with open_gguf(default_model_path()) as gguf:
+        tokenizer = Tokenizer.from_metadata(gguf.metadata)
+        engine = NumpyEngine.load(gguf, max_context=128)
+    yield engine, tokenizer
+    engine.close()
+
+
+def real_run(real, prompt, params, max_tokens, stops=()):
+    engine, tokenizer = real
+    events = list(
+        generate(
+            engine,
+            tokenizer.encode(prompt),
+            params,
+            max_tokens=max_tokens,
+            decoder=tokenizer.incremental_decoder(),
+            eog_ids=tokenizer.eog_ids,
+            stops=stops,
+        )
+    )
+    toks = [e for e in events if isinstance(e, TokenOut)]
+    return "".join(t.text for t in toks), [t.token_id for t in toks], events[-1]
+
+
+def test_real_model_greedy_with_stop_string(real):
+    text, ids, fin = real_run(real, "The capital of France is", GREEDY, 10, stops=["."])
+    assert text == " Paris" and ids[:2] == [7042, 30]  # llama.cpp's greedy tokens
+    assert fin.stop_reason == "stop_sequence" and fin.tokens_out == 2
+
+
+def test_real_model_same_seed_same_tokens(real):
+    params = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.02, seed=2026)
+    first = real_run(real, "Once upon a time", params, 8)
+    assert real_run(real, "Once upon a time", params, 8)[:2] == first[:2]
+    seeds = [SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=s) for s in range(3)]
+    assert len({tuple(real_run(real, "Once upon a time", p, 8)[1]) for p in seeds}) > 1

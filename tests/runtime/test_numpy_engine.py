@@ -180,11 +180,13 @@ def test_tiny_model_matches_independent_forward(tmp_path, arch, rope_dim, style,
         assert model.config.rope_style == style and model.config.qkv_bias == bias
         eng = NumpyEngine.load(model, max_context=32)
     np.testing.assert_allclose(eng.prefill_all_logits(ids), want, atol=2e-4, rtol=1e-4)
-    # the same sequence fed as a chunk then single steps
+    # the same sequence fed as chunks and single steps
     eng.reset()
     eng.prefill(ids[:4])
     np.testing.assert_allclose(eng.logits(), want[3], atol=2e-4, rtol=1e-4)
-    for t in range(4, len(ids)):
+    # a second chunk at an offset (what chunked prefill does), then single steps
+    np.testing.assert_allclose(eng.prefill_all_logits(ids[4:7]), want[4:7], atol=2e-4, rtol=1e-4)
+    for t in range(7, len(ids)):
         eng.step(ids[t])
         np.testing.assert_allclose(eng.logits(), want[t], atol=2e-4, rtol=1e-4)
     assert eng.position == len(ids)
