@@ -31,4 +31,7 @@ def error_response(error: WorkerError, *, status: int | None = None) -> Response
     retry = RETRY_AFTER_S.get(error.code)
     if retry is not None:
         response.headers["Retry-After"] = str(retry)
+    if error.code is ErrorCode.PAYLOAD_TOO_LARGE:
+        # The rest of the body is never read; close rather than make the client push it.
+        response.headers["Connection"] = "close"
     return response
