@@ -108,6 +108,7 @@ class FakeEngine:
         self._out = 0  # decode steps since reset: the output index of the next sample
         self.prefill_calls = 0
         self.steps = 0
+        self.residency_checks = 0
         self.closed = False
         self.threads: set[int] = set()
 
@@ -159,6 +160,7 @@ class FakeEngine:
 
     def check_residency(self) -> ResidencyReport:
         self._touch()
+        self.residency_checks += 1
         ok = self.script.residency_ok
         return ResidencyReport(ok, 4096, "fake arrays intact" if ok else "fake array moved")
 

@@ -1,0 +1,133 @@
+"""The actor tree: start order, load progress, crashes ending everything, residency, draining."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+import trio
+
+from runtime.cli import first_error
+from runtime.errors import ModelLoadError
+from tests.actors.fakes import EventReader, Script, running_worker
+
+
+async def test_load_progress_is_narrated_in_order_and_health_percent_never_goes_back():
+    seen = []
+    async with running_worker(Script(load_steps=10, load_delay_s=0.02), wait_ready=False) as h:
+        with trio.fail_after(10):
+            while not h.worker.ready.is_set():
+                body = (await h.client.get("/health")).json()  # the port is open before the model
+                seen.append((body["status"], body["load_percent"]))
+                await trio.sleep(0.01)
+        actions = h.actions()
+        narration = h.narration()
+    assert seen[0] == ("loading", 0)
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents)
+    assert any(0 < p < 100 for p in percents)  # progress was visible while loading
+    order = [a for a in actions if a.startswith("model_load") or a in ("ready", "listening")]
+    assert order[:2] == ["listening", "model_load_start"]
+    assert order[-2:] == ["model_load_complete", "ready"]
+    marks = [e["percent"] for e in narration if e["action"] == "model_load_progress"]
+    assert marks == [0, 25, 50, 75, 100]
+
+
+async def test_executor_crash_cancels_siblings_and_closes_http():
+    with pytest.raises(BaseException) as info:  # noqa: B017 (a trio exception group)
+        async with running_worker(Script(fail_at_step=2, step_delay_s=0.01)) as h:
+            base_url = str(h.client.base_url)
+            with trio.fail_after(10):
+                events = []
+                try:
+                    async with h.client.stream(
+                        "POST", "/execute", json={"job_id": "boom", "prompt": "a", "max_tokens": 50}
+                    ) as response:
+                        events = await EventReader(response).rest()
+                except (httpx.HTTPError, trio.Cancelled):
+                    pass
+                assert not events or events[-1].event != "end"
+                await trio.sleep_forever()  # the crash cancels us
+    assert isinstance(first_error(info.value), RuntimeError)
+    assert "scripted engine failure" in str(first_error(info.value))
+    ends = [e for e in h.narration() if e["action"] == "execute_end"]
+    assert ends and ends[-1]["code"] == "INTERNAL"
+    assert h.engine.closed  # the executor thread still closed the engine on its way out
+    with pytest.raises(httpx.ConnectError):  # nobody serves HTTP with a dead executor
+        await httpx.AsyncClient().get(base_url + "/health")
+
+
+async def test_load_failure_is_fatal_and_narrated():
+    with pytest.raises(BaseException) as info:  # noqa: B017
+        async with running_worker(
+            Script(fail_load=ModelLoadError("x.gguf: bad magic")), wait_ready=False
+        ) as h:
+            with trio.fail_after(10):
+                await trio.sleep_forever()
+    assert isinstance(first_error(info.value), ModelLoadError)
+    errors = [e for e in h.narration() if e["action"] == "error"]
+    assert errors and errors[0]["code"] == "MODEL_LOAD_FAILED" and errors[0]["level"] == "error"
+
+
+async def test_residency_violation_makes_the_worker_unhealthy():
+    async with running_worker(Script(residency_ok=False), residency_interval_s=0.05) as h:
+        with trio.fail_after(10):
+            while (await h.client.get("/health")).json()["status"] != "unhealthy":
+                await trio.sleep(0.01)
+            response = await h.client.get("/health")
+            assert response.status_code == 503
+            assert response.json()["resident"] is False
+            response = await h.client.post("/execute", json={"job_id": "x", "prompt": "a"})
+            assert response.status_code == 503
+        violations = [e for e in h.narration() if e["action"] == "residency_violation"]
+        assert violations and violations[0]["level"] == "error"
+        assert h.engine.residency_checks >= 1
+        assert len(h.engine.threads) == 1  # checked on the executor thread
+
+
+async def test_residency_checks_run_between_decode_steps():
+    async with running_worker(Script(step_delay_s=0.01), residency_interval_s=0.03) as h:
+        with trio.fail_after(10):
+            events = await h.execute(job_id="long", prompt="a", max_tokens=40)
+        assert events[-1].event == "end"
+        assert h.engine.residency_checks >= 3  # they did not wait for the 0.4 s job to end
+        assert (await h.client.get("/health")).json()["status"] == "ready"
+
+
+async def test_drain_ends_running_and_queued_streams_and_refuses_new_work():
+    gate = threading.Event()
+    gate.set()
+    script = Script(step_gate=gate, step_delay_s=0.005)
+    async with running_worker(script) as h:
+        streams = {}
+
+        async def run(job_id):
+            async with h.client.stream(
+                "POST", "/execute", json={"job_id": job_id, "prompt": "a", "max_tokens": 500}
+            ) as response:
+                streams[job_id] = await EventReader(response).rest()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "running")
+                while h.engine.steps < 3:
+                    await trio.sleep(0.005)
+                nursery.start_soon(run, "queued")
+                while "queued" not in h.worker.scheduler.live:
+                    await trio.sleep(0.005)
+                gate.clear()  # hold the running job inside a step while we look at the drain
+                nursery.start_soon(h.worker.shutdown, "test drain")
+                while h.worker.state.status != "draining":
+                    await trio.sleep(0.005)
+                health = await h.client.get("/health")
+                assert health.status_code == 503 and health.json()["status"] == "draining"
+                response = await h.client.post("/execute", json={"job_id": "late", "prompt": "a"})
+                assert response.status_code == 503
+                assert response.json()["error"]["code"] == "DRAINING"
+                gate.set()
+        for job_id in ("running", "queued"):
+            last = streams[job_id][-1]
+            assert last.event == "error" and last.data["code"] == "CANCELLED", job_id
+        assert [e.event for e in streams["queued"]] == ["error"]
+        assert "shutdown" in h.actions()
