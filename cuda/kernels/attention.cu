@@ -1,0 +1,176 @@
+// Attention over the fp16 KV cache: decode (one query per head, split over the sequence) and
+// prefill (a chunk of causal queries that attend to the cache, which already holds the chunk).
+//
+// Grouped-query: query head h reads kv head h / (n_heads / n_kv) (llama.cpp's grouping).
+// Cache layer layout (n_kv, max_ctx, HEAD_DIM) fp16; queries come from the fused qkv rows
+// (n_tokens, q_dim + 2 * kv_dim) after rope_kv_write; outputs (n_tokens, n_heads * HEAD_DIM) fp32.
+// Each warp runs an online softmax (running max m, sum l, weighted V sum) over its share of the
+// keys; lane i holds dims i*DPL .. i*DPL+DPL-1 of q, k, v, so a warp reads a key row as one
+// coalesced span. The position comes from device memory (*pos_dev = tokens before this pass),
+// so the decode launch is graph capturable.
+#include <cuda_fp16.h>
+
+#ifndef HEAD_DIM
+#define HEAD_DIM 64
+#endif
+#define DPL (HEAD_DIM / 32)  // dims per lane: HEAD_DIM must be a multiple of 32, at most 256
+#define AW 4                 // warps per block
+
+static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32 <= 256");
+
+struct Online {  // one warp's running softmax state; acc holds this lane's DPL dims
+    float m, l, acc[DPL];
+};
+
+__device__ __forceinline__ void load_row(const __half *p, float *v) {
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) v[j] = __half2float(p[j]);
+}
+
+// Fold keys t0, t0 + step, ... < t1 of kv head row block kc/vc into st (one warp).
+__device__ __forceinline__ void scan_keys(Online &st, const float *q, const __half *kc,
+                                          const __half *vc, int t0, int t1, int step, int lane) {
+    for (int t = t0; t < t1; t += step) {
+        float k[DPL], v[DPL];
+        load_row(kc + (size_t)t * HEAD_DIM + lane * DPL, k);
+        load_row(vc + (size_t)t * HEAD_DIM + lane * DPL, v);
+        float dot = 0.f;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) dot += q[j] * k[j];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        const float m_new = fmaxf(st.m, dot);
+        const float corr = expf(st.m - m_new);  // st.m = -inf on the first key: corr = 0
+        const float p = expf(dot - m_new);
+        st.l = st.l * corr + p;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) st.acc[j] = st.acc[j] * corr + p * v[j];
+        st.m = m_new;
+    }
+}
+
+__device__ __forceinline__ float weight_of(float m, float m_max) {
+    return m == -INFINITY ? 0.f : expf(m - m_max);  // an empty share weighs nothing
+}
+
+// Merge the AW warps' states of this block into (m, l, acc[HEAD_DIM]) in shared memory.
+__device__ void block_merge(const Online &st, float *s_m, float *s_l, float *s_acc, int lane,
+                            int warp) {
+    if (lane == 0) {
+        s_m[warp] = st.m;
+        s_l[warp] = st.l;
+    }
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) s_acc[warp * HEAD_DIM + lane * DPL + j] = st.acc[j];
+    __syncthreads();
+    float m_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < AW; ++w) m_max = fmaxf(m_max, s_m[w]);
+    float l = 0.f;
+#pragma unroll
+    for (int w = 0; w < AW; ++w) l += s_l[w] * weight_of(s_m[w], m_max);
+    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x) {
+        float a = 0.f;
+#pragma unroll
+        for (int w = 0; w < AW; ++w) a += s_acc[w * HEAD_DIM + d] * weight_of(s_m[w], m_max);
+        s_acc[AW * HEAD_DIM + d] = a;  // the merged row sits after the per-warp rows
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        s_m[AW] = m_max;
+        s_l[AW] = l;
+    }
+    __syncthreads();
+}
+
+// Decode: grid (n_heads, n_splits), AW*32 threads. Split s of head h takes keys
+// [s * chunk, (s + 1) * chunk) of the L = *pos_dev + 1 keys, chunk = ceil(L / n_splits). With
+// several splits each block leaves (m, l, acc) in part[(h * n_splits + s) * (HEAD_DIM + 2)], and
+// the last block of a head to finish (counted in counters[h], reset to 0 after) merges them.
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_decode(const float *__restrict__ qkv, const __half *__restrict__ k_cache,
+                const __half *__restrict__ v_cache, float *__restrict__ out,
+                const int *__restrict__ pos_dev, float *part, unsigned *counters, int n_heads,
+                int n_kv, int max_ctx, float scale) {
+    __shared__ float s_m[AW + 1], s_l[AW + 1], s_acc[(AW + 1) * HEAD_DIM];
+    __shared__ unsigned s_ticket;
+    const int h = blockIdx.x, s = blockIdx.y, n_splits = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = h / (n_heads / n_kv);
+    const int L = *pos_dev + 1;
+    const int chunk = (L + n_splits - 1) / n_splits;
+    const int t0 = s * chunk, t1 = min(L, t0 + chunk);
+    float q[DPL];
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) q[j] = qkv[h * HEAD_DIM + lane * DPL + j] * scale;
+    Online st;
+    st.m = -INFINITY;
+    st.l = 0.f;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) st.acc[j] = 0.f;
+    const size_t base = (size_t)g * max_ctx * HEAD_DIM;
+    scan_keys(st, q, k_cache + base, v_cache + base, t0 + warp, t1, AW, lane);
+    block_merge(st, s_m, s_l, s_acc, lane, warp);
+    if (n_splits == 1) {
+        const float inv = 1.f / s_l[AW];
+        for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
+            out[h * HEAD_DIM + d] = s_acc[AW * HEAD_DIM + d] * inv;
+        return;
+    }
+    float *mine = part + ((size_t)h * n_splits + s) * (HEAD_DIM + 2);
+    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x) mine[2 + d] = s_acc[AW * HEAD_DIM + d];
+    if (threadIdx.x == 0) {
+        mine[0] = s_m[AW];
+        mine[1] = s_l[AW];
+    }
+    __threadfence();  // our partial is visible device-wide before we take a ticket
+    __syncthreads();
+    if (threadIdx.x == 0) s_ticket = atomicAdd(&counters[h], 1u);
+    __syncthreads();
+    if (s_ticket != (unsigned)n_splits - 1) return;
+    __threadfence();  // the last block sees every other block's partial
+    const volatile float *all = part + (size_t)h * n_splits * (HEAD_DIM + 2);
+    float m_max = -INFINITY;
+    for (int i = 0; i < n_splits; ++i) m_max = fmaxf(m_max, all[i * (HEAD_DIM + 2)]);
+    float l = 0.f;
+    for (int i = 0; i < n_splits; ++i)
+        l += all[i * (HEAD_DIM + 2) + 1] * weight_of(all[i * (HEAD_DIM + 2)], m_max);
+    const float inv = 1.f / l;
+    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x) {
+        float a = 0.f;
+        for (int i = 0; i < n_splits; ++i)
+            a += all[i * (HEAD_DIM + 2) + 2 + d] * weight_of(all[i * (HEAD_DIM + 2)], m_max);
+        out[h * HEAD_DIM + d] = a * inv;
+    }
+    if (threadIdx.x == 0) counters[h] = 0;  // ready for the next step (graph replay)
+}
+
+// Prefill: grid (n_tokens, n_heads), AW*32 threads. Query t sits at position p = *pos_dev + t
+// and sees keys 0 .. p (the chunk's own keys were written by rope_kv_write before).
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_prefill(const float *__restrict__ qkv, const __half *__restrict__ k_cache,
+                 const __half *__restrict__ v_cache, float *__restrict__ out,
+                 const int *__restrict__ pos_dev, int n_heads, int n_kv, int max_ctx,
+                 float scale) {
+    __shared__ float s_m[AW + 1], s_l[AW + 1], s_acc[(AW + 1) * HEAD_DIM];
+    const int t = blockIdx.x, h = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = h / (n_heads / n_kv);
+    const int q_dim = n_heads * HEAD_DIM, row_len = q_dim + 2 * n_kv * HEAD_DIM;
+    const int L = *pos_dev + t + 1;
+    float q[DPL];
+#pragma unroll
+    for (int j = 0; j < DPL; ++j)
+        q[j] = qkv[(size_t)t * row_len + h * HEAD_DIM + lane * DPL + j] * scale;
+    Online st;
+    st.m = -INFINITY;
+    st.l = 0.f;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) st.acc[j] = 0.f;
+    const size_t base = (size_t)g * max_ctx * HEAD_DIM;
+    scan_keys(st, q, k_cache + base, v_cache + base, warp, L, AW, lane);
+    block_merge(st, s_m, s_l, s_acc, lane, warp);
+    const float inv = 1.f / s_l[AW];
+    for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
+        out[(size_t)t * q_dim + h * HEAD_DIM + d] = s_acc[AW * HEAD_DIM + d] * inv;
+}

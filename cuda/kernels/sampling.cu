@@ -1,0 +1,312 @@
+// Token sampling on the GPU: the chain of runtime/sampling.sample_from_logits, in float64.
+//
+// One block of ST threads does everything; only the chosen token id leaves the device.
+//   sample_greedy: argmax after the repetition penalty, the lowest id among equal maxima.
+//   sample_full:   penalty, / temperature, candidates x >= x_max - 40, order by (x desc, id asc),
+//                  w = exp(x - x_max), sequential cumsum c, cut-off n from top_k / top_p / min_p,
+//                  then the first i < n with c[i] > u * c[n - 1] (else n - 1).
+// The ordering is walked in chunks of ST candidates: a radix select (MSB first, 8-bit digits) over
+// the 88-bit key (ordered bits of x, 0xFFFFFF - id) finds the chunk's last key, the chunk is
+// gathered and bitonic-sorted in shared memory, and thread 0 extends the cumsum left to right, as
+// numpy's cumsum does. Usually one chunk suffices (the mass sits in the first few candidates).
+// Deviation from the host chain, by rounding only: when no filter cuts the candidates, c[n - 1]
+// is the block's (deterministic) tree sum instead of the sequential one.
+// The penalty marks ids in `marks` (vocab bytes, all zero between calls) so each id is penalized
+// once and membership is O(1); pen_ids must be distinct (the host passes np.unique(history)).
+#include <stdint.h>
+
+#define ST 1024
+#define NEGLIGIBLE 40.0
+#define ID_MASK 0xFFFFFFu  // ids < 2^24
+
+__device__ __forceinline__ double penalize(double x, double p) { return x > 0.0 ? x / p : x * p; }
+
+__device__ __forceinline__ uint64_t ord_key(double x) {  // larger x -> larger unsigned key
+    const uint64_t b = (uint64_t)__double_as_longlong(x);
+    return (b >> 63) ? ~b : (b | 0x8000000000000000ull);
+}
+__device__ __forceinline__ double unord_key(uint64_t k) {
+    const uint64_t b = (k >> 63) ? (k & 0x7FFFFFFFFFFFFFFFull) : ~k;
+    return __longlong_as_double((long long)b);
+}
+// (hi, lo) lexicographic: the key earlier in the sampling order is the larger one
+__device__ __forceinline__ bool key_less(uint64_t ah, uint32_t al, uint64_t bh, uint32_t bl) {
+    return ah < bh || (ah == bh && al < bl);
+}
+
+__device__ void mark_ids(unsigned char *marks, const int *ids, int n, unsigned char v) {
+    for (int j = threadIdx.x; j < n; j += blockDim.x) marks[ids[j]] = v;
+}
+
+// Block-wide argmax of (x, id) with the lowest id among equal x; result in s_x[0], s_id[0].
+__device__ void block_argmax(double x, int id, double *s_x, int *s_id) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        const double ox = __shfl_xor_sync(0xffffffffu, x, o);
+        const int oid = __shfl_xor_sync(0xffffffffu, id, o);
+        if (ox > x || (ox == x && oid < id)) x = ox, id = oid;
+    }
+    if (lane == 0) s_x[warp] = x, s_id[warp] = id;
+    __syncthreads();
+    if (warp == 0) {
+        x = lane < (int)(blockDim.x >> 5) ? s_x[lane] : -INFINITY;
+        id = lane < (int)(blockDim.x >> 5) ? s_id[lane] : 0x7FFFFFFF;
+        for (int o = 16; o > 0; o >>= 1) {
+            const double ox = __shfl_xor_sync(0xffffffffu, x, o);
+            const int oid = __shfl_xor_sync(0xffffffffu, id, o);
+            if (ox > x || (ox == x && oid < id)) x = ox, id = oid;
+        }
+        if (lane == 0) s_x[0] = x, s_id[0] = id;
+    }
+    __syncthreads();
+}
+
+template <class T>
+__device__ T block_sum(T v, T *s) {  // fixed shuffle tree: the same result on every run
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) s[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? s[lane] : T(0);
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) s[0] = v;
+    }
+    __syncthreads();
+    const T r = s[0];
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(ST)
+    sample_greedy(const float *__restrict__ logits, int vocab, const int *__restrict__ pen_ids,
+                  int n_pen, double penalty, unsigned char *marks, int *out) {
+    __shared__ double s_x[32];
+    __shared__ int s_id[32];
+    mark_ids(marks, pen_ids, n_pen, 1);
+    __syncthreads();
+    double best = -INFINITY;
+    int best_id = 0x7FFFFFFF;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        double x = (double)logits[i];
+        if (n_pen > 0 && marks[i]) x = penalize(x, penalty);
+        if (x > best) best = x, best_id = i;  // ascending i per thread: first maximum kept
+    }
+    block_argmax(best, best_id, s_x, s_id);
+    mark_ids(marks, pen_ids, n_pen, 0);
+    if (threadIdx.x == 0) *out = s_id[0];
+}
+
+struct Chunk {  // shared-memory state of the chunk walk
+    uint64_t hi[ST];
+    uint32_t lo[ST];
+    double w[ST];
+    unsigned hist[256];
+    int count;
+    int sel;
+};
+
+// Gather and sort the (at most ST) candidates that follow key (ph, pl) in the order (all of them
+// when `first`). Returns how many; sorted keys in c.hi/c.lo, weights exp(x - x_max) in c.w.
+__device__ int next_chunk(Chunk &c, const double *xs, int vocab, double x_min, double x_max,
+                          bool first, uint64_t ph, uint32_t pl) {
+    // how many remain after the previous chunk
+    int mine = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const double x = xs[i];
+        if (x >= x_min && (first || key_less(ord_key(x), ID_MASK - i, ph, pl))) ++mine;
+    }
+    __shared__ int s_red[32];
+    const int remain = block_sum<int>(mine, s_red);
+    // threshold key (th, tl): the ST-th largest remaining key, or the smallest when fewer remain
+    uint64_t th = 0;
+    uint32_t tl = 0;
+    if (remain > ST) {
+        int need = ST;
+        for (int d = 0; d < 11; ++d) {  // digits 0..7: hi bits 63..0; digits 8..10: lo bits 23..0
+            for (int b = threadIdx.x; b < 256; b += blockDim.x) c.hist[b] = 0;
+            __syncthreads();
+            for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+                const double x = xs[i];
+                if (x < x_min) continue;
+                const uint64_t kh = ord_key(x);
+                const uint32_t kl = ID_MASK - i;
+                if (!first && !key_less(kh, kl, ph, pl)) continue;
+                int digit;
+                bool match;
+                if (d < 8) {
+                    const int sh = 56 - 8 * d;
+                    match = d == 0 || (kh >> (sh + 8)) == (th >> (sh + 8));
+                    digit = (int)((kh >> sh) & 0xFF);
+                } else {
+                    const int sh = 16 - 8 * (d - 8);
+                    match = kh == th && (d == 8 || (kl >> (sh + 8)) == (tl >> (sh + 8)));
+                    digit = (int)((kl >> sh) & 0xFF);
+                }
+                if (match) atomicAdd(&c.hist[digit], 1u);
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                int acc = 0, b = 255;
+                for (; b > 0; --b) {
+                    if (acc + (int)c.hist[b] >= need) break;
+                    acc += c.hist[b];
+                }
+                c.sel = b;
+                c.count = need - acc;
+            }
+            __syncthreads();
+            need = c.count;
+            if (d < 8)
+                th |= (uint64_t)c.sel << (56 - 8 * d);
+            else
+                tl |= (uint32_t)c.sel << (16 - 8 * (d - 8));
+            __syncthreads();
+        }
+    }
+    // gather the keys in [threshold, previous)
+    if (threadIdx.x == 0) c.count = 0;
+    c.hi[threadIdx.x] = 0;
+    c.lo[threadIdx.x] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const double x = xs[i];
+        if (x < x_min) continue;
+        const uint64_t kh = ord_key(x);
+        const uint32_t kl = ID_MASK - i;
+        if (!first && !key_less(kh, kl, ph, pl)) continue;
+        if (key_less(kh, kl, th, tl)) continue;
+        const int slot = atomicAdd(&c.count, 1);
+        c.hi[slot] = kh;
+        c.lo[slot] = kl;
+    }
+    __syncthreads();
+    const int n = c.count;
+    // bitonic sort of ST entries, descending; the zero padding sorts last
+    for (int k = 2; k <= ST; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            const int i = threadIdx.x, ixj = i ^ j;
+            if (ixj > i) {
+                const uint64_t ah = c.hi[i], bh = c.hi[ixj];
+                const uint32_t al = c.lo[i], bl = c.lo[ixj];
+                const bool desc = (i & k) == 0;
+                if (desc ? key_less(ah, al, bh, bl) : key_less(bh, bl, ah, al)) {
+                    c.hi[i] = bh, c.hi[ixj] = ah;
+                    c.lo[i] = bl, c.lo[ixj] = al;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    if (threadIdx.x < n) c.w[threadIdx.x] = exp(unord_key(c.hi[threadIdx.x]) - x_max);
+    __syncthreads();
+    return n;
+}
+
+extern "C" __global__ void __launch_bounds__(ST)
+    sample_full(const float *__restrict__ logits, int vocab, const int *__restrict__ pen_ids,
+                int n_pen, double penalty, unsigned char *marks, double temperature, int top_k,
+                double top_p, double min_p, double u, double *xs, int *out) {
+    __shared__ Chunk c;
+    __shared__ double s_x[32], s_sum[32];
+    __shared__ int s_id[32], s_cnt[32];
+    __shared__ int s_done1, s_done2, s_n, s_token;
+    __shared__ double s_clast;
+    // 1. x = penalized logits / temperature (float64), and x_max
+    mark_ids(marks, pen_ids, n_pen, 1);
+    __syncthreads();
+    double best = -INFINITY;
+    int best_id = 0x7FFFFFFF;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        double x = (double)logits[i];
+        if (n_pen > 0 && marks[i]) x = penalize(x, penalty);
+        x /= temperature;
+        xs[i] = x;
+        if (x > best) best = x, best_id = i;
+    }
+    block_argmax(best, best_id, s_x, s_id);
+    const double x_max = s_x[0];
+    const int argmax_id = s_id[0];
+    const double x_min = x_max - NEGLIGIBLE;
+    mark_ids(marks, pen_ids, n_pen, 0);
+    // 2. candidates: count, total weight (tree sum), count of w >= min_p
+    int cnt = 0, nmin = 0;
+    double wsum = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const double x = xs[i];
+        if (x < x_min) continue;
+        const double w = exp(x - x_max);
+        ++cnt;
+        wsum += w;
+        nmin += w >= min_p;
+    }
+    const int M = block_sum<int>(cnt, s_cnt);
+    const double total = block_sum<double>(wsum, s_sum);
+    const int n_minp = block_sum<int>(nmin, s_cnt);
+    int n = M;
+    if (top_k > 0) n = min(n, top_k);
+    if (min_p > 0.0) n = min(n, max(1, n_minp));
+    const double p_mass = top_p * total;
+    // 3. pass 1 (only when a filter may cut): walk the order to find n and c[n - 1]
+    int chunks1 = 0;
+    bool first = true;
+    uint64_t ph = 0;
+    uint32_t pl = 0;
+    if (threadIdx.x == 0) s_done1 = 0, s_done2 = 0, s_n = n, s_clast = total, s_token = argmax_id;
+    __syncthreads();
+    double cum = 0.0;
+    int idx = 0;
+    if (top_p < 1.0 || n < M) {
+        while (!s_done1) {
+            const int k = next_chunk(c, xs, vocab, x_min, x_max, first, ph, pl);
+            ++chunks1;
+            if (threadIdx.x == 0) {
+                if (k == 0) s_done1 = 1;  // only with non-finite logits: keep the cut-off
+                int nn = s_n;
+                for (int j = 0; j < k; ++j, ++idx) {
+                    cum += c.w[j];
+                    if (top_p < 1.0 && cum >= p_mass) nn = min(nn, idx + 1);
+                    if (idx == nn - 1) {
+                        s_clast = cum;
+                        s_done1 = 1;
+                        break;
+                    }
+                }
+                s_n = nn;
+            }
+            first = false;
+            ph = c.hi[max(k - 1, 0)];
+            pl = c.lo[max(k - 1, 0)];
+            __syncthreads();
+        }
+    }
+    n = s_n;
+    const double target = u * s_clast;
+    // 4. pass 2: the first i < n with c[i] > target (the chunk of pass 1 is reused if single)
+    cum = 0.0;
+    idx = 0;
+    first = true;
+    bool reuse = chunks1 == 1;
+    int k = c.count;
+    while (!s_done2) {
+        if (!reuse) k = next_chunk(c, xs, vocab, x_min, x_max, first, ph, pl);
+        reuse = false;
+        if (threadIdx.x == 0) {
+            if (k == 0) s_done2 = 1;  // only with non-finite logits: the argmax stands
+            for (int j = 0; j < k; ++j, ++idx) {
+                cum += c.w[j];
+                if (cum > target || idx == n - 1) {
+                    s_token = (int)(ID_MASK - c.lo[j]);
+                    s_done2 = 1;
+                    break;
+                }
+            }
+        }
+        first = false;
+        ph = c.hi[max(k - 1, 0)];
+        pl = c.lo[max(k - 1, 0)];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = s_token;
+}

@@ -1,0 +1,139 @@
+"""Launchers for the engine's own (non-quantized) kernels: RMSNorm, rotary + KV write,
+attention, SwiGLU, adds, sampling, checksums.
+
+Like `cuda.quant_ops`, every launch is a `prepared_async_call` on the caller's stream with no
+host sync and no allocation, and no argument that changes from one decode step to the next
+(positions are read from device memory): the decode step is CUDA-graph capturable. `launches`
+counts the launches made, which the graph capture reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from cuda.compile import load_module
+
+log = logging.getLogger(__name__)
+
+_NORM_THREADS = 256
+_ROPE_THREADS = 128
+_ATTN_THREADS = 128  # AW * 32 in attention.cu
+_SAMPLE_THREADS = 1024  # ST in sampling.cu
+_EW_THREADS = 256
+
+
+def _module(filename: str, defines: dict[str, Any] | None = None):
+    # PyCUDA reports nvcc's stderr as warnings; log them instead of failing under -W error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = load_module(filename, defines=defines)
+    for w in caught:
+        log.warning("nvcc on %s: %s", filename, w.message)
+    return module
+
+
+def _blocks(n: int, threads: int, cap: int = 4096) -> int:
+    return max(1, min(cap, (n + threads - 1) // threads))
+
+
+class Ops:
+    """The engine's kernels for one head size, compiled (or taken from cache) at init."""
+
+    def __init__(self, head_dim: int):
+        if head_dim % 32 or head_dim > 256:
+            raise ValueError(f"attention kernels need head_dim a multiple of 32 <= 256: {head_dim}")
+        norm, rope, ew = _module("norm.cu"), _module("rope.cu"), _module("elementwise.cu")
+        attn = _module("attention.cu", {"HEAD_DIM": head_dim})
+        smp = _module("sampling.cu")
+        self._rms = norm.get_function("rms_norm").prepare("PPPif")
+        self._rope = rope.get_function("rope_kv_write").prepare("PiPPPPPiiiiii")
+        self._advance = rope.get_function("advance_position").prepare("Pi")
+        self._swiglu = ew.get_function("swiglu").prepare("PPii")
+        self._add = ew.get_function("add_inplace").prepare("PPi")
+        self._checksum = ew.get_function("checksum_words").prepare("PlP")
+        self._attn_dec = attn.get_function("attn_decode").prepare("PPPPPPPiiif")
+        self._attn_pre = attn.get_function("attn_prefill").prepare("PPPPPiiif")
+        self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
+        self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
+        self.head_dim = head_dim
+        self.launches = 0
+
+    def rms_norm(self, x, w, y, n_rows: int, n_cols: int, eps: float, stream) -> None:
+        """y (n_rows, n_cols) = rmsnorm(x) * w; y may be x."""
+        self._rms.prepared_async_call(
+            (n_rows, 1), (_NORM_THREADS, 1, 1), stream, x, w, y, n_cols, eps
+        )
+        self.launches += 1
+
+    def rope_kv_write(
+        self, qkv, n_tokens, pos, cos, sin, k_cache, v_cache, *, n_heads, n_kv, rope_half,
+        max_ctx, neox, stream,
+    ) -> None:  # fmt: skip
+        """Rotate q, k of qkv (n_tokens, q|k|v) in place; k, v -> fp16 cache at *pos + t."""
+        self._rope.prepared_async_call(
+            (n_tokens, 1), (_ROPE_THREADS, 1, 1), stream, qkv, n_tokens, pos, cos, sin,
+            k_cache, v_cache, n_heads, n_kv, self.head_dim, rope_half, max_ctx, int(neox),
+        )  # fmt: skip
+        self.launches += 1
+
+    def advance_position(self, pos, by: int, stream) -> None:
+        self._advance.prepared_async_call((1, 1), (32, 1, 1), stream, pos, by)
+        self.launches += 1
+
+    def attn_decode(
+        self, qkv, k_cache, v_cache, out, pos, part, counters, *, n_heads, n_kv, max_ctx,
+        n_splits, stream,
+    ) -> None:  # fmt: skip
+        """out (n_heads * head_dim) for the one query of qkv over *pos + 1 cached keys."""
+        self._attn_dec.prepared_async_call(
+            (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
+            part, counters, n_heads, n_kv, max_ctx, self.head_dim ** -0.5,
+        )  # fmt: skip
+        self.launches += 1
+
+    def attn_prefill(
+        self, qkv, k_cache, v_cache, out, pos, n_tokens, *, n_heads, n_kv, max_ctx, stream
+    ) -> None:
+        """out (n_tokens, n_heads * head_dim): causal attention of the chunk over the cache."""
+        self._attn_pre.prepared_async_call(
+            (n_tokens, n_heads), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
+            n_heads, n_kv, max_ctx, self.head_dim ** -0.5,
+        )  # fmt: skip
+        self.launches += 1
+
+    def swiglu(self, gate_up, h, d_ff: int, n: int, stream) -> None:
+        """h (n, d_ff) = silu(gate) * up of gate_up (n, 2 d_ff)."""
+        grid = (_blocks(n * d_ff, _EW_THREADS), 1)
+        self._swiglu.prepared_async_call(grid, (_EW_THREADS, 1, 1), stream, gate_up, h, d_ff, n)
+        self.launches += 1
+
+    def add(self, x, y, n: int, stream) -> None:
+        """x[:n] += y[:n] (float32)."""
+        grid = (_blocks(n, _EW_THREADS), 1)
+        self._add.prepared_async_call(grid, (_EW_THREADS, 1, 1), stream, x, y, n)
+        self.launches += 1
+
+    def checksum(self, ptr, n_words: int, out, stream) -> None:
+        """*out (uint64, zeroed by the caller) += sum_i word_i * (2 i + 1) over n_words words."""
+        grid = (_blocks(n_words, _EW_THREADS, cap=256), 1)
+        self._checksum.prepared_async_call(grid, (_EW_THREADS, 1, 1), stream, ptr, n_words, out)
+        self.launches += 1
+
+    def sample_greedy(self, logits, vocab, pen_ids, n_pen, penalty, marks, out, stream) -> None:
+        self._greedy.prepared_async_call(
+            (1, 1), (_SAMPLE_THREADS, 1, 1), stream, logits, vocab, pen_ids, n_pen, penalty,
+            marks, out,
+        )  # fmt: skip
+        self.launches += 1
+
+    def sample_full(
+        self, logits, vocab, pen_ids, n_pen, penalty, marks, *, temperature, top_k, top_p, min_p,
+        u, xs, out, stream,
+    ) -> None:  # fmt: skip
+        self._full.prepared_async_call(
+            (1, 1), (_SAMPLE_THREADS, 1, 1), stream, logits, vocab, pen_ids, n_pen, penalty,
+            marks, temperature, top_k, top_p, min_p, u, xs, out,
+        )  # fmt: skip
+        self.launches += 1
