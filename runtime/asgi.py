@@ -1,16 +1,21 @@
 """The worker as an ASGI app for the `hypercorn` command:
 
-    WORKER_ORCD_BACKEND=cpu hypercorn --worker-class trio --bind 127.0.0.1:8080 runtime.asgi:app
+    WORKER_ORCD_BACKEND=cpu hypercorn --worker-class trio --workers 0 --bind 127.0.0.1:8080 runtime.asgi:app
 
 Settings come from `WORKER_ORCD_*` environment variables (MODEL, BACKEND, MAX_CONTEXT, WORKER_ID,
 GPU_DEVICE, RESIDENCY_INTERVAL, QUEUE_SIZE, DRAIN_TIMEOUT; see `runtime.config`). Hypercorn owns
-the socket and the signals here; the actor core (executor, loader, residency monitor) runs in
-the app's lifespan nursery, started before hypercorn binds, so `/health` says `loading` first.
+the socket; the actor core (executor, loader, residency monitor) runs in the app's lifespan
+nursery, started before hypercorn binds, so `/health` says `loading` first.
 
-Same rule as under `worker-orcd`: if an actor dies, the process dies with a non-zero status
-rather than serve HTTP with a dead executor. Hypercorn cannot be told to exit non-zero from
-inside an app, so the crash is narrated and the process ends with `os._exit(1)`; hypercorn's
-parent process then exits with that status too.
+Same rules as under `worker-orcd`, which an app can only enforce by ending its own process:
+- an actor dies -> the crash is narrated, then `os._exit(1)`: never HTTP with a dead executor;
+- SIGTERM/SIGINT reach the app (in the process running trio's main thread) -> the same drain
+  as `worker-orcd` (every stream gets its terminal event), then `os._exit(0)`.
+`--workers 0` runs the app in hypercorn's own process, so both the signals and the exit status
+are the worker's. With worker subprocesses (hypercorn's default, `--workers 1`), hypercorn's
+parent turns SIGTERM into its own graceful shutdown (streams still running at its graceful
+timeout are cut, then our `after_serving` drains the rest) and, in hypercorn 0.18, reports exit
+status 0 even when its worker process exited 1. See specs/decisions/0005-actor-tree.md.
 
 `app` is a thin ASGI callable that builds the real app on its first call (hypercorn's lifespan
 startup), so importing this module has no side effects and a missing model is reported as a
@@ -20,7 +25,9 @@ failed startup.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import attrs
 import trio
@@ -65,6 +72,18 @@ def create_app(config: WorkerConfig | None = None):
             sys.stderr.flush()
             os._exit(EXIT_CRASH)
 
+    async def drain_on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                worker.narrate("signal", human=f"Received {name}; shutting down.", signal=name)
+                await worker.shutdown(f"received {name}")
+                narrator.emit(
+                    "shutdown", actor="supervisor", human="Worker stopped cleanly.", exit_code=0
+                )
+                sys.stderr.flush()
+                os._exit(0)
+
     @app.before_serving
     async def start_core() -> None:
         why = "auto-detected" if config.backend == "auto" else "as requested"
@@ -77,6 +96,8 @@ def create_app(config: WorkerConfig | None = None):
             backend_requested=config.backend,
         )
         app.nursery.start_soon(guarded_core)
+        if threading.current_thread() is threading.main_thread():
+            app.nursery.start_soon(drain_on_signal)
 
     @app.after_serving
     async def stop_core() -> None:

@@ -1,0 +1,316 @@
+"""The real worker as a user runs it: `python -m runtime.cli` (and `hypercorn ... runtime.asgi:app`)
+as subprocesses on real sockets, with the real default model on the cpu backend.
+
+Each test bounds its waits; the worker loads in a few seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.sse import SSEParser, check_grammar
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 90.0
+FLAGS = [
+    "--model",
+    "--host",
+    "--port",
+    "--worker-id",
+    "--gpu-device",
+    "--backend",
+    "--max-context",
+    "--residency-interval",
+    "--queue-size",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict | None = None):
+        self.port, self.log = port, log
+        self.base = f"http://127.0.0.1:{port}"
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+
+    def narration(self) -> list[dict]:
+        events = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
+
+    def wait_ready(self) -> dict:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):
+                body = httpx.get(self.base + "/health", timeout=2).json()
+                if body["status"] == "ready":
+                    return body
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in time:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+def cli(port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", "cpu", *extra]
+
+
+def stream(client: httpx.Client, base: str, body: dict, on_event=None) -> list:
+    parser, events = SSEParser(), []
+    with client.stream("POST", base + "/execute", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        for chunk in response.iter_bytes():
+            for event in parser.feed(chunk):
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+    parser.close()
+    check_grammar(events)
+    return events
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    port = free_port()
+    proc = Proc(
+        cli(port, "--max-context", "512", "--worker-id", "cli-test"),
+        port,
+        tmp_path_factory.mktemp("cli") / "worker.log",
+    )
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_help_lists_every_flag_and_no_hidden_backend():
+    out = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0
+    for flag in FLAGS:
+        assert flag in out.stdout
+    assert "{auto,cpu,cuda}" in out.stdout and "fake" not in out.stdout
+
+
+def test_bad_flag_exits_2():
+    out = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "--backend", "tpu"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+
+
+def test_real_model_streams_what_llama_cpp_predicts(worker):
+    health = httpx.get(worker.base + "/health", timeout=5).json()
+    assert health["model"] == "SmolLM2-135M-Instruct.Q4_1" and health["quant_kind"] == "Q4_1"
+    assert health["vocab_size"] == 49152 and health["context_length"] == 512
+    assert health["tokenizer_kind"] == "gpt2-bpe" and health["backend"] == "cpu"
+    with httpx.Client() as client:
+        events = stream(
+            client,
+            worker.base,
+            {
+                "job_id": "paris",
+                "prompt": "The capital of France is",
+                "max_tokens": 3,
+                "temperature": 0,
+            },
+        )
+    assert events[0].data["prompt_tokens"] == 5
+    text = "".join(e.data["t"] for e in events if e.event == "token")
+    # llama.cpp's greedy continuation (../shared/reference/smollm2-greedy-1.txt): " Paris.\n\n..."
+    assert text == " Paris.\n"
+    assert events[-1].data == {
+        "type": "end",
+        "tokens_out": 3,
+        "decode_time_ms": events[-1].data["decode_time_ms"],
+        "stop_reason": "max_tokens",
+    }
+
+
+def test_real_model_chat_through_the_template(worker):
+    body = {
+        "job_id": "chat",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    with httpx.Client() as client:
+        events = stream(client, worker.base, body)
+    assert events[-1].event == "end" and events[-1].data["tokens_out"] > 0
+    # ChatML adds a system prompt and role markers: far more tokens than the user text alone.
+    assert events[0].data["prompt_tokens"] > 10
+    starts = [
+        e
+        for e in worker.narration()
+        if e.get("action") == "execute_start" and e.get("job_id") == "chat"
+    ]
+    assert starts and "Say hello" not in worker.log.read_text()
+
+
+def test_sigterm_mid_stream_ends_the_stream_and_exits_0(tmp_path):
+    port = free_port()
+    proc = Proc(cli(port, "--max-context", "256"), port, tmp_path / "sigterm.log")
+    try:
+        proc.wait_ready()
+        sent = {}
+
+        def on_event(event):
+            if event.event == "token" and "at" not in sent:
+                proc.proc.send_signal(signal.SIGTERM)
+                sent["at"] = time.monotonic()
+
+        with httpx.Client() as client:
+            events = stream(
+                client,
+                proc.base,
+                {"job_id": "term", "prompt": "Once upon a time", "max_tokens": 200},
+                on_event,
+            )
+        assert events[-1].event == "error" and events[-1].data["code"] == "CANCELLED"
+        assert len([e for e in events if e.event == "token"]) < 20
+        proc.proc.wait(timeout=10)
+        assert time.monotonic() - sent["at"] < 5.0
+        assert proc.proc.returncode == 0
+    finally:
+        proc.stop()
+    actions = [e.get("action") for e in proc.narration()]
+    assert actions[0] == "startup"
+    for action in (
+        "model_load_start",
+        "model_load_progress",
+        "model_load_complete",
+        "ready",
+        "execute_start",
+        "signal",
+        "shutdown",
+    ):
+        assert action in actions, action
+    assert actions.index("listening") < actions.index("model_load_complete")
+    assert actions[-1] == "shutdown"
+
+
+def test_broken_model_file_exits_non_zero(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    port = free_port()
+    proc = Proc(cli(port, "--model", str(bad)), port, tmp_path / "broken.log")
+    try:
+        assert proc.proc.wait(timeout=30) == 1
+    finally:
+        proc.stop()
+    errors = [e for e in proc.narration() if e.get("action") == "error"]
+    assert errors and errors[0]["code"] == "MODEL_LOAD_FAILED"
+    assert "broken.gguf" in errors[0]["human"]
+
+
+def hypercorn_cmd(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "--worker-class",
+        "trio",
+        "--workers",
+        "0",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "runtime.asgi:app",
+    ]
+
+
+def test_hypercorn_command_serves_the_same_app(tmp_path):
+    port = free_port()
+    env = {
+        "WORKER_ORCD_BACKEND": "cpu",
+        "WORKER_ORCD_MAX_CONTEXT": "256",
+        "WORKER_ORCD_WORKER_ID": "hc",
+    }
+    proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc.log", env)
+    try:
+        health = proc.wait_ready()
+        assert health["worker_id"] == "hc" and health["context_length"] == 256
+        with httpx.Client() as client:
+            events = stream(
+                client,
+                proc.base,
+                {
+                    "job_id": "hc1",
+                    "prompt": "The capital of France is",
+                    "max_tokens": 2,
+                    "temperature": 0,
+                },
+            )
+        assert "".join(e.data["t"] for e in events if e.event == "token") == " Paris."
+        sent = {}
+
+        def on_event(event):  # SIGTERM mid-stream: same drain as worker-orcd
+            if event.event == "token" and "at" not in sent:
+                proc.proc.send_signal(signal.SIGTERM)
+                sent["at"] = time.monotonic()
+
+        with httpx.Client() as client:
+            body = {"job_id": "hc2", "prompt": "Once upon a time", "max_tokens": 100}
+            events = stream(client, proc.base, body, on_event)
+        assert events[-1].event == "error" and events[-1].data["code"] == "CANCELLED"
+        assert proc.proc.wait(timeout=10) == 0
+        assert time.monotonic() - sent["at"] < 5.0
+    finally:
+        proc.stop()
+
+
+def test_hypercorn_command_exits_non_zero_when_an_actor_dies(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    port = free_port()
+    env = {"WORKER_ORCD_BACKEND": "cpu", "WORKER_ORCD_MODEL": str(bad)}
+    proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc-bad.log", env)
+    try:
+        assert proc.proc.wait(timeout=30) != 0
+    finally:
+        proc.stop()
+    assert any(e.get("action") == "error" and e.get("level") == "error" for e in proc.narration())
