@@ -270,6 +270,14 @@ class Executor:
                 stop_reason=final.stop_reason,
             )
         else:
+            if final.code is not ErrorCode.CANCELLED:
+                narrator.emit(
+                    "error",
+                    level="error",
+                    target=handle.job_id,
+                    human=f"Job {handle.job_id} failed: {final.code} {final.message}.",
+                    code=str(final.code),
+                )
             narrator.emit(
                 "execute_end",
                 level="info" if final.code is ErrorCode.CANCELLED else "error",

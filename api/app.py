@@ -69,8 +69,17 @@ async def sse_stream(handle: JobHandle, worker: Any):
     worker.open_streams += 1
     try:
         async for event in handle.events:
-            yield event_bytes(event, job_id=handle.job_id, model=model)
-            if isinstance(event, End | Failed):
+            # Live: one event goes out as soon as it exists. If the socket fell behind (fast GPU,
+            # slow client), everything already waiting goes out in the same write instead of
+            # paying the per-write cost once per token.
+            batch = [event]
+            while not isinstance(batch[-1], End | Failed):
+                try:
+                    batch.append(handle.events.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            yield b"".join(event_bytes(e, job_id=handle.job_id, model=model) for e in batch)
+            if isinstance(batch[-1], End | Failed):
                 finished = True
                 return
     finally:

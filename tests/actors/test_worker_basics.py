@@ -6,7 +6,7 @@ import threading
 
 import trio
 
-from tests.actors.fakes import EOS, Script, expected_text, running_worker, text_of
+from tests.actors.fakes import EOS, EventReader, Script, expected_text, running_worker, text_of
 
 
 async def test_stream_is_live_and_well_formed():
@@ -137,3 +137,25 @@ async def test_correlation_id_echoed_or_generated():
 
 
 assert EOS == 15
+
+
+async def test_tokens_arrive_live_not_replayed_at_the_end():
+    async with running_worker(Script(step_delay_s=0.05)) as h:
+        arrivals = []
+        with trio.fail_after(10):
+            async with h.client.stream(
+                "POST", "/execute", json={"job_id": "live", "prompt": "a", "max_tokens": 8}
+            ) as response:
+                reader = EventReader(response)
+                while True:
+                    (event,) = await reader.take(1)
+                    arrivals.append((event.event, trio.current_time()))
+                    if event.event in ("end", "error"):
+                        break
+                await reader.rest()
+        tokens = [t for kind, t in arrivals if kind == "token"]
+        assert len(tokens) == 8
+        # Seven decode steps of 50 ms separate the first token from the last one.
+        assert tokens[-1] - tokens[0] >= 0.25
+        gaps = [b - a for a, b in zip(tokens, tokens[1:], strict=False)]
+        assert sum(g >= 0.02 for g in gaps) >= 5  # one at a time, paced by the engine
