@@ -74,6 +74,7 @@ class Ledger:
         return ptr
 
     def free(self, name: str) -> None:
+        """Forget the entry and free its memory (the entry goes even if the free fails)."""
         entry_mem = self._entries.pop(name, None)
         if entry_mem is not None:
             entry_mem[1].free()

@@ -1,0 +1,309 @@
+"""The CUDA engine: the model in VRAM, driven on one thread, through the `Engine` protocol.
+
+Ownership: `CudaEngine.load` pushes the device's primary context on the calling thread (the
+executor's) and every later call must come from that thread; `close()` frees everything and pops
+the context. Load = preflight (bytes needed vs free VRAM and the optional cap) -> compile the
+kernels -> upload the weights tensor by tensor -> allocate KV cache and scratch -> capture the
+decode step as a CUDA graph. Nothing is allocated per decode step.
+
+Errors: a failed allocation at load is INSUFFICIENT_VRAM; during a job it is VRAM_OOM, the job's
+memory (ledger scope "job") is freed and the engine serves the next job. A CUDA error that
+poisons the context (illegal address, launch failure) is `CudaError(fatal=True)`, and every
+later call repeats it: the process must exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from cuda import graph as cuda_graph
+from cuda import residency
+from cuda.forward import Forward, buffer_bytes
+from cuda.ledger import AllocationFailed, Ledger
+from cuda.sampler import GpuSampler, workspace_bytes
+from cuda.weights import file_bytes, upload_weights, weight_bytes
+from runtime.engine_api import ProgressCallback, ResidencyReport
+from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError, VramOom
+from runtime.gguf_file import GGUFModel
+from runtime.progress import ProgressReporter
+from runtime.sampling import SamplingParams
+
+#: VRAM kept free beyond our own buffers: kernel code, the graph, driver bookkeeping
+HEADROOM_BYTES = 64 << 20
+#: tokens per prefill pass (longer prompts are split); scratch is sized for this many
+DEFAULT_MAX_CHUNK = 512
+
+_FATAL_WORDS = ("illegal", "misaligned", "launch failed", "unspecified launch", "exception")
+
+
+def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
+    """Bytes of VRAM the engine allocates for this model (weights + KV cache + scratch)."""
+    c = model.config
+    max_chunk = min(max_chunk, max_context)  # as load() clamps it
+    return (
+        weight_bytes(model)
+        + buffer_bytes(c, max_context, max_chunk)
+        + workspace_bytes(c.vocab_size)
+        + 8  # residency checksum slot
+    )
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    import pycuda.driver as drv
+
+    if isinstance(exc, drv.LaunchError):
+        return True
+    status = getattr(exc, "status", None)  # GraphError
+    if status in (700, 701, 702, 715, 716, 719):  # illegal address/instruction, launch failed ...
+        return True
+    return any(w in str(exc).lower() for w in _FATAL_WORDS)
+
+
+class CudaEngine:
+    backend = "cuda"
+
+    def __init__(self) -> None:  # use CudaEngine.load
+        self._ctx = None
+        self._graph: cuda_graph.Graph | None = None
+        self._poisoned: str | None = None
+        self._closed = False
+        self._pos = 0
+        self._last_sampled: int | None = None  # id the sampler left in state.ids[0]
+
+    # -- load ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        model: GGUFModel,
+        *,
+        max_context: int,
+        progress: ProgressCallback | None = None,
+        device: int = 0,
+        max_vram_bytes: int | None = None,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
+        use_graph: bool = True,
+    ) -> CudaEngine:
+        import pycuda.driver as drv
+
+        if max_context < 1 or max_chunk < 1:
+            raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
+        c = model.config
+        if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
+            raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")
+        self = cls()
+        self.config, self.max_context, self.quant_kind = c, max_context, model.quant_kind
+        self.device = device
+        max_chunk = min(max_chunk, max_context)
+        drv.init()
+        if not 0 <= device < drv.Device.count():
+            raise ModelLoadError(f"no CUDA device {device} ({drv.Device.count()} present)")
+        self._drv = drv
+        self._ctx = drv.Device(device).retain_primary_context()
+        self._ctx.push()
+        try:
+            self._load(model, max_context, max_chunk, progress, max_vram_bytes, use_graph)
+        except BaseException as exc:
+            self._teardown()
+            if isinstance(exc, AllocationFailed | drv.MemoryError):
+                raise InsufficientVram(f"loading {model.path.name}: {exc}") from exc
+            raise
+        return self
+
+    def _load(self, model, max_context, max_chunk, progress, cap, use_graph) -> None:
+        from cuda.ops import Ops
+        from cuda.quant_ops import QuantKernels
+
+        drv, c = self._drv, self.config
+        self.ops, quant = Ops(c.head_dim), QuantKernels()  # compiled before measuring free VRAM
+        needed = vram_needed(model, max_context, max_chunk)
+        free, total = drv.mem_get_info()
+        if needed + HEADROOM_BYTES > free:
+            raise InsufficientVram(
+                f"{model.path.name} with a {max_context}-token context needs {needed} bytes of "
+                f"VRAM (+{HEADROOM_BYTES} headroom) but device {self.device} has {free} bytes "
+                f"free of {total}"
+            )
+        if cap is not None and needed > cap:
+            raise InsufficientVram(
+                f"{model.path.name} with a {max_context}-token context needs {needed} bytes of "
+                f"VRAM but --max-vram-bytes allows {cap} ({free} bytes free on the device)"
+            )
+        self.ledger = Ledger(drv, cap_bytes=cap)
+        self.stream = drv.Stream()
+        reporter = ProgressReporter(file_bytes(model), progress)
+        self.weights, self._checksums = upload_weights(
+            drv, model, self.ledger, reporter, quant.supports
+        )
+        self.fwd = Forward(
+            drv, c, self.weights, self.ledger, self.ops, quant, self.stream,
+            max_context=max_context, max_chunk=max_chunk,
+        )  # fmt: skip
+        self._sum_slot = self.ledger.alloc("scratch.checksum", 8)
+        self.sampler = GpuSampler(
+            drv, self.ops, self.ledger, self.stream, vocab=c.vocab_size,
+            logits=self.fwd.b["act.logits"], out=self.fwd.b["state.ids"],
+        )  # fmt: skip
+        self._logits_host = np.empty(c.vocab_size, np.float32)
+        if use_graph:
+            self._graph = cuda_graph.capture(self.stream, self.fwd.enqueue_decode)
+        drv.Context.synchronize()
+        reporter.finish()
+
+    # -- guarded job calls -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _job(self) -> Iterator[None]:
+        if self._poisoned is not None:
+            raise CudaError(f"the CUDA context is lost: {self._poisoned}", fatal=True)
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        drv = self._drv
+        try:
+            yield
+        except (AllocationFailed, drv.MemoryError) as exc:
+            self._abort_job()
+            raise VramOom(f"out of VRAM during the job: {exc}") from exc
+        except (drv.Error, cuda_graph.GraphError) as exc:
+            if _is_fatal(exc):
+                self._poisoned = str(exc)
+                raise CudaError(f"CUDA failure, context lost: {exc}", fatal=True) from exc
+            self._abort_job()
+            raise CudaError(f"CUDA failure: {exc}") from exc
+
+    def _abort_job(self) -> None:
+        """Drop the job's memory and sequence; the model stays loaded."""
+        with contextlib.suppress(Exception):
+            self.stream.synchronize()
+        self.sampler.release_workspace()
+        self.ledger.free_scope("job")
+        self._set_position(0)
+
+    def _set_position(self, pos: int) -> None:
+        self._drv.memcpy_htod(self.fwd.b["state.pos"], np.array([pos], np.int32))
+        self._pos = pos
+
+    # -- Engine protocol -------------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def reset(self) -> None:
+        """New sequence: position 0, and the previous job's workspace is released."""
+        with self._job():
+            self.stream.synchronize()
+            self.sampler.release_workspace()
+            self._set_position(0)
+            self._last_sampled = None
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        ids = self._check_tokens(tokens)
+        with self._job():
+            self.sampler.acquire_workspace()
+            for start in range(0, ids.size, self.fwd.max_chunk):
+                chunk = ids[start : start + self.fwd.max_chunk]
+                self.stream.synchronize()  # the previous pass may still read state.ids
+                self._drv.memcpy_htod(self.fwd.b["state.ids"], chunk)
+                self.fwd.enqueue_prefill(int(chunk.size))
+                self._pos += int(chunk.size)
+            self._last_sampled = None
+
+    def step(self, token: int) -> None:
+        ids = self._check_tokens((token,))
+        with self._job():
+            if self._last_sampled != int(ids[0]):  # else the sampler left it in place
+                self.stream.synchronize()
+                self._drv.memcpy_htod(self.fwd.b["state.ids"], ids)
+            if self._graph is not None:
+                self._graph.launch()
+            else:
+                self.fwd.enqueue_decode()
+            self._pos += 1
+            self._last_sampled = None
+
+    def logits(self) -> np.ndarray:
+        with self._job():
+            self._drv.memcpy_dtoh_async(self._logits_host, self.fwd.b["act.logits"], self.stream)
+            self.stream.synchronize()
+        return self._logits_host.copy()
+
+    def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
+        with self._job():
+            token = self.sampler.sample(params, history, draw)
+        self._last_sampled = token
+        return token
+
+    def fail_next_allocation(self) -> None:
+        """Test hook: the next device allocation fails as if VRAM were exhausted."""
+        self.ledger.fail_next_allocation()
+
+    def memory_bytes(self) -> int:
+        return 0 if self._closed or self._ctx is None else self.ledger.total()
+
+    def check_residency(self) -> ResidencyReport:
+        if self._closed:
+            return ResidencyReport(False, 0, "the engine is closed: nothing is resident")
+        if self._poisoned is not None:
+            return ResidencyReport(False, 0, f"the CUDA context is lost: {self._poisoned}")
+        with self._job():
+            self.stream.synchronize()
+            return residency.run_check(
+                self.ledger.entries(),
+                device_ordinal=self.device,
+                mem_get_info=self._drv.mem_get_info,
+                checksums=self._checksums,
+                device_checksum=self._device_checksum,
+            )
+
+    def _device_checksum(self, entry) -> int:
+        off, length = residency.window(entry.nbytes)
+        self._drv.memset_d8(self._sum_slot, 0, 8)
+        self.ops.checksum(entry.ptr + off, length // 4, self._sum_slot, self.stream)
+        out = np.zeros(1, np.uint64)
+        self._drv.memcpy_dtoh_async(out, self._sum_slot, self.stream)
+        self.stream.synchronize()
+        return int(out[0])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._teardown()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise InvalidRequest("no tokens to process")
+        if self._pos + ids.size > self.max_context:
+            raise InvalidRequest(
+                f"{self._pos + ids.size} tokens exceed the context ({self.max_context})"
+            )
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise InvalidRequest(f"token id out of range 0..{self.config.vocab_size - 1}")
+        return ids.astype(np.int32)
+
+    def _teardown(self) -> None:
+        """Free everything this engine holds and pop its context (best effort when poisoned)."""
+        if self._ctx is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._graph is not None:
+                self._graph.close()
+        self._graph = None
+        with contextlib.suppress(Exception):
+            self._drv.Context.synchronize()
+        ledger = getattr(self, "ledger", None)
+        if ledger is not None:
+            for entry in list(ledger.entries()):  # one by one: a dead context fails each free
+                with contextlib.suppress(Exception):
+                    ledger.free(entry.name)
+        self.stream = None
+        with contextlib.suppress(Exception):
+            self._ctx.pop()
+        self._ctx = None

@@ -1,0 +1,200 @@
+"""The llama forward pass on the GPU: buffers allocated once at load, a decode step and a
+prefill chunk enqueued as kernel launches on one stream.
+
+Everything a step reads that changes from step to step lives in device memory: the token id
+(`ids[0]`, written by the sampler or uploaded by the engine) and the position (`pos`, advanced by
+the last kernel of each pass). So `enqueue_decode` issues the very same launches every step and
+the engine captures it once as a CUDA graph. Per layer of a decode step:
+
+    rms_norm -> qkv matvec -> rope + KV write -> attention (split over the sequence)
+    -> o matvec accumulated into the residual -> rms_norm -> gate|up matvec -> SwiGLU
+    -> down matvec accumulated into the residual
+
+Prefill runs the same sequence with matrix-matrix products over the chunk and causal attention.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cuda.ledger import Ledger
+from cuda.ops import Ops
+from cuda.weights import ModelWeights, Segment
+from runtime.model_config import ModelConfig
+from runtime.numpy_layers import rope_tables
+
+_SPLIT_KEYS = 128  # decode attention: a split per this many cache positions ...
+_MAX_SPLITS = 16  # ... up to this many blocks per head
+
+
+def decode_splits(max_context: int) -> int:
+    return max(1, min(_MAX_SPLITS, math.ceil(max_context / _SPLIT_KEYS)))
+
+
+def buffer_shapes(c: ModelConfig, max_context: int, max_chunk: int) -> dict[str, tuple]:
+    """name -> (numpy dtype, shape) of every non-weight model-state buffer."""
+    q_dim, qkv_dim = c.n_heads * c.head_dim, c.n_heads * c.head_dim + 2 * c.kv_dim
+    kv = (c.n_layers, c.n_kv_heads, max_context, c.head_dim)
+    splits = decode_splits(max_context)
+    return {
+        "kv.k": (np.float16, kv),  # (n_layers, n_kv_heads, max_context, head_dim)
+        "kv.v": (np.float16, kv),
+        "rope.cos": (np.float32, (max_context, c.rope_dim // 2)),
+        "rope.sin": (np.float32, (max_context, c.rope_dim // 2)),
+        "act.x": (np.float32, (max_chunk, c.d_model)),  # residual stream
+        "act.xn": (np.float32, (max_chunk, c.d_model)),  # normed input of a projection
+        "act.qkv": (np.float32, (max_chunk, qkv_dim)),  # q | k | v rows
+        "act.attn": (np.float32, (max_chunk, q_dim)),  # attention output
+        "act.gate_up": (np.float32, (max_chunk, 2 * c.d_ff)),  # gate | up rows
+        "act.h": (np.float32, (max_chunk, c.d_ff)),  # SwiGLU output
+        "act.logits": (np.float32, (c.vocab_size,)),  # last position's logits
+        "state.ids": (np.int32, (max_chunk,)),  # token ids of the pass; ids[0] in decode
+        "state.pos": (np.int32, (1,)),  # tokens in the cache before the pass
+        "attn.part": (np.float32, (c.n_heads, splits, c.head_dim + 2)),  # split partials
+        "attn.counters": (np.uint32, (c.n_heads,)),  # blocks done per head (reset by the last)
+    }
+
+
+def buffer_bytes(c: ModelConfig, max_context: int, max_chunk: int) -> int:
+    shapes = buffer_shapes(c, max_context, max_chunk).values()
+    return sum(np.dtype(dt).itemsize * math.prod(shape) for dt, shape in shapes)
+
+
+class _Counting:
+    """Counts the launches made through the quant kernels (for the graph's launch count)."""
+
+    def __init__(self, quant: Any):
+        self._quant, self.launches = quant, 0
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._quant, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.launches += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+class Forward:
+    def __init__(
+        self,
+        drv: Any,
+        c: ModelConfig,
+        w: ModelWeights,
+        ledger: Ledger,
+        ops: Ops,
+        quant: Any,
+        stream: Any,
+        *,
+        max_context: int,
+        max_chunk: int,
+    ):
+        self.c, self.w, self.ops, self.stream = c, w, ops, stream
+        self.q = _Counting(quant)
+        self.max_context, self.max_chunk = max_context, max_chunk
+        self.splits = decode_splits(max_context)
+        self.b: dict[str, int] = {}
+        for name, (dt, shape) in buffer_shapes(c, max_context, max_chunk).items():
+            nbytes = np.dtype(dt).itemsize * math.prod(shape)
+            self.b[name] = ledger.alloc(name, nbytes, zero=name.startswith(("state.", "attn.")))
+        cos, sin = rope_tables(max_context, c.rope_dim, c.rope_base)
+        drv.memcpy_htod(self.b["rope.cos"], np.ascontiguousarray(cos))
+        drv.memcpy_htod(self.b["rope.sin"], np.ascontiguousarray(sin))
+        self._layer_kv = c.n_kv_heads * max_context * c.head_dim * 2  # bytes per layer
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _project(self, segs: tuple[Segment, ...], x: int, y: int, n: int, y_width: int) -> None:
+        """y (n, y_width)[:, seg rows] = x (n, cols) @ W.T for each segment."""
+        for s in segs:
+            if n == 1:
+                self.q.matvec(s.qtype, s.ptr, s.rows, s.cols, x, y + 4 * s.row0, self.stream)
+            else:  # one segment (row0 = 0) covering all y_width rows
+                self.q.matmul(s.qtype, s.ptr, s.rows, s.cols, x, n, y, self.stream)
+
+    def _residual(self, seg: Segment, x: int, n: int) -> None:
+        """residual (n, d_model) += x (n, cols) @ W.T: the residual add fused into the product."""
+        b, s = self.b, self.stream
+        if n == 1:
+            self.q.matvec(seg.qtype, seg.ptr, seg.rows, seg.cols, x, b["act.x"], s, accumulate=True)
+        else:
+            self.q.matmul(
+                seg.qtype, seg.ptr, seg.rows, seg.cols, x, n, b["act.x"], s, accumulate=True
+            )
+
+    def _layers(self, n: int) -> None:
+        c, b, ops, s = self.c, self.b, self.ops, self.stream
+        q_dim = c.n_heads * c.head_dim
+        qkv_dim = q_dim + 2 * c.kv_dim
+        for i, lw in enumerate(self.w.layers):
+            kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
+            ops.rms_norm(b["act.x"], lw.attn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s)
+            self._project_group(lw.qkv, b["act.xn"], b["act.qkv"], n, qkv_dim)
+            if lw.qkv_bias is not None:
+                for t in range(n):  # prefill only pays this per token; decode once
+                    ops.add(b["act.qkv"] + 4 * t * qkv_dim, lw.qkv_bias, qkv_dim, s)
+            ops.rope_kv_write(
+                b["act.qkv"], n, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
+                n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
+                max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s,
+            )  # fmt: skip
+            if n == 1:
+                ops.attn_decode(
+                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
+                    b["attn.counters"], n_heads=c.n_heads, n_kv=c.n_kv_heads,
+                    max_ctx=self.max_context, n_splits=self.splits, stream=s,
+                )  # fmt: skip
+            else:
+                ops.attn_prefill(
+                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], n, n_heads=c.n_heads,
+                    n_kv=c.n_kv_heads, max_ctx=self.max_context, stream=s,
+                )  # fmt: skip
+            self._residual(lw.attn_output, b["act.attn"], n)
+            ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s)
+            self._project_group(lw.gate_up, b["act.xn"], b["act.gate_up"], n, 2 * c.d_ff)
+            ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, n, s)
+            self._residual(lw.down, b["act.h"], n)
+
+    def _project_group(self, segs: tuple[Segment, ...], x: int, y: int, n: int, width: int):
+        if n == 1 or len(segs) == 1:
+            self._project(segs, x, y, n, width)
+            return
+        for t in range(n):  # mixed types in one group: row by row keeps the output layout
+            self._project(segs, x + 4 * t * segs[0].cols, y + 4 * t * width, 1, width)
+
+    def _head(self, row: int) -> None:
+        """logits = output @ rmsnorm(x[row]) for one row of the residual stream."""
+        c, b, s = self.c, self.b, self.stream
+        x_row = b["act.x"] + 4 * row * c.d_model
+        self.ops.rms_norm(x_row, self.w.output_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
+        o = self.w.output
+        self.q.matvec(o.qtype, o.ptr, o.rows, o.cols, b["act.xn"], b["act.logits"], s)
+
+    # -- passes ----------------------------------------------------------------------------------
+
+    def enqueue_decode(self) -> int:
+        """One token (ids[0]) at position *pos; advances *pos. Returns the launches made."""
+        start = self.ops.launches + self.q.launches
+        e = self.w.token_embd
+        self.q.embed_rows(
+            e.qtype, e.ptr, e.cols, self.b["state.ids"], 1, self.b["act.x"], self.stream
+        )
+        self._layers(1)
+        self._head(0)
+        self.ops.advance_position(self.b["state.pos"], 1, self.stream)
+        return self.ops.launches + self.q.launches - start
+
+    def enqueue_prefill(self, n: int) -> None:
+        """n (<= max_chunk) tokens already in ids[0:n], from position *pos; advances *pos."""
+        assert 1 <= n <= self.max_chunk
+        e = self.w.token_embd
+        self.q.embed_rows(
+            e.qtype, e.ptr, e.cols, self.b["state.ids"], n, self.b["act.x"], self.stream
+        )
+        self._layers(n)
+        self._head(n - 1)
+        self.ops.advance_position(self.b["state.pos"], n, self.stream)
