@@ -1,10 +1,10 @@
 """The haiku test: the end-to-end anti-cheat test of issue 3, item 12.
 
 A real worker process, the real model, the model's own chat template: we ask for a haiku that
-contains the current minute spelled in English ("twenty-nine") plus a random nonce, so no stored
-or replayed answer can pass. A 135M model follows the instruction only part of the time (about
-two tries in three), so up to `MAX_ATTEMPTS` seeds are tried; every attempt is recorded under
-`.test-results/haiku/<run_id>/` (prompt, raw SSE transcript, verdict).
+contains the current minute spelled in English ("twenty-nine"), with a random nonce in the
+prompt, so no stored or replayed answer can pass. A 135M model follows the instruction only part
+of the time, so up to `MAX_ATTEMPTS` seeds are tried; every attempt is recorded under
+`.test-results/haiku/<run_id>/` (prompt, raw SSE transcript per attempt, verdict, worker log).
 
 What counts as "contains the minute word" (decided here, see `minute_word_found`): the words of
 the number, case-insensitive, joined by a hyphen, a dash, spaces or nothing ("twenty-nine",
@@ -90,12 +90,17 @@ def minute_word_found(text: str, minute: int) -> bool:
 
 
 def haiku_messages(word: str, nonce: str) -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": f'Write a haiku that contains the word "{word}". (request {nonce})',
-        }
-    ]
+    """The request. The nonce makes every prompt unique; only the minute word is checked.
+
+    Wording measured on the numpy engine, temperature 0.7, 72 tokens, random minutes: this one
+    12/15; 'The first line must contain the word ...' 11/15; 'Write a haiku that contains the
+    word "w". (request n)' only 5/12 (asking about *the number* is what helps a 135M model).
+    At ~75 %, five misses in a row happen about once in a thousand runs.
+    """
+    content = (
+        f'Write a short haiku about the number {word}. Use the word "{word}" in it. Ref: {nonce}'
+    )
+    return [{"role": "user", "content": content}]
 
 
 # --------------------------------------------------------------------------- the helper's tests
