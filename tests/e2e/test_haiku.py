@@ -9,7 +9,8 @@ of the time, so up to `MAX_ATTEMPTS` seeds are tried; every attempt is recorded 
 What counts as "contains the minute word" (decided here, see `minute_word_found`): the words of
 the number, case-insensitive, joined by a hyphen, a dash, spaces or nothing ("twenty-nine",
 "Twenty nine", "twentynine"), as whole words, and not as part of a larger number: "nine" does
-not count inside "twenty-nine", nor "twenty" in "twenty-one". Digits ("29") do not count: the
+not count inside "twenty-nine", nor "twenty" in "twenty-one", nor "forty-three" in "a hundred
+and forty-three". Digits ("29") do not count: the
 instruction is to spell the number.
 
 A broken stream is a bug, not bad luck: protocol violations fail at once, without retrying.
@@ -60,6 +61,7 @@ def number_to_words(n: int) -> str:
     return TENS[tens] if unit == 0 else f"{TENS[tens]}-{UNITS[unit]}"
 
 
+SCALES = frozenset({"hundred", "thousand", "million", "billion"})
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015"
 
 
@@ -85,6 +87,9 @@ def minute_word_found(text: str, minute: int) -> bool:
             continue  # "nine" inside "twenty-nine"
         if len(target) == 1 and target[0] in tens_words and after in unit_words:
             continue  # "twenty" inside "twenty-one"
+        before2 = words[i - 2] if i > 1 else ""
+        if before in SCALES or (before == "and" and before2 in SCALES) or after in SCALES:
+            continue  # "a hundred and forty-three", "nine thousand"
         return True
     return False
 
@@ -142,6 +147,11 @@ def test_every_minute_has_a_distinct_spelling():
         ("29 birds", 29, False),
         ("a zero hour", 0, True),
         ("fortyfive", 45, True),
+        ("A hundred and forty-three,", 43, False),
+        ("a hundred forty-three", 43, False),
+        ("nine thousand stars", 9, False),
+        ("one hundred", 1, False),
+        ("and forty-three stars", 43, True),
     ],
 )
 def test_minute_word_found(text, minute, found):
