@@ -26,7 +26,7 @@ from actors.jobs import End, Failed, JobHandle, Started, Token
 from runtime.engine_api import Engine, ProgressCallback, ResidencyReport
 from runtime.errors import Cancelled, ErrorCode, WorkerError
 from runtime.generate import Finished, TokenOut, generate
-from runtime.narration import Narrator
+from runtime.narration import Narrator, fingerprint
 
 ACTOR = "executor"
 CONTROL_SLACK = 4  # channel slots beyond the job queue: load, stop, one wake per pending check
@@ -213,7 +213,9 @@ class Executor:
             prompt_tokens=len(job.prompt_ids),
             max_tokens=request.max_tokens,
             seed=request.params.seed,
+            prompt=job.prompt_fingerprint or fingerprint(""),
         )
+        output: list[str] = []  # only for the fingerprint in execute_end; never logged as text
 
         def should_cancel() -> bool:
             self._service_checks()
@@ -235,6 +237,7 @@ class Executor:
             for event in events:
                 if isinstance(event, TokenOut):
                     self._post(handle.deliver, Token(event.text, event.index))
+                    output.append(event.text)
                 elif isinstance(event, Finished):
                     final = End(event.tokens_out, round(event.decode_time_ms, 3), event.stop_reason)
         except Cancelled:
@@ -245,26 +248,27 @@ class Executor:
         except WorkerError as error:
             final = Failed(error.code, error.message)
             if getattr(error, "fatal", False):  # e.g. a poisoned CUDA context: the actor dies
-                self._finish(handle, narrator, final)
+                self._finish(handle, narrator, final, output)
                 raise
         except Exception as error:
             # Unknown engine state: fail the job, then let the executor die (worker exits non-zero).
-            self._finish(
-                handle,
-                narrator,
-                Failed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"),
-            )
+            failure = Failed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}")
+            self._finish(handle, narrator, failure, output)
             raise
-        self._finish(handle, narrator, final)
+        self._finish(handle, narrator, final, output)
 
-    def _finish(self, handle: JobHandle, narrator: Narrator, final: End | Failed) -> None:
+    def _finish(
+        self, handle: JobHandle, narrator: Narrator, final: End | Failed, output: list[str]
+    ) -> None:
         self._post(handle.deliver, final)
+        output_fp = fingerprint("".join(output))
         if isinstance(final, End):
             narrator.emit(
                 "execute_end",
                 target=handle.job_id,
                 human=f"Finished job {handle.job_id}: {final.tokens_out} tokens ({final.stop_reason}).",
                 outcome="end",
+                output=output_fp,
                 tokens_out=final.tokens_out,
                 decode_time_ms=final.decode_time_ms,
                 stop_reason=final.stop_reason,
@@ -284,6 +288,7 @@ class Executor:
                 target=handle.job_id,
                 human=f"Job {handle.job_id} ended with {final.code}: {final.message}.",
                 outcome="error",
+                output=output_fp,
                 code=str(final.code),
                 detail=final.message,
             )

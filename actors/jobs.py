@@ -67,6 +67,7 @@ class Job:
     prompt_ids: tuple[int, ...]
     request: ExecuteRequest
     correlation_id: str
+    prompt_fingerprint: dict | None = None  # runtime.narration.fingerprint of the prompt text
 
 
 class JobHandle:

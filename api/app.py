@@ -170,8 +170,10 @@ def create_app(worker: Any) -> QuartTrio:
             req = validate_execute(body)
             scheduler.check_job_id(req.job_id)
             info, context_length = worker.info, state.facts.context_length
-            prompt_ids = await trio.to_thread.run_sync(prompt_token_ids, info, req, context_length)
-            handle = scheduler.submit(Job(req.job_id, prompt_ids, req, correlation_id))
+            prompt_ids, prompt_fp = await trio.to_thread.run_sync(
+                prompt_token_ids, info, req, context_length
+            )
+            handle = scheduler.submit(Job(req.job_id, prompt_ids, req, correlation_id, prompt_fp))
         except WorkerError as error:
             narrator.emit(
                 "execute_rejected",

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from api.validation import ExecuteRequest
 from runtime.errors import InvalidRequest
+from runtime.narration import fingerprint
 
 
-def prompt_token_ids(info, request: ExecuteRequest, context_length: int) -> tuple[int, ...]:
-    """Token ids for `request` (`info`: actors.loader.ModelInfo); checks prompt + max_tokens fit."""
+def prompt_token_ids(
+    info, request: ExecuteRequest, context_length: int
+) -> tuple[tuple[int, ...], dict]:
+    """(token ids, fingerprint of the prompt text) for `request`; checks prompt + max_tokens fit.
+
+    `info` is an actors.loader.ModelInfo. The fingerprint (never the text) is what gets logged.
+    """
     if request.messages is not None:
         if not info.chat_template:
             raise InvalidRequest("this model has no chat template; send a prompt", field="messages")
@@ -38,4 +44,4 @@ def prompt_token_ids(info, request: ExecuteRequest, context_length: int) -> tupl
             f"the context ({context_length} tokens)",
             field="max_tokens" if len(ids) < context_length else field,
         )
-    return ids
+    return ids, fingerprint(text)

@@ -6,6 +6,8 @@ import threading
 
 import trio
 
+from runtime.narration import fingerprint
+
 from tests.actors.fakes import EOS, EventReader, Script, expected_text, running_worker, text_of
 
 
@@ -113,6 +115,8 @@ async def test_narration_never_contains_prompt_or_output_text():
             assert {"ts", "level", "actor", "action", "target", "human", "worker_id"} <= set(event)
         ex = [e for e in h.narration() if e["action"] in ("execute_start", "execute_end")]
         assert all(e["job_id"] == "n" and e["correlation_id"] for e in ex)
+        assert ex[0]["prompt"] == fingerprint(secret)  # stands in for the text
+        assert ex[1]["output"] == fingerprint(text_of(events))
 
 
 async def test_correlation_id_echoed_or_generated():
