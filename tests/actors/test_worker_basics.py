@@ -7,7 +7,6 @@ import threading
 import trio
 
 from runtime.narration import fingerprint
-
 from tests.actors.fakes import EOS, EventReader, Script, expected_text, running_worker, text_of
 
 
