@@ -25,13 +25,10 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 REPS = 60
 L2_DEFEAT_BYTES = 160 << 20
-LAYER = [  # (name, rows, cols) of one layer of the default model, all Q4_1
-    ("attn_q", 576, 576),
-    ("attn_k", 192, 576),
-    ("attn_v", 192, 576),
+LAYER = [  # (name, rows, cols) of one layer of the default model as the engine lays it out (Q4_1)
+    ("attn_qkv", 960, 576),
     ("attn_output", 576, 576),
-    ("ffn_gate", 1536, 576),
-    ("ffn_up", 1536, 576),
+    ("ffn_gate_up", 3072, 576),
     ("ffn_down", 576, 1536),
 ]
 N_LAYERS = 30
@@ -92,26 +89,57 @@ def main() -> None:
         rng = np.random.default_rng(0)
         print(f"device: {drv.Context.get_device().name()}  SMs: {kq.num_sms}")
         x = drv.to_device(rng.standard_normal(512 * 1536).astype(np.float32))
+        g = drv.to_device(np.ones(1536, np.float32))
         y = drv.mem_alloc(512 * 49152 * 4)
-        decode_us = prefill = 0.0
-        print(f"{'kernel':34s} {'us/call':>9s} {'GB/s':>8s} {'TFLOP/s':>8s}")
+        sums = {"auto": 0.0, "fused": 0.0, "prefill": 0.0}
+        print(f"{'kernel':44s} {'us/call':>9s} {'GB/s':>8s} {'TFLOP/s':>8s}")
+
+        def report(label, t, nbytes, flops):
+            print(f"{label:44s} {t * 1e6:9.2f} {nbytes / t / 1e9:8.0f} {flops / t / 1e12:8.3f}")
+
         shapes = [(Q.Q4_1, n, r, c) for n, r, c in LAYER] + [(Q.Q8_0, "output", 49152, 576)]
         for qtype, name, rows, cols in shapes:
             ws, nbytes = weight_copies(qtype, rows, cols, rng)
-
-            def mv(i, ws=ws, rows=rows, cols=cols, qtype=qtype):
-                kq.matvec(qtype, ws[i % len(ws)], rows, cols, x, y, stream)
-
-            t = time_graph(stream, mv)
             weight = N_LAYERS if name != "output" else 1
-            decode_us += t * 1e6 * weight
-            label = f"matvec {qtype.name} {name} {rows}x{cols}"
-            print(
-                f"{label:34s} {t * 1e6:9.2f} {nbytes / t / 1e9:8.0f} {2 * rows * cols / t / 1e12:8.3f}"
-            )
+            for variant in ("plain", "tall", "wide", None):
+
+                def mv(i, ws=ws, rows=rows, cols=cols, qtype=qtype, variant=variant):
+                    kq.matvec(qtype, ws[i % len(ws)], rows, cols, x, y, stream, variant=variant)
+
+                t = time_graph(stream, mv)
+                if variant is None:
+                    sums["auto"] += t * weight
+                    if name in ("attn_output", "ffn_down"):  # not fused with anything here
+                        sums["fused"] += t * weight
+                report(
+                    f"matvec {variant or 'auto'} {qtype.name} {name} {rows}x{cols}",
+                    t,
+                    nbytes,
+                    2 * rows * cols,
+                )
+            fused = {
+                "attn_qkv": lambda i, ws=ws: kq.matvec_norm(
+                    Q.Q4_1, ws[i % len(ws)], 960, 576, x, g, 1e-5, y, stream
+                ),
+                "ffn_gate_up": lambda i, ws=ws: kq.matvec_norm_swiglu(
+                    Q.Q4_1, ws[i % len(ws)], 1536, 576, x, g, 1e-5, y, stream
+                ),
+                "output": lambda i, ws=ws: kq.matvec_norm(
+                    Q.Q8_0, ws[i % len(ws)], 49152, 576, x, g, 1e-5, y, stream
+                ),
+            }.get(name)
+            if fused is not None:
+                t = time_graph(stream, fused)
+                sums["fused"] += t * weight
+                report(
+                    f"fused rmsnorm{'+swiglu' if name == 'ffn_gate_up' else ''} {name}",
+                    t,
+                    nbytes,
+                    2 * rows * cols,
+                )
             if name == "output":
                 continue
-            for variant in ("simt", "tc32", "tc64"):
+            for variant in ("simt", "tc32", "tc64", "tcs32", "tcs64", None):
 
                 def mm(i, ws=ws, rows=rows, cols=cols, variant=variant):
                     kq.matmul(
@@ -119,21 +147,23 @@ def main() -> None:
                     )
 
                 t = time_graph(stream, mm, reps=20)
-                if variant == "tc64":
-                    prefill += t * N_LAYERS
-                label = f"matmul {variant} n=512 {name}"
-                print(
-                    f"{label:34s} {t * 1e6:9.2f} {nbytes / t / 1e9:8.0f} {2 * 512 * rows * cols / t / 1e12:8.3f}"
-                )
+                if variant is None:
+                    sums["prefill"] += t * N_LAYERS
+                report(f"matmul {variant or 'auto'} n=512 {name}", t, nbytes, 2 * 512 * rows * cols)
         ids = drv.to_device(rng.integers(0, 49152, 512).astype(np.int32))
         emb, _ = weight_copies(Q.Q8_0, 49152, 576, rng)
         for n in (1, 512):
             t = time_graph(
                 stream, lambda i, n=n: kq.embed_rows(Q.Q8_0, emb[0], 576, ids, n, y, stream)
             )
-            print(f"{'embed Q8_0 n=' + str(n):34s} {t * 1e6:9.2f}")
-        print(f"sum of matvecs for one decode step (30 layers + head): {decode_us:.1f} us")
-        print(f"sum of tc64 matmuls for a 512-token prefill (30 layers): {prefill * 1e3:.2f} ms")
+            print(f"{'embed Q8_0 n=' + str(n):44s} {t * 1e6:9.2f}")
+        print(f"decode step, quant products (30 layers + head), auto: {sums['auto'] * 1e6:.1f} us")
+        print(
+            f"  with rmsnorm fused into qkv/head and rmsnorm+swiglu into gate_up: {sums['fused'] * 1e6:.1f} us"
+        )
+        print(
+            f"512-token prefill, quant products (30 layers), auto: {sums['prefill'] * 1e3:.2f} ms"
+        )
     finally:
         ctx.pop()
 

@@ -40,10 +40,24 @@ _TYPES: dict[Q, tuple[str, int]] = {
     Q.Q6_K: ("q6_k", 256),
 }
 _ARGS = "PiiPPi"  # W, rows, cols, x, y, accumulate
+_NORM_ARGS = "PiiPPfPi"  # W, rows, cols, x, g, eps, y, accumulate
 _MM_ARGS = "PiiPiPi"  # W, rows, cols, X, n, Y, accumulate
-#: matmul variant -> (tokens per tile, threads per block)
-_MM_SHAPES = {"simt": (64, 256), "tc32": (32, 128), "tc64": (64, 128)}
-_MV_WARPS = 4  # rows per thread block of the matvec kernel (MV_WARPS in quant_matvec.cu)
+#: matmul variant -> (tokens per tile, threads per block); "tcs*" stage 128 columns at a time
+_MM_SHAPES = {
+    "simt": (64, 256),
+    "tc32": (32, 128),
+    "tc64": (64, 128),
+    "tcs32": (32, 128),
+    "tcs64": (64, 128),
+}
+_MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
+#: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
+#: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
+_MV_ROWS = {"plain": _MV_WARPS, "tall": 4 * _MV_WARPS, "wide": _MV_WARPS // 2}
+_MV_KERNEL = {"plain": "matvec", "tall": "matvec_tall", "wide": "matvec_wide"}
+_MV_NORM_KERNEL = {"plain": "matvec_norm", "tall": "matvec_norm_tall"}
+_TALL_ROWS = 4096  # from here on, the output head's shape: x traffic dominates
+_WIDE_SLOTS = 96  # rows of more 8-value slots than this (768+ cols) get 2 warps
 _EMBED_THREADS = 128
 
 
@@ -65,11 +79,20 @@ class QuantKernels:
         import pycuda.driver as drv
 
         mv, emb, mm = (_module(f"quant_{k}.cu") for k in ("matvec", "embed", "matmul"))
-        self._matvec: dict[Q, Any] = {}
+        self._matvec: dict[tuple[str, Q], Any] = {}
+        self._matvec_norm: dict[tuple[str, Q], Any] = {}
+        self._matvec_swiglu: dict[Q, Any] = {}
         self._embed: dict[Q, Any] = {}
         self._mm: dict[tuple[str, Q], Any] = {}
         for qtype, (suffix, _) in _TYPES.items():
-            self._matvec[qtype] = mv.get_function(f"matvec_{suffix}").prepare(_ARGS)
+            for variant, kernel in _MV_KERNEL.items():
+                fn = mv.get_function(f"{kernel}_{suffix}")
+                self._matvec[variant, qtype] = fn.prepare(_ARGS)
+            for variant, kernel in _MV_NORM_KERNEL.items():
+                fn = mv.get_function(f"{kernel}_{suffix}")
+                self._matvec_norm[variant, qtype] = fn.prepare(_NORM_ARGS)
+            fn = mv.get_function(f"matvec_norm_swiglu_{suffix}")
+            self._matvec_swiglu[qtype] = fn.prepare(_NORM_ARGS)
             self._embed[qtype] = emb.get_function(f"embed_{suffix}").prepare("PiPP")
             for variant in _MM_SHAPES:
                 fn = mm.get_function(f"matmul_{variant}_{suffix}")
@@ -126,14 +149,26 @@ class QuantKernels:
         stream,
         *,
         accumulate: bool = False,
+        variant: str | None = None,
     ) -> None:
-        """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`."""
+        """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`.
+
+        `variant` forces a kernel ("plain", "tall", "wide"; for tests and benchmarks).
+        """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
         if rows <= 0:
             return
-        grid = ((rows + _MV_WARPS - 1) // _MV_WARPS, 1)
-        self._matvec[qtype].prepared_async_call(
+        if variant is None:
+            if rows >= _TALL_ROWS:
+                variant = "tall"
+            elif cols // 8 > _WIDE_SLOTS:
+                variant = "wide"
+            else:
+                variant = "plain"
+        per_block = _MV_ROWS[variant]
+        grid = ((rows + per_block - 1) // per_block, 1)
+        self._matvec[variant, qtype].prepared_async_call(
             grid,
             (32 * _MV_WARPS, 1, 1),
             stream,
@@ -142,6 +177,84 @@ class QuantKernels:
             cols,
             int(x_ptr),
             int(y_ptr),
+            int(accumulate),
+        )
+
+    def matvec_norm(
+        self,
+        qtype,
+        w_ptr: int,
+        rows: int,
+        cols: int,
+        x_ptr: int,
+        norm_w_ptr: int,
+        eps: float,
+        y_ptr: int,
+        stream,
+        *,
+        accumulate: bool = False,
+        variant: str | None = None,
+    ) -> None:
+        """y (rows,) = W @ (rmsnorm(x) * norm_w) (+ the old y): RMSNorm fused into the product.
+
+        x, norm_w: (cols,) float32; rmsnorm(x) = x / sqrt(mean(x^2) + eps). `variant`: "plain"
+        or "tall" (default by rows, as for `matvec`).
+        """
+        qtype, _, qk = self._block(qtype)
+        _check_cols(qtype, cols, qk)
+        if rows <= 0:
+            return
+        if variant is None:
+            variant = "tall" if rows >= _TALL_ROWS else "plain"
+        per_block = _MV_ROWS[variant]
+        self._matvec_norm[variant, qtype].prepared_async_call(
+            ((rows + per_block - 1) // per_block, 1),
+            (32 * _MV_WARPS, 1, 1),
+            stream,
+            int(w_ptr),
+            rows,
+            cols,
+            int(x_ptr),
+            int(norm_w_ptr),
+            float(eps),
+            int(y_ptr),
+            int(accumulate),
+        )
+
+    def matvec_norm_swiglu(
+        self,
+        qtype,
+        w_ptr: int,
+        d_ff: int,
+        cols: int,
+        x_ptr: int,
+        norm_w_ptr: int,
+        eps: float,
+        h_ptr: int,
+        stream,
+        *,
+        accumulate: bool = False,
+    ) -> None:
+        """h (d_ff,) = silu(W_gate @ xn) * (W_up @ xn), xn = rmsnorm(x) * norm_w (+ the old h).
+
+        W is gate | up stacked: (2 * d_ff, cols) raw blocks, gate rows first (the engine's
+        ffn_gate_up layout). One launch replaces norm, gate|up product and SwiGLU.
+        """
+        qtype, _, qk = self._block(qtype)
+        _check_cols(qtype, cols, qk)
+        if d_ff <= 0:
+            return
+        self._matvec_swiglu[qtype].prepared_async_call(
+            ((d_ff + _MV_WARPS - 1) // _MV_WARPS, 1),
+            (32 * _MV_WARPS, 1, 1),
+            stream,
+            int(w_ptr),
+            d_ff,
+            cols,
+            int(x_ptr),
+            int(norm_w_ptr),
+            float(eps),
+            int(h_ptr),
             int(accumulate),
         )
 
@@ -162,8 +275,8 @@ class QuantKernels:
     ) -> None:
         """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`.
 
-        `variant` forces a kernel ("simt", "tc32", "tc64"; for tests and benchmarks); by default
-        the tensor-core tile height follows the grid size.
+        `variant` forces a kernel ("simt", "tc32", "tc64", "tcs32", "tcs64"; for tests and
+        benchmarks); by default the staged tensor-core kernel, its tile height by grid size.
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, max(qk, 32))
@@ -174,9 +287,9 @@ class QuantKernels:
             if not tensor_cores:
                 variant = "simt"
             elif col_tiles * ((n + 63) // 64) >= self.num_sms:
-                variant = "tc64"
+                variant = "tcs64"
             else:  # too few 64-token tiles to fill the GPU: halve them
-                variant = "tc32"
+                variant = "tcs32"
         bm, threads = _MM_SHAPES[variant]
         grid = (col_tiles, (n + bm - 1) // bm)
         self._mm[variant, qtype].prepared_async_call(

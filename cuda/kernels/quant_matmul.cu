@@ -152,6 +152,94 @@ __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, in
     }
 }
 
+// Staged tensor-core kernel: k-stages of 128 columns, each thread's share of a stage (16 W
+// quads + BM/8 X quads) loaded into registers in one burst, and the next stage's loads issued
+// before the current stage's MMAs (register double buffering). The kernel above is latency
+// bound: one global round trip per 32 columns; this one needs one per 128 columns, overlapped
+// with compute. A partial last stage loads zeros past cols. The epilogue's staging tile reuses
+// the A/B tiles' shared memory.
+template <class T, int BM>
+__device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, int rows, int cols,
+                                                const float *__restrict__ X, int n,
+                                                float *__restrict__ Y, int accumulate) {
+    using namespace nvcuda;
+    constexpr int BN = 64, BKS = 128, LD = BKS + 8, LDC = BN + 4;
+    constexpr int FM = BM / 32, FN = 2;
+    constexpr int WQ = BN * BKS / 4 / 128, XQ = BM * BKS / 4 / 128;  // quads per thread per stage
+    constexpr int AB_BYTES = (BM + BN) * LD * 2, C_BYTES = BM * LDC * 4;
+    __shared__ __align__(32) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
+    __half(*As)[LD] = reinterpret_cast<__half(*)[LD]>(smem);               // [token][k]
+    __half(*Bs)[LD] = reinterpret_cast<__half(*)[LD]>(smem + BM * LD * 2);  // [row][k]
+    float(*Cs)[LDC] = reinterpret_cast<float(*)[LDC]>(smem);                 // after the k loop
+    const int tid = threadIdx.x, warp = tid / 32;
+    const int wm = warp / 2, wn = warp % 2;
+    const int t0 = blockIdx.y * BM, r0 = blockIdx.x * BN;
+    const size_t row_bytes = (size_t)(cols / T::QK) * T::BYTES;
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 wv[WQ], xv[XQ];
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < WQ; ++i) {  // a row's 32 quads come from 32 consecutive threads
+            const int idx = tid + 128 * i, r = idx >> 5, q = idx & 31;
+            wv[i] = k0 + 4 * q < cols ? w_quad<T>(W, row_bytes, r0 + r, rows, k0, q) : zero;
+        }
+#pragma unroll
+        for (int i = 0; i < XQ; ++i) {
+            const int idx = tid + 128 * i, t = idx >> 5, q = idx & 31;
+            xv[i] = k0 + 4 * q < cols ? x_quad(X, cols, t0 + t, n, k0, q) : zero;
+        }
+    };
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+    load(0);
+    for (int k0 = 0; k0 < cols; k0 += BKS) {
+#pragma unroll
+        for (int i = 0; i < WQ; ++i) {
+            const int idx = tid + 128 * i;
+            *reinterpret_cast<uint2 *>(&Bs[idx >> 5][4 * (idx & 31)]) = half4(wv[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < XQ; ++i) {
+            const int idx = tid + 128 * i;
+            *reinterpret_cast<uint2 *>(&As[idx >> 5][4 * (idx & 31)]) = half4(xv[i]);
+        }
+        __syncthreads();
+        if (k0 + BKS < cols) load(k0 + BKS);  // in flight during the MMAs below
+#pragma unroll
+        for (int kk = 0; kk < BKS; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[FM];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[FN];
+#pragma unroll
+            for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(a[i], &As[(wm * FM + i) * 16][kk], LD);
+#pragma unroll
+            for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], &Bs[(wn * FN + j) * 16][kk], LD);
+#pragma unroll
+            for (int i = 0; i < FM; ++i)
+#pragma unroll
+                for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j)
+            wmma::store_matrix_sync(&Cs[(wm * FM + i) * 16][(wn * FN + j) * 16], acc[i][j], LDC,
+                                    wmma::mem_row_major);
+    __syncthreads();
+    for (int idx = tid; idx < BM * BN; idx += 128) {
+        const int t = t0 + idx / BN, r = r0 + idx % BN;
+        if (t < n && r < rows) {
+            float *y = Y + (size_t)t * rows + r;
+            const float v = Cs[idx / BN][idx % BN];
+            *y = accumulate ? *y + v : v;
+        }
+    }
+}
+
 #define MATMUL_KERNELS(T, name)                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         matmul_simt_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
@@ -170,5 +258,17 @@ __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, in
                            const float *__restrict__ X, int n, float *__restrict__ Y,          \
                            int accumulate) {                                                   \
         matmul_tc_impl<ggml::T, 64>(W, rows, cols, X, n, Y, accumulate);                       \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        matmul_tcs32_##name(const uint8_t *__restrict__ W, int rows, int cols,                 \
+                            const float *__restrict__ X, int n, float *__restrict__ Y,         \
+                            int accumulate) {                                                  \
+        matmul_tcs_impl<ggml::T, 32>(W, rows, cols, X, n, Y, accumulate);                      \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        matmul_tcs64_##name(const uint8_t *__restrict__ W, int rows, int cols,                 \
+                            const float *__restrict__ X, int n, float *__restrict__ Y,         \
+                            int accumulate) {                                                  \
+        matmul_tcs_impl<ggml::T, 64>(W, rows, cols, X, n, Y, accumulate);                      \
     }
 GGML_FOR_EACH_TYPE(MATMUL_KERNELS)

@@ -40,10 +40,123 @@ __device__ __forceinline__ void matvec_impl(const uint8_t *__restrict__ W, int r
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
 }
 
-#define MATVEC_KERNEL(T, name)                                                                 \
-    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                \
-        matvec_##name(const uint8_t *__restrict__ W, int rows, int cols,                       \
-                      const float *__restrict__ x, float *__restrict__ y, int accumulate) {    \
-        matvec_impl<ggml::T>(W, rows, cols, x, y, accumulate);                                 \
+// Generalised kernel. A row group of WPR warps computes R weight rows:
+//   R > 1 reuses every x load for R rows (x loads are half of the L1 traffic: the tall head);
+//   WPR > 1 splits a long row over more warps, so fewer sequential load rounds remain.
+// Fusions for the decode step (each saves a launch per layer):
+//   NORM:   the input is rmsnorm(x) * g: every warp computes the sum of squares of x itself
+//           (x is a few KB, L1-resident), the dot products use x * g, and the result is scaled
+//           by 1 / sqrt(mean(x^2) + eps) at the end.
+//   SWIGLU: W is gate | up stacked (2 * rows rows); output i is silu(gate_i . x) * (up_i . x),
+//           the two rows computed by one warp (R = 2) sharing their x loads.
+// Partial sums of a row's warps meet in shared memory. Rows past the end are clamped for
+// loading and never stored.
+template <class T, int R, int WPR, bool NORM, bool SWIGLU>
+__device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int rows, int cols,
+                                           const float *__restrict__ x,
+                                           const float *__restrict__ g, float eps,
+                                           float *__restrict__ y, int accumulate) {
+    static_assert(!SWIGLU || R == 2, "SwiGLU pairs a gate row with an up row");
+    constexpr int NS = T::QK / 8, GROUPS = MV_WARPS / WPR, OUT = SWIGLU ? 1 : R;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = warp / WPR, sub = warp % WPR;
+    const int row0 = (blockIdx.x * GROUPS + group) * OUT;  // first output of this group
+    const int nblk = cols / T::QK, nslot = nblk * NS;
+    const size_t row_bytes = (size_t)nblk * T::BYTES;
+    const uint8_t *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int wrow = SWIGLU ? min(row0, rows - 1) + r * rows : min(row0 + r, rows - 1);
+        wr[r] = W + (size_t)wrow * row_bytes;
+    }
+    float inv = 1.f;
+    if (NORM) {
+        float ss = 0.f;
+        for (int c = 4 * lane; c < cols; c += 128) {
+            const float4 v = *reinterpret_cast<const float4 *>(x + c);
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        inv = rsqrtf(ss / (float)cols + eps);
+    }
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+    const int start = row0 < rows ? sub * 32 + lane : nslot;  // idle groups skip the loop
+#pragma unroll 2
+    for (int s = start; s < nslot; s += 32 * WPR) {
+        const int b = s / NS, k = s % NS;
+        const int c0 = b * T::QK + T::P0(k), c1 = b * T::QK + T::P1(k);
+        float4 xa = *reinterpret_cast<const float4 *>(x + c0);
+        float4 xc = *reinterpret_cast<const float4 *>(x + c1);
+        if (NORM) {
+            const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
+            const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
+            xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
+            xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float4 a, c;
+            T::slot8(wr[r] + (size_t)b * T::BYTES, k, a, c);
+            acc[r] += a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w;
+            acc[r] += c.x * xc.x + c.y * xc.y + c.z * xc.z + c.w * xc.w;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    if (WPR > 1) {
+        __shared__ float part[MV_WARPS][R];
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
+        __syncthreads();
+        if (sub == 0 && lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                for (int j = 1; j < WPR; ++j) acc[r] += part[warp + j][r];
+    }
+    if (sub != 0 || lane != 0) return;
+    if constexpr (SWIGLU) {
+        if (row0 < rows) {
+            const float gate = acc[0] * inv, up = acc[1] * inv;
+            const float h = gate / (1.f + expf(-gate)) * up;
+            y[row0] = accumulate ? y[row0] + h : h;
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            if (row0 + r < rows) y[row0 + r] = accumulate ? y[row0 + r] + acc[r] * inv : acc[r] * inv;
+    }
+}
+
+// Arguments of every kernel: W, rows, cols, x, y, accumulate; the fused ones add g, eps after x.
+#define MV_ARGS const uint8_t *__restrict__ W, int rows, int cols, const float *__restrict__ x
+#define MV_OUT float *__restrict__ y, int accumulate
+#define MV_NORM const float *__restrict__ g, float eps
+#define MV_SIG(kname, ...) \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) kname(__VA_ARGS__)
+
+#define MATVEC_KERNEL(T, name)                                                                  \
+    MV_SIG(matvec_##name, MV_ARGS, MV_OUT) {                                                    \
+        matvec_impl<ggml::T>(W, rows, cols, x, y, accumulate);                                  \
+    }                                                                                           \
+    MV_SIG(matvec_tall_##name, MV_ARGS, MV_OUT) {                                               \
+        matvec_gen<ggml::T, 4, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \
+    }                                                                                           \
+    MV_SIG(matvec_wide_##name, MV_ARGS, MV_OUT) {                                               \
+        matvec_gen<ggml::T, 1, 2, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \
+    }                                                                                           \
+    MV_SIG(matvec_norm_##name, MV_ARGS, MV_NORM, MV_OUT) {                                      \
+        matvec_gen<ggml::T, 1, 1, true, false>(W, rows, cols, x, g, eps, y, accumulate);         \
+    }                                                                                           \
+    MV_SIG(matvec_norm_tall_##name, MV_ARGS, MV_NORM, MV_OUT) {                                 \
+        matvec_gen<ggml::T, 4, 1, true, false>(W, rows, cols, x, g, eps, y, accumulate);         \
+    }                                                                                           \
+    MV_SIG(matvec_norm_swiglu_##name, MV_ARGS, MV_NORM, MV_OUT) {                               \
+        matvec_gen<ggml::T, 2, 1, true, true>(W, rows, cols, x, g, eps, y, accumulate);          \
     }
 GGML_FOR_EACH_TYPE(MATVEC_KERNEL)

@@ -140,7 +140,7 @@ def test_embed_rows_of_any_width_for_plain_floats(kq, gpu, qtype):
 # ---------------------------------------------------------------------------- matvec
 
 
-def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed):
+def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed, variant=None):
     rng = np.random.default_rng(seed)
     raw = random_weights(qtype, rows, cols, rng)
     x = rng.standard_normal(cols).astype(np.float32)
@@ -155,6 +155,7 @@ def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed):
         y.gpudata,
         gpu.stream,
         accumulate=accumulate,
+        variant=variant,
     )
     got = gpu.get(y, (rows,))
     w = dequantize(raw, qtype, (rows, cols)).astype(np.float64)
@@ -163,15 +164,22 @@ def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed):
     assert_close(got, ref, magnitude, EXACT_TOL)
 
 
+MATVEC_VARIANTS = ["plain", "tall", "wide"]
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize(("rows", "blocks"), [(1, 1), (7, 3), (193, 5)])
-def test_matvec_matches_numpy(kq, gpu, qtype, rows, blocks):
-    _matvec_case(kq, gpu, qtype, rows, block_cols(qtype) * blocks, accumulate=False, seed=rows)
+@pytest.mark.parametrize("variant", MATVEC_VARIANTS)
+def test_matvec_matches_numpy(kq, gpu, qtype, rows, blocks, variant):
+    cols = block_cols(qtype) * blocks
+    _matvec_case(kq, gpu, qtype, rows, cols, accumulate=False, seed=rows, variant=variant)
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_matvec_accumulates_into_y(kq, gpu, qtype):
-    _matvec_case(kq, gpu, qtype, 45, block_cols(qtype) * 2, accumulate=True, seed=3)
+@pytest.mark.parametrize("variant", MATVEC_VARIANTS)
+def test_matvec_accumulates_into_y(kq, gpu, qtype, variant):
+    cols = block_cols(qtype) * 2
+    _matvec_case(kq, gpu, qtype, 45, cols, accumulate=True, seed=3, variant=variant)
 
 
 @pytest.mark.parametrize(
@@ -181,6 +189,66 @@ def test_matvec_accumulates_into_y(kq, gpu, qtype):
 )
 def test_matvec_at_the_default_models_shapes(kq, gpu, qtype, rows, cols):
     _matvec_case(kq, gpu, qtype, rows, cols, accumulate=False, seed=rows + cols)
+
+
+# ---------------------------------------------------------------------------- fused matvecs
+
+
+def _rms(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:  # float64 reference
+    x = x.astype(np.float64)
+    return x / np.sqrt(np.mean(x * x) + eps) * g
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows", [7, 193])
+@pytest.mark.parametrize("variant", ["plain", "tall"])
+def test_matvec_with_fused_rmsnorm(kq, gpu, qtype, rows, variant):
+    rng = np.random.default_rng(rows + 17)
+    cols, eps = block_cols(qtype) * 3, 1e-5
+    raw = random_weights(qtype, rows, cols, rng)
+    x = (rng.standard_normal(cols) * 3).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
+    y0 = rng.standard_normal(rows).astype(np.float32)
+    accumulate = rows == 7
+    y = gpu.out(rows, y0 if accumulate else None)
+    kq.matvec_norm(
+        qtype, gpu.put(raw).gpudata, rows, cols, gpu.put(x).gpudata, gpu.put(g).gpudata, eps,
+        y.gpudata, gpu.stream, accumulate=accumulate, variant=variant,
+    )  # fmt: skip
+    got = gpu.get(y, (rows,))
+    w = dequantize(raw, qtype, (rows, cols)).astype(np.float64)
+    xn = _rms(x, g, eps)
+    ref = w @ xn + (y0 if accumulate else 0.0)
+    magnitude = np.abs(w) @ np.abs(xn) + (np.abs(y0) if accumulate else 0.0)
+    assert_close(got, ref, magnitude, EXACT_TOL)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("d_ff", [5, 70])
+def test_matvec_with_fused_rmsnorm_and_swiglu(kq, gpu, qtype, d_ff):
+    rng = np.random.default_rng(d_ff)
+    cols, eps = block_cols(qtype) * 2, 1e-6
+    raw = random_weights(qtype, 2 * d_ff, cols, rng)  # gate rows, then up rows
+    x = rng.standard_normal(cols).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
+    h = gpu.out(d_ff)
+    kq.matvec_norm_swiglu(
+        qtype, gpu.put(raw).gpudata, d_ff, cols, gpu.put(x).gpudata, gpu.put(g).gpudata, eps,
+        h.gpudata, gpu.stream,
+    )  # fmt: skip
+    got = gpu.get(h, (d_ff,))
+    w = dequantize(raw, qtype, (2 * d_ff, cols)).astype(np.float64)
+    xn = _rms(x, g, eps)
+    gate, up = w[:d_ff] @ xn, w[d_ff:] @ xn
+    silu = gate / (1.0 + np.exp(-gate))
+    mag = np.abs(w) @ np.abs(xn)
+    # an error e in gate moves silu by at most 1.1 e: bound both factors' errors
+    magnitude = (
+        1.1 * mag[:d_ff] * np.abs(up)
+        + mag[d_ff:] * np.abs(silu)
+        + mag[:d_ff] * mag[d_ff:] * EXACT_TOL
+    )
+    assert_close(got, silu * up, magnitude, EXACT_TOL)
 
 
 # ---------------------------------------------------------------------------- matmul
@@ -207,18 +275,20 @@ def _matmul_case(kq, gpu, qtype, rows, cols, n, *, variant, accumulate, seed):
 
 
 MATMUL_SIZES = [(193, 1), (7, 5), (70, 130)]  # (rows, n tokens)
+MATMUL_VARIANTS = ["simt", "tc32", "tc64", "tcs32", "tcs64"]
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize(("rows", "n"), MATMUL_SIZES)
-@pytest.mark.parametrize("variant", ["simt", "tc32", "tc64"])
+@pytest.mark.parametrize("variant", MATMUL_VARIANTS)
 def test_matmul_matches_numpy(kq, gpu, qtype, rows, n, variant):
-    cols = max(block_cols(qtype), 32) * 3
+    # 288 = two full 128-column stages and a partial one; 768 = six stages of 256-value blocks
+    cols = 768 if block_cols(qtype) == 256 else 288
     _matmul_case(kq, gpu, qtype, rows, cols, n, variant=variant, accumulate=False, seed=rows * n)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0, Q.Q6_K], ids=lambda t: t.name)
-@pytest.mark.parametrize("variant", ["simt", "tc64"])
+@pytest.mark.parametrize("variant", MATMUL_VARIANTS)
 def test_matmul_accumulates_into_y(kq, gpu, qtype, variant):
     cols = max(block_cols(qtype), 32) * 2
     _matmul_case(kq, gpu, qtype, 33, cols, 67, variant=variant, accumulate=True, seed=5)
