@@ -76,6 +76,7 @@ class Executor:
         self._send, self._receive = trio.open_memory_channel[object](queue_size + CONTROL_SLACK)
         self._checks: collections.deque[_Check] = collections.deque()
         self._stopping = False  # read by the thread between steps: finish the job now
+        self._wake_pending = False
         self._token: trio.lowlevel.TrioToken | None = None
         self._narrator = narrator.child(actor=ACTOR)
         self._engine: Engine | None = None  # touched only on the executor thread
@@ -122,9 +123,12 @@ class Executor:
         """Run `engine.check_residency()` on the executor thread (between jobs or steps)."""
         check = _Check()
         self._checks.append(check)
-        # Wakes an idle thread. A full queue means a busy thread, which polls `_checks` itself.
-        with contextlib.suppress(trio.WouldBlock):
-            self._send.send_nowait(_WAKE)
+        # Wake an idle thread (one wake-up in flight is enough). A busy thread polls `_checks`
+        # between steps; a full channel means a busy thread.
+        if not self._wake_pending:
+            with contextlib.suppress(trio.WouldBlock):
+                self._send.send_nowait(_WAKE)
+                self._wake_pending = True
         await check.done.wait()
         if check.error is not None:
             raise check.error
@@ -156,6 +160,8 @@ class Executor:
                     command = trio.from_thread.run(self._receive.receive)
                 except (trio.Cancelled, trio.RunFinishedError):
                     return
+                if command is _WAKE:
+                    self._wake_pending = False  # the checks are serviced at the loop's top
                 if command is _STOP:
                     return
                 if isinstance(command, _Load):

@@ -41,6 +41,13 @@ class ModelInfo:
     context_length: int  # the model's trained maximum
 
 
+@attrs.frozen
+class LoadedModel:
+    info: ModelInfo
+    facts: ModelFacts  # for the health state
+    backend: str
+
+
 def token_text(tokenizer: Any, token_id: int | None) -> str:
     if token_id is None:
         return ""
@@ -106,9 +113,9 @@ async def run_loader(
     narrator: Narrator,
     info_loader: Callable[[Path], ModelInfo] = open_model_info,
     engine_loader: Callable[..., Any] = default_engine_loader,
-    task_status: trio.TaskStatus[ModelInfo] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[LoadedModel] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Load the model; `started(info)` once it is resident and the worker is ready."""
+    """Load the model; `started(LoadedModel)` once it is resident (the caller marks ready)."""
     narrator = narrator.child(actor=ACTOR)
     t0 = time.monotonic()
     narrator.emit(
@@ -142,15 +149,12 @@ async def run_loader(
             code=str(getattr(error, "code", "MODEL_LOAD_FAILED")),
         )
         raise
-    state.mark_ready(
-        ModelFacts(
-            quant_kind=facts.quant_kind,
-            vram_bytes_used=facts.memory_bytes if facts.backend == "cuda" else 0,
-            tokenizer_kind=info.tokenizer.kind,
-            vocab_size=info.tokenizer.vocab_size,
-            context_length=facts.max_context,
-        ),
-        backend=facts.backend,
+    model_facts = ModelFacts(
+        quant_kind=facts.quant_kind,
+        vram_bytes_used=facts.memory_bytes if facts.backend == "cuda" else 0,
+        tokenizer_kind=info.tokenizer.kind,
+        vocab_size=info.tokenizer.vocab_size,
+        context_length=facts.max_context,
     )
     seconds = round(time.monotonic() - t0, 3)
     narrator.emit(
@@ -163,4 +167,4 @@ async def run_loader(
         context_length=facts.max_context,
         seconds=seconds,
     )
-    task_status.started(info)
+    task_status.started(LoadedModel(info, model_facts, facts.backend))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 
+import trio
+
 from actors.executor import Executor
 from actors.jobs import Job, JobHandle, JobState
 from runtime.errors import ErrorCode, WorkerError
@@ -59,9 +61,12 @@ class Scheduler:
                 f"the queue is full ({self.executor.queue_size} jobs waiting)", code=ErrorCode.BUSY
             )
         handle = JobHandle(job, on_done=self._retire)
+        try:
+            self.executor.submit(handle)
+        except trio.WouldBlock:  # control commands took the slack: as full as it gets
+            raise WorkerError("the queue is full", code=ErrorCode.BUSY) from None
         self.live[job.job_id] = handle
         self.finished.pop(job.job_id, None)
-        self.executor.submit(handle)
         return handle
 
     def cancel(self, job_id: str, *, correlation_id: str | None = None) -> bool:

@@ -83,7 +83,7 @@ class Worker:
             self._core_scope = scope
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.executor.run)
-                self.info = await nursery.start(
+                loaded = await nursery.start(
                     functools.partial(
                         run_loader,
                         config=self.config,
@@ -96,6 +96,9 @@ class Worker:
                         engine_loader=self._engine_loader,
                     )
                 )
+                # The tokenizer before the status: a request admitted as "ready" finds it.
+                self.info = loaded.info
+                self.state.mark_ready(loaded.facts, loaded.backend)
                 await nursery.start(
                     functools.partial(
                         run_residency_monitor,
