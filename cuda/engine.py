@@ -86,6 +86,7 @@ class CudaEngine:
         max_vram_bytes: int | None = None,
         max_chunk: int = DEFAULT_MAX_CHUNK,
         use_graph: bool = True,
+        fuse: bool = True,
     ) -> CudaEngine:
         import pycuda.driver as drv
 
@@ -105,7 +106,7 @@ class CudaEngine:
         self._ctx = drv.Device(device).retain_primary_context()
         self._ctx.push()
         try:
-            self._load(model, max_context, max_chunk, progress, max_vram_bytes, use_graph)
+            self._load(model, max_context, max_chunk, progress, max_vram_bytes, use_graph, fuse)
         except BaseException as exc:
             self._teardown()
             if isinstance(exc, AllocationFailed | drv.MemoryError):
@@ -113,7 +114,7 @@ class CudaEngine:
             raise
         return self
 
-    def _load(self, model, max_context, max_chunk, progress, cap, use_graph) -> None:
+    def _load(self, model, max_context, max_chunk, progress, cap, use_graph, fuse) -> None:
         from cuda.ops import Ops
         from cuda.quant_ops import QuantKernels
 
@@ -140,7 +141,7 @@ class CudaEngine:
         )
         self.fwd = Forward(
             drv, c, self.weights, self.ledger, self.ops, quant, self.stream,
-            max_context=max_context, max_chunk=max_chunk,
+            max_context=max_context, max_chunk=max_chunk, fuse=fuse,
         )  # fmt: skip
         self._sum_slot = self.ledger.alloc("scratch.checksum", 8)
         self.sampler = GpuSampler(

@@ -92,6 +92,7 @@ class Forward:
         *,
         max_context: int,
         max_chunk: int,
+        fuse: bool = True,
     ):
         self.c, self.w, self.ops, self.stream = c, w, ops, stream
         self.q = _Counting(quant)
@@ -105,6 +106,10 @@ class Forward:
         drv.memcpy_htod(self.b["rope.cos"], np.ascontiguousarray(cos))
         drv.memcpy_htod(self.b["rope.sin"], np.ascontiguousarray(sin))
         self._layer_kv = c.n_kv_heads * max_context * c.head_dim * 2  # bytes per layer
+        # fused decode kernels, where the layout and the quant kernels allow them
+        self.fuse_norm = fuse and hasattr(quant, "matvec_norm")
+        self.fuse_swiglu = fuse and hasattr(quant, "matvec_norm_swiglu")
+        self.fuse_rope = fuse and ops.rope_fusable(c.rope_dim // 2, c.rope_style == "neox")
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -159,6 +164,54 @@ class Forward:
             ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, n, s)
             self._residual(lw.down, b["act.h"], n)
 
+    def _decode_layers(self) -> None:
+        """The decode step's layers with the fused kernels (5 launches per llama layer)."""
+        c, b, ops, s, q = self.c, self.b, self.ops, self.stream, self.q
+        qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
+        for i, lw in enumerate(self.w.layers):
+            kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
+            if self.fuse_norm and len(lw.qkv) == 1:
+                g = lw.qkv[0]
+                q.matvec_norm(
+                    g.qtype, g.ptr, g.rows, g.cols, b["act.x"], lw.attn_norm, c.norm_eps,
+                    b["act.qkv"], s,
+                )  # fmt: skip
+            else:
+                ops.rms_norm(b["act.x"], lw.attn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
+                self._project_group(lw.qkv, b["act.xn"], b["act.qkv"], 1, qkv_dim)
+            if lw.qkv_bias is not None:
+                ops.add(b["act.qkv"], lw.qkv_bias, qkv_dim, s)
+            geometry = dict(n_heads=c.n_heads, n_kv=c.n_kv_heads, max_ctx=self.max_context)
+            if self.fuse_rope:
+                ops.attn_decode_rope(
+                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
+                    b["attn.counters"], b["rope.cos"], b["rope.sin"], **geometry,
+                    rope_half=c.rope_dim // 2, neox=c.rope_style == "neox",
+                    n_splits=self.splits, stream=s,
+                )  # fmt: skip
+            else:
+                ops.rope_kv_write(
+                    b["act.qkv"], 1, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
+                    n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
+                    max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s,
+                )  # fmt: skip
+                ops.attn_decode(
+                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
+                    b["attn.counters"], **geometry, n_splits=self.splits, stream=s,
+                )  # fmt: skip
+            self._residual(lw.attn_output, b["act.attn"], 1)
+            if self.fuse_swiglu and len(lw.gate_up) == 1:
+                g = lw.gate_up[0]
+                q.matvec_norm_swiglu(
+                    g.qtype, g.ptr, c.d_ff, g.cols, b["act.x"], lw.ffn_norm, c.norm_eps,
+                    b["act.h"], s,
+                )  # fmt: skip
+            else:
+                ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
+                self._project_group(lw.gate_up, b["act.xn"], b["act.gate_up"], 1, 2 * c.d_ff)
+                ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, 1, s)
+            self._residual(lw.down, b["act.h"], 1)
+
     def _project_group(self, segs: tuple[Segment, ...], x: int, y: int, n: int, width: int):
         if n == 1 or len(segs) == 1:
             self._project(segs, x, y, n, width)
@@ -168,10 +221,15 @@ class Forward:
 
     def _head(self, row: int) -> None:
         """logits = output @ rmsnorm(x[row]) for one row of the residual stream."""
-        c, b, s = self.c, self.b, self.stream
+        c, b, s, o = self.c, self.b, self.stream, self.w.output
         x_row = b["act.x"] + 4 * row * c.d_model
+        if self.fuse_norm:
+            self.q.matvec_norm(
+                o.qtype, o.ptr, o.rows, o.cols, x_row, self.w.output_norm, c.norm_eps,
+                b["act.logits"], s,
+            )  # fmt: skip
+            return
         self.ops.rms_norm(x_row, self.w.output_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
-        o = self.w.output
         self.q.matvec(o.qtype, o.ptr, o.rows, o.cols, b["act.xn"], b["act.logits"], s)
 
     # -- passes ----------------------------------------------------------------------------------
@@ -183,7 +241,10 @@ class Forward:
         self.q.embed_rows(
             e.qtype, e.ptr, e.cols, self.b["state.ids"], 1, self.b["act.x"], self.stream
         )
-        self._layers(1)
+        if self.fuse_norm or self.fuse_swiglu or self.fuse_rope:
+            self._decode_layers()
+        else:
+            self._layers(1)
         self._head(0)
         self.ops.advance_position(self.b["state.pos"], 1, self.stream)
         return self.ops.launches + self.q.launches - start

@@ -55,6 +55,7 @@ class Ops:
         self._checksum = ew.get_function("checksum_words").prepare("PlP")
         self._attn_dec = attn.get_function("attn_decode").prepare("PPPPPPPiiif")
         self._attn_pre = attn.get_function("attn_prefill").prepare("PPPPPiiif")
+        self._attn_rope = attn.get_function("attn_decode_rope").prepare("PPPPPPPPPiiiiif")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
         self.head_dim = head_dim
@@ -92,6 +93,22 @@ class Ops:
             part, counters, n_heads, n_kv, max_ctx, self.head_dim ** -0.5,
         )  # fmt: skip
         self.launches += 1
+
+    def attn_decode_rope(
+        self, qkv, k_cache, v_cache, out, pos, part, counters, cos, sin, *, n_heads, n_kv,
+        max_ctx, rope_half, neox, n_splits, stream,
+    ) -> None:  # fmt: skip
+        """The fused decode attention: rope of q and the new k, KV write, attention (qkv is
+        pre-rope). neox needs rope_half % (head_dim / 32) == 0 (see `rope_fusable`)."""
+        self._attn_rope.prepared_async_call(
+            (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
+            part, counters, cos, sin, n_heads, n_kv, max_ctx, rope_half, int(neox),
+            self.head_dim ** -0.5,
+        )  # fmt: skip
+        self.launches += 1
+
+    def rope_fusable(self, rope_half: int, neox: bool) -> bool:
+        return not neox or rope_half % (self.head_dim // 32) == 0
 
     def attn_prefill(
         self, qkv, k_cache, v_cache, out, pos, n_tokens, *, n_heads, n_kv, max_ctx, stream

@@ -27,13 +27,22 @@ __device__ __forceinline__ void load_row(const __half *p, float *v) {
     for (int j = 0; j < DPL; ++j) v[j] = __half2float(p[j]);
 }
 
-// Fold keys t0, t0 + step, ... < t1 of kv head row block kc/vc into st (one warp).
+// Fold keys t0, t0 + step, ... < t1 of kv head row block kc/vc into st (one warp). Key `cur`
+// (if any) comes from registers (cur_k, cur_v) instead: the fused decode step writes it to the
+// cache in the same launch, so no block may read it back from there.
 __device__ __forceinline__ void scan_keys(Online &st, const float *q, const __half *kc,
-                                          const __half *vc, int t0, int t1, int step, int lane) {
+                                          const __half *vc, int t0, int t1, int step, int lane,
+                                          int cur = -1, const float *cur_k = nullptr,
+                                          const float *cur_v = nullptr) {
     for (int t = t0; t < t1; t += step) {
         float k[DPL], v[DPL];
-        load_row(kc + (size_t)t * HEAD_DIM + lane * DPL, k);
-        load_row(vc + (size_t)t * HEAD_DIM + lane * DPL, v);
+        if (t == cur) {
+#pragma unroll
+            for (int j = 0; j < DPL; ++j) k[j] = cur_k[j], v[j] = cur_v[j];
+        } else {
+            load_row(kc + (size_t)t * HEAD_DIM + lane * DPL, k);
+            load_row(vc + (size_t)t * HEAD_DIM + lane * DPL, v);
+        }
         float dot = 0.f;
 #pragma unroll
         for (int j = 0; j < DPL; ++j) dot += q[j] * k[j];
@@ -83,33 +92,91 @@ __device__ void block_merge(const Online &st, float *s_m, float *s_l, float *s_a
     __syncthreads();
 }
 
+// Rotate the DPL dims this lane holds (dims lane*DPL + j of one head) by position row cs/sn.
+// norm: pairs (2i, 2i+1); neox: (i, i + rope_half), which needs rope_half % DPL == 0 (the
+// partner then sits at the same j of another lane). Dims >= 2 * rope_half stay as they are.
+__device__ __forceinline__ void rotate_lane(float *v, const float *cs, const float *sn,
+                                            int rope_half, int neox, int lane) {
+    float partner[DPL];
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+        const int d = lane * DPL + j;
+        int pd = neox ? (d < rope_half ? d + rope_half : d - rope_half) : (d ^ 1);
+        pd = min(pd, HEAD_DIM - 1);
+        if (!neox && DPL >= 2)
+            partner[j] = v[j ^ 1];  // the pair sits in this lane
+        else
+            partner[j] = __shfl_sync(0xffffffffu, v[j], pd / DPL);
+    }
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+        const int d = lane * DPL + j;
+        if (d >= 2 * rope_half) continue;
+        const bool first = neox ? d < rope_half : (d & 1) == 0;
+        const int i = neox ? (d < rope_half ? d : d - rope_half) : d >> 1;
+        const float c = cs[i], s = sn[i];
+        v[j] = first ? v[j] * c - partner[j] * s : partner[j] * s + v[j] * c;
+    }
+}
+
 // Decode: grid (n_heads, n_splits), AW*32 threads. Split s of head h takes keys
 // [s * chunk, (s + 1) * chunk) of the L = *pos_dev + 1 keys, chunk = ceil(L / n_splits). With
 // several splits each block leaves (m, l, acc) in part[(h * n_splits + s) * (HEAD_DIM + 2)], and
 // the last block of a head to finish (counted in counters[h], reset to 0 after) merges them.
-extern "C" __global__ void __launch_bounds__(AW * 32)
-    attn_decode(const float *__restrict__ qkv, const __half *__restrict__ k_cache,
-                const __half *__restrict__ v_cache, float *__restrict__ out,
-                const int *__restrict__ pos_dev, float *part, unsigned *counters, int n_heads,
-                int n_kv, int max_ctx, float scale) {
+// ROPE (the fused decode step): qkv holds q, k, v before the rotary embedding; every block
+// rotates its q and the new key itself, uses the new key and value from registers (rounded to
+// fp16, as the cache holds them), and block (first head of the kv group, split 0) stores them in
+// the cache at *pos_dev. This replaces the separate rope_kv_write launch.
+template <bool ROPE>
+__device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __half *k_cache,
+                                            __half *v_cache, float *__restrict__ out,
+                                            const int *__restrict__ pos_dev, float *part,
+                                            unsigned *counters, const float *__restrict__ cos_t,
+                                            const float *__restrict__ sin_t, int n_heads, int n_kv,
+                                            int max_ctx, int rope_half, int neox, float scale) {
     __shared__ float s_m[AW + 1], s_l[AW + 1], s_acc[(AW + 1) * HEAD_DIM];
     __shared__ unsigned s_ticket;
     const int h = blockIdx.x, s = blockIdx.y, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = h / (n_heads / n_kv);
-    const int L = *pos_dev + 1;
+    const int group = n_heads / n_kv, g = h / group;
+    const int pos = *pos_dev, L = pos + 1;
     const int chunk = (L + n_splits - 1) / n_splits;
     const int t0 = s * chunk, t1 = min(L, t0 + chunk);
-    float q[DPL];
+    const size_t base = (size_t)g * max_ctx * HEAD_DIM;
+    float q[DPL], ck[DPL], cv[DPL];
 #pragma unroll
-    for (int j = 0; j < DPL; ++j) q[j] = qkv[h * HEAD_DIM + lane * DPL + j] * scale;
+    for (int j = 0; j < DPL; ++j) q[j] = qkv[h * HEAD_DIM + lane * DPL + j];
+    if (ROPE) {
+        const int kv_off = n_heads * HEAD_DIM + g * HEAD_DIM + lane * DPL;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) {
+            ck[j] = qkv[kv_off + j];
+            cv[j] = qkv[kv_off + n_kv * HEAD_DIM + j];
+        }
+        const float *cs = cos_t + (size_t)pos * rope_half, *sn = sin_t + (size_t)pos * rope_half;
+        rotate_lane(q, cs, sn, rope_half, neox, lane);
+        rotate_lane(ck, cs, sn, rope_half, neox, lane);
+        const bool writer = h % group == 0 && s == 0 && warp == 0;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) {
+            const __half hk = __float2half_rn(ck[j]), hv = __float2half_rn(cv[j]);
+            if (writer) {
+                k_cache[base + (size_t)pos * HEAD_DIM + lane * DPL + j] = hk;
+                v_cache[base + (size_t)pos * HEAD_DIM + lane * DPL + j] = hv;
+            }
+            ck[j] = __half2float(hk);
+            cv[j] = __half2float(hv);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) q[j] *= scale;
     Online st;
     st.m = -INFINITY;
     st.l = 0.f;
 #pragma unroll
     for (int j = 0; j < DPL; ++j) st.acc[j] = 0.f;
-    const size_t base = (size_t)g * max_ctx * HEAD_DIM;
-    scan_keys(st, q, k_cache + base, v_cache + base, t0 + warp, t1, AW, lane);
+    scan_keys(st, q, k_cache + base, v_cache + base, t0 + warp, t1, AW, lane, ROPE ? pos : -1,
+              ck, cv);
     block_merge(st, s_m, s_l, s_acc, lane, warp);
     if (n_splits == 1) {
         const float inv = 1.f / s_l[AW];
@@ -143,6 +210,24 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
         out[h * HEAD_DIM + d] = a * inv;
     }
     if (threadIdx.x == 0) counters[h] = 0;  // ready for the next step (graph replay)
+}
+
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_decode(const float *__restrict__ qkv, __half *k_cache, __half *v_cache,
+                float *__restrict__ out, const int *__restrict__ pos_dev, float *part,
+                unsigned *counters, int n_heads, int n_kv, int max_ctx, float scale) {
+    decode_impl<false>(qkv, k_cache, v_cache, out, pos_dev, part, counters, nullptr, nullptr,
+                       n_heads, n_kv, max_ctx, 0, 0, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_decode_rope(const float *__restrict__ qkv, __half *k_cache, __half *v_cache,
+                     float *__restrict__ out, const int *__restrict__ pos_dev, float *part,
+                     unsigned *counters, const float *__restrict__ cos_t,
+                     const float *__restrict__ sin_t, int n_heads, int n_kv, int max_ctx,
+                     int rope_half, int neox, float scale) {
+    decode_impl<true>(qkv, k_cache, v_cache, out, pos_dev, part, counters, cos_t, sin_t, n_heads,
+                      n_kv, max_ctx, rope_half, neox, scale);
 }
 
 // Prefill: grid (n_tokens, n_heads), AW*32 threads. Query t sits at position p = *pos_dev + t

@@ -35,8 +35,10 @@ def engines(model):
 
     calls = []
     graph = CudaEngine.load(model, max_context=CTX, progress=lambda d, t: calls.append((d, t)))
-    eager = CudaEngine.load(model, max_context=CTX, use_graph=False)
-    yield graph, eager, calls
+    eager = CudaEngine.load(model, max_context=CTX, use_graph=False, fuse=False)
+    fused_eager = CudaEngine.load(model, max_context=CTX, use_graph=False)
+    yield graph, eager, calls, fused_eager
+    fused_eager.close()
     eager.close()
     graph.close()
 
@@ -56,7 +58,7 @@ def test_progress_and_memory_accounting(model, engines):
     from cuda.engine import vram_needed
     from cuda.sampler import workspace_bytes
 
-    graph, _, calls = engines
+    graph, _, calls, _ = engines
     done = [d for d, _ in calls]
     assert done[0] == 0 and done == sorted(done) and done[-1] == calls[-1][1]
     assert [d for d, t in calls].count(calls[-1][1]) == 1
@@ -69,11 +71,12 @@ def test_progress_and_memory_accounting(model, engines):
 
 
 def test_logits_match_numpy_engine(engines, reference, model):
-    graph, eager, _ = engines
+    graph, eager, _, fused_eager = engines
+    assert graph.fwd.fuse_rope and not eager.fwd.fuse_rope
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(0, model.config.vocab_size, 600)]  # 2 prefill chunks
     worst = 0.0
-    for e in (graph, eager):
+    for e in (graph, eager, fused_eager):
         e.reset()
         e.prefill(prompt)
     reference.reset()
@@ -85,8 +88,11 @@ def test_logits_match_numpy_engine(engines, reference, model):
         reference.step(int(t))
         graph.step(int(t))
         eager.step(int(t))
+        fused_eager.step(int(t))
         ref, g = reference.logits(), graph.logits()
-        np.testing.assert_array_equal(g, eager.logits())  # the graph replays the same kernels
+        np.testing.assert_array_equal(g, fused_eager.logits())  # the graph replays the same
+        # the unfused eager path: other kernels, the same function
+        assert rel(eager.logits(), g.astype(np.float64)) < 1e-4
         worst = max(worst, rel(g, ref))
     print(f"worst relative logit error vs numpy: {worst:.2e}")
     assert worst < TOL
@@ -94,7 +100,7 @@ def test_logits_match_numpy_engine(engines, reference, model):
 
 
 def test_same_seed_same_tokens(engines):
-    graph, _, _ = engines
+    graph, _, _, _ = engines
     p = SamplingParams(temperature=0.7, top_p=0.95, seed=1234)
     runs = []
     for _ in range(2):
@@ -114,7 +120,7 @@ def test_residency_detects_a_changed_weight(engines):
 
     from cuda import residency
 
-    graph, _, _ = engines
+    graph, _, _, _ = engines
     report = graph.check_residency()
     assert report.ok, report.detail
     assert report.checked_bytes == graph.memory_bytes()
@@ -132,7 +138,7 @@ def test_residency_detects_a_changed_weight(engines):
 
 
 def test_fault_switch_gives_vram_oom_and_engine_recovers(engines):
-    graph, _, _ = engines
+    graph, _, _, _ = engines
     graph.reset()
     graph.prefill([9, 10, 11])
     graph.step(12)

@@ -109,6 +109,41 @@ def test_attention_decode(gpu, D, splits, L):
         assert (counters.get() == 0).all()
 
 
+@pytest.mark.parametrize("style", ["norm", "neox"])
+@pytest.mark.parametrize("splits", [1, 5])
+@pytest.mark.parametrize("pos", [0, 57])
+def test_attention_decode_fused_rope(gpu, style, splits, pos):
+    """The fused decode step: rope of q and the new k, KV write and attention in one launch."""
+    drv, ga, s, ops = gpu
+    rng = np.random.default_rng(7 + pos)
+    H, KV, D, ctx = 9, 3, 64, 80
+    kc, vc = _attention_case(rng, H, KV, D, ctx, pos + 1)
+    qkv = rng.standard_normal((1, (H + 2 * KV) * D)).astype(np.float32)
+    cos, sin = nl.rope_tables(ctx, D, 10000.0)
+    kd, vd = ga.to_gpu(kc), ga.to_gpu(vc)
+    out = ga.to_gpu(np.full(H * D, np.nan, np.float32))
+    ops[64].attn_decode_rope(
+        ga.to_gpu(qkv).gpudata, kd.gpudata, vd.gpudata, out.gpudata,
+        ga.to_gpu(np.array([pos], np.int32)).gpudata, ga.zeros(H * splits * (D + 2), np.float32).gpudata,
+        ga.zeros(H, np.uint32).gpudata, ga.to_gpu(cos).gpudata, ga.to_gpu(sin).gpudata,
+        n_heads=H, n_kv=KV, max_ctx=ctx, rope_half=D // 2, neox=style == "neox",
+        n_splits=splits, stream=s,
+    )  # fmt: skip
+    s.synchronize()
+    q = qkv[:, : H * D].reshape(1, H, D).copy()
+    k = qkv[:, H * D : (H + KV) * D].reshape(1, KV, D).copy()
+    v = qkv[:, (H + KV) * D :].reshape(1, KV, D)
+    nl.apply_rope(q, cos[pos : pos + 1], sin[pos : pos + 1], style)
+    nl.apply_rope(k, cos[pos : pos + 1], sin[pos : pos + 1], style)
+    kc[:, pos], vc[:, pos] = k[0].astype(np.float16), v[0].astype(np.float16)
+    np.testing.assert_allclose(
+        kd.get()[:, pos].astype(np.float32), kc[:, pos], rtol=2e-3, atol=1e-3
+    )
+    np.testing.assert_array_equal(vd.get()[:, pos], vc[:, pos])
+    ref = nl.attention(q, kd.get().astype(np.float32), vc.astype(np.float32), pos, D**-0.5)
+    assert rel(out.get(), ref.reshape(-1)) < RTOL
+
+
 @pytest.mark.parametrize("pos0,T", [(0, 13), (9, 13), (40, 1)])
 def test_attention_prefill(gpu, pos0, T):
     drv, ga, s, ops = gpu
