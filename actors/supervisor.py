@@ -30,6 +30,7 @@ from actors.loader import ModelInfo, default_engine_loader, open_model_info, run
 from actors.residency import run_residency_monitor
 from actors.scheduler import Scheduler
 from api.app import create_app
+from api.fast_health import HealthFastPath
 from runtime.config import WorkerConfig
 from runtime.narration import Narrator
 from runtime.state import WorkerState
@@ -68,7 +69,8 @@ class Worker:
         self._core_scope: trio.CancelScope | None = None
         self.ready = trio.Event()  # set once the model is resident and jobs are admitted
         self.stopped = trio.Event()  # set once drained: the HTTP server may stop
-        self.app = create_app(self)
+        self.quart = create_app(self)  # routes; hooks are registered on this one
+        self.app = HealthFastPath(self.quart, self.state)  # what hypercorn serves
 
     def narrate(self, action: str, *, level: str = "info", human: str, **fields: Any) -> None:
         self.narrator.emit(

@@ -47,7 +47,7 @@ def create_app(config: WorkerConfig | None = None):
     narrator = Narrator(config.worker_id, model=model_name(path))
     backend = pick_backend(config.backend)
     worker = Worker(attrs.evolve(config, model=path), backend=backend, narrator=narrator)
-    app = worker.app
+    app = worker.quart
 
     async def guarded_core() -> None:
         try:
@@ -107,7 +107,7 @@ def create_app(config: WorkerConfig | None = None):
         narrator.emit("shutdown", actor="supervisor", human="Worker stopped cleanly.", exit_code=0)
 
     app.worker = worker  # for tests and operators poking at a live app
-    return app
+    return worker.app
 
 
 class LazyApp:

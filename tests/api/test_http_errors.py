@@ -189,3 +189,16 @@ async def test_unknown_route_and_method_get_json_errors():
     async with running_worker() as h:
         error_of(await h.client.get("/nope"), 404, "NOT_FOUND")
         error_of(await h.client.get("/execute"), 405, "INVALID_REQUEST")
+
+
+async def test_fast_health_path_matches_the_quart_route():
+    async with running_worker() as h:
+        fast = await h.client.get("/health", headers={"X-Correlation-Id": "fast-1"})
+        assert fast.headers["x-correlation-id"] == "fast-1"
+        slow = await h.worker.quart.test_client().get("/health")
+        assert fast.status_code == slow.status_code == 200
+        fast_body, slow_body = fast.json(), await slow.get_json()
+        assert fast_body.pop("uptime_seconds") > 0 and slow_body.pop("uptime_seconds") > 0
+        assert fast_body == slow_body
+        head = await h.client.head("/health")
+        assert head.status_code == 200 and head.content == b""
