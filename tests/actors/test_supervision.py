@@ -131,3 +131,16 @@ async def test_drain_ends_running_and_queued_streams_and_refuses_new_work():
             assert last.event == "error" and last.data["code"] == "CANCELLED", job_id
         assert [e.event for e in streams["queued"]] == ["error"]
         assert "shutdown" in h.actions()
+
+
+async def test_shutdown_while_loading_abandons_the_load_quickly():
+    async with running_worker(Script(load_steps=100, load_delay_s=0.02), wait_ready=False) as h:
+        with trio.fail_after(10):
+            while h.worker.state.load_percent < 5:
+                await trio.sleep(0.01)
+            t0 = trio.current_time()
+            await h.worker.shutdown("stop during load")
+            assert trio.current_time() - t0 < 1.0
+        assert h.engines == []  # the load never finished
+        assert not h.worker.ready.is_set()
+        assert "error" not in h.actions()  # a requested stop is not a crash
