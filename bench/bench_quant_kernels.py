@@ -84,62 +84,60 @@ def main() -> None:
     ctx = drv.Device(0).retain_primary_context()
     ctx.push()
     try:
-        kq = QuantKernels()
+        builds = {"guarded": QuantKernels(batched_loads=False)}
+        builds["batched"] = QuantKernels(batched_loads=True)
+        kq = builds["guarded"]
         stream = drv.Stream()
         rng = np.random.default_rng(0)
         print(f"device: {drv.Context.get_device().name()}  SMs: {kq.num_sms}")
         x = drv.to_device(rng.standard_normal(512 * 1536).astype(np.float32))
         g = drv.to_device(np.ones(1536, np.float32))
         y = drv.mem_alloc(512 * 49152 * 4)
-        sums = {"auto": 0.0, "fused": 0.0, "prefill": 0.0}
-        print(f"{'kernel':44s} {'us/call':>9s} {'GB/s':>8s} {'TFLOP/s':>8s}")
+        sums: dict[str, float] = {}
+        print(f"{'kernel':52s} {'us/call':>9s} {'GB/s':>8s} {'TFLOP/s':>8s}")
 
         def report(label, t, nbytes, flops):
-            print(f"{label:44s} {t * 1e6:9.2f} {nbytes / t / 1e9:8.0f} {flops / t / 1e12:8.3f}")
+            print(f"{label:52s} {t * 1e6:9.2f} {nbytes / t / 1e9:8.0f} {flops / t / 1e12:8.3f}")
+
+        def add(key, t):
+            sums[key] = sums.get(key, 0.0) + t
 
         shapes = [(Q.Q4_1, n, r, c) for n, r, c in LAYER] + [(Q.Q8_0, "output", 49152, 576)]
         for qtype, name, rows, cols in shapes:
             ws, nbytes = weight_copies(qtype, rows, cols, rng)
             weight = N_LAYERS if name != "output" else 1
-            for variant in ("plain", "tall", "wide", None):
+            for build, k in builds.items():
+                for variant in ("plain", "tall", "wide", None):
 
-                def mv(i, ws=ws, rows=rows, cols=cols, qtype=qtype, variant=variant):
-                    kq.matvec(qtype, ws[i % len(ws)], rows, cols, x, y, stream, variant=variant)
+                    def mv(i, k=k, ws=ws, rows=rows, cols=cols, qtype=qtype, variant=variant):
+                        k.matvec(qtype, ws[i % len(ws)], rows, cols, x, y, stream, variant=variant)
 
-                t = time_graph(stream, mv)
-                if variant is None:
-                    sums["auto"] += t * weight
-                    if name in ("attn_output", "ffn_down"):  # not fused with anything here
-                        sums["fused"] += t * weight
-                report(
-                    f"matvec {variant or 'auto'} {qtype.name} {name} {rows}x{cols}",
-                    t,
-                    nbytes,
-                    2 * rows * cols,
-                )
-            fused = {
-                "attn_qkv": lambda i, ws=ws: kq.matvec_norm(
-                    Q.Q4_1, ws[i % len(ws)], 960, 576, x, g, 1e-5, y, stream
-                ),
-                "ffn_gate_up": lambda i, ws=ws: kq.matvec_norm_swiglu(
-                    Q.Q4_1, ws[i % len(ws)], 1536, 576, x, g, 1e-5, y, stream
-                ),
-                "output": lambda i, ws=ws: kq.matvec_norm(
-                    Q.Q8_0, ws[i % len(ws)], 49152, 576, x, g, 1e-5, y, stream
-                ),
-            }.get(name)
-            if fused is not None:
-                t = time_graph(stream, fused)
-                sums["fused"] += t * weight
-                report(
-                    f"fused rmsnorm{'+swiglu' if name == 'ffn_gate_up' else ''} {name}",
-                    t,
-                    nbytes,
-                    2 * rows * cols,
-                )
+                    t = time_graph(stream, mv)
+                    if variant is None:
+                        add(f"decode {build}", t * weight)
+                        if name in ("attn_output", "ffn_down"):  # no fused form
+                            add(f"decode fused {build}", t * weight)
+                    label = f"matvec {build} {variant or 'auto'} {qtype.name} {name} {rows}x{cols}"
+                    report(label, t, nbytes, 2 * rows * cols)
+                fused = {
+                    "attn_qkv": lambda i, k=k, ws=ws: k.matvec_norm(
+                        Q.Q4_1, ws[i % len(ws)], 960, 576, x, g, 1e-5, y, stream
+                    ),
+                    "ffn_gate_up": lambda i, k=k, ws=ws: k.matvec_norm_swiglu(
+                        Q.Q4_1, ws[i % len(ws)], 1536, 576, x, g, 1e-5, y, stream
+                    ),
+                    "output": lambda i, k=k, ws=ws: k.matvec_norm(
+                        Q.Q8_0, ws[i % len(ws)], 49152, 576, x, g, 1e-5, y, stream
+                    ),
+                }.get(name)
+                if fused is not None:
+                    t = time_graph(stream, fused)
+                    add(f"decode fused {build}", t * weight)
+                    what = "rmsnorm+swiglu" if name == "ffn_gate_up" else "rmsnorm"
+                    report(f"fused {build} {what} {name}", t, nbytes, 2 * rows * cols)
             if name == "output":
                 continue
-            for variant in ("simt", "tc32", "tc64", "tcs32", "tcs64", None):
+            for variant in ("simt", "tc32", "tcs32", "tcs64"):
 
                 def mm(i, ws=ws, rows=rows, cols=cols, variant=variant):
                     kq.matmul(
@@ -147,23 +145,21 @@ def main() -> None:
                     )
 
                 t = time_graph(stream, mm, reps=20)
-                if variant is None:
-                    sums["prefill"] += t * N_LAYERS
-                report(f"matmul {variant or 'auto'} n=512 {name}", t, nbytes, 2 * 512 * rows * cols)
+                add(f"prefill {variant}", t * N_LAYERS)
+                report(f"matmul {variant} n=512 {name}", t, nbytes, 2 * 512 * rows * cols)
         ids = drv.to_device(rng.integers(0, 49152, 512).astype(np.int32))
         emb, _ = weight_copies(Q.Q8_0, 49152, 576, rng)
         for n in (1, 512):
             t = time_graph(
                 stream, lambda i, n=n: kq.embed_rows(Q.Q8_0, emb[0], 576, ids, n, y, stream)
             )
-            print(f"{'embed Q8_0 n=' + str(n):44s} {t * 1e6:9.2f}")
-        print(f"decode step, quant products (30 layers + head), auto: {sums['auto'] * 1e6:.1f} us")
+            print(f"{'embed Q8_0 n=' + str(n):52s} {t * 1e6:9.2f}")
         print(
-            f"  with rmsnorm fused into qkv/head and rmsnorm+swiglu into gate_up: {sums['fused'] * 1e6:.1f} us"
+            "sums over the 30 layers (+ the head for decode); 'fused' replaces 3 launches a layer"
         )
-        print(
-            f"512-token prefill, quant products (30 layers), auto: {sums['prefill'] * 1e3:.2f} ms"
-        )
+        for key, t in sums.items():
+            unit, scale = ("ms", 1e3) if key.startswith("prefill") else ("us", 1e6)
+            print(f"  {key:30s} {t * scale:9.2f} {unit}")
     finally:
         ctx.pop()
 

@@ -46,10 +46,16 @@ _MM_ARGS = "PiiPiPi"  # W, rows, cols, X, n, Y, accumulate
 _MM_SHAPES = {
     "simt": (64, 256),
     "tc32": (32, 128),
-    "tc64": (64, 128),
     "tcs32": (32, 128),
     "tcs64": (64, 128),
 }
+#: Defaults measured on an H100 (2026-11-26, bench/bench_quant_kernels.py). The branch-free
+#: load variants ("batched" matvec slot loop: QuantKernels(batched_loads=True); the "tcs"
+#: matmul, which now issues a stage's loads together) remove a round trip per guarded load but
+#: have not run on a GPU yet: switch these two after tests/cuda/test_quant_kernels.py and the
+#: bench pass on the device.
+BATCHED_LOADS = False
+PREFILL_KERNEL = "tc32"  # or "tcs": the staged kernel, tile height chosen by grid size
 _MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
 #: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
 #: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
@@ -61,24 +67,30 @@ _WIDE_SLOTS = 96  # rows of more 8-value slots than this (768+ cols) get 2 warps
 _EMBED_THREADS = 128
 
 
-def _module(filename: str):
+def _module(filename: str, defines: dict[str, Any] | None = None):
     # PyCUDA turns any nvcc stderr into a warning; log it rather than let pytest's
     # filterwarnings=error (or a caller's) turn a harmless note into a failure.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        module = load_module(filename)
+        module = load_module(filename, defines=defines)
     for w in caught:
         log.warning("nvcc on %s: %s", filename, w.message)
     return module
 
 
 class QuantKernels:
-    """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init."""
+    """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init.
 
-    def __init__(self) -> None:
+    `batched_loads` compiles the matvec kernels with their branch-free batched slot loop
+    (MV_BATCH=1); None takes the module default BATCHED_LOADS.
+    """
+
+    def __init__(self, *, batched_loads: bool | None = None) -> None:
         import pycuda.driver as drv
 
-        mv, emb, mm = (_module(f"quant_{k}.cu") for k in ("matvec", "embed", "matmul"))
+        self.batched_loads = BATCHED_LOADS if batched_loads is None else bool(batched_loads)
+        mv = _module("quant_matvec.cu", {"MV_BATCH": int(self.batched_loads)})
+        emb, mm = _module("quant_embed.cu"), _module("quant_matmul.cu")
         self._matvec: dict[tuple[str, Q], Any] = {}
         self._matvec_norm: dict[tuple[str, Q], Any] = {}
         self._matvec_swiglu: dict[Q, Any] = {}
@@ -275,8 +287,8 @@ class QuantKernels:
     ) -> None:
         """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`.
 
-        `variant` forces a kernel ("simt", "tc32", "tc64", "tcs32", "tcs64"; for tests and
-        benchmarks); by default the staged tensor-core kernel, its tile height by grid size.
+        `variant` forces a kernel ("simt", "tc32", "tcs32", "tcs64"; for tests and benchmarks);
+        by default PREFILL_KERNEL with tensor cores, "simt" (fp32) without.
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, max(qk, 32))
@@ -286,9 +298,11 @@ class QuantKernels:
         if variant is None:
             if not tensor_cores:
                 variant = "simt"
-            elif col_tiles * ((n + 63) // 64) >= self.num_sms:
+            elif PREFILL_KERNEL != "tcs":
+                variant = PREFILL_KERNEL
+            elif col_tiles * ((n + 63) // 64) >= 2 * self.num_sms:
                 variant = "tcs64"
-            else:  # too few 64-token tiles to fill the GPU: halve them
+            else:  # too few 64-token tiles to fill the GPU twice: halve them
                 variant = "tcs32"
         bm, threads = _MM_SHAPES[variant]
         grid = (col_tiles, (n + bm - 1) // bm)

@@ -158,19 +158,17 @@ struct Q5_0 {  // fp16 d, uint32 qh (bit j = fifth bit of value j), qs[16]: x = 
 // and 2c+1 in its high nibbles: x = d * sc[j] * q - dmin * mn[j].
 struct Q4_K {
     static constexpr int QK = 256, BYTES = 144;
+    // ggml's get_scale_min_k4 without branches (a branch around loads serialises them): the 12
+    // bytes are three aligned words; sub-block j < 4 takes 6 bits of bytes j and j + 4, j >= 4
+    // takes nibbles of byte j + 4 plus the top 2 bits of bytes j - 4 and j.
     static GGML_HD void scale_min(const uint8_t *b, int j, float &sc, float &mn) {
-        const uint8_t *s = b + 4;
-        float d = ldh(b), dmin = ldh(b + 2);
-        uint32_t a, m;
-        if (j < 4) {
-            a = s[j] & 63u;
-            m = s[j + 4] & 63u;
-        } else {
-            a = (s[j + 4] & 15u) | ((s[j - 4] >> 6) << 4);
-            m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-        }
-        sc = d * float(a);
-        mn = -dmin * float(m);
+        const uint32_t s0 = ld32_a4(b + 4), s1 = ld32_a4(b + 8), s2 = ld32_a4(b + 12);
+        const int sh = 8 * (j & 3);
+        const uint32_t b0 = (s0 >> sh) & 0xFFu, b1 = (s1 >> sh) & 0xFFu, b2 = (s2 >> sh) & 0xFFu;
+        const uint32_t a = j < 4 ? (b0 & 63u) : ((b2 & 15u) | ((b0 >> 6) << 4));
+        const uint32_t m = j < 4 ? (b1 & 63u) : ((b2 >> 4) | ((b1 >> 6) << 4));
+        sc = ldh(b) * float(a);
+        mn = -ldh(b + 2) * float(m);
     }
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         int c = q >> 4, hi = (q >> 3) & 1, l = 4 * (q & 7);

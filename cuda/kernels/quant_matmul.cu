@@ -4,8 +4,9 @@
 // Both kernels tile the output (tokens x weight rows) and walk cols in steps of BK = 32: each step
 // dequantizes a BN x 32 weight tile into shared memory once and reuses it for BM tokens.
 //   matmul_simt_*:   fp32 FMA, 64 x 64 tile, 256 threads with 4 x 4 outputs each (exact path).
-//   matmul_tc{32,64}_*: tensor cores (WMMA m16n16k16), X and W tiles rounded to fp16 in shared
-//                    memory, fp32 accumulation; BM = 32 or 64 tokens, BN = 64 rows, 4 warps.
+//   matmul_tc32_*:   tensor cores (WMMA m16n16k16), X and W tiles rounded to fp16 in shared
+//                    memory, fp32 accumulation; BM = 32 tokens, BN = 64 rows, 4 warps.
+//   matmul_tcs{32,64}_*: the same with 128-column stages and batched, prefetched loads.
 // cols must be a multiple of 32 (quant blocks are 32 or 256 values; F32/F16 rows too here);
 // n and rows are arbitrary (out-of-range tile rows load as zeros and are not stored).
 #include <mma.h>
@@ -155,8 +156,8 @@ __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, in
 // Staged tensor-core kernel: k-stages of 128 columns, each thread's share of a stage (16 W
 // quads + BM/8 X quads) loaded into registers in one burst, and the next stage's loads issued
 // before the current stage's MMAs (register double buffering). The kernel above is latency
-// bound: one global round trip per 32 columns; this one needs one per 128 columns, overlapped
-// with compute. A partial last stage loads zeros past cols. The epilogue's staging tile reuses
+// bound (a round trip per quad it loads); this one needs one per 128 columns, overlapped with
+// compute. A partial last stage stores zeros past cols. The epilogue's staging tile reuses
 // the A/B tiles' shared memory.
 template <class T, int BM>
 __device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, int rows, int cols,
@@ -177,16 +178,23 @@ __device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, i
     const size_t row_bytes = (size_t)(cols / T::QK) * T::BYTES;
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
     float4 wv[WQ], xv[XQ];
+    // Branch-free loads: indices are clamped to valid addresses (rows / tokens past the end
+    // repeat the last one and are never stored; columns past cols are zeroed in the store
+    // below), so the compiler can issue all of a stage's loads before decoding any of them.
+    // With a branch per quad, each quad's decode waited for its own load: one round trip each.
     auto load = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < WQ; ++i) {  // a row's 32 quads come from 32 consecutive threads
             const int idx = tid + 128 * i, r = idx >> 5, q = idx & 31;
-            wv[i] = k0 + 4 * q < cols ? w_quad<T>(W, row_bytes, r0 + r, rows, k0, q) : zero;
+            const int col = min(k0 + 4 * q, cols - 4), row = min(r0 + r, rows - 1);
+            T::dq4(W + (size_t)row * row_bytes + (size_t)(col / T::QK) * T::BYTES,
+                   (col % T::QK) / 4, wv[i]);
         }
 #pragma unroll
         for (int i = 0; i < XQ; ++i) {
             const int idx = tid + 128 * i, t = idx >> 5, q = idx & 31;
-            xv[i] = k0 + 4 * q < cols ? x_quad(X, cols, t0 + t, n, k0, q) : zero;
+            const int col = min(k0 + 4 * q, cols - 4), tok = min(t0 + t, n - 1);
+            xv[i] = *reinterpret_cast<const float4 *>(X + (size_t)tok * cols + col);
         }
     };
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
@@ -199,12 +207,14 @@ __device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, i
 #pragma unroll
         for (int i = 0; i < WQ; ++i) {
             const int idx = tid + 128 * i;
-            *reinterpret_cast<uint2 *>(&Bs[idx >> 5][4 * (idx & 31)]) = half4(wv[i]);
+            const bool in = k0 + 4 * (idx & 31) < cols;
+            *reinterpret_cast<uint2 *>(&Bs[idx >> 5][4 * (idx & 31)]) = half4(in ? wv[i] : zero);
         }
 #pragma unroll
         for (int i = 0; i < XQ; ++i) {
             const int idx = tid + 128 * i;
-            *reinterpret_cast<uint2 *>(&As[idx >> 5][4 * (idx & 31)]) = half4(xv[i]);
+            const bool in = k0 + 4 * (idx & 31) < cols;
+            *reinterpret_cast<uint2 *>(&As[idx >> 5][4 * (idx & 31)]) = half4(in ? xv[i] : zero);
         }
         __syncthreads();
         if (k0 + BKS < cols) load(k0 + BKS);  // in flight during the MMAs below
@@ -252,12 +262,6 @@ __device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, i
                            const float *__restrict__ X, int n, float *__restrict__ Y,          \
                            int accumulate) {                                                   \
         matmul_tc_impl<ggml::T, 32>(W, rows, cols, X, n, Y, accumulate);                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
-        matmul_tc64_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
-                           const float *__restrict__ X, int n, float *__restrict__ Y,          \
-                           int accumulate) {                                                   \
-        matmul_tc_impl<ggml::T, 64>(W, rows, cols, X, n, Y, accumulate);                       \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(128)                                          \
         matmul_tcs32_##name(const uint8_t *__restrict__ W, int rows, int cols,                 \

@@ -11,6 +11,9 @@
 #ifndef MV_WARPS
 #define MV_WARPS 4  // rows (warps) per block of threads
 #endif
+#ifndef MV_BATCH
+#define MV_BATCH 0  // 1: batched branch-free slot loop in every kernel (see matvec_gen)
+#endif
 
 template <class T>
 __device__ __forceinline__ void matvec_impl(const uint8_t *__restrict__ W, int rows, int cols,
@@ -83,6 +86,37 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
+#if MV_BATCH
+    // Rounds of U slots per lane with clamped indices and no branch inside a round, so all of
+    // a round's loads are in flight together (a guarded slot's decode waits for its own load).
+    constexpr int U = R >= 4 ? 3 : 4;
+    const int n_eff = row0 < rows ? nslot : 0;  // idle groups skip the loop
+    for (int s0 = 0; s0 < n_eff; s0 += 32 * WPR * U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int s = s0 + (u * WPR + sub) * 32 + lane;
+            const float on = s < n_eff ? 1.f : 0.f;  // slots past the end count 0
+            const int sc = min(s, n_eff - 1);
+            const int b = sc / NS, k = sc % NS;
+            const int c0 = b * T::QK + T::P0(k), c1 = b * T::QK + T::P1(k);
+            float4 xa = *reinterpret_cast<const float4 *>(x + c0);
+            float4 xc = *reinterpret_cast<const float4 *>(x + c1);
+            if (NORM) {
+                const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
+                const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
+                xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
+                xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float4 a, c;
+                T::slot8(wr[r] + (size_t)b * T::BYTES, k, a, c);
+                acc[r] += on * (a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w +
+                                c.x * xc.x + c.y * xc.y + c.z * xc.z + c.w * xc.w);
+            }
+        }
+    }
+#else
     const int start = row0 < rows ? sub * 32 + lane : nslot;  // idle groups skip the loop
 #pragma unroll 2
     for (int s = start; s < nslot; s += 32 * WPR) {
@@ -104,6 +138,7 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
             acc[r] += c.x * xc.x + c.y * xc.y + c.z * xc.z + c.w * xc.w;
         }
     }
+#endif
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -142,7 +177,10 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
 
 #define MATVEC_KERNEL(T, name)                                                                  \
     MV_SIG(matvec_##name, MV_ARGS, MV_OUT) {                                                    \
-        matvec_impl<ggml::T>(W, rows, cols, x, y, accumulate);                                  \
+        if (MV_BATCH)                                                                           \
+            matvec_gen<ggml::T, 1, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate); \
+        else                                                                                    \
+            matvec_impl<ggml::T>(W, rows, cols, x, y, accumulate);                              \
     }                                                                                           \
     MV_SIG(matvec_tall_##name, MV_ARGS, MV_OUT) {                                               \
         matvec_gen<ggml::T, 4, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \

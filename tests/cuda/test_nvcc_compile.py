@@ -1,7 +1,8 @@
-"""Every CUDA source of cuda/kernels compiles with nvcc for sm_80 and sm_90 (no GPU needed).
+"""CUDA sources without a GPU: every kernel file compiles with nvcc for sm_80 and sm_90, and the
+block decoders the quant kernels share, compiled for the CPU, match runtime.quants bit for bit.
 
-One nvcc call per file builds a fatbin holding both architectures' machine code; the calls run
-in parallel. Skipped only where nvcc is absent (CI has it).
+One nvcc call per (file, defines) builds a fatbin holding both architectures' machine code; the
+calls run in parallel. Skipped only where nvcc is absent (CI has it).
 """
 
 from __future__ import annotations
@@ -10,39 +11,70 @@ import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cuda.compile import KERNEL_DIR, NVCC_OPTIONS, kernel_sources
+from runtime.quants import dequantize
+from tests.cuda.ggml_random import TYPES, block_cols, random_weights
 
 ARCHS = ("80", "90")
+#: builds beyond the default one: file name -> extra -D options of each
+EXTRA_BUILDS = {"quant_matvec.cu": [["-DMV_BATCH=1"]]}
 
 
-def _compile(nvcc: str, source, out_dir) -> tuple[str, int, str]:
-    cmd = [
-        nvcc,
-        "-fatbin",
-        *NVCC_OPTIONS,
-        f"-I{KERNEL_DIR}",
-        "-o",
-        str(out_dir / f"{source.stem}.fatbin"),
-    ]
+@pytest.fixture(scope="module")
+def nvcc() -> str:
+    path = shutil.which("nvcc")
+    if path is None:
+        pytest.skip("nvcc is not installed")
+    return path
+
+
+def _compile(nvcc: str, source: Path, defines: list[str], out: Path) -> tuple[str, int, str]:
+    cmd = [nvcc, "-fatbin", *NVCC_OPTIONS, *defines, f"-I{KERNEL_DIR}", "-o", str(out)]
     for arch in ARCHS:
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     proc = subprocess.run([*cmd, str(source)], capture_output=True, text=True, timeout=300)
-    return source.name, proc.returncode, proc.stdout + proc.stderr
+    return f"{source.name} {' '.join(defines)}", proc.returncode, proc.stdout + proc.stderr
 
 
-def test_every_kernel_source_compiles_for_sm80_and_sm90(tmp_path):
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc is not installed")
+def test_every_kernel_source_compiles_for_sm80_and_sm90(nvcc, tmp_path):
     sources = kernel_sources()
     assert sources, "no .cu files found in cuda/kernels"
-    workers = max(2, os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda s: _compile(nvcc, s, tmp_path), sources))
+    jobs = [(s, []) for s in sources]
+    jobs += [(s, d) for s in sources for d in EXTRA_BUILDS.get(s.name, [])]
+    outs = [tmp_path / f"{i}-{s.stem}.fatbin" for i, (s, _) in enumerate(jobs)]
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        results = list(
+            pool.map(lambda j: _compile(nvcc, *j[0], j[1]), zip(jobs, outs, strict=True))
+        )
     failures = [f"{name} (exit {rc}):\n{out}" for name, rc, out in results if rc != 0]
     assert not failures, "\n\n".join(failures)
-    for source in sources:
-        assert (tmp_path / f"{source.stem}.fatbin").stat().st_size > 0
+    assert all(out.stat().st_size > 0 for out in outs)
+
+
+def test_cuda_block_decoders_match_numpy_on_the_host(nvcc, tmp_path):
+    exe = tmp_path / "host_decoders"
+    harness = Path(__file__).with_name("host_decoders.cu")
+    cmd = [nvcc, "-O2", "-std=c++17", f"-I{KERNEL_DIR}", "-o", str(exe), str(harness)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rng = np.random.default_rng(2026)
+    for index, qtype in enumerate(TYPES):
+        qk = block_cols(qtype)
+        rows, cols = 48, qk * 4  # 192 blocks of random bits: every scale / nibble pattern
+        raw = random_weights(qtype, rows, cols, rng)
+        src, dq4, slot8 = (tmp_path / f"{qtype.name}.{k}" for k in ("in", "dq4", "slot8"))
+        raw.tofile(src)
+        args = [str(exe), str(index), str(rows * cols // qk), str(src), str(dq4), str(slot8)]
+        subprocess.run(args, check=True, timeout=60)
+        ref = dequantize(raw, qtype, (rows, cols)).reshape(-1)
+        np.testing.assert_array_equal(
+            np.fromfile(dq4, np.float32), ref, err_msg=f"{qtype.name} dq4"
+        )
+        np.testing.assert_array_equal(
+            np.fromfile(slot8, np.float32), ref, err_msg=f"{qtype.name} slot8"
+        )
