@@ -1,7 +1,9 @@
 """The real worker as a user runs it: `python -m runtime.cli` (and `hypercorn ... runtime.asgi:app`)
 as subprocesses on real sockets, with the real default model on the cpu backend.
 
-Each test bounds its waits; the worker loads in a few seconds on 2 cores.
+Each test bounds its waits; the worker loads in a few seconds on 2 cores. On a GPU machine:
+`WORKER_ORCD_TEST_BACKEND=cuda WORKER_ORCD_TEST_MODEL=/path/to/model.gguf pytest tests/test_cli_worker.py`
+runs the same tests on the CUDA backend (which must give the same greedy tokens).
 """
 
 from __future__ import annotations
@@ -87,8 +89,23 @@ class Proc:
         return self.proc.returncode
 
 
+BACKEND = os.environ.get("WORKER_ORCD_TEST_BACKEND", "cpu")
+MODEL = os.environ.get("WORKER_ORCD_TEST_MODEL")  # default: the embedded model
+
+
 def cli(port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", "cpu", *extra]
+    model = ["--model", MODEL] if MODEL and "--model" not in extra else []
+    return [
+        sys.executable,
+        "-m",
+        "runtime.cli",
+        "--port",
+        str(port),
+        "--backend",
+        BACKEND,
+        *model,
+        *extra,
+    ]
 
 
 def stream(client: httpx.Client, base: str, body: dict, on_event=None) -> list:
@@ -148,7 +165,7 @@ def test_real_model_streams_what_llama_cpp_predicts(worker):
     health = httpx.get(worker.base + "/health", timeout=5).json()
     assert health["model"] == "SmolLM2-135M-Instruct.Q4_1" and health["quant_kind"] == "Q4_1"
     assert health["vocab_size"] == 49152 and health["context_length"] == 512
-    assert health["tokenizer_kind"] == "gpt2-bpe" and health["backend"] == "cpu"
+    assert health["tokenizer_kind"] == "gpt2-bpe" and health["backend"] == BACKEND
     with httpx.Client() as client:
         events = stream(
             client,
@@ -266,7 +283,8 @@ def hypercorn_cmd(port: int) -> list[str]:
 def test_hypercorn_command_serves_the_same_app(tmp_path):
     port = free_port()
     env = {
-        "WORKER_ORCD_BACKEND": "cpu",
+        "WORKER_ORCD_BACKEND": BACKEND,
+        **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {}),
         "WORKER_ORCD_MAX_CONTEXT": "256",
         "WORKER_ORCD_WORKER_ID": "hc",
     }
@@ -307,7 +325,7 @@ def test_hypercorn_command_exits_non_zero_when_an_actor_dies(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file at all")
     port = free_port()
-    env = {"WORKER_ORCD_BACKEND": "cpu", "WORKER_ORCD_MODEL": str(bad)}
+    env = {"WORKER_ORCD_BACKEND": BACKEND, "WORKER_ORCD_MODEL": str(bad)}
     proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc-bad.log", env)
     try:
         assert proc.proc.wait(timeout=30) != 0
