@@ -96,7 +96,9 @@ async def test_cancel_mid_decode_within_one_step():
                 events += await reader.rest()
         assert cancelled(events)
         tokens = [e for e in events if e.event == "token"]
-        assert len(tokens) <= 3 + 2  # at most the step in flight and its token
+        # When /cancel answered, `steps_at_cancel` steps were done and at most one more was in
+        # flight; the token sampled before that step may still come, nothing after it.
+        assert tokens[-1].data["i"] <= steps_at_cancel + 1
         assert h.engine.steps <= steps_at_cancel + 1
         steps = h.engine.steps
         await trio.sleep(0.1)
@@ -151,7 +153,7 @@ async def test_client_disconnect_stops_generation_and_next_request_is_served():
             assert seen.startswith(b"HTTP/1.1 200")
             await wait_until(lambda: "gone" not in h.worker.scheduler.live)
             steps = h.engine.steps
-            assert steps < 50  # stopped long before max_tokens
+            assert steps < 100  # stopped long before max_tokens (500)
             await trio.sleep(0.1)
             assert h.engine.steps == steps
             ends = [e for e in h.narration() if e["action"] == "execute_end"]
