@@ -3,7 +3,8 @@
 `start_worker(...)` runs `python -m runtime.cli` on a free port, waits (bounded) for `/health` to
 say `ready`, and stops it with SIGTERM (killing it only if it overstays). Its stderr, the
 narration log, goes to a file the test can read. `WORKER_ORCD_TEST_BACKEND` (default `cpu`)
-picks the backend, so a GPU machine runs the same tests with `cuda`.
+picks the backend, so a GPU machine runs the same tests with `cuda`; `WORKER_ORCD_TEST_MODEL`
+(default: the embedded model) the GGUF file.
 
 `SSEParser` checks framing strictly: every event has one `event:` line and one JSON `data:` line
 whose `"type"` matches. `check_stream(events)` checks the protocol on top: `started` first,
@@ -35,6 +36,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / ".test-results"
 BACKEND_ENV = "WORKER_ORCD_TEST_BACKEND"
+MODEL_ENV = "WORKER_ORCD_TEST_MODEL"  # a GGUF path; unset: the worker's embedded default
 TERMINAL_EVENTS = ("end", "error")
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0  # the worker must exit within 5 s of SIGTERM; allow slack before killing
@@ -43,6 +45,11 @@ STOP_TIMEOUT_S = 10.0  # the worker must exit within 5 s of SIGTERM; allow slack
 def selected_backend() -> str:
     """The backend the e2e tests run on: `WORKER_ORCD_TEST_BACKEND`, default cpu."""
     return os.environ.get(BACKEND_ENV, "cpu")
+
+
+def selected_model() -> str | None:
+    """The model the e2e tests serve: `WORKER_ORCD_TEST_MODEL`, default the embedded one."""
+    return os.environ.get(MODEL_ENV) or None
 
 
 def free_port() -> int:
@@ -313,7 +320,7 @@ def stream_execute(
 def e2e_worker(tmp_path_factory) -> Iterator[WorkerProcess]:
     """One real worker per test module (loading the model takes a while on 2 cores)."""
     log_path = tmp_path_factory.mktemp("worker") / "worker-stderr.log"
-    with start_worker(worker_id="e2e", log_path=log_path) as worker:
+    with start_worker(worker_id="e2e", model=selected_model(), log_path=log_path) as worker:
         yield worker
     assert worker.returncode == 0 and not worker.killed, (
         f"worker did not exit cleanly on SIGTERM (rc={worker.returncode}, "
