@@ -21,7 +21,7 @@ import numpy as np
 
 from cuda import graph as cuda_graph
 from cuda import residency
-from cuda.forward import Forward, buffer_bytes
+from cuda.forward import Forward, buffer_bytes, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
 from cuda.sampler import GpuSampler, workspace_bytes
 from cuda.weights import file_bytes, upload_weights, weight_bytes
@@ -67,11 +67,12 @@ class CudaEngine:
 
     def __init__(self) -> None:  # use CudaEngine.load
         self._ctx = None
-        self._graph: cuda_graph.Graph | None = None
+        self._graphs: dict[int, cuda_graph.Graph] = {}  # attention splits -> decode step
         self._poisoned: str | None = None
         self._closed = False
         self._pos = 0
         self._last_sampled: int | None = None  # id the sampler left in state.ids[0]
+        self._greedy_ready = False  # the last step left its argmax in ids[0] and token_host
 
     # -- load ------------------------------------------------------------------------------------
 
@@ -147,10 +148,14 @@ class CudaEngine:
         self.sampler = GpuSampler(
             drv, self.ops, self.ledger, self.stream, vocab=c.vocab_size,
             logits=self.fwd.b["act.logits"], out=self.fwd.b["state.ids"],
+            host=self.fwd.token_host,
         )  # fmt: skip
         self._logits_host = np.empty(c.vocab_size, np.float32)
-        if use_graph:
-            self._graph = cuda_graph.capture(self.stream, self.fwd.enqueue_decode)
+        if use_graph:  # one graph per split count: the step replays the one for its length
+            for splits in split_levels(max_context):
+                self._graphs[splits] = cuda_graph.capture(
+                    self.stream, lambda n=splits: self.fwd.enqueue_decode(n)
+                )
         drv.Context.synchronize()
         reporter.finish()
 
@@ -182,6 +187,8 @@ class CudaEngine:
         self.sampler.release_workspace()
         self.ledger.free_scope("job")
         self._set_position(0)
+        self._last_sampled = None
+        self._greedy_ready = False
 
     def _set_position(self, pos: int) -> None:
         self._drv.memcpy_htod(self.fwd.b["state.pos"], np.array([pos], np.int32))
@@ -200,6 +207,7 @@ class CudaEngine:
             self.sampler.release_workspace()
             self._set_position(0)
             self._last_sampled = None
+            self._greedy_ready = False
 
     def prefill(self, tokens: Sequence[int]) -> None:
         ids = self._check_tokens(tokens)
@@ -212,19 +220,27 @@ class CudaEngine:
                 self.fwd.enqueue_prefill(int(chunk.size))
                 self._pos += int(chunk.size)
             self._last_sampled = None
+            self._greedy_ready = False
 
     def step(self, token: int) -> None:
-        ids = self._check_tokens((token,))
+        # the hot path: plain Python checks (numpy's would cost more than the graph launch)
+        token = int(token)
+        if not 0 <= token < self.config.vocab_size:
+            raise InvalidRequest(f"token id out of range 0..{self.config.vocab_size - 1}")
+        if self._pos + 1 > self.max_context:
+            raise InvalidRequest(f"{self._pos + 1} tokens exceed the context ({self.max_context})")
         with self._job():
-            if self._last_sampled != int(ids[0]):  # else the sampler left it in place
+            if self._last_sampled != token:  # else the sampler left it in ids[0]
                 self.stream.synchronize()
-                self._drv.memcpy_htod(self.fwd.b["state.ids"], ids)
-            if self._graph is not None:
-                self._graph.launch()
+                self._drv.memcpy_htod(self.fwd.b["state.ids"], np.array([token], np.int32))
+            splits = splits_for(self._pos + 1)
+            if self._graphs:
+                self._graphs[splits].launch()
             else:
-                self.fwd.enqueue_decode()
+                self.fwd.enqueue_decode(splits)
             self._pos += 1
             self._last_sampled = None
+            self._greedy_ready = True
 
     def logits(self) -> np.ndarray:
         with self._job():
@@ -234,7 +250,12 @@ class CudaEngine:
 
     def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
         with self._job():
-            token = self.sampler.sample(params, history, draw)
+            if self._greedy_ready and params.temperature == 0.0 and params.repetition_penalty == 1:
+                self.stream.synchronize()  # the step computed this very choice
+                token = int(self.fwd.token_host[0])
+            else:
+                token = self.sampler.sample(params, history, draw)
+                self._greedy_ready = False  # token_host now holds this choice
         self._last_sampled = token
         return token
 
@@ -293,10 +314,10 @@ class CudaEngine:
         """Free everything this engine holds and pop its context (best effort when poisoned)."""
         if self._ctx is None:
             return
-        with contextlib.suppress(Exception):
-            if self._graph is not None:
-                self._graph.close()
-        self._graph = None
+        for g in self._graphs.values():
+            with contextlib.suppress(Exception):
+                g.close()
+        self._graphs = {}
         with contextlib.suppress(Exception):
             self._drv.Context.synchronize()
         ledger = getattr(self, "ledger", None)

@@ -21,24 +21,34 @@ from typing import Any
 import numpy as np
 
 from cuda.ledger import Ledger
-from cuda.ops import Ops
+from cuda.ops import ARGMAX_BLOCKS, Ops
 from cuda.weights import ModelWeights, Segment
 from runtime.model_config import ModelConfig
 from runtime.numpy_layers import rope_tables
 
-_SPLIT_KEYS = 128  # decode attention: a split per this many cache positions ...
-_MAX_SPLITS = 16  # ... up to this many blocks per head
+_SPLIT_KEYS = 32  # decode attention: a split (thread block) per this many keys ...
+MAX_SPLITS = 16  # ... up to this many blocks per head (MAX_SPLITS in attention.cu is >= this)
 
 
-def decode_splits(max_context: int) -> int:
-    return max(1, min(_MAX_SPLITS, math.ceil(max_context / _SPLIT_KEYS)))
+def split_levels(max_context: int) -> tuple[int, ...]:
+    """The split counts the decode step is captured with: powers of two up to what the context
+    can use (one graph each; the engine replays the one that fits the current length)."""
+    top = splits_for(max_context)
+    return tuple(1 << i for i in range(top.bit_length()))
+
+
+def splits_for(seq_len: int) -> int:
+    """Splits for attention over seq_len keys: the power of two >= seq_len / 32, at most 16.
+    One split needs no merge; more splits put more blocks on long sequences."""
+    need = max(1, math.ceil(seq_len / _SPLIT_KEYS))
+    return min(MAX_SPLITS, 1 << (need - 1).bit_length())
 
 
 def buffer_shapes(c: ModelConfig, max_context: int, max_chunk: int) -> dict[str, tuple]:
     """name -> (numpy dtype, shape) of every non-weight model-state buffer."""
     q_dim, qkv_dim = c.n_heads * c.head_dim, c.n_heads * c.head_dim + 2 * c.kv_dim
     kv = (c.n_layers, c.n_kv_heads, max_context, c.head_dim)
-    splits = decode_splits(max_context)
+    splits = splits_for(max_context)
     return {
         "kv.k": (np.float16, kv),  # (n_layers, n_kv_heads, max_context, head_dim)
         "kv.v": (np.float16, kv),
@@ -55,6 +65,9 @@ def buffer_shapes(c: ModelConfig, max_context: int, max_chunk: int) -> dict[str,
         "state.pos": (np.int32, (1,)),  # tokens in the cache before the pass
         "attn.part": (np.float32, (c.n_heads, splits, c.head_dim + 2)),  # split partials
         "attn.counters": (np.uint32, (c.n_heads,)),  # blocks done per head (reset by the last)
+        "greedy.part_v": (np.float32, (ARGMAX_BLOCKS,)),  # per-block maxima of the argmax
+        "greedy.part_i": (np.int32, (ARGMAX_BLOCKS,)),  # and their ids
+        "greedy.counter": (np.uint32, (1,)),  # blocks done (reset by the last)
     }
 
 
@@ -94,14 +107,18 @@ class Forward:
         max_chunk: int,
         fuse: bool = True,
     ):
-        self.c, self.w, self.ops, self.stream = c, w, ops, stream
+        self.c, self.w, self.ops, self.stream, self.drv = c, w, ops, stream, drv
+        # the sampled id comes back through this small pinned buffer (not model state)
+        self.token_host = drv.pagelocked_empty((1,), np.int32)
         self.q = _Counting(quant)
         self.max_context, self.max_chunk = max_context, max_chunk
-        self.splits = decode_splits(max_context)
+        self.max_splits = splits_for(max_context)
         self.b: dict[str, int] = {}
         for name, (dt, shape) in buffer_shapes(c, max_context, max_chunk).items():
             nbytes = np.dtype(dt).itemsize * math.prod(shape)
-            self.b[name] = ledger.alloc(name, nbytes, zero=name.startswith(("state.", "attn.")))
+            self.b[name] = ledger.alloc(
+                name, nbytes, zero=name.startswith(("state.", "attn.", "greedy."))
+            )
         cos, sin = rope_tables(max_context, c.rope_dim, c.rope_base)
         drv.memcpy_htod(self.b["rope.cos"], np.ascontiguousarray(cos))
         drv.memcpy_htod(self.b["rope.sin"], np.ascontiguousarray(sin))
@@ -131,7 +148,7 @@ class Forward:
                 seg.qtype, seg.ptr, seg.rows, seg.cols, x, n, b["act.x"], s, accumulate=True
             )
 
-    def _layers(self, n: int) -> None:
+    def _layers(self, n: int, splits: int | None = None) -> None:
         c, b, ops, s = self.c, self.b, self.ops, self.stream
         q_dim = c.n_heads * c.head_dim
         qkv_dim = q_dim + 2 * c.kv_dim
@@ -151,7 +168,7 @@ class Forward:
                 ops.attn_decode(
                     b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
                     b["attn.counters"], n_heads=c.n_heads, n_kv=c.n_kv_heads,
-                    max_ctx=self.max_context, n_splits=self.splits, stream=s,
+                    max_ctx=self.max_context, n_splits=splits or self.max_splits, stream=s,
                 )  # fmt: skip
             else:
                 ops.attn_prefill(
@@ -164,7 +181,7 @@ class Forward:
             ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, n, s)
             self._residual(lw.down, b["act.h"], n)
 
-    def _decode_layers(self) -> None:
+    def _decode_layers(self, splits: int) -> None:
         """The decode step's layers with the fused kernels (5 launches per llama layer)."""
         c, b, ops, s, q = self.c, self.b, self.ops, self.stream, self.q
         qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
@@ -187,7 +204,7 @@ class Forward:
                     b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
                     b["attn.counters"], b["rope.cos"], b["rope.sin"], **geometry,
                     rope_half=c.rope_dim // 2, neox=c.rope_style == "neox",
-                    n_splits=self.splits, stream=s,
+                    n_splits=splits, stream=s,
                 )  # fmt: skip
             else:
                 ops.rope_kv_write(
@@ -197,7 +214,7 @@ class Forward:
                 )  # fmt: skip
                 ops.attn_decode(
                     b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
-                    b["attn.counters"], **geometry, n_splits=self.splits, stream=s,
+                    b["attn.counters"], **geometry, n_splits=splits, stream=s,
                 )  # fmt: skip
             self._residual(lw.attn_output, b["act.attn"], 1)
             if self.fuse_swiglu and len(lw.gate_up) == 1:
@@ -234,19 +251,32 @@ class Forward:
 
     # -- passes ----------------------------------------------------------------------------------
 
-    def enqueue_decode(self) -> int:
-        """One token (ids[0]) at position *pos; advances *pos. Returns the launches made."""
+    def enqueue_decode(self, splits: int | None = None) -> int:
+        """One token (ids[0]) at position *pos; advances *pos. Returns the launches made.
+
+        `splits`: thread blocks per head of the decode attention (default: the most the context
+        needs); any value works for any position, fewer are faster on short sequences.
+        The step ends with the greedy choice (argmax, no penalty) written to ids[0] and copied
+        to `token_host`, so a greedy generation loop only has to wait for the step: the most
+        common request needs no launch of its own (other sampling overwrites ids[0])."""
+        splits = self.max_splits if splits is None else splits
         start = self.ops.launches + self.q.launches
         e = self.w.token_embd
         self.q.embed_rows(
             e.qtype, e.ptr, e.cols, self.b["state.ids"], 1, self.b["act.x"], self.stream
         )
         if self.fuse_norm or self.fuse_swiglu or self.fuse_rope:
-            self._decode_layers()
+            self._decode_layers(splits)
         else:
-            self._layers(1)
+            self._layers(1, splits)
         self._head(0)
         self.ops.advance_position(self.b["state.pos"], 1, self.stream)
+        b = self.b
+        self.ops.argmax(
+            b["act.logits"], self.c.vocab_size, b["greedy.part_v"], b["greedy.part_i"],
+            b["greedy.counter"], b["state.ids"], self.stream,
+        )  # fmt: skip
+        self.drv.memcpy_dtoh_async(self.token_host, b["state.ids"], self.stream)
         return self.ops.launches + self.q.launches - start
 
     def enqueue_prefill(self, n: int) -> None:

@@ -21,6 +21,7 @@ _NORM_THREADS = 256
 _ROPE_THREADS = 128
 _ATTN_THREADS = 128  # AW * 32 in attention.cu
 _SAMPLE_THREADS = 1024  # ST in sampling.cu
+ARGMAX_BLOCKS = 64  # blocks of the multi-block greedy argmax (its scratch has this many slots)
 _EW_THREADS = 256
 
 
@@ -57,6 +58,7 @@ class Ops:
         self._attn_pre = attn.get_function("attn_prefill").prepare("PPPPPiiif")
         self._attn_rope = attn.get_function("attn_decode_rope").prepare("PPPPPPPPPiiiiif")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
+        self._argmax = smp.get_function("argmax_multi").prepare("PiPPPP")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
         self.head_dim = head_dim
         self.launches = 0
@@ -143,6 +145,14 @@ class Ops:
             (1, 1), (_SAMPLE_THREADS, 1, 1), stream, logits, vocab, pen_ids, n_pen, penalty,
             marks, out,
         )  # fmt: skip
+        self.launches += 1
+
+    def argmax(self, logits, vocab, part_v, part_i, counter, out, stream) -> None:
+        """*out = argmax(logits) (lowest id among ties) over ARGMAX_BLOCKS blocks; part_v/part_i
+        hold ARGMAX_BLOCKS slots, counter (uint32) is 0 at rest."""
+        self._argmax.prepared_async_call(
+            (ARGMAX_BLOCKS, 1), (256, 1, 1), stream, logits, vocab, part_v, part_i, counter, out
+        )
         self.launches += 1
 
     def sample_full(

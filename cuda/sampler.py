@@ -32,11 +32,20 @@ def workspace_bytes(vocab: int) -> int:
 
 class GpuSampler:
     def __init__(
-        self, drv: Any, ops: Ops, ledger: Ledger, stream: Any, *, vocab: int, logits: int, out: int
+        self,
+        drv: Any,
+        ops: Ops,
+        ledger: Ledger,
+        stream: Any,
+        *,
+        vocab: int,
+        logits: int,
+        out: int,
+        host: np.ndarray,
     ):
         self._drv, self._ops, self._ledger, self._stream = drv, ops, ledger, stream
         self.vocab, self._logits, self._out = vocab, logits, out
-        self._host = drv.pagelocked_empty((1,), np.int32)  # the sampled id lands here
+        self._host = host  # (1,) int32 pinned: the sampled id lands here
 
     @property
     def has_workspace(self) -> bool:

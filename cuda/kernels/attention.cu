@@ -15,6 +15,7 @@
 #endif
 #define DPL (HEAD_DIM / 32)  // dims per lane: HEAD_DIM must be a multiple of 32, at most 256
 #define AW 4                 // warps per block
+#define MAX_SPLITS 32        // decode splits per head at most (cuda/forward.py keeps to 16)
 
 static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32 <= 256");
 
@@ -27,34 +28,58 @@ __device__ __forceinline__ void load_row(const __half *p, float *v) {
     for (int j = 0; j < DPL; ++j) v[j] = __half2float(p[j]);
 }
 
-// Fold keys t0, t0 + step, ... < t1 of kv head row block kc/vc into st (one warp). Key `cur`
-// (if any) comes from registers (cur_k, cur_v) instead: the fused decode step writes it to the
-// cache in the same launch, so no block may read it back from there.
+__device__ __forceinline__ void fetch_key(const __half *kc, const __half *vc, int t, int lane,
+                                          int cur, const float *cur_k, const float *cur_v,
+                                          float *k, float *v) {
+    if (t == cur) {
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) k[j] = cur_k[j], v[j] = cur_v[j];
+    } else {
+        load_row(kc + (size_t)t * HEAD_DIM + lane * DPL, k);
+        load_row(vc + (size_t)t * HEAD_DIM + lane * DPL, v);
+    }
+}
+
+__device__ __forceinline__ float warp_dot(const float *q, const float *k) {
+    float dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) dot += q[j] * k[j];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    return dot;
+}
+
+__device__ __forceinline__ void fold(Online &st, float dot, const float *v) {
+    const float m_new = fmaxf(st.m, dot);
+    const float corr = expf(st.m - m_new);  // st.m = -inf on the first key: corr = 0
+    const float p = expf(dot - m_new);
+    st.l = st.l * corr + p;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) st.acc[j] = st.acc[j] * corr + p * v[j];
+    st.m = m_new;
+}
+
+// Fold keys t0, t0 + step, ... < t1 of kv head row block kc/vc into st (one warp), two keys per
+// round so their loads are in flight together. Key `cur` (if any) comes from registers (cur_k,
+// cur_v): the fused decode step writes it to the cache in the same launch, so no block may read
+// it back from there.
 __device__ __forceinline__ void scan_keys(Online &st, const float *q, const __half *kc,
                                           const __half *vc, int t0, int t1, int step, int lane,
                                           int cur = -1, const float *cur_k = nullptr,
                                           const float *cur_v = nullptr) {
-    for (int t = t0; t < t1; t += step) {
-        float k[DPL], v[DPL];
-        if (t == cur) {
-#pragma unroll
-            for (int j = 0; j < DPL; ++j) k[j] = cur_k[j], v[j] = cur_v[j];
-        } else {
-            load_row(kc + (size_t)t * HEAD_DIM + lane * DPL, k);
-            load_row(vc + (size_t)t * HEAD_DIM + lane * DPL, v);
-        }
-        float dot = 0.f;
-#pragma unroll
-        for (int j = 0; j < DPL; ++j) dot += q[j] * k[j];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        const float m_new = fmaxf(st.m, dot);
-        const float corr = expf(st.m - m_new);  // st.m = -inf on the first key: corr = 0
-        const float p = expf(dot - m_new);
-        st.l = st.l * corr + p;
-#pragma unroll
-        for (int j = 0; j < DPL; ++j) st.acc[j] = st.acc[j] * corr + p * v[j];
-        st.m = m_new;
+    int t = t0;
+    for (; t + step < t1; t += 2 * step) {
+        float k0[DPL], v0[DPL], k1[DPL], v1[DPL];
+        fetch_key(kc, vc, t, lane, cur, cur_k, cur_v, k0, v0);
+        fetch_key(kc, vc, t + step, lane, cur, cur_k, cur_v, k1, v1);
+        const float d0 = warp_dot(q, k0), d1 = warp_dot(q, k1);
+        fold(st, d0, v0);
+        fold(st, d1, v1);
+    }
+    if (t < t1) {
+        float k0[DPL], v0[DPL];
+        fetch_key(kc, vc, t, lane, cur, cur_k, cur_v, k0, v0);
+        fold(st, warp_dot(q, k0), v0);
     }
 }
 
@@ -134,7 +159,9 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
                                             unsigned *counters, const float *__restrict__ cos_t,
                                             const float *__restrict__ sin_t, int n_heads, int n_kv,
                                             int max_ctx, int rope_half, int neox, float scale) {
-    __shared__ float s_m[AW + 1], s_l[AW + 1], s_acc[(AW + 1) * HEAD_DIM];
+    // s_m, s_l hold the warps' states (AW + 1), later the splits' (MAX_SPLITS)
+    __shared__ float s_m[MAX_SPLITS], s_l[MAX_SPLITS], s_w[MAX_SPLITS];
+    __shared__ float s_acc[(AW + 1) * HEAD_DIM];
     __shared__ unsigned s_ticket;
     const int h = blockIdx.x, s = blockIdx.y, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -196,17 +223,26 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     __syncthreads();
     if (s_ticket != (unsigned)n_splits - 1) return;
     __threadfence();  // the last block sees every other block's partial
-    const volatile float *all = part + (size_t)h * n_splits * (HEAD_DIM + 2);
+    // merge: the split maxima and sums into shared memory first, then every dim's weighted sum
+    // with all its loads independent (L2 reads: __ldcg, nothing stale from L1)
+    const float *all = part + (size_t)h * n_splits * (HEAD_DIM + 2);
+    if (threadIdx.x < n_splits) {
+        s_m[threadIdx.x] = __ldcg(all + threadIdx.x * (HEAD_DIM + 2));
+        s_l[threadIdx.x] = __ldcg(all + threadIdx.x * (HEAD_DIM + 2) + 1);
+    }
+    __syncthreads();
     float m_max = -INFINITY;
-    for (int i = 0; i < n_splits; ++i) m_max = fmaxf(m_max, all[i * (HEAD_DIM + 2)]);
+    for (int i = 0; i < n_splits; ++i) m_max = fmaxf(m_max, s_m[i]);
+    __syncthreads();
     float l = 0.f;
-    for (int i = 0; i < n_splits; ++i)
-        l += all[i * (HEAD_DIM + 2) + 1] * weight_of(all[i * (HEAD_DIM + 2)], m_max);
+    if (threadIdx.x < n_splits) s_w[threadIdx.x] = weight_of(s_m[threadIdx.x], m_max);
+    __syncthreads();
+    for (int i = 0; i < n_splits; ++i) l += s_l[i] * s_w[i];
     const float inv = 1.f / l;
     for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x) {
         float a = 0.f;
-        for (int i = 0; i < n_splits; ++i)
-            a += all[i * (HEAD_DIM + 2) + 2 + d] * weight_of(all[i * (HEAD_DIM + 2)], m_max);
+#pragma unroll 4
+        for (int i = 0; i < n_splits; ++i) a += __ldcg(all + i * (HEAD_DIM + 2) + 2 + d) * s_w[i];
         out[h * HEAD_DIM + d] = a * inv;
     }
     if (threadIdx.x == 0) counters[h] = 0;  // ready for the next step (graph replay)

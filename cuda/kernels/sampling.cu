@@ -310,3 +310,67 @@ extern "C" __global__ void __launch_bounds__(ST)
     }
     if (threadIdx.x == 0) *out = s_token;
 }
+
+// Greedy choice without penalty, spread over the GPU: grid (ARGMAX_BLOCKS), any blockDim (a
+// multiple of 32, <= 1024). Block b takes a contiguous slice of the logits and leaves its
+// (max, first id) in part_v/part_i[b]; the last block to finish (counter, reset to 0 after)
+// picks the best, the lowest id among equal maxima: np.argmax's rule, so it equals
+// sample_greedy with no penalty. Used at the end of the captured decode step.
+__device__ __forceinline__ void warp_argmax_f(float &x, int &id) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ox = __shfl_xor_sync(0xffffffffu, x, o);
+        const int oid = __shfl_xor_sync(0xffffffffu, id, o);
+        if (ox > x || (ox == x && oid < id)) x = ox, id = oid;
+    }
+}
+
+__device__ void block_argmax_f(float &x, int &id) {  // result valid in thread 0
+    __shared__ float s_x[32];
+    __shared__ int s_id[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    warp_argmax_f(x, id);
+    if (lane == 0) s_x[warp] = x, s_id[warp] = id;
+    __syncthreads();
+    if (warp == 0) {
+        const bool ok = lane < (int)(blockDim.x >> 5);
+        x = ok ? s_x[lane] : -INFINITY;
+        id = ok ? s_id[lane] : 0x7FFFFFFF;
+        warp_argmax_f(x, id);
+    }
+}
+
+extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vocab, float *part_v,
+                                        int *part_i, unsigned *counter, int *out) {
+    __shared__ unsigned s_ticket;
+    const int per = (vocab + gridDim.x - 1) / gridDim.x;
+    const int lo = blockIdx.x * per, hi = min(vocab, lo + per);
+    float best = -INFINITY;
+    int best_id = 0x7FFFFFFF;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float x = logits[i];
+        if (x > best) best = x, best_id = i;
+    }
+    block_argmax_f(best, best_id);
+    if (threadIdx.x == 0) {
+        part_v[blockIdx.x] = best;
+        part_i[blockIdx.x] = best_id;
+        __threadfence();
+        s_ticket = atomicAdd(counter, 1u);
+    }
+    __syncthreads();
+    if (s_ticket != gridDim.x - 1) return;
+    __threadfence();
+    best = -INFINITY;
+    best_id = 0x7FFFFFFF;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) {
+        const float x = __ldcg(part_v + b);
+        const int id = __ldcg(part_i + b);
+        if (x > best || (x == best && id < best_id)) best = x, best_id = id;
+    }
+    __syncthreads();
+    block_argmax_f(best, best_id);
+    if (threadIdx.x == 0) {
+        *out = best_id;
+        *counter = 0;
+    }
+}

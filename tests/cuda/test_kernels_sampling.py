@@ -93,3 +93,28 @@ def test_gpu_sampler_equals_host_chain(smp, kind, p):
         if got != want:
             mismatches.append((draw, got, want))
     assert not mismatches
+
+
+@pytest.mark.parametrize("vocab", [49_152, 50_001, 1000, 70])
+def test_multi_block_argmax(cuda_ctx, vocab):
+    import pycuda.driver as drv
+    import pycuda.gpuarray as ga
+
+    from cuda.ops import ARGMAX_BLOCKS, Ops
+
+    ops, s = Ops(64), drv.Stream()
+    part_v, part_i = ga.empty(ARGMAX_BLOCKS, np.float32), ga.empty(ARGMAX_BLOCKS, np.int32)
+    counter, out = ga.zeros(1, np.uint32), ga.empty(1, np.int32)
+    rng = np.random.default_rng(vocab)
+    for trial in range(6):
+        if trial % 2:  # few distinct values: ties across blocks, the lowest id must win
+            x = rng.integers(-3, 3, vocab).astype(np.float32)
+        else:
+            x = rng.standard_normal(vocab).astype(np.float32)
+        ops.argmax(
+            ga.to_gpu(x).gpudata, vocab, part_v.gpudata, part_i.gpudata, counter.gpudata,
+            out.gpudata, s,
+        )  # fmt: skip
+        s.synchronize()
+        assert int(out.get()[0]) == int(np.argmax(x))
+        assert int(counter.get()[0]) == 0
