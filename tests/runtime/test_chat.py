@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,9 @@ from runtime.default_model import default_model_path
 from runtime.errors import ErrorCode, InvalidRequest, ModelLoadError
 from runtime.gguf_file import open_gguf
 from runtime.tokenizer import Tokenizer
+from tests.reference_data import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tokens.json"
+REFERENCE = REFERENCE_DIR / "tokens.json"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 USER = [{"role": "user", "content": "Write a haiku"}]
 

@@ -1,4 +1,4 @@
-"""Teacher forcing against llama.cpp (../shared/reference/teacher-forcing.json).
+"""Teacher forcing against llama.cpp (tests/data/reference/teacher-forcing.json, a copy of the shared reference).
 
 llama.cpp generated each output token by token; the file lists, per position, the text so far
 and the token llama.cpp chose next. The engine must rank that token first at >= 90 % of all
@@ -19,7 +19,6 @@ Two ways to feed "the text so far", both checked:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +27,9 @@ from runtime.default_model import default_model_path
 from runtime.gguf_file import open_gguf
 from runtime.numpy_engine import NumpyEngine
 from runtime.tokenizer import Tokenizer
+from tests.reference_data import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "teacher-forcing.json"
+REFERENCE = REFERENCE_DIR / "teacher-forcing.json"
 TOP1_REQUIRED = 0.90
 
 

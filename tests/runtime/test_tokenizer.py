@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from runtime.errors import ModelLoadError
 from runtime.gguf_file import open_gguf
 from runtime.pretokenize import PreTokenizer
 from runtime.tokenizer import Tokenizer
+from tests.reference_data import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tokens.json"
+REFERENCE = REFERENCE_DIR / "tokens.json"
 CASES = json.loads(REFERENCE.read_text(encoding="utf-8"))
 
 

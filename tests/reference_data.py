@@ -1,0 +1,11 @@
+"""Where the llama.cpp reference outputs live inside the repository.
+
+`tests/data/reference/` is a verbatim copy of the project's shared reference folder (llama.cpp's
+token ids, teacher-forcing steps and greedy outputs on the default model). It is kept in the repo
+so that the tests see the same data on a fresh CI clone and on the GPU machine, where only the
+checkout travels.
+"""
+
+from pathlib import Path
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
