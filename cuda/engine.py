@@ -35,6 +35,8 @@ from runtime.sampling import SamplingParams
 HEADROOM_BYTES = 64 << 20
 #: tokens per prefill pass (longer prompts are split); scratch is sized for this many
 DEFAULT_MAX_CHUNK = 512
+#: residency checksums computed per batch (one launch each, one copy back per batch)
+CHECKSUM_SLOTS = 512
 
 _FATAL_WORDS = ("illegal", "misaligned", "launch failed", "unspecified launch", "exception")
 
@@ -47,7 +49,7 @@ def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX
         weight_bytes(model)
         + buffer_bytes(c, max_context, max_chunk)
         + workspace_bytes(c.vocab_size)
-        + 8  # residency checksum slot
+        + 8 * CHECKSUM_SLOTS
     )
 
 
@@ -144,7 +146,7 @@ class CudaEngine:
             drv, c, self.weights, self.ledger, self.ops, quant, self.stream,
             max_context=max_context, max_chunk=max_chunk, fuse=fuse,
         )  # fmt: skip
-        self._sum_slot = self.ledger.alloc("scratch.checksum", 8)
+        self._sum_slots = self.ledger.alloc("scratch.checksums", 8 * CHECKSUM_SLOTS)
         self.sampler = GpuSampler(
             drv, self.ops, self.ledger, self.stream, vocab=c.vocab_size,
             logits=self.fwd.b["act.logits"], out=self.fwd.b["state.ids"],
@@ -278,17 +280,25 @@ class CudaEngine:
                 device_ordinal=self.device,
                 mem_get_info=self._drv.mem_get_info,
                 checksums=self._checksums,
-                device_checksum=self._device_checksum,
+                device_checksums=self._device_checksums,
             )
 
-    def _device_checksum(self, entry) -> int:
-        off, length = residency.window(entry.nbytes)
-        self._drv.memset_d8(self._sum_slot, 0, 8)
-        self.ops.checksum(entry.ptr + off, length // 4, self._sum_slot, self.stream)
-        out = np.zeros(1, np.uint64)
-        self._drv.memcpy_dtoh_async(out, self._sum_slot, self.stream)
-        self.stream.synchronize()
-        return int(out[0])
+    def _device_checksums(self, entries: list) -> list[int]:
+        """The checksum window of each entry, computed on the device, CHECKSUM_SLOTS at a time."""
+        values: list[int] = []
+        for first in range(0, len(entries), CHECKSUM_SLOTS):
+            batch = entries[first : first + CHECKSUM_SLOTS]
+            self._drv.memset_d8(self._sum_slots, 0, 8 * len(batch))
+            for i, entry in enumerate(batch):
+                off, length = residency.window(entry.nbytes)
+                self.ops.checksum(
+                    entry.ptr + off, length // 4, self._sum_slots + 8 * i, self.stream
+                )
+            out = np.zeros(len(batch), np.uint64)
+            self._drv.memcpy_dtoh_async(out, self._sum_slots, self.stream)
+            self.stream.synchronize()
+            values += [int(v) for v in out]
+        return values
 
     def close(self) -> None:
         if self._closed:

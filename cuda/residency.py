@@ -89,7 +89,7 @@ def run_check(
     device_ordinal: int,
     mem_get_info: Callable[[], tuple[int, int]],
     checksums: dict[str, int],
-    device_checksum: Callable[[Entry], int],
+    device_checksums: Callable[[list[Entry]], list[int]],
 ) -> ResidencyReport:
     """The whole residency check; `checksums` maps weight names to their load-time value."""
     entries = list(entries)
@@ -107,9 +107,9 @@ def run_check(
         return ResidencyReport(
             False, checked, f"ledger holds {checked} bytes but the device reports {used} used"
         )
-    for entry in entries:
-        expected = checksums.get(entry.name)
-        if expected is not None and device_checksum(entry) != expected:
+    summed = [e for e in entries if e.name in checksums]
+    for entry, value in zip(summed, device_checksums(summed), strict=True):
+        if value != checksums[entry.name]:
             return ResidencyReport(False, checked, f"{entry.name} changed in VRAM (checksum)")
     return ResidencyReport(
         True,
