@@ -15,6 +15,7 @@ later call repeats it: the process must exit.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -75,6 +76,7 @@ class CudaEngine:
         self._pos = 0
         self._last_sampled: int | None = None  # id the sampler left in state.ids[0]
         self._greedy_ready = False  # the last step left its argmax in ids[0] and token_host
+        self._owner = threading.get_ident()  # the thread whose context stack holds ours
 
     # -- load ------------------------------------------------------------------------------------
 
@@ -169,6 +171,8 @@ class CudaEngine:
             raise CudaError(f"the CUDA context is lost: {self._poisoned}", fatal=True)
         if self._closed:
             raise RuntimeError("the engine is closed")
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("the CUDA engine is used from a thread that did not load it")
         drv = self._drv
         try:
             yield

@@ -27,7 +27,7 @@ from runtime.model_config import ModelConfig
 from runtime.numpy_layers import rope_tables
 
 _SPLIT_KEYS = 32  # decode attention: a split (thread block) per this many keys ...
-MAX_SPLITS = 16  # ... up to this many blocks per head (MAX_SPLITS in attention.cu is >= this)
+MAX_SPLITS = 32  # ... up to this many blocks per head (MAX_SPLITS in attention.cu is >= this)
 
 
 def split_levels(max_context: int) -> tuple[int, ...]:
@@ -38,7 +38,7 @@ def split_levels(max_context: int) -> tuple[int, ...]:
 
 
 def splits_for(seq_len: int) -> int:
-    """Splits for attention over seq_len keys: the power of two >= seq_len / 32, at most 16.
+    """Splits for attention over seq_len keys: the power of two >= seq_len / 32, at most 32.
     One split needs no merge; more splits put more blocks on long sequences."""
     need = max(1, math.ceil(seq_len / _SPLIT_KEYS))
     return min(MAX_SPLITS, 1 << (need - 1).bit_length())

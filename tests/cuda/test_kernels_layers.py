@@ -84,7 +84,7 @@ def _attention_case(rng, H, KV, D, ctx, L):
 
 
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("splits", [1, 5, 16])
+@pytest.mark.parametrize("splits", [1, 5, 16, 32])
 @pytest.mark.parametrize("L", [1, 37, 300])
 def test_attention_decode(gpu, D, splits, L):
     drv, ga, s, ops = gpu
