@@ -72,12 +72,25 @@ def open_model_info(path: Path) -> ModelInfo:
     )
 
 
-def default_engine_loader(path: Path, backend: str, *, max_context: int, gpu_device: int, progress):
+def default_engine_loader(
+    path: Path, backend: str, *, max_context: int, gpu_device: int, progress, **opts
+):
     from runtime.backends import load_engine
 
     return load_engine(
-        path, backend, max_context=max_context, progress=progress, gpu_device=gpu_device
+        path, backend, max_context=max_context, progress=progress, gpu_device=gpu_device, **opts
     )
+
+
+def engine_options(config: WorkerConfig, backend: str) -> dict[str, Any]:
+    """Backend-specific load options from the config.
+
+    Only the cuda backend understands the VRAM cap; it is passed only there and only when set, so
+    engine loaders that know nothing of VRAM (cpu, test fakes) keep their signature.
+    """
+    if backend == "cuda" and config.max_vram_bytes is not None:
+        return {"max_vram_bytes": config.max_vram_bytes}
+    return {}
 
 
 @attrs.define
@@ -129,8 +142,14 @@ async def run_loader(
         info = await trio.to_thread.run_sync(info_loader, path)
         max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, info.context_length)
         executor.tokenizer = info.tokenizer
+        opts = engine_options(config, backend)
         load = functools.partial(
-            engine_loader, path, backend, max_context=max_context, gpu_device=config.gpu_device
+            engine_loader,
+            path,
+            backend,
+            max_context=max_context,
+            gpu_device=config.gpu_device,
+            **opts,
         )
         facts: EngineFacts = await executor.load(
             lambda progress: load(progress=progress), _ProgressNarration(state, narrator)

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="on SIGTERM, seconds streams get to end (default 3)",
     )
+    parser.add_argument(
+        "--max-vram-bytes",
+        type=int,
+        default=None,
+        help="cuda backend: cap on the VRAM the model may hold; over it the load fails "
+        "with INSUFFICIENT_VRAM (default: no cap but the card's free memory)",
+    )
     return parser
 
 
@@ -83,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "residency_interval_s": str(args.residency_interval),
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),
+            "max_vram_bytes": None if args.max_vram_bytes is None else str(args.max_vram_bytes),
         }
     )
 

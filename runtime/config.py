@@ -44,6 +44,8 @@ class WorkerConfig:
     # on SIGTERM, how long streams get to deliver their terminal event
     drain_timeout_s: float = attrs.field(default=3.0, validator=_positive)
     max_body_bytes: int = MAX_BODY_BYTES
+    # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
+    max_vram_bytes: int | None = attrs.field(default=None, validator=_positive)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str | None]) -> WorkerConfig:
@@ -59,6 +61,7 @@ class WorkerConfig:
             "residency_interval_s": float,
             "queue_size": int,
             "drain_timeout_s": float,
+            "max_vram_bytes": int,
         }
         kwargs = {}
         for name, convert in converters.items():
