@@ -2,7 +2,7 @@
 
 Model path: $WORKER_ORCD_MODEL, else runtime.default_model.default_model_path() (skipped when
 neither exists, e.g. on the GPU machine without the model halves). Reference data:
-$WORKER_ORCD_REFERENCE (a folder), else ../shared/reference beside the checkout.
+$WORKER_ORCD_REFERENCE (a folder), else tests/data/reference (the repo's copy).
 
 1. A 64-token greedy run of the numpy engine, teacher-forced into the CUDA engine: at every step
    the CUDA logits are within LOGIT_RTOL (relative L2) of the numpy logits (fp16 KV cache and the
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from runtime.sampling import SamplingParams
+from tests.reference_data import REFERENCE_DIR
 
 LOGIT_RTOL = 5e-3
 NEAR_TIE = 0.05  # logits (the model's logits span ~30)
@@ -42,7 +43,7 @@ def _model_path() -> Path | None:
 
 def _reference_dir() -> Path:
     env = os.environ.get("WORKER_ORCD_REFERENCE")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "reference"
+    return Path(env) if env else REFERENCE_DIR
 
 
 @pytest.fixture(scope="module")
