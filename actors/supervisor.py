@@ -43,6 +43,25 @@ def model_name(path: Path) -> str:
     return path.name.removesuffix(".gguf")
 
 
+def narrate_startup(
+    narrator: Narrator, config: WorkerConfig, path: Path, backend: str, *, via: str
+) -> None:
+    """The `startup` event, the same from the CLI and from the hypercorn command."""
+    why = "auto-detected" if config.backend == "auto" else "as requested"
+    narrator.emit(
+        "startup",
+        actor="supervisor",
+        target=str(path),
+        human=f"Starting worker {config.worker_id} {via}: {path.name} on the {backend} backend ({why}).",
+        backend=backend,
+        backend_requested=config.backend,
+        host=config.host,
+        port=config.port,
+        max_context=config.max_context,
+        queue_size=config.queue_size,
+    )
+
+
 class Worker:
     """The parts of one worker process and how they start and stop; no I/O in the constructor."""
 

@@ -38,7 +38,7 @@ from runtime.config import WorkerConfig
 
 def create_app(config: WorkerConfig | None = None):
     """A quart-trio app running a whole worker (model from `config` or the environment)."""
-    from actors.supervisor import Worker, model_name
+    from actors.supervisor import Worker, model_name, narrate_startup
     from runtime.backends import pick_backend
     from runtime.narration import Narrator
 
@@ -86,15 +86,7 @@ def create_app(config: WorkerConfig | None = None):
 
     @app.before_serving
     async def start_core() -> None:
-        why = "auto-detected" if config.backend == "auto" else "as requested"
-        narrator.emit(
-            "startup",
-            actor="supervisor",
-            target=str(path),
-            human=f"Starting worker {config.worker_id} under hypercorn: {path.name} on {backend} ({why}).",
-            backend=backend,
-            backend_requested=config.backend,
-        )
+        narrate_startup(narrator, config, path, backend, via="under the hypercorn command")
         app.nursery.start_soon(guarded_core)
         if threading.current_thread() is threading.main_thread():
             app.nursery.start_soon(drain_on_signal)

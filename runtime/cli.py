@@ -113,7 +113,7 @@ def describe(error: BaseException) -> str:
 
 def run(config: WorkerConfig) -> int:
     """Start the worker with `config`; returns the exit status."""
-    from actors.supervisor import Worker, model_name, run_worker
+    from actors.supervisor import Worker, model_name, narrate_startup, run_worker
     from runtime.backends import pick_backend
 
     narrator = Narrator(config.worker_id)
@@ -130,19 +130,7 @@ def run(config: WorkerConfig) -> int:
             code=str(error.code),
         )
         return EXIT_CRASH
-    why = "auto-detected" if config.backend == "auto" else "as requested"
-    narrator.emit(
-        "startup",
-        actor="supervisor",
-        target=str(path),
-        human=f"Starting worker {config.worker_id}: {path.name} on the {backend} backend ({why}).",
-        backend=backend,
-        backend_requested=config.backend,
-        host=config.host,
-        port=config.port,
-        max_context=config.max_context,
-        queue_size=config.queue_size,
-    )
+    narrate_startup(narrator, config, path, backend, via="from the command line")
     worker = Worker(attrs.evolve(config, model=path), backend=backend, narrator=narrator)
     try:
         trio.run(run_worker, worker)
