@@ -1,0 +1,356 @@
+"""The GPU worker benchmark (issue 5 items 1/2/5, issue 3 item 13): engine and HTTP figures in one run.
+
+    python3 bench/bench_gpu_worker.py --model PATH [--backend cuda] [--llama-cpp BUILD_DIR]
+        [--json OUT.json]
+
+1. Engine alone, in this process: decode tokens/s for 128 and 512 generated tokens (sample on
+   the device + step, from a 1-token prompt, like llama-bench's tg), prefill tokens/s for a
+   512-token prompt from an empty cache (pp512); median of --reps after a warm-up.
+2. With --llama-cpp: llama-bench (tg128, tg512, pp512, -fa 1, -ngl 99) on the same file, on the
+   same card, in the same run (bench/llama_cpp.py builds it), and the ratios.
+3. A real worker subprocess (`python -m runtime.cli`): load time to ready (process start ->
+   /health "ready", polled every 5 ms), TTFT for a 32-token prompt (max_tokens 1; request sent ->
+   first token event parsed), decode tokens/s through HTTP/SSE vs the engine alone (same prompt,
+   greedy, interleaved repeats; bench_http.py's code), /health latency idle and while another
+   process streams, cancel -> terminal `error` CANCELLED latency (POST /cancel sent after the
+   8th token -> the error event parsed on the stream).
+4. Two more worker starts with a warm PyCUDA kernel cache: load time to ready, both reported.
+
+Client-side work that could distort a latency (SSE parsing at 1000+ events/s) runs in another
+process, never in a thread beside the probe: two threads of this process would share the GIL.
+Targets are printed next to each figure (PASS/MISS), never asserted. The roofline assumes every
+weight byte is read once per token at --peak-gbps (H100 SXM: 3350 GB/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+import bench_http  # noqa: E402  (PROMPT, EngineAlone, bench_http_stream, HealthSampler, ...)
+import llama_cpp  # noqa: E402
+
+from runtime.sampling import SamplingParams  # noqa: E402
+
+GREEDY = SamplingParams(temperature=0.0, seed=1)
+pct = bench_http._percentile
+
+
+def _sync(engine) -> None:
+    stream = getattr(engine, "stream", None)  # the CUDA engine's; numpy is synchronous
+    if stream is not None:
+        stream.synchronize()
+
+
+def _median_s(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def engine_figures(engine, decode_ns: list[int], prefill_n: int, reps: int) -> dict:
+    def decode(n):
+        engine.reset()
+        engine.prefill([1])
+        for i in range(n):
+            engine.step(engine.sample(GREEDY, (), i))
+        _sync(engine)
+
+    ids = [(7 * i + 3) % engine.config.vocab_size for i in range(prefill_n)]
+
+    def prefill():
+        engine.reset()
+        engine.prefill(ids)
+        _sync(engine)
+
+    out = {f"tg{n}": n / _median_s(lambda n=n: decode(n), reps) for n in decode_ns}
+    out[f"pp{prefill_n}"] = prefill_n / _median_s(prefill, reps)
+    return out
+
+
+# ----------------------------------------------------------------------------- worker and probes
+
+
+def launch(harness, args, worker_id: str):
+    """Start a worker; (WorkerProcess, seconds from Popen to /health "ready")."""
+    port = harness.free_port()
+    log = Path(args.log_dir) / f"worker-{worker_id}.log"
+    cmd = [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", args.backend,
+           "--worker-id", worker_id, "--model", str(args.model),
+           "--max-context", str(args.max_context)]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, cwd=BENCH.parent, env=env, stdin=subprocess.DEVNULL,
+                                stdout=f, stderr=f)  # fmt: skip
+    worker = harness.WorkerProcess(proc, f"http://127.0.0.1:{port}", log, args.backend)
+    with httpx.Client(timeout=2.0) as client:
+        while time.perf_counter() - t0 < 300:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if client.get(f"{worker.base_url}/health").json().get("status") == "ready":
+                    return worker, time.perf_counter() - t0
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(0.005)
+    worker.stop()
+    raise TimeoutError("worker not ready in 300 s")
+
+
+def load_phases(worker) -> dict:
+    """Narration timestamps: startup -> model_load_start -> model_load_complete -> ready (s)."""
+    ts = {}
+    for event in worker.narration():
+        if event.get("action") in ("startup", "model_load_start", "model_load_complete", "ready"):
+            ts.setdefault(event["action"], datetime.datetime.fromisoformat(event["ts"]))
+    keys = [k for k in ("startup", "model_load_start", "model_load_complete", "ready") if k in ts]
+    return {
+        f"{a}->{b}": (ts[b] - ts[a]).total_seconds() for a, b in zip(keys, keys[1:], strict=False)
+    }
+
+
+def prompt_of(tokenizer, n: int) -> str:
+    """A text that encodes to exactly n tokens (numbers, so greedy decoding keeps going)."""
+    ids = tokenizer.encode(" ".join(str(i) for i in range(4 * n)) + ",", parse_special=True)
+    for k in range(n, n + 8):
+        text = tokenizer.decode(ids[:k])
+        if len(tokenizer.encode(text, parse_special=True)) == n:
+            return text
+    raise RuntimeError(f"no {n}-token prompt found")
+
+
+def ttft(harness, client, url: str, prompt: str, n: int) -> dict:
+    firsts, totals, prompt_tokens = [], [], None
+    for r in range(n + 3):
+        body = {"job_id": f"ttft-{r}", "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
+        tr = harness.stream_execute(client, url, body, timeout_s=60)
+        harness.check_stream(tr.events)
+        if r >= 3:  # three warm-ups
+            firsts.append((tr.arrivals[1] - tr.request_sent) * 1e3)  # events[1] is token 0
+            totals.append((tr.arrivals[-1] - tr.request_sent) * 1e3)
+        prompt_tokens = tr.events[0][1]["prompt_tokens"]
+    return {"n": n, "prompt_tokens": prompt_tokens, "p50_ms": pct(firsts, 50),
+            "p95_ms": pct(firsts, 95), "max_ms": max(firsts), "end_p50_ms": pct(totals, 50)}  # fmt: skip
+
+
+def cancel_latency(harness, url: str, n: int, after: int = 8) -> dict:
+    lat, acks, extra = [], [], []
+    with httpx.Client(timeout=30) as stream_client, httpx.Client(timeout=30) as cancel_client:
+        for r in range(n + 2):
+            job = f"cancel-{r}"
+            body = {"job_id": job, "prompt": bench_http.PROMPT, "max_tokens": 1024,
+                    "temperature": 0.0}  # fmt: skip
+            parser, t_cancel, terminal, after_cancel = harness.SSEParser(), None, None, 0
+            with stream_client.stream("POST", f"{url}/execute", json=body) as response:
+                for chunk in response.iter_text():
+                    for name, data in parser.feed(chunk):
+                        if name in harness.TERMINAL_EVENTS:
+                            terminal, t_end = (name, data), time.perf_counter()
+                        elif name == "token" and t_cancel is not None:
+                            after_cancel += 1
+                        elif name == "token" and data["i"] + 1 >= after:
+                            t_cancel = time.perf_counter()
+                            ack = cancel_client.post(f"{url}/cancel", json={"job_id": job})
+                            t_ack = time.perf_counter()
+                            assert ack.status_code == 202, ack.text
+            assert terminal and terminal[1].get("code") == "CANCELLED", terminal
+            if r >= 2:  # two warm-ups
+                lat.append((t_end - t_cancel) * 1e3)
+                acks.append((t_ack - t_cancel) * 1e3)
+                extra.append(after_cancel)
+    return {"n": n, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
+            "ack_p50_ms": pct(acks, 50), "tokens_after_cancel_max": max(extra)}  # fmt: skip
+
+
+def stream_loop(url: str, seconds: float, tokens: int) -> None:
+    """Hidden mode (--stream-loop): stream greedy jobs back to back for `seconds`."""
+    harness = bench_http._load_harness()
+    deadline, r = time.monotonic() + seconds, 0
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            body = {"job_id": f"load-{os.getpid()}-{r}", "prompt": bench_http.PROMPT,
+                    "max_tokens": tokens, "temperature": 0.0}  # fmt: skip
+            harness.stream_execute(client, url, body, timeout_s=120)
+            r += 1
+
+
+def health_latency(url: str, seconds: float, every_s: float, busy_tokens: int | None) -> dict:
+    loader = None
+    if busy_tokens:
+        cmd = [sys.executable, __file__, "--stream-loop", url, str(seconds + 2), str(busy_tokens)]
+        loader = subprocess.Popen(cmd)
+        time.sleep(1.0)  # let the first stream start
+    sampler = bench_http.HealthSampler(url, every_s)
+    sampler.start()
+    time.sleep(seconds)
+    sampler.stop()
+    if loader is not None:
+        loader.wait(timeout=180)
+    lat = sampler.latencies_ms
+    return {"n": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
+            "statuses": sorted(sampler.statuses)}  # fmt: skip
+
+
+def http_vs_engine(harness, alone, client, url: str, tokens: int, reps: int) -> dict:
+    alone.run(8)
+    bench_http.bench_http_stream(harness, client, url, 8, "vs-warm")
+    engine, http = [], []
+    for r in range(reps):  # interleaved, so drift hits both sides alike
+        engine.append(alone.run(tokens))
+        http.append(bench_http.bench_http_stream(harness, client, url, tokens, f"vs-{r}"))
+    e, h = bench_http._summary(engine), bench_http._summary(http)
+    return {"tokens": h["tokens"], "engine_median_tps": e["median_tps"],
+            "engine_best_tps": e["best_tps"], "http_median_tps": h["median_tps"],
+            "http_best_tps": h["best_tps"], "ratio_median": h["median_tps"] / e["median_tps"],
+            "ratio_best": h["best_tps"] / e["best_tps"],
+            "server_tps": statistics.median(r["server_decode_tps"] for r in http),
+            "same_text": len({r["text"] for r in engine + http}) == 1}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def device_name(backend: str) -> str:
+    if backend != "cuda":
+        return "cpu"
+    import pycuda.driver as drv
+
+    drv.init()
+    dev = drv.Device(0)
+    return f"{dev.name()} ({dev.total_memory() / 2**30:.0f} GiB)"
+
+
+def report(res: dict, peak_gbps: float) -> str:
+    e, lc = res["engine"], res.get("llama_cpp", {}).get("tests", {})
+    roof = peak_gbps * 1e9 / res["weight_bytes"]
+    lines = [f"device: {res['device']}; model: {res['model']} ({res['weight_bytes'] / 1e6:.1f} MB "
+             f"of weights; roofline {roof:,.0f} tokens/s at {peak_gbps:.0f} GB/s)",  # fmt: skip
+             f"{'test':<8}{'ours t/s':>11}{'ms/token':>10}{'roofline':>10}"
+             f"{'llama.cpp t/s':>15}{'ours/llama':>11}"]  # fmt: skip
+    for test, tps in e.items():
+        ref = lc.get(test, {}).get("tokens_per_s")
+        lines.append(f"{test:<8}{tps:>11,.1f}{1e3 / tps:>10.4f}{tps / roof:>10.1%}"
+                     + (f"{ref:>15,.1f}{tps / ref:>11.2f}" if ref else ""))  # fmt: skip
+
+    def target(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    t, v, hb, c = res["ttft"], res["http_vs_engine"], res["health_busy"], res["cancel"]
+    loads = res["load_to_ready_s"]
+    lines += [
+        f"TTFT HTTP ({t['prompt_tokens']}-token prompt, max_tokens 1, n={t['n']}): "
+        f"p50 {t['p50_ms']:.2f} ms  p95 {t['p95_ms']:.2f} ms  max {t['max_ms']:.2f} ms  "
+        f"[p50 < 10 ms: {target(t['p50_ms'] < 10)}]",
+        f"decode via HTTP/SSE vs engine ({v['tokens']} tokens, greedy): median "
+        f"{v['http_median_tps']:,.1f} vs {v['engine_median_tps']:,.1f} t/s = "
+        f"{v['ratio_median']:.1%}; best {v['ratio_best']:.1%}; server side "
+        f"{v['server_tps']:,.1f}; same text {v['same_text']} [>= 95 %: "
+        f"{target(v['ratio_median'] >= 0.95)}]",
+        f"/health idle: p50 {res['health_idle']['p50_ms']:.2f} ms  p99 "
+        f"{res['health_idle']['p99_ms']:.2f} ms (n={res['health_idle']['n']})",
+        f"/health while streaming: p50 {hb['p50_ms']:.2f} ms  p99 {hb['p99_ms']:.2f} ms  max "
+        f"{hb['max_ms']:.2f} ms (n={hb['n']}, {hb['statuses']}) [p99 < 10 ms: "
+        f"{target(hb['p99_ms'] < 10)}]",
+        f"cancel -> error CANCELLED (n={c['n']}): p50 {c['p50_ms']:.2f} ms  p99 "
+        f"{c['p99_ms']:.2f} ms  max {c['max_ms']:.2f} ms; 202 after {c['ack_p50_ms']:.2f} ms; "
+        f"<= {c['tokens_after_cancel_max']} tokens after [p99 < 10 ms: {target(c['p99_ms'] < 10)}]",
+        "load to ready (process start -> /health ready): "
+        + ", ".join(f"{s:.2f} s" for s in loads)
+        + f" [warm < 2 s: {target(max(loads[1:]) < 2)}]; in-process engine load "
+        f"{res['engine_load_s']:.2f} s",
+        f"load phases of the last start: {res['load_phases']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, help="GGUF file (default: the embedded model)")
+    ap.add_argument("--backend", default="cuda", choices=("cpu", "cuda"))
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp build folder (bench/llama_cpp.py)")
+    ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--decode-tokens", default="128,512")
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--stream-tokens", type=int, default=512, help="HTTP vs engine run length")
+    ap.add_argument("--ttft-requests", type=int, default=60)
+    ap.add_argument("--cancel-samples", type=int, default=40)
+    ap.add_argument("--health-seconds", type=float, default=4.0)
+    ap.add_argument("--peak-gbps", type=float, default=3350.0)
+    ap.add_argument("--log-dir", default=os.environ.get("OUT") or "/tmp")
+    ap.add_argument("--stream-loop", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.stream_loop:
+        stream_loop(args.stream_loop[0], float(args.stream_loop[1]), int(args.stream_loop[2]))
+        return 0
+    if args.model is None:
+        args.model = bench_http._default_model()
+    harness = bench_http._load_harness()
+    res: dict = {"device": device_name(args.backend), "model": args.model.name,
+                 "backend": args.backend}  # fmt: skip
+
+    t0 = time.perf_counter()
+    alone = bench_http.EngineAlone(types.SimpleNamespace(
+        model=str(args.model), backend=args.backend, max_context=args.max_context))  # fmt: skip
+    res["engine_load_s"] = time.perf_counter() - t0
+    res["weight_bytes"] = alone.model.total_tensor_bytes
+    try:
+        decode_ns = [int(n) for n in args.decode_tokens.split(",")]
+        res["engine"] = engine_figures(alone.engine, decode_ns, args.prefill_tokens, args.reps)
+        print("engine:", json.dumps(res["engine"]), flush=True)
+        if args.llama_cpp:
+            res["llama_cpp"] = llama_cpp.run(args.llama_cpp, args.model, reps=args.reps)
+            print("llama.cpp:", json.dumps(res["llama_cpp"]), flush=True)
+        worker, first = launch(harness, args, "bench-1")
+        try:
+            url = worker.base_url
+            res["load_phases"] = load_phases(worker)
+            with httpx.Client(timeout=60) as client:
+                prompt32 = prompt_of(alone.tokenizer, 32)
+                res["ttft"] = ttft(harness, client, url, prompt32, args.ttft_requests)
+                res["http_vs_engine"] = http_vs_engine(
+                    harness, alone, client, url, args.stream_tokens, args.reps
+                )
+            print("http:", json.dumps({k: res[k] for k in ("ttft", "http_vs_engine")}), flush=True)
+            res["health_idle"] = health_latency(url, 1.0, 0.002, None)
+            res["health_busy"] = health_latency(url, args.health_seconds, 0.002, args.stream_tokens)
+            res["cancel"] = cancel_latency(harness, url, args.cancel_samples)
+        finally:
+            worker.stop()
+        loads = [first]
+        for k in (2, 3):  # warm PyCUDA kernel cache: the engine above and worker 1 compiled
+            worker, seconds = launch(harness, args, f"bench-{k}")
+            res["load_phases"] = load_phases(worker)
+            worker.stop()
+            loads.append(seconds)
+        res["load_to_ready_s"] = loads
+    finally:
+        alone.close()
+    text = report(res, args.peak_gbps)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({**res, "table": text}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
