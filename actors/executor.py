@@ -205,6 +205,9 @@ class Executor:
             except Exception as error:
                 check.error = error
             self._post(check.done.set)
+            if getattr(check.error, "fatal", False):
+                # A poisoned CUDA context cannot serve another job: end the actor (and process).
+                raise check.error
 
     def _run_job(self, handle: JobHandle) -> None:
         job, engine, tokenizer = handle.job, self._engine, self.tokenizer

@@ -26,12 +26,15 @@ import trio
 
 from actors.executor import Executor
 from actors.http import run_http
+from actors.jobs import Failed
 from actors.loader import ModelInfo, default_engine_loader, open_model_info, run_loader
 from actors.residency import run_residency_monitor
 from actors.scheduler import Scheduler
 from api.app import create_app
 from api.fast_health import HealthFastPath
+from runtime.cli import first_error
 from runtime.config import WorkerConfig
+from runtime.errors import ErrorCode
 from runtime.narration import Narrator
 from runtime.state import WorkerState
 
@@ -99,7 +102,33 @@ class Worker:
     async def run_core(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Executor, loader, residency monitor; `started()` once the worker is ready."""
+        """Executor, loader, residency monitor; `started()` once the worker is ready.
+
+        When one of them crashes, every live stream first gets its terminal event (the crash's
+        code: CUDA_ERROR for a lost context, else INTERNAL), then the crash propagates and ends
+        the process: no stream is cut without a last word, and no dead executor keeps serving.
+        """
+        try:
+            await self._run_core(task_status=task_status)
+        except BaseException as crash:
+            if not _only_cancellation(crash):
+                await self._end_streams_after_crash(crash)
+            raise
+
+    async def _end_streams_after_crash(self, crash: BaseException) -> None:
+        error = first_error(crash)
+        code = getattr(error, "code", ErrorCode.INTERNAL)
+        message = getattr(error, "message", None) or f"internal error: {type(error).__name__}"
+        self.state.mark_unhealthy(f"an actor crashed: {message}")
+        for handle in list(self.scheduler.live.values()):
+            # A job that already ended (the one that hit the error) keeps its own outcome.
+            handle.deliver(Failed(ErrorCode(code), f"the worker is stopping: {message}"))
+        # Shielded: the crash is already cancelling this scope; bounded: never hang an exit.
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.drain_timeout_s):
+            while self.scheduler.live or self.open_streams:
+                await trio.sleep(0.01)
+
+    async def _run_core(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope() as scope:
             self._core_scope = scope
             async with trio.open_nursery() as nursery:
@@ -158,6 +187,12 @@ class Worker:
             return
         await self.drain(reason)
         self.stopped.set()
+
+
+def _only_cancellation(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only_cancellation(e) for e in error.exceptions)
+    return isinstance(error, trio.Cancelled)
 
 
 async def _watch_signals(worker: Worker, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -142,7 +142,7 @@ def run(config: WorkerConfig) -> int:
             level="error",
             actor="supervisor",
             human=f"An actor crashed; the worker stops: {describe(error)}",
-            code="INTERNAL",
+            code=str(getattr(first_error(error), "code", "INTERNAL")),
             exception=type(first_error(error)).__name__,
         )
         narrator.emit(

@@ -90,7 +90,9 @@ class Script:
     prefill_gate: threading.Event | None = None  # the first prefill chunk waits here
     step_gate: threading.Event | None = None  # every decode step waits here
     eos_at: int | None = None  # output index at which EOS is sampled
-    fail_at_step: int | None = None  # step() raises RuntimeError (an engine bug) at this step
+    fail_at_step: int | None = None  # step() raises `fail_with` at this step
+    fail_with: Exception | None = None  # default: RuntimeError, an engine bug
+    residency_error: Exception | None = None  # check_residency() raises this
     fail_load: Exception | None = None
     residency_ok: bool = True
 
@@ -139,7 +141,7 @@ class FakeEngine:
             self.script.step_gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.script.step_delay_s)
         if self.script.fail_at_step is not None and self.steps == self.script.fail_at_step:
-            raise RuntimeError("scripted engine failure")
+            raise self.script.fail_with or RuntimeError("scripted engine failure")
         self.steps += 1
         self._position += 1
         self._last = token
@@ -161,6 +163,8 @@ class FakeEngine:
     def check_residency(self) -> ResidencyReport:
         self._touch()
         self.residency_checks += 1
+        if self.script.residency_error is not None:
+            raise self.script.residency_error
         ok = self.script.residency_ok
         return ResidencyReport(ok, 4096, "fake arrays intact" if ok else "fake array moved")
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from runtime.cli import first_error
-from runtime.errors import ModelLoadError
+from runtime.errors import CudaError, ModelLoadError
 from tests.actors.fakes import EventReader, Script, running_worker
 
 
@@ -144,3 +144,55 @@ async def test_shutdown_while_loading_abandons_the_load_quickly():
         assert h.engines == []  # the load never finished
         assert not h.worker.ready.is_set()
         assert "error" not in h.actions()  # a requested stop is not a crash
+
+
+async def _collect(client: httpx.AsyncClient, body: dict, into: dict) -> None:
+    try:
+        async with client.stream("POST", "/execute", json=body) as response:
+            into[body["job_id"]] = await EventReader(response).rest()
+    except httpx.HTTPError as error:  # a cut connection: recorded so the test can say so
+        into[body["job_id"]] = error
+
+
+async def test_fatal_cuda_error_gives_every_live_stream_a_terminal_event_then_exits():
+    script = Script(fail_at_step=3, fail_with=CudaError("illegal address", fatal=True))
+    script.step_delay_s = 0.02
+    streams: dict = {}
+    with pytest.raises(BaseException) as info:  # noqa: B017 (a trio exception group)
+        async with running_worker(script) as h:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        _collect,
+                        h.client,
+                        {"job_id": "running", "prompt": "a", "max_tokens": 50},
+                        streams,
+                    )
+                    await trio.sleep(0.01)  # FIFO: "running" is taken first, "queued" waits
+                    nursery.start_soon(
+                        _collect,
+                        h.client,
+                        {"job_id": "queued", "prompt": "b", "max_tokens": 5},
+                        streams,
+                    )
+                await trio.sleep_forever()  # the crash cancels us
+    assert isinstance(first_error(info.value), CudaError)
+    for job_id in ("running", "queued"):
+        events = streams[job_id]
+        assert isinstance(events, list), (
+            f"{job_id}: stream cut without a terminal event: {events!r}"
+        )
+        terminal = [e for e in events if e.event in ("end", "error")]
+        assert len(terminal) == 1 and events[-1] is terminal[0]
+        assert terminal[0].event == "error" and terminal[0].data["code"] == "CUDA_ERROR"
+    assert h.engine.closed
+
+
+async def test_fatal_error_in_a_residency_check_ends_the_worker():
+    script = Script(residency_error=CudaError("context lost", fatal=True))
+    with pytest.raises(BaseException) as info:  # noqa: B017
+        async with running_worker(script, residency_interval_s=0.05) as h:
+            with trio.fail_after(10):
+                await trio.sleep_forever()  # the crash cancels us
+    assert isinstance(first_error(info.value), CudaError)
+    assert h.engine.closed
