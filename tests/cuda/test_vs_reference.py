@@ -4,7 +4,7 @@ Model path: $WORKER_ORCD_MODEL, else runtime.default_model.default_model_path() 
 neither exists, e.g. on the GPU machine without the model halves). Reference data:
 $WORKER_ORCD_REFERENCE (a folder), else tests/data/reference (the repo's copy).
 
-1. A 64-token greedy run of the numpy engine, teacher-forced into the CUDA engine: at every step
+1. For each reference prompt, a 64-token greedy run of the numpy engine, teacher-forced into the CUDA engine: at every step
    the CUDA logits are within LOGIT_RTOL (relative L2) of the numpy logits (fp16 KV cache and the
    fp16 tensor-core prefill included), and the top-1 token is the same wherever the numpy
    engine's margin between its first and second choice exceeds NEAR_TIE.
@@ -26,7 +26,9 @@ from tests.reference_data import REFERENCE_DIR
 
 LOGIT_RTOL = 5e-3
 NEAR_TIE = 0.05  # logits (the model's logits span ~30)
-PROMPT = "The capital of France is"
+# Both prompts of the llama.cpp reference ("The capital of France is", "def fibonacci(n):").
+PROMPTS = [p["prompt"] for p in json.loads((REFERENCE_DIR / "teacher-forcing.json").read_text())]
+PROMPT = PROMPTS[0]
 
 
 def _model_path() -> Path | None:
@@ -65,9 +67,10 @@ def setup(cuda_ctx):
     ref.close()
 
 
-def test_greedy_run_teacher_forced_matches_numpy(setup):
+@pytest.mark.parametrize("text", PROMPTS)
+def test_greedy_run_teacher_forced_matches_numpy(setup, text):
     gpu, ref, tok = setup
-    prompt = tok.encode(PROMPT, parse_special=True, add_bos=False)
+    prompt = tok.encode(text, parse_special=True, add_bos=False)
     ref.reset()
     ref.prefill(prompt)
     gpu.reset()
