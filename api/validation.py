@@ -27,6 +27,9 @@ MAX_STOP_CHARS = 100
 MAX_MESSAGES = 256
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 SEED_LIMIT = 2**64 - 1
+# top_k travels to the GPU kernels as an int32; any value above the vocabulary size already
+# means "off" (keep every token), so the cap costs nothing and keeps the kernels' arguments valid.
+TOP_K_LIMIT = 2**31 - 1
 
 EXECUTE_FIELDS = frozenset(
     {
@@ -56,10 +59,18 @@ class ExecuteRequest:
 
 
 def parse_json_object(body: bytes) -> dict:
+    """The body as a JSON object, or `InvalidRequest` (field "body") for anything else.
+
+    Beyond malformed text, `json.loads` raises plain ValueError for an integer literal over
+    Python's digit limit (4300) and RecursionError for deeply nested arrays/objects; both are
+    the client's fault, never a 500. (JSONDecodeError and UnicodeDecodeError are ValueErrors.)
+    """
     try:
         value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:
         raise InvalidRequest(f"body is not valid JSON: {error}", field="body") from None
+    except RecursionError:
+        raise InvalidRequest("body is nested too deeply", field="body") from None
     if not isinstance(value, dict):
         raise InvalidRequest("body must be a JSON object", field="body")
     return value
@@ -73,18 +84,40 @@ def _int(body: dict, name: str, default: int | None, lo: int, hi: int | None) ->
         raise InvalidRequest(f"{name} must be an integer", field=name)
     if value < lo or (hi is not None and value > hi):
         bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise InvalidRequest(f"{name} must be in {bound}, got {value}", field=name)
+        raise InvalidRequest(f"{name} must be in {bound}, got {_show(value)}", field=name)
     return value
+
+
+def _show(value: int | float) -> str:
+    """A number for an error message: huge integers are summarised, not printed in full."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
 
 
 def _float(body: dict, name: str, default: float, lo: float, hi: float, *, lo_open: bool) -> float:
     value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be a finite number", field=name)
+    # isfinite only on floats: math.isfinite(10**400) overflows; the range check below is
+    # exact for an int of any size.
+    if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest(f"{name} must be a finite number", field=name)
     if (value <= lo if lo_open else value < lo) or value > hi:
         bound = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise InvalidRequest(f"{name} must be in {bound}, got {value}", field=name)
+        raise InvalidRequest(f"{name} must be in {bound}, got {_show(value)}", field=name)
     return float(value)
+
+
+def _utf8(text: str, field: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800") that no UTF-8 tokenizer can encode: refuse them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"{field} is not valid Unicode (a lone surrogate code point)", field=field
+        ) from None
+    return text
 
 
 def validate_job_id(body: dict) -> str:
@@ -114,6 +147,7 @@ def _messages(value: object) -> tuple[dict, ...]:
             )
         if not isinstance(content, str):
             raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
+        _utf8(content, f"{where}.content")
         total += len(content)
         out.append({"role": role, "content": content})
     if total == 0 or total > MAX_PROMPT_CHARS:
@@ -139,12 +173,13 @@ def validate_execute(body: dict) -> ExecuteRequest:
             raise InvalidRequest(
                 f"prompt must be a string of 1-{MAX_PROMPT_CHARS} characters", field="prompt"
             )
+        _utf8(prompt, "prompt")
     else:
         messages = _messages(body["messages"])
 
     max_tokens = _int(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, MAX_TOKENS_LIMIT)
     temperature = _float(body, "temperature", 1.0, 0.0, 2.0, lo_open=False)
-    top_k = _int(body, "top_k", 0, 0, None)
+    top_k = _int(body, "top_k", 0, 0, TOP_K_LIMIT)  # 0, or >= the vocabulary size: off
     top_p = _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
     min_p = _float(body, "min_p", 0.0, 0.0, 1.0, lo_open=False)
     repetition_penalty = _float(body, "repetition_penalty", 1.0, 0.0, 2.0, lo_open=True)
@@ -161,6 +196,7 @@ def validate_execute(body: dict) -> ExecuteRequest:
             raise InvalidRequest(
                 f"each stop string must have 1-{MAX_STOP_CHARS} characters", field="stop"
             )
+        _utf8(text, "stop")
 
     seed = _int(body, "seed", None, 0, SEED_LIMIT)
     if seed is None:

@@ -5,13 +5,16 @@ Also: /health while loading and while generating. One fake-engine worker per tes
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import trio
 
 from tests.actors.fakes import Script, running_worker
-from tests.api.test_validation import INVALID, body_with
+from tests.api.test_validation import DEEP_BODY, HUGE_INT_BODY, INVALID, body_with
+
+JSON = {"Content-Type": "application/json"}
 
 
 def error_of(response, status: int, code: str) -> dict:
@@ -26,7 +29,10 @@ async def test_every_validation_rule_answers_400_with_the_field():
     async with running_worker() as h:
         with trio.fail_after(20):
             for override, field in INVALID:
-                response = await h.client.post("/execute", json=body_with(override))
+                # json.dumps, not httpx's encoder: it writes NaN/Infinity and escapes lone
+                # surrogates ("\\ud800"), as a client in another language may.
+                content = json.dumps(body_with(override)).encode()
+                response = await h.client.post("/execute", content=content, headers=JSON)
                 assert error_of(response, 400, "INVALID_REQUEST")["field"] == field, override
         assert h.engine.prefill_calls == 0  # nothing reached the engine
         assert "execute_start" not in h.actions()
@@ -38,6 +44,9 @@ async def test_malformed_json_and_wrong_content_type():
             "/execute", content=b'{"job_id": "a",', headers={"Content-Type": "application/json"}
         )
         assert error_of(response, 400, "INVALID_REQUEST")["field"] == "body"
+        for raw in (HUGE_INT_BODY, DEEP_BODY):  # ValueError / RecursionError inside json.loads
+            response = await h.client.post("/execute", content=raw, headers=JSON)
+            assert error_of(response, 400, "INVALID_REQUEST")["field"] == "body"
         response = await h.client.post(
             "/execute",
             content=b'{"job_id": "a", "prompt": "x"}',

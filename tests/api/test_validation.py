@@ -43,8 +43,17 @@ INVALID = [
     ({"temperature": 2.01}, "temperature"),
     ({"temperature": "hot"}, "temperature"),
     ({"temperature": False}, "temperature"),
+    ({"temperature": 10**400}, "temperature"),  # an int too big for a float: no OverflowError
+    ({"temperature": -(10**400)}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),  # JSON's NaN / Infinity literals
+    ({"temperature": float("inf")}, "temperature"),
+    ({"top_p": float("-inf")}, "top_p"),
+    ({"min_p": float("nan")}, "min_p"),
+    ({"repetition_penalty": 10**400}, "repetition_penalty"),
     ({"top_k": -1}, "top_k"),
     ({"top_k": 1.0}, "top_k"),
+    ({"top_k": 2**31}, "top_k"),  # the GPU kernels take an int32
+    ({"top_k": 10**400}, "top_k"),
     ({"top_p": 0}, "top_p"),
     ({"top_p": 1.01}, "top_p"),
     ({"min_p": -0.1}, "min_p"),
@@ -60,6 +69,12 @@ INVALID = [
     ({"seed": 2**64}, "seed"),
     ({"seed": 1.0}, "seed"),
     ({"seed": None}, "seed"),  # explicit null is not "missing"
+    ({"seed": 10**400}, "seed"),
+    ({"seed": float("nan")}, "seed"),
+    ({"max_tokens": float("inf")}, "max_tokens"),
+    ({"prompt": "ok \ud800"}, "prompt"),  # a lone surrogate cannot be encoded as UTF-8
+    ({"prompt": None, "messages": [{"role": "user", "content": "\udfff"}]}, "messages[0].content"),
+    ({"stop": ["a", "\ud800b"]}, "stop"),
     ({"max_token": 5}, "max_token"),  # unknown (misspelt) field
 ]
 
@@ -73,6 +88,7 @@ VALID = [
     {"temperature": 2},
     {"top_k": 0},
     {"top_k": 1000},
+    {"top_k": 2**31 - 1},  # above the vocabulary size: keeps every token ("off")
     {"top_p": 1},
     {"top_p": 0.0001},
     {"min_p": 0},
@@ -131,7 +147,17 @@ def test_defaults():
     assert validate_execute(dict(BASE)).params.seed != request.params.seed  # drawn per request
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'"text"', b"\xff\xfe", b"null"])
+# Bodies `json.loads` refuses with something other than JSONDecodeError: an integer literal over
+# Python's 4300-digit limit (plain ValueError) and 100 000 levels of nesting (RecursionError).
+HUGE_INT_BODY = b'{"job_id": "a", "prompt": "x", "seed": ' + b"9" * 5000 + b"}"
+DEEP_BODY = b'{"job_id": "a", "prompt": "x", "stop": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"[1, 2]", b'"text"', b"\xff\xfe", b"null", HUGE_INT_BODY, DEEP_BODY],
+    ids=["empty", "open", "list", "string", "bad-utf8", "null", "huge-int", "deep"],
+)
 def test_malformed_json(raw):
     with pytest.raises(InvalidRequest) as info:
         parse_json_object(raw)
