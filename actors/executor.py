@@ -71,9 +71,18 @@ def _utc_now() -> str:
 class Executor:
     def __init__(self, *, narrator: Narrator, queue_size: int, tokenizer: Any = None):
         self.queue_size = queue_size
-        self.pending = 0  # jobs sent and not yet taken by the thread (queue occupancy)
+        # Queue occupancy: jobs sent, not yet taken by the thread and not yet finished. A queued
+        # job that ends early (cancelled, client gone) frees its slot at once (`release`), even
+        # though its handle still sits in the channel until the thread skips over it.
+        self.pending = 0
+        self._counted: set[JobHandle] = set()  # the jobs `pending` counts
         self.tokenizer = tokenizer  # set by the loader before the first job
-        self._send, self._receive = trio.open_memory_channel[object](queue_size + CONTROL_SLACK)
+        # Room for the queue, as many already-finished handles waiting to be skipped, and the
+        # control commands; `submit` never uses the control slots.
+        self._job_slots = 2 * queue_size
+        self._send, self._receive = trio.open_memory_channel[object](
+            self._job_slots + CONTROL_SLACK
+        )
         self._checks: collections.deque[_Check] = collections.deque()
         self._stopping = False  # read by the thread between steps: finish the job now
         self._wake_pending = False
@@ -103,9 +112,22 @@ class Executor:
         return self.pending < self.queue_size
 
     def submit(self, handle: JobHandle) -> None:
-        """Queue a job (the caller checked `has_room`); FIFO, one at a time."""
+        """Queue a job (the caller checked `has_room`); FIFO, one at a time.
+
+        Raises `trio.WouldBlock` when the channel is clogged with finished handles the busy
+        thread has not skipped yet (the caller answers BUSY): the control slots stay free.
+        """
+        if self._send.statistics().current_buffer_used >= self._job_slots:
+            raise trio.WouldBlock
         self._send.send_nowait(handle)
+        self._counted.add(handle)
         self.pending += 1
+
+    def release(self, handle: JobHandle) -> None:
+        """The job no longer occupies a queue slot (taken by the thread, or ended); idempotent."""
+        if handle in self._counted:
+            self._counted.remove(handle)
+            self.pending -= 1
 
     async def load(
         self, load: Callable[[ProgressCallback], Engine], progress: ProgressCallback
@@ -141,7 +163,7 @@ class Executor:
         await self._send.send(_STOP)
 
     def _take(self, handle: JobHandle) -> bool:
-        self.pending -= 1
+        self.release(handle)  # a no-op when it ended while queued (released then)
         return handle.try_start()
 
     # ------------------------------------------------------------------ executor thread

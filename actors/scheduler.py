@@ -95,6 +95,7 @@ class Scheduler:
         return len(handles)
 
     def _retire(self, handle: JobHandle) -> None:
+        self.executor.release(handle)  # a queued job that ended frees its queue slot now
         if self.live.get(handle.job_id) is handle:
             del self.live[handle.job_id]
         self.finished[handle.job_id] = None

@@ -12,7 +12,14 @@ import threading
 
 import trio
 
-from tests.actors.fakes import EventReader, Script, disconnect_after, running_worker, text_of
+from tests.actors.fakes import (
+    EventReader,
+    Script,
+    disconnect_after,
+    expected_text,
+    running_worker,
+    text_of,
+)
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -146,14 +153,16 @@ async def test_cancel_unknown_job_is_404():
 
 
 async def test_client_disconnect_stops_generation_and_next_request_is_served():
-    async with running_worker(Script(step_delay_s=0.02)) as h:
+    async with running_worker(Script(step_delay_s=0.05)) as h:
         with trio.fail_after(10):
             body = {"job_id": "gone", "prompt": "a", "max_tokens": 500}
             seen = await disconnect_after(str(h.client.base_url), body, b"event: token", 3)
+            steps_at_disconnect = h.engine.steps  # the socket is closed now
             assert seen.startswith(b"HTTP/1.1 200")
             await wait_until(lambda: "gone" not in h.worker.scheduler.live)
             steps = h.engine.steps
-            assert steps < 100  # stopped long before max_tokens (500)
+            # As for /cancel: the step in flight at the disconnect may finish, nothing after it.
+            assert steps <= steps_at_disconnect + 1, (steps_at_disconnect, steps)
             await trio.sleep(0.1)
             assert h.engine.steps == steps
             ends = [e for e in h.narration() if e["action"] == "execute_end"]
@@ -177,3 +186,40 @@ async def test_client_disconnect_while_queued_never_starts():
                 gate.set()
         starts = [e["job_id"] for e in h.narration() if e["action"] == "execute_start"]
         assert starts == ["head"]
+
+
+async def test_a_cancelled_queued_job_frees_its_queue_slot_at_once():
+    # queue_size 1: "long" runs (held in its first decode step), "queued" waits, is cancelled;
+    # the slot is free again although the thread has not yet skipped the cancelled handle.
+    gate = threading.Event()
+    async with running_worker(Script(step_gate=gate), queue_size=1) as h:
+        results = {}
+
+        async def run(job_id: str) -> None:
+            results[job_id] = await h.execute(job_id=job_id, prompt="abc", max_tokens=3)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "long")
+                await wait_until(
+                    lambda: "long" in h.worker.scheduler.live and h.worker.executor.pending == 0
+                )
+                nursery.start_soon(run, "queued")
+                await wait_until(lambda: "queued" in h.worker.scheduler.live)
+                busy = await h.client.post("/execute", json={"job_id": "x", "prompt": "a"})
+                assert busy.status_code == 503 and busy.json()["error"]["code"] == "BUSY"
+                assert await cancel(h, "queued") == 202
+                await wait_until(lambda: "queued" in results)
+                assert cancelled(results["queued"])
+                assert h.worker.executor.pending == 0  # nothing waits
+                nursery.start_soon(run, "next")  # not 503 BUSY
+                await wait_until(lambda: "next" in h.worker.scheduler.live)
+                assert h.worker.executor.pending == 1
+                gate.set()
+        assert results["long"][-1].event == "end"
+        assert results["next"][-1].event == "end" and text_of(results["next"]) == expected_text(
+            "abc", 3
+        )
+        assert h.worker.executor.pending == 0  # the skipped handle was not counted twice
+        starts = [e["job_id"] for e in h.narration() if e["action"] == "execute_start"]
+        assert starts == ["long", "next"]

@@ -45,10 +45,15 @@ async def test_executor_crash_cancels_siblings_and_closes_http():
                         "POST", "/execute", json={"job_id": "boom", "prompt": "a", "max_tokens": 50}
                     ) as response:
                         events = await EventReader(response).rest()
-                except (httpx.HTTPError, trio.Cancelled):
-                    pass
-                assert not events or events[-1].event != "end"
+                except httpx.HTTPError as error:
+                    events = error  # a cut stream: reported by the assertion below
                 await trio.sleep_forever()  # the crash cancels us
+    # The stream was not cut: its last word is the crash's terminal event, and only one.
+    assert isinstance(events, list) and events, f"stream cut without a terminal event: {events!r}"
+    terminal = [e for e in events if e.event in ("end", "error")]
+    assert len(terminal) == 1 and events[-1] is terminal[0]
+    assert terminal[0].event == "error" and terminal[0].data["code"] == "INTERNAL"
+    assert terminal[0].data["retriable"] is False
     assert isinstance(first_error(info.value), RuntimeError)
     assert "scripted engine failure" in str(first_error(info.value))
     ends = [e for e in h.narration() if e["action"] == "execute_end"]
