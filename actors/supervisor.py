@@ -36,7 +36,7 @@ from runtime.cli import first_error
 from runtime.config import WorkerConfig
 from runtime.errors import ErrorCode
 from runtime.narration import Narrator
-from runtime.state import WorkerState
+from runtime.state import Status, WorkerState
 
 ACTOR = "supervisor"
 EXECUTOR_STOP_TIMEOUT_S = 1.0
@@ -88,7 +88,11 @@ class Worker:
         self.open_streams = 0  # SSE responses still being written (the drain waits for them)
         self._info_loader = info_loader
         self._engine_loader = engine_loader
-        self._core_scope: trio.CancelScope | None = None
+        # Made here, not in `run_core`: a shutdown that comes before the core starts (SIGTERM
+        # during startup) cancels it ahead of time, and a scope cancelled before it is entered
+        # is cancelled on entry, so `run_core` then returns at once instead of loading a model
+        # for an executor that was already told to stop (and waiting on it forever).
+        self._core_scope = trio.CancelScope()
         self.ready = trio.Event()  # set once the model is resident and jobs are admitted
         self.stopped = trio.Event()  # set once drained: the HTTP server may stop
         self.quart = create_app(self)  # routes; hooks are registered on this one
@@ -129,8 +133,7 @@ class Worker:
                 await trio.sleep(0.01)
 
     async def _run_core(self, *, task_status: trio.TaskStatus[None]) -> None:
-        with trio.CancelScope() as scope:
-            self._core_scope = scope
+        with self._core_scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.executor.run)
                 loaded = await nursery.start(
@@ -178,8 +181,7 @@ class Worker:
                 await trio.sleep(0.01)
         with trio.move_on_after(EXECUTOR_STOP_TIMEOUT_S):
             await self.executor.stop()
-        if self._core_scope is not None:
-            self._core_scope.cancel()
+        self._core_scope.cancel()
 
     async def shutdown(self, reason: str) -> None:
         """Drain, then let the HTTP server stop (SIGTERM/SIGINT, or a test)."""
@@ -195,14 +197,34 @@ def _only_cancellation(error: BaseException) -> bool:
     return isinstance(error, trio.Cancelled)
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def _watch_signals(worker: Worker, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """The first SIGTERM/SIGINT drains the worker; repeats are narrated and ignored.
+
+    The signals are set to "ignore" before the receiver opens, so that is what they fall back
+    to when it closes (trio restores the handler found on entry and re-raises signals it had
+    not read yet): a second Ctrl-C or `kill` during the final second of the shutdown, or after
+    `trio.run` returned, can neither kill the process nor turn exit 0 into a KeyboardInterrupt.
+    This leaves SIGTERM/SIGINT ignored after `run_worker` returns: the process is exiting.
+    """
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
+            if worker.state.status is Status.DRAINING or worker.stopped.is_set():
+                worker.narrate(
+                    "signal_ignored",
+                    level="warning",
+                    human=f"Received {name} again; already shutting down.",
+                    signal=name,
+                )
+                continue
             worker.narrate("signal", human=f"Received {name}; shutting down.", signal=name)
             await worker.shutdown(f"received {name}")
-            return
 
 
 async def run_worker(
@@ -211,28 +233,26 @@ async def run_worker(
     """The whole worker under one root nursery; returns after a clean drain, raises on a crash.
 
     `started(binds)` as soon as HTTP listens; `worker.ready` tells when the model is loaded.
+    The signal watcher lives in a nursery around the root one, so it keeps receiving (and
+    ignoring repeats) until HTTP has stopped too.
     """
-    signals_scope = trio.CancelScope()
-
-    async def watch_signals() -> None:
-        with signals_scope:
-            await _watch_signals(worker)
-
-    async with trio.open_nursery() as root:
+    async with trio.open_nursery() as outer:
         if handle_signals:
-            root.start_soon(watch_signals)
-        binds = await root.start(
-            functools.partial(
-                run_http,
-                worker.app,
-                host=worker.config.host,
-                port=worker.config.port,
-                narrator=worker.narrator,
-                shutdown_trigger=worker.stopped.wait,
+            await outer.start(_watch_signals, worker)
+        async with trio.open_nursery() as root:
+            binds = await root.start(
+                functools.partial(
+                    run_http,
+                    worker.app,
+                    host=worker.config.host,
+                    port=worker.config.port,
+                    narrator=worker.narrator,
+                    shutdown_trigger=worker.stopped.wait,
+                )
             )
-        )
-        task_status.started(binds)
-        await worker.run_core()
-        # The core ends only when drained (or crashed, which cancels everything anyway).
-        await worker.stopped.wait()
-        signals_scope.cancel()  # hypercorn stops by itself once `stopped` is set
+            task_status.started(binds)
+            await worker.run_core()
+            # The core ends only when drained (or crashed, which cancels everything anyway).
+            await worker.stopped.wait()
+        # Hypercorn stopped by itself once `stopped` was set; only the signal watcher is left.
+        outer.cancel_scope.cancel()

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from actors.loader import ModelInfo
+from actors.supervisor import Worker
 from runtime.cli import first_error
+from runtime.config import WorkerConfig
 from runtime.errors import CudaError, ModelLoadError
-from tests.actors.fakes import EventReader, Script, running_worker
+from runtime.narration import Narrator
+from tests.actors.fakes import EventReader, FakeTokenizer, Script, running_worker
 
 
 async def test_load_progress_is_narrated_in_order_and_health_percent_never_goes_back():
@@ -201,3 +207,27 @@ async def test_fatal_error_in_a_residency_check_ends_the_worker():
                 await trio.sleep_forever()  # the crash cancels us
     assert isinstance(first_error(info.value), CudaError)
     assert h.engine.closed
+
+
+async def test_shutdown_before_the_core_starts_makes_run_core_return_at_once():
+    # SIGTERM during startup: the drain runs before `run_core` has begun. The core must then
+    # not start a load for an executor that was already told to stop (it would wait forever).
+    loads = []
+
+    def engine_loader(path, backend, **kwargs):
+        loads.append(path)
+        raise AssertionError("no model may be loaded after a shutdown")
+
+    worker = Worker(
+        WorkerConfig(model=Path("fake-model.gguf"), port=0, worker_id="test"),
+        backend="cpu",
+        narrator=Narrator("test", stream=io.StringIO(), model="fake-model"),
+        info_loader=lambda path: ModelInfo(FakeTokenizer(), None, "", "</s>", context_length=64),
+        engine_loader=engine_loader,
+    )
+    with trio.fail_after(5):
+        await worker.shutdown("received SIGTERM")
+        await worker.run_core()
+    assert loads == []
+    assert not worker.ready.is_set()
+    assert worker.state.health()[1]["status"] == "draining"

@@ -1,0 +1,56 @@
+"""Repeated SIGTERM/SIGINT while the worker shuts down: the first one drains, the rest are
+ignored, and the process still exits 0 within 5 s (never killed by the signal, never a
+KeyboardInterrupt). A real worker subprocess on the default model."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import selected_model, start_worker, stream_execute
+
+pytestmark = pytest.mark.slow
+
+
+def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
+    log_path = tmp_path / "worker.log"
+    with start_worker(worker_id="signals", model=selected_model(), log_path=log_path) as worker:
+        result = {}
+
+        def run_stream() -> None:
+            with httpx.Client() as client:
+                body = {"job_id": "long", "prompt": "Once upon a time", "max_tokens": 500}
+                result["t"] = stream_execute(client, worker.base_url, body, timeout_s=30)
+
+        reader = threading.Thread(target=run_stream)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while "execute_start" not in [e.get("action") for e in worker.narration()]:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        # One SIGTERM, then a volley of both signals until the process is gone: during the
+        # drain, while HTTP stops, and after the actor tree has returned.
+        worker.proc.send_signal(signal.SIGTERM)
+        sent = 1
+        while worker.proc.poll() is None and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGINT if sent % 2 else signal.SIGTERM)
+                sent += 1
+        rc = worker.proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+        reader.join(timeout=10)
+    log = log_path.read_text(errors="replace")
+    assert rc == 0, f"exit status {rc} after {sent} signals:\n{log[-3000:]}"
+    assert elapsed < 5.0
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    actions = [e.get("action") for e in worker.narration()]
+    assert actions.count("signal") == 1 and "signal_ignored" in actions
+    assert actions[-1] == "shutdown"
+    name, data = result["t"].terminal
+    assert name == "error" and data["code"] == "CANCELLED"
