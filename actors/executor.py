@@ -151,7 +151,14 @@ class Executor:
             with contextlib.suppress(trio.WouldBlock):
                 self._send.send_nowait(_WAKE)
                 self._wake_pending = True
-        await check.done.wait()
+        try:
+            await check.done.wait()
+        except BaseException:
+            # Timed out (stuck executor) or cancelled: a thread that comes back later need
+            # not run a check nobody waits for (deque.remove is atomic under the GIL).
+            with contextlib.suppress(ValueError):
+                self._checks.remove(check)
+            raise
         if check.error is not None:
             raise check.error
         assert check.report is not None

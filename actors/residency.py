@@ -4,8 +4,10 @@
 `engine.check_residency()` on the executor thread (the only thread that may touch the engine),
 so a check waits behind a running decode step rather than racing it.
 
-A violation (a report with `ok=False`, or `check` raising) marks the worker unhealthy once and
-narrates an `error` event. The monitor keeps checking afterwards, but the worker **stays
+A violation (a report with `ok=False`, `check` raising, or `check` not answering within
+`check_timeout_s`: a stuck executor) marks the worker unhealthy once and narrates an `error`
+event (level error, `violation="residency"`, plus `reason`: "violation" | "check_failed" |
+"unresponsive"). The monitor keeps checking afterwards, but the worker **stays
 unhealthy even if a later check passes**: memory that moved or changed once cannot be trusted
 again (a page that was evicted and faulted back, or a weight that was overwritten and happens to
 checksum right on the sample we look at, is not "repaired"). Only a restart, which reloads the
@@ -26,6 +28,7 @@ from runtime.engine_api import ResidencyReport
 from runtime.narration import Narrator
 
 ACTOR = "residency"
+MIN_CHECK_TIMEOUT_S = 5.0
 
 
 class HealthState(Protocol):
@@ -40,15 +43,24 @@ async def run_residency_monitor(
     narrator: Narrator,
     interval_s: float,
     ok_log_every_s: float = 300.0,
+    check_timeout_s: float | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run forever (until cancelled). The first check happens one interval after start.
 
     Why not at once: the supervisor starts this actor right after the loader finished, which
     itself verified what it placed; the first interval is the first time anything could move.
+
+    `check_timeout_s` (default `default_check_timeout(interval_s)`) bounds each check: the
+    executor answers between decode steps, so a check that takes longer means the executor
+    thread is stuck, and a worker that cannot run a job must not stay `ready`.
     """
     if interval_s <= 0:
         raise ValueError(f"residency interval must be positive, got {interval_s}")
+    if check_timeout_s is None:
+        check_timeout_s = default_check_timeout(interval_s)
+    if check_timeout_s <= 0:
+        raise ValueError(f"residency check timeout must be positive, got {check_timeout_s}")
     narrator = narrator.child(actor=ACTOR)
     task_status.started()
 
@@ -58,17 +70,19 @@ async def run_residency_monitor(
     while True:
         await trio.sleep(interval_s)
         checks += 1
-        report, failure = await _run_check(check)
+        report, failure, reason = await _run_check(check, check_timeout_s)
 
         if failure is not None:
             if not violated:
                 violated = True
                 state.mark_unhealthy(failure)
                 narrator.emit(
-                    "residency_violation",
+                    "error",
                     level="error",
                     target="model",
                     human=f"Residency check failed; the worker is now unhealthy: {failure}",
+                    violation="residency",
+                    reason=reason,
                     check=checks,
                     checked_bytes=report.checked_bytes if report is not None else 0,
                     detail=failure,
@@ -108,16 +122,26 @@ async def run_residency_monitor(
             )
 
 
+def default_check_timeout(interval_s: float) -> float:
+    """How long one check may take before the executor counts as stuck: max(5 s, 3 intervals)."""
+    return max(MIN_CHECK_TIMEOUT_S, 3 * interval_s)
+
+
 async def _run_check(
-    check: Callable[[], Awaitable[ResidencyReport]],
-) -> tuple[ResidencyReport | None, str | None]:
-    """(report, None) when resident; (report or None, reason) on a violation or a failed check."""
+    check: Callable[[], Awaitable[ResidencyReport]], timeout_s: float
+) -> tuple[ResidencyReport | None, str | None, str | None]:
+    """(report, None, None) when resident; else (report or None, failure text, reason)."""
     try:
-        report = await check()
+        with trio.move_on_after(timeout_s) as scope:
+            report = await check()
     except Exception as exc:  # a check that cannot run is a check that did not pass
-        return None, f"the check itself failed: {type(exc).__name__}: {exc}"
+        return None, f"the check itself failed: {type(exc).__name__}: {exc}", "check_failed"
+    if scope.cancelled_caught:
+        failure = f"executor unresponsive: no residency check answer within {timeout_s:g} s"
+        return None, failure, "unresponsive"
     if not isinstance(report, ResidencyReport):
-        return None, f"the check returned {type(report).__name__}, not a ResidencyReport"
+        failure = f"the check returned {type(report).__name__}, not a ResidencyReport"
+        return None, failure, "check_failed"
     if not report.ok:
-        return report, report.detail or "residency check reported a violation"
-    return report, None
+        return report, report.detail or "residency check reported a violation", "violation"
+    return report, None, None

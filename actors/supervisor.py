@@ -76,6 +76,7 @@ class Worker:
         narrator: Narrator | None = None,
         info_loader=open_model_info,
         engine_loader=default_engine_loader,
+        residency_check_timeout_s: float | None = None,
     ):
         self.config = config
         self.path = config.resolved_model_path()
@@ -88,6 +89,8 @@ class Worker:
         self.open_streams = 0  # SSE responses still being written (the drain waits for them)
         self._info_loader = info_loader
         self._engine_loader = engine_loader
+        # None: max(5 s, 3 residency intervals); a check slower than this means a stuck executor
+        self._residency_check_timeout_s = residency_check_timeout_s
         # Made here, not in `run_core`: a shutdown that comes before the core starts (SIGTERM
         # during startup) cancels it ahead of time, and a scope cancelled before it is entered
         # is cancelled on entry, so `run_core` then returns at once instead of loading a model
@@ -159,6 +162,7 @@ class Worker:
                         state=self.state,
                         narrator=self.narrator,
                         interval_s=self.config.residency_interval_s,
+                        check_timeout_s=self._residency_check_timeout_s,
                     )
                 )
                 self.narrate(

@@ -93,6 +93,7 @@ class Script:
     fail_at_step: int | None = None  # step() raises `fail_with` at this step
     fail_with: Exception | None = None  # default: RuntimeError, an engine bug
     residency_error: Exception | None = None  # check_residency() raises this
+    residency_gate: threading.Event | None = None  # check_residency() waits here (stuck thread)
     fail_load: Exception | None = None
     residency_ok: bool = True
 
@@ -163,6 +164,8 @@ class FakeEngine:
     def check_residency(self) -> ResidencyReport:
         self._touch()
         self.residency_checks += 1
+        if self.script.residency_gate is not None:
+            self.script.residency_gate.wait(GATE_TIMEOUT_S)
         if self.script.residency_error is not None:
             raise self.script.residency_error
         ok = self.script.residency_ok
@@ -273,6 +276,7 @@ async def running_worker(
     *,
     wait_ready: bool = True,
     max_context: int = 512,
+    residency_check_timeout_s: float | None = None,
     **config: object,
 ) -> AsyncIterator[Harness]:
     """A whole worker on a real socket with the fake model; shut down (drained) on exit."""
@@ -306,6 +310,7 @@ async def running_worker(
         narrator=Narrator("test", stream=log, model="fake-model"),
         info_loader=info_loader,
         engine_loader=engine_loader,
+        residency_check_timeout_s=residency_check_timeout_s,
     )
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
@@ -316,7 +321,12 @@ async def running_worker(
                 with trio.fail_after(10):
                     await worker.ready.wait()
             yield Harness(worker, client, log, engines, script)
-        for gate in (script.load_gate, script.prefill_gate, script.step_gate):
+        for gate in (
+            script.load_gate,
+            script.prefill_gate,
+            script.step_gate,
+            script.residency_gate,
+        ):
             if gate is not None:
                 gate.set()  # never leave the engine thread waiting while we shut down
         with trio.fail_after(10):

@@ -95,7 +95,8 @@ async def test_violation_marks_unhealthy_once_and_stays_unhealthy(autojump_clock
     errors = [e for e in log if e["level"] == "error"]
     assert len(errors) == 1
     (err,) = errors
-    assert err["action"] == "residency_violation"
+    assert err["action"] == "error"
+    assert err["violation"] == "residency" and err["reason"] == "violation"
     assert err["check"] == 3
     assert "blk.3.attn_q checksum changed" in err["human"]
     assert err["worker_id"] == "w-test"
@@ -114,10 +115,62 @@ async def test_a_check_that_raises_is_a_violation_and_the_monitor_survives(autoj
     assert len(state.reasons) == 1
     assert "RuntimeError" in state.reasons[0] and "context lost" in state.reasons[0]
     (err,) = [e for e in log if e["level"] == "error"]
-    assert err["action"] == "residency_violation"
+    assert err["action"] == "error"
+    assert err["violation"] == "residency" and err["reason"] == "check_failed"
     assert err["checked_bytes"] == 0
     # Info level: the debug trail after the violation is filtered out, no false "ok" appears.
-    assert [e["action"] for e in log] == ["residency_violation"]
+    assert [e["action"] for e in log] == ["error"]
+
+
+class StuckCheck:
+    """The executor never answers (a hung thread): the check waits forever."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def __call__(self) -> ResidencyReport:
+        self.calls += 1
+        await trio.sleep_forever()
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "timeout_s", "expected_timeout"), [(1, None, 5.0), (10, None, 30.0), (1, 2, 2.0)]
+)
+async def test_a_check_that_never_answers_makes_the_worker_unhealthy(
+    autojump_clock, interval_s, timeout_s, expected_timeout
+):
+    check = StuckCheck()
+    start = trio.current_time()
+    marked_at = []
+
+    class State(FakeState):
+        def mark_unhealthy(self, reason: str) -> None:
+            marked_at.append(trio.current_time() - start)
+            super().mark_unhealthy(reason)
+
+    buf = io.StringIO()
+    state = State()
+    with trio.fail_after(1000):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: run_residency_monitor(
+                    check=check,
+                    state=state,
+                    narrator=Narrator("w-test", stream=buf),
+                    interval_s=interval_s,
+                    check_timeout_s=timeout_s,
+                    task_status=task_status,
+                )
+            )
+            await trio.sleep(interval_s + expected_timeout + 0.5)
+            nursery.cancel_scope.cancel()
+    # One interval, then the whole timeout: unhealthy then, not before, not never.
+    assert marked_at == [pytest.approx(interval_s + expected_timeout)]
+    assert "executor unresponsive" in state.reasons[0]
+    (err,) = [e for e in events(buf) if e["level"] == "error"]
+    assert err["action"] == "error" and err["violation"] == "residency"
+    assert err["reason"] == "unresponsive"
+    assert check.calls == 1
 
 
 async def test_a_wrong_return_type_is_a_violation(autojump_clock):

@@ -91,10 +91,37 @@ async def test_residency_violation_makes_the_worker_unhealthy():
             assert response.json()["resident"] is False
             response = await h.client.post("/execute", json={"job_id": "x", "prompt": "a"})
             assert response.status_code == 503
-        violations = [e for e in h.narration() if e["action"] == "residency_violation"]
+        violations = [e for e in h.narration() if e.get("violation") == "residency"]
         assert violations and violations[0]["level"] == "error"
+        assert violations[0]["action"] == "error" and violations[0]["reason"] == "violation"
         assert h.engine.residency_checks >= 1
         assert len(h.engine.threads) == 1  # checked on the executor thread
+
+
+async def test_a_stuck_executor_makes_the_worker_unhealthy():
+    # The engine's residency check hangs (stands for a hung executor thread): after the check
+    # timeout /health must stop saying ready, and new jobs are refused.
+    gate = threading.Event()
+    script = Script(residency_gate=gate)
+    async with running_worker(
+        script, residency_interval_s=0.05, residency_check_timeout_s=0.3
+    ) as h:
+        with trio.fail_after(10):
+            t0 = trio.current_time()
+            while (await h.client.get("/health")).json()["status"] == "ready":
+                await trio.sleep(0.01)
+            waited = trio.current_time() - t0
+            response = await h.client.get("/health")
+            assert response.status_code == 503
+            assert response.json()["status"] == "unhealthy"
+            assert response.json()["resident"] is False
+            response = await h.client.post("/execute", json={"job_id": "x", "prompt": "a"})
+            assert response.status_code == 503
+        assert 0.25 <= waited < 5  # the timeout (0.3 s), not the 5 s default nor forever
+        (error,) = [e for e in h.narration() if e.get("violation") == "residency"]
+        assert error["action"] == "error" and error["level"] == "error"
+        assert error["reason"] == "unresponsive" and "executor unresponsive" in error["human"]
+        gate.set()
 
 
 async def test_residency_checks_run_between_decode_steps():
