@@ -1,11 +1,14 @@
-"""Where a decode step's GPU time goes: every launch of one step, timed alone inside a graph.
+"""Where a decode step's (or a prefill pass's) GPU time goes: every launch, timed alone in a graph.
 
-    python bench/profile_decode.py [--model PATH] [--ctx 2048] [--pos 256]
+    python bench/profile_decode.py [--model PATH] [--ctx 2048] [--pos 256] [--prefill N]
 
-Records the launches of one eager decode step (PyCUDA's prepared_async_call is wrapped), then
-for each launch captures a graph of REPEAT copies and times its replays with CUDA events. Per
-kernel (named by the launcher that made it): launches per step and microseconds per step. The
-sum against the whole step's graph time shows what the gaps between kernels cost.
+Records the launches of one eager decode step (PyCUDA's and cuda.launch's prepared_async_call
+are wrapped), then for each launch captures a graph of REPEAT copies (launched without PDL) and
+times its replays with CUDA events. Per kernel (named by the launcher that made it): launches per
+step and microseconds per step. The sum against the whole step's graph time shows what the gaps
+between kernels cost. --prefill N profiles a pass of N tokens from an empty cache instead, and
+compares the sum with the pass's GPU span (events around an eager pass: host launch time shows
+up there when the host is slower than the GPU).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cuda import graph as cuda_graph  # noqa: E402
+from cuda.launch import DriverKernel  # noqa: E402
 from runtime.gguf_file import open_gguf  # noqa: E402
 
 REPEAT = 20
@@ -44,7 +48,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=os.environ.get("WORKER_ORCD_MODEL"))
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--pos", type=int, default=256)
+    ap.add_argument("--prefill", type=int, default=0, help="profile a prefill pass of N tokens")
     args = ap.parse_args()
+    import numpy as np
     import pycuda.driver as drv
 
     from cuda.engine import CudaEngine
@@ -58,24 +64,51 @@ def main() -> None:
         engine = CudaEngine.load(model, max_context=args.ctx)
     s = engine.stream
     engine.reset()
-    engine.prefill([(5 * i + 1) % 1000 for i in range(args.pos)])
-    from cuda.forward import splits_for
+    pos_buf = engine.fwd.b["state.pos"]
+    if args.prefill:
+        ids = np.array([(7 * i + 3) % 1000 for i in range(args.prefill)], np.int32)
+        drv.memcpy_htod(engine.fwd.b["state.ids"], ids)
+        start, end = drv.Event(), drv.Event()
+        for _ in range(3):  # warm-up, then the last pass counts
+            drv.memcpy_htod(pos_buf, np.zeros(1, np.int32))
+            start.record(s)
+            engine.fwd.enqueue_prefill(args.prefill)
+            end.record(s)
+            end.synchronize()
+        whole = end.time_since(start) / 1e3
+        drv.memcpy_htod(pos_buf, np.zeros(1, np.int32))
+        what, enqueue_once = (
+            f"prefill of {args.prefill} tokens",
+            (lambda: engine.fwd.enqueue_prefill(args.prefill)),
+        )
+    else:
+        engine.prefill([(5 * i + 1) % 1000 for i in range(args.pos)])
+        from cuda.forward import splits_for
 
-    splits = splits_for(args.pos + 1)
-    whole = time_graph(drv, s, engine._graphs[splits])
+        splits = splits_for(args.pos + 1)
+        whole = time_graph(drv, s, engine._graphs[splits])
+        what, enqueue_once = (
+            f"decode step at position {args.pos}",
+            (lambda: engine.fwd.enqueue_decode(splits)),
+        )
+    pos_now = np.zeros(1, np.int32)
+    drv.memcpy_dtoh(pos_now, pos_buf)
     launches = []
-    original = drv.Function.prepared_async_call
+    originals = drv.Function.prepared_async_call, DriverKernel.prepared_async_call
 
     def record(fn, grid, block, stream, *a, **k):
-        caller = inspect.stack()[1].function
-        caller = inspect.stack()[2].function if caller in ("counted", "__call__") else caller
-        launches.append((f"{caller} {grid[0]}x{grid[1]}", fn, grid, block, a))
+        stack = inspect.stack()
+        depth = 1
+        while stack[depth].function in ("counted", "__call__", "record"):
+            depth += 1
+        launches.append((f"{stack[depth].function} {grid[0]}x{grid[1]}", fn, grid, block, a))
 
     drv.Function.prepared_async_call = record
+    DriverKernel.prepared_async_call = record
     try:
-        engine.fwd.enqueue_decode(splits)
+        enqueue_once()
     finally:
-        drv.Function.prepared_async_call = original
+        drv.Function.prepared_async_call, DriverKernel.prepared_async_call = originals
     per_kernel = collections.defaultdict(lambda: [0, 0.0])
     for name, fn, grid, block, a in launches:
         if name.startswith("advance_position"):
@@ -90,15 +123,17 @@ def main() -> None:
         per_kernel[name][0] += 1
         per_kernel[name][1] += time_graph(drv, s, g) / REPEAT
         g.close()
+        drv.memcpy_htod(pos_buf, pos_now)  # the step's argmax moves the position on
     engine.close()
     total = sum(t for _, t in per_kernel.values())
+    span = "graph" if not args.prefill else "eager GPU span"
     print(
-        f"decode step at position {args.pos}: graph {1e6 * whole:.1f} us, "
-        f"{len(launches)} launches; kernels alone {1e6 * total:.1f} us"
+        f"{what}: {span} {1e6 * whole:.1f} us, {len(launches)} launches; "
+        f"kernels alone {1e6 * total:.1f} us"
     )
-    print(f"{'kernel':<24}{'launches':>9}{'us/step':>10}{'us each':>9}")
+    print(f"{'kernel':<28}{'launches':>9}{'us/step':>10}{'us each':>9}")
     for name, (n, t) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1]):
-        print(f"{name:<24}{n:>9}{1e6 * t:>10.1f}{1e6 * t / n:>9.2f}")
+        print(f"{name:<28}{n:>9}{1e6 * t:>10.1f}{1e6 * t / n:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ templates or includes C++ headers) and is compiled as is; any other file is wrap
 `extern "C" { ... }` by PyCUDA, as usual. Either way `module.get_function("name")` finds the
 plain kernel name.
 
+`load_driver_module` compiles the same way (same disk cache) but loads the cubin through the
+driver API (cuda.launch.DriverModule), whose kernels can be launched with programmatic dependent
+launch; the decode step's kernels come from there.
+
 PyCUDA is imported lazily: this module is importable (e.g. for `kernel_sources()` in the nvcc
 test) on machines without PyCUDA or a GPU.
 """
@@ -31,7 +35,7 @@ KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 NVCC_OPTIONS: tuple[str, ...] = ("-O3", "-std=c++17")
 
 _lock = threading.Lock()
-_cache: dict[tuple[Any, ...], SourceModule] = {}
+_cache: dict[tuple[Any, ...], Any] = {}
 
 
 def kernel_sources() -> list[Path]:
@@ -69,4 +73,27 @@ def load_module(filename: str, *, defines: dict[str, Any] | None = None) -> Sour
                 include_dirs=[str(KERNEL_DIR)],
             )
             _cache[key] = module
+        return module
+
+
+def load_driver_module(filename: str, *, defines: dict[str, Any] | None = None):
+    """Like `load_module`, but a `cuda.launch.DriverModule` (kernels launchable with PDL)."""
+    import pycuda.driver as drv
+    from pycuda.compiler import compile as nvcc_compile
+
+    from cuda.launch import DriverModule
+
+    options = _define_options(defines)
+    key = ("driver", drv.Context.get_device().pci_bus_id(), filename, tuple(options))
+    with _lock:
+        module = _cache.get(key)
+        if module is None:
+            source = (KERNEL_DIR / filename).read_text()
+            cubin = nvcc_compile(
+                source,
+                options=[*NVCC_OPTIONS, *options],
+                no_extern_c='extern "C"' in source,
+                include_dirs=[str(KERNEL_DIR)],
+            )
+            module = _cache[key] = DriverModule(cubin)
         return module

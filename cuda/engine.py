@@ -92,6 +92,7 @@ class CudaEngine:
         max_chunk: int = DEFAULT_MAX_CHUNK,
         use_graph: bool = True,
         fuse: bool = True,
+        pdl: bool = True,
     ) -> CudaEngine:
         import pycuda.driver as drv
 
@@ -111,7 +112,9 @@ class CudaEngine:
         self._ctx = drv.Device(device).retain_primary_context()
         self._ctx.push()
         try:
-            self._load(model, max_context, max_chunk, progress, max_vram_bytes, use_graph, fuse)
+            self._load(
+                model, max_context, max_chunk, progress, max_vram_bytes, use_graph, fuse, pdl
+            )
         except BaseException as exc:
             self._teardown()
             if isinstance(exc, AllocationFailed | drv.MemoryError):
@@ -119,7 +122,7 @@ class CudaEngine:
             raise
         return self
 
-    def _load(self, model, max_context, max_chunk, progress, cap, use_graph, fuse) -> None:
+    def _load(self, model, max_context, max_chunk, progress, cap, use_graph, fuse, pdl) -> None:
         from cuda.ops import Ops
         from cuda.quant_ops import QuantKernels
 
@@ -144,9 +147,11 @@ class CudaEngine:
         self.weights, self._checksums = upload_weights(
             drv, model, self.ledger, reporter, quant.supports
         )
+        # programmatic dependent launch needs sm_90 (Hopper) or newer
+        pdl = pdl and drv.Context.get_device().compute_capability() >= (9, 0)
         self.fwd = Forward(
             drv, c, self.weights, self.ledger, self.ops, quant, self.stream,
-            max_context=max_context, max_chunk=max_chunk, fuse=fuse,
+            max_context=max_context, max_chunk=max_chunk, fuse=fuse, pdl=pdl,
         )  # fmt: skip
         self._sum_slots = self.ledger.alloc("scratch.checksums", 8 * CHECKSUM_SLOTS)
         self.sampler = GpuSampler(

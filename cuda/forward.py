@@ -106,6 +106,7 @@ class Forward:
         max_context: int,
         max_chunk: int,
         fuse: bool = True,
+        pdl: bool = True,
     ):
         self.c, self.w, self.ops, self.stream, self.drv = c, w, ops, stream, drv
         # the sampled id comes back through this small pinned buffer (not model state)
@@ -127,6 +128,8 @@ class Forward:
         self.fuse_norm = fuse and hasattr(quant, "matvec_norm")
         self.fuse_swiglu = fuse and hasattr(quant, "matvec_norm_swiglu")
         self.fuse_rope = fuse and ops.rope_fusable(c.rope_dim // 2, c.rope_style == "neox")
+        # programmatic dependent launch for the decode step's kernels after the first
+        self.pdl = pdl
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -134,7 +137,9 @@ class Forward:
         """y (n, y_width)[:, seg rows] = x (n, cols) @ W.T for each segment."""
         for s in segs:
             if n == 1:
-                self.q.matvec(s.qtype, s.ptr, s.rows, s.cols, x, y + 4 * s.row0, self.stream)
+                self.q.matvec(
+                    s.qtype, s.ptr, s.rows, s.cols, x, y + 4 * s.row0, self.stream, pdl=self.pdl
+                )
             else:  # one segment (row0 = 0) covering all y_width rows
                 self.q.matmul(s.qtype, s.ptr, s.rows, s.cols, x, n, y, self.stream)
 
@@ -142,7 +147,10 @@ class Forward:
         """residual (n, d_model) += x (n, cols) @ W.T: the residual add fused into the product."""
         b, s = self.b, self.stream
         if n == 1:
-            self.q.matvec(seg.qtype, seg.ptr, seg.rows, seg.cols, x, b["act.x"], s, accumulate=True)
+            self.q.matvec(
+                seg.qtype, seg.ptr, seg.rows, seg.cols, x, b["act.x"], s, accumulate=True,
+                pdl=self.pdl,
+            )  # fmt: skip
         else:
             self.q.matmul(
                 seg.qtype, seg.ptr, seg.rows, seg.cols, x, n, b["act.x"], s, accumulate=True
@@ -150,25 +158,29 @@ class Forward:
 
     def _layers(self, n: int, splits: int | None = None) -> None:
         c, b, ops, s = self.c, self.b, self.ops, self.stream
+        pdl = self.pdl and n == 1  # the unfused decode step
         q_dim = c.n_heads * c.head_dim
         qkv_dim = q_dim + 2 * c.kv_dim
         for i, lw in enumerate(self.w.layers):
             kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
-            ops.rms_norm(b["act.x"], lw.attn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s)
+            ops.rms_norm(
+                b["act.x"], lw.attn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s, pdl=pdl
+            )
             self._project_group(lw.qkv, b["act.xn"], b["act.qkv"], n, qkv_dim)
             if lw.qkv_bias is not None:
                 for t in range(n):  # prefill only pays this per token; decode once
-                    ops.add(b["act.qkv"] + 4 * t * qkv_dim, lw.qkv_bias, qkv_dim, s)
+                    ops.add(b["act.qkv"] + 4 * t * qkv_dim, lw.qkv_bias, qkv_dim, s, pdl=pdl)
             ops.rope_kv_write(
                 b["act.qkv"], n, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
                 n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
-                max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s,
+                max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s, pdl=pdl,
             )  # fmt: skip
             if n == 1:
                 ops.attn_decode(
                     b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
                     b["attn.counters"], n_heads=c.n_heads, n_kv=c.n_kv_heads,
                     max_ctx=self.max_context, n_splits=splits or self.max_splits, stream=s,
+                    pdl=pdl,
                 )  # fmt: skip
             else:
                 ops.attn_prefill(
@@ -176,14 +188,14 @@ class Forward:
                     n_kv=c.n_kv_heads, max_ctx=self.max_context, stream=s,
                 )  # fmt: skip
             self._residual(lw.attn_output, b["act.attn"], n)
-            ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s)
+            ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s, pdl=pdl)
             self._project_group(lw.gate_up, b["act.xn"], b["act.gate_up"], n, 2 * c.d_ff)
-            ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, n, s)
+            ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, n, s, pdl=pdl)
             self._residual(lw.down, b["act.h"], n)
 
     def _decode_layers(self, splits: int) -> None:
         """The decode step's layers with the fused kernels (5 launches per llama layer)."""
-        c, b, ops, s, q = self.c, self.b, self.ops, self.stream, self.q
+        c, b, ops, s, q, pdl = self.c, self.b, self.ops, self.stream, self.q, self.pdl
         qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
         for i, lw in enumerate(self.w.layers):
             kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
@@ -191,42 +203,46 @@ class Forward:
                 g = lw.qkv[0]
                 q.matvec_norm(
                     g.qtype, g.ptr, g.rows, g.cols, b["act.x"], lw.attn_norm, c.norm_eps,
-                    b["act.qkv"], s,
+                    b["act.qkv"], s, pdl=pdl,
                 )  # fmt: skip
             else:
-                ops.rms_norm(b["act.x"], lw.attn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
+                ops.rms_norm(
+                    b["act.x"], lw.attn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=pdl
+                )
                 self._project_group(lw.qkv, b["act.xn"], b["act.qkv"], 1, qkv_dim)
             if lw.qkv_bias is not None:
-                ops.add(b["act.qkv"], lw.qkv_bias, qkv_dim, s)
+                ops.add(b["act.qkv"], lw.qkv_bias, qkv_dim, s, pdl=pdl)
             geometry = dict(n_heads=c.n_heads, n_kv=c.n_kv_heads, max_ctx=self.max_context)
             if self.fuse_rope:
                 ops.attn_decode_rope(
                     b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
                     b["attn.counters"], b["rope.cos"], b["rope.sin"], **geometry,
                     rope_half=c.rope_dim // 2, neox=c.rope_style == "neox",
-                    n_splits=splits, stream=s,
+                    n_splits=splits, stream=s, pdl=pdl,
                 )  # fmt: skip
             else:
                 ops.rope_kv_write(
                     b["act.qkv"], 1, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
                     n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
-                    max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s,
+                    max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s, pdl=pdl,
                 )  # fmt: skip
                 ops.attn_decode(
                     b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
-                    b["attn.counters"], **geometry, n_splits=splits, stream=s,
+                    b["attn.counters"], **geometry, n_splits=splits, stream=s, pdl=pdl,
                 )  # fmt: skip
             self._residual(lw.attn_output, b["act.attn"], 1)
             if self.fuse_swiglu and len(lw.gate_up) == 1:
                 g = lw.gate_up[0]
                 q.matvec_norm_swiglu(
                     g.qtype, g.ptr, c.d_ff, g.cols, b["act.x"], lw.ffn_norm, c.norm_eps,
-                    b["act.h"], s,
+                    b["act.h"], s, pdl=pdl,
                 )  # fmt: skip
             else:
-                ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
+                ops.rms_norm(
+                    b["act.x"], lw.ffn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=pdl
+                )
                 self._project_group(lw.gate_up, b["act.xn"], b["act.gate_up"], 1, 2 * c.d_ff)
-                ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, 1, s)
+                ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, 1, s, pdl=pdl)
             self._residual(lw.down, b["act.h"], 1)
 
     def _project_group(self, segs: tuple[Segment, ...], x: int, y: int, n: int, width: int):
@@ -240,14 +256,16 @@ class Forward:
         """logits = output @ rmsnorm(x[row]) for one row of the residual stream."""
         c, b, s, o = self.c, self.b, self.stream, self.w.output
         x_row = b["act.x"] + 4 * row * c.d_model
-        if self.fuse_norm:
+        if self.fuse_norm:  # (PDL is safe after any kernel: the head waits before reading x)
             self.q.matvec_norm(
                 o.qtype, o.ptr, o.rows, o.cols, x_row, self.w.output_norm, c.norm_eps,
-                b["act.logits"], s,
+                b["act.logits"], s, pdl=self.pdl,
             )  # fmt: skip
             return
-        self.ops.rms_norm(x_row, self.w.output_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s)
-        self.q.matvec(o.qtype, o.ptr, o.rows, o.cols, b["act.xn"], b["act.logits"], s)
+        self.ops.rms_norm(
+            x_row, self.w.output_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=self.pdl
+        )
+        self.q.matvec(o.qtype, o.ptr, o.rows, o.cols, b["act.xn"], b["act.logits"], s, pdl=self.pdl)
 
     # -- passes ----------------------------------------------------------------------------------
 
@@ -262,6 +280,8 @@ class Forward:
         splits = self.max_splits if splits is None else splits
         start = self.ops.launches + self.q.launches
         e = self.w.token_embd
+        # the step's first kernel runs without PDL: it starts after everything before it is
+        # done, which lets later kernels read the position and older KV rows before waiting
         self.q.embed_rows(
             e.qtype, e.ptr, e.cols, self.b["state.ids"], 1, self.b["act.x"], self.stream
         )
@@ -270,11 +290,11 @@ class Forward:
         else:
             self._layers(1, splits)
         self._head(0)
-        self.ops.advance_position(self.b["state.pos"], 1, self.stream)
         b = self.b
-        self.ops.argmax(
+        self.ops.argmax(  # ... and the position moves on in its last block
             b["act.logits"], self.c.vocab_size, b["greedy.part_v"], b["greedy.part_i"],
-            b["greedy.counter"], b["state.ids"], self.stream,
+            b["greedy.counter"], b["state.ids"], self.stream, pos=b["state.pos"], advance=1,
+            pdl=self.pdl,
         )  # fmt: skip
         self.drv.memcpy_dtoh_async(self.token_host, b["state.ids"], self.stream)
         return self.ops.launches + self.q.launches - start

@@ -5,6 +5,12 @@ Like `cuda.quant_ops`, every launch is a `prepared_async_call` on the caller's s
 host sync and no allocation, and no argument that changes from one decode step to the next
 (positions are read from device memory): the decode step is CUDA-graph capturable. `launches`
 counts the launches made, which the graph capture reports.
+
+`pdl=True` (decode-step launchers) launches through the driver API with programmatic dependent
+launch (cuda/launch.py, cuda/kernels/pdl.cuh): the kernel may start while the previous one
+finishes. Every kernel here waits (griddepcontrol.wait) before touching what earlier kernels
+wrote, so either way is correct; the decode step's first kernel must not use it (attention reads
+the position and the KV cache of earlier steps before its wait).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import warnings
 from typing import Any
 
-from cuda.compile import load_module
+from cuda.compile import load_driver_module, load_module
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,29 @@ def _module(filename: str, defines: dict[str, Any] | None = None):
     return module
 
 
+def _driver_module(filename: str, defines: dict[str, Any] | None = None):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = load_driver_module(filename, defines=defines)
+    for w in caught:
+        log.warning("nvcc on %s: %s", filename, w.message)
+    return module
+
+
+class _Pair:
+    """A kernel as PyCUDA launches it and as the driver API launches it with PDL."""
+
+    def __init__(self, module: Any, dmodule: Any, name: str, arg_types: str):
+        self.plain = module.get_function(name).prepare(arg_types)
+        self.pdl = dmodule.get_function(name).prepare(arg_types)
+
+    def __call__(self, grid, block, stream, *args: Any, pdl: bool = False) -> None:
+        if pdl:
+            self.pdl.prepared_async_call(grid, block, stream, *args, pdl=True)
+        else:
+            self.plain.prepared_async_call(grid, block, stream, *args)
+
+
 def _blocks(n: int, threads: int, cap: int = 4096) -> int:
     return max(1, min(cap, (n + threads - 1) // threads))
 
@@ -45,67 +74,72 @@ class Ops:
     def __init__(self, head_dim: int):
         if head_dim % 32 or head_dim > 256:
             raise ValueError(f"attention kernels need head_dim a multiple of 32 <= 256: {head_dim}")
-        norm, rope, ew = _module("norm.cu"), _module("rope.cu"), _module("elementwise.cu")
-        attn = _module("attention.cu", {"HEAD_DIM": head_dim})
-        smp = _module("sampling.cu")
-        self._rms = norm.get_function("rms_norm").prepare("PPPif")
-        self._rope = rope.get_function("rope_kv_write").prepare("PiPPPPPiiiiii")
-        self._advance = rope.get_function("advance_position").prepare("Pi")
-        self._swiglu = ew.get_function("swiglu").prepare("PPii")
-        self._add = ew.get_function("add_inplace").prepare("PPi")
+        files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
+        files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}
+        files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim})
+        mods = {k: _module(f, d) for k, (f, d) in files.items()}
+        dmods = {k: _driver_module(f, d) for k, (f, d) in files.items()}
+
+        def pair(key: str, name: str, arg_types: str) -> _Pair:
+            return _Pair(mods[key], dmods[key], name, arg_types)
+
+        ew, attn, smp = mods["ew"], mods["attn"], mods["smp"]
+        self._rms = pair("norm", "rms_norm", "PPPif")
+        self._rope = pair("rope", "rope_kv_write", "PiPPPPPiiiiii")
+        self._advance = pair("rope", "advance_position", "Pi")
+        self._swiglu = pair("ew", "swiglu", "PPii")
+        self._add = pair("ew", "add_inplace", "PPi")
         self._checksum = ew.get_function("checksum_words").prepare("PlP")
-        self._attn_dec = attn.get_function("attn_decode").prepare("PPPPPPPiiif")
+        self._attn_dec = pair("attn", "attn_decode", "PPPPPPPiiif")
         self._attn_pre = attn.get_function("attn_prefill").prepare("PPPPPiiif")
-        self._attn_rope = attn.get_function("attn_decode_rope").prepare("PPPPPPPPPiiiiif")
+        self._attn_rope = pair("attn", "attn_decode_rope", "PPPPPPPPPiiiiif")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
-        self._argmax = smp.get_function("argmax_multi").prepare("PiPPPP")
+        self._argmax = pair("smp", "argmax_multi", "PiPPPPPi")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
         self.head_dim = head_dim
         self.launches = 0
 
-    def rms_norm(self, x, w, y, n_rows: int, n_cols: int, eps: float, stream) -> None:
+    def rms_norm(self, x, w, y, n_rows: int, n_cols: int, eps: float, stream, pdl=False) -> None:
         """y (n_rows, n_cols) = rmsnorm(x) * w; y may be x."""
-        self._rms.prepared_async_call(
-            (n_rows, 1), (_NORM_THREADS, 1, 1), stream, x, w, y, n_cols, eps
-        )
+        self._rms((n_rows, 1), (_NORM_THREADS, 1, 1), stream, x, w, y, n_cols, eps, pdl=pdl)
         self.launches += 1
 
     def rope_kv_write(
         self, qkv, n_tokens, pos, cos, sin, k_cache, v_cache, *, n_heads, n_kv, rope_half,
-        max_ctx, neox, stream,
+        max_ctx, neox, stream, pdl=False,
     ) -> None:  # fmt: skip
         """Rotate q, k of qkv (n_tokens, q|k|v) in place; k, v -> fp16 cache at *pos + t."""
-        self._rope.prepared_async_call(
+        self._rope(
             (n_tokens, 1), (_ROPE_THREADS, 1, 1), stream, qkv, n_tokens, pos, cos, sin,
-            k_cache, v_cache, n_heads, n_kv, self.head_dim, rope_half, max_ctx, int(neox),
+            k_cache, v_cache, n_heads, n_kv, self.head_dim, rope_half, max_ctx, int(neox), pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
-    def advance_position(self, pos, by: int, stream) -> None:
-        self._advance.prepared_async_call((1, 1), (32, 1, 1), stream, pos, by)
+    def advance_position(self, pos, by: int, stream) -> None:  # prefill only: no PDL
+        self._advance((1, 1), (32, 1, 1), stream, pos, by)
         self.launches += 1
 
     def attn_decode(
         self, qkv, k_cache, v_cache, out, pos, part, counters, *, n_heads, n_kv, max_ctx,
-        n_splits, stream,
+        n_splits, stream, pdl=False,
     ) -> None:  # fmt: skip
         """out (n_heads * head_dim) for the one query of qkv over *pos + 1 cached keys."""
-        self._attn_dec.prepared_async_call(
+        self._attn_dec(
             (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
-            part, counters, n_heads, n_kv, max_ctx, self.head_dim ** -0.5,
+            part, counters, n_heads, n_kv, max_ctx, self.head_dim ** -0.5, pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
     def attn_decode_rope(
         self, qkv, k_cache, v_cache, out, pos, part, counters, cos, sin, *, n_heads, n_kv,
-        max_ctx, rope_half, neox, n_splits, stream,
+        max_ctx, rope_half, neox, n_splits, stream, pdl=False,
     ) -> None:  # fmt: skip
         """The fused decode attention: rope of q and the new k, KV write, attention (qkv is
         pre-rope). neox needs rope_half % (head_dim / 32) == 0 (see `rope_fusable`)."""
-        self._attn_rope.prepared_async_call(
+        self._attn_rope(
             (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
             part, counters, cos, sin, n_heads, n_kv, max_ctx, rope_half, int(neox),
-            self.head_dim ** -0.5,
+            self.head_dim ** -0.5, pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
@@ -122,16 +156,16 @@ class Ops:
         )  # fmt: skip
         self.launches += 1
 
-    def swiglu(self, gate_up, h, d_ff: int, n: int, stream) -> None:
+    def swiglu(self, gate_up, h, d_ff: int, n: int, stream, pdl=False) -> None:
         """h (n, d_ff) = silu(gate) * up of gate_up (n, 2 d_ff)."""
         grid = (_blocks(n * d_ff, _EW_THREADS), 1)
-        self._swiglu.prepared_async_call(grid, (_EW_THREADS, 1, 1), stream, gate_up, h, d_ff, n)
+        self._swiglu(grid, (_EW_THREADS, 1, 1), stream, gate_up, h, d_ff, n, pdl=pdl)
         self.launches += 1
 
-    def add(self, x, y, n: int, stream) -> None:
+    def add(self, x, y, n: int, stream, pdl=False) -> None:
         """x[:n] += y[:n] (float32)."""
         grid = (_blocks(n, _EW_THREADS), 1)
-        self._add.prepared_async_call(grid, (_EW_THREADS, 1, 1), stream, x, y, n)
+        self._add(grid, (_EW_THREADS, 1, 1), stream, x, y, n, pdl=pdl)
         self.launches += 1
 
     def checksum(self, ptr, n_words: int, out, stream) -> None:
@@ -147,12 +181,16 @@ class Ops:
         )  # fmt: skip
         self.launches += 1
 
-    def argmax(self, logits, vocab, part_v, part_i, counter, out, stream) -> None:
+    def argmax(
+        self, logits, vocab, part_v, part_i, counter, out, stream, *, pos=0, advance=0, pdl=False
+    ) -> None:
         """*out = argmax(logits) (lowest id among ties) over ARGMAX_BLOCKS blocks; part_v/part_i
-        hold ARGMAX_BLOCKS slots, counter (uint32) is 0 at rest."""
-        self._argmax.prepared_async_call(
-            (ARGMAX_BLOCKS, 1), (256, 1, 1), stream, logits, vocab, part_v, part_i, counter, out
-        )
+        hold ARGMAX_BLOCKS slots, counter (uint32) is 0 at rest. With a `pos` pointer the last
+        block also does *pos += advance (the decode step's position bump, one launch fewer)."""
+        self._argmax(
+            (ARGMAX_BLOCKS, 1), (256, 1, 1), stream, logits, vocab, part_v, part_i, counter, out,
+            pos, advance, pdl=pdl,
+        )  # fmt: skip
         self.launches += 1
 
     def sample_full(

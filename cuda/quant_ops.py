@@ -14,6 +14,10 @@ Shape rules (checked here, ValueError otherwise):
 
 `matmul` runs on tensor cores by default (X and W rounded to fp16 per tile, fp32 accumulation,
 relative error ~1e-3 of sum |w x|); `tensor_cores=False` selects the fp32 SIMT kernel.
+
+The embedding and matrix-vector kernels (the decode step's) are launched through the driver API
+(cuda/launch.py) so that `pdl=True` can start them with programmatic dependent launch: they
+prefetch their weight rows into L2, then wait for the kernel before them (cuda/kernels/pdl.cuh).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from gguf import GGMLQuantizationType as Q
 
-from cuda.compile import load_module
+from cuda.compile import load_driver_module, load_module
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +53,13 @@ _MM_SHAPES = {
     "tcs32": (32, 128),
     "tcs64": (64, 128),
 }
-#: Defaults measured on an H100 (2026-11-26, bench/bench_quant_kernels.py). The branch-free
-#: load variants ("batched" matvec slot loop: QuantKernels(batched_loads=True); the "tcs"
-#: matmul, which now issues a stage's loads together) remove a round trip per guarded load but
-#: have not run on a GPU yet: switch these two after tests/cuda/test_quant_kernels.py and the
-#: bench pass on the device.
+#: Defaults measured on an H100 (2026-11-26, bench/bench_quant_kernels.py, bench_cuda.py;
+#: decision 0010). The staged "tcs" matmul (a stage's loads issued together, the next stage's in
+#: flight during the MMAs) takes a 512-token layer's products from 146 to 59 us (pp512 54k ->
+#: 90k tokens/s). The batched branch-free matvec build (QuantKernels(batched_loads=True)) is
+#: correct but slower at these shapes (decode 1,689 vs 1,795 tokens/s): off.
 BATCHED_LOADS = False
-PREFILL_KERNEL = "tc32"  # or "tcs": the staged kernel, tile height chosen by grid size
+PREFILL_KERNEL = "tcs"  # the staged kernel, tile height chosen by grid size; or "tc32"
 _MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
 #: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
 #: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
@@ -67,12 +71,13 @@ _WIDE_SLOTS = 96  # rows of more 8-value slots than this (768+ cols) get 2 warps
 _EMBED_THREADS = 128
 
 
-def _module(filename: str, defines: dict[str, Any] | None = None):
+def _module(filename: str, defines: dict[str, Any] | None = None, *, driver: bool = False):
     # PyCUDA turns any nvcc stderr into a warning; log it rather than let pytest's
     # filterwarnings=error (or a caller's) turn a harmless note into a failure.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        module = load_module(filename, defines=defines)
+        load = load_driver_module if driver else load_module
+        module = load(filename, defines=defines)
     for w in caught:
         log.warning("nvcc on %s: %s", filename, w.message)
     return module
@@ -89,8 +94,9 @@ class QuantKernels:
         import pycuda.driver as drv
 
         self.batched_loads = BATCHED_LOADS if batched_loads is None else bool(batched_loads)
-        mv = _module("quant_matvec.cu", {"MV_BATCH": int(self.batched_loads)})
-        emb, mm = _module("quant_embed.cu"), _module("quant_matmul.cu")
+        # the decode step's kernels load through the driver API: PDL-capable (cuda/launch.py)
+        mv = _module("quant_matvec.cu", {"MV_BATCH": int(self.batched_loads)}, driver=True)
+        emb, mm = _module("quant_embed.cu", driver=True), _module("quant_matmul.cu")
         self._matvec: dict[tuple[str, Q], Any] = {}
         self._matvec_norm: dict[tuple[str, Q], Any] = {}
         self._matvec_swiglu: dict[Q, Any] = {}
@@ -132,8 +138,9 @@ class QuantKernels:
         return qtype, suffix, qk
 
     def embed_rows(
-        self, qtype, w_ptr: int, n_cols: int, ids_ptr: int, n_tokens: int, out_ptr: int, stream
-    ) -> None:
+        self, qtype, w_ptr: int, n_cols: int, ids_ptr: int, n_tokens: int, out_ptr: int, stream,
+        *, pdl: bool = False,
+    ) -> None:  # fmt: skip
         """out (n_tokens, n_cols) float32 = dequantized rows ids[0..n_tokens) (int32, device)."""
         qtype, _, qk = self._block(qtype)
         if n_tokens <= 0:
@@ -147,8 +154,9 @@ class QuantKernels:
             grid = ((slots + _EMBED_THREADS - 1) // _EMBED_THREADS, n_tokens)
             fn = self._embed[qtype]
         fn.prepared_async_call(
-            grid, (_EMBED_THREADS, 1, 1), stream, int(w_ptr), n_cols, int(ids_ptr), int(out_ptr)
-        )
+            grid, (_EMBED_THREADS, 1, 1), stream, int(w_ptr), n_cols, int(ids_ptr), int(out_ptr),
+            pdl=pdl,
+        )  # fmt: skip
 
     def matvec(
         self,
@@ -162,6 +170,7 @@ class QuantKernels:
         *,
         accumulate: bool = False,
         variant: str | None = None,
+        pdl: bool = False,
     ) -> None:
         """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`.
 
@@ -190,6 +199,7 @@ class QuantKernels:
             int(x_ptr),
             int(y_ptr),
             int(accumulate),
+            pdl=pdl,
         )
 
     def matvec_norm(
@@ -206,6 +216,7 @@ class QuantKernels:
         *,
         accumulate: bool = False,
         variant: str | None = None,
+        pdl: bool = False,
     ) -> None:
         """y (rows,) = W @ (rmsnorm(x) * norm_w) (+ the old y): RMSNorm fused into the product.
 
@@ -231,6 +242,7 @@ class QuantKernels:
             float(eps),
             int(y_ptr),
             int(accumulate),
+            pdl=pdl,
         )
 
     def matvec_norm_swiglu(
@@ -246,6 +258,7 @@ class QuantKernels:
         stream,
         *,
         accumulate: bool = False,
+        pdl: bool = False,
     ) -> None:
         """h (d_ff,) = silu(W_gate @ xn) * (W_up @ xn), xn = rmsnorm(x) * norm_w (+ the old h).
 
@@ -268,6 +281,7 @@ class QuantKernels:
             float(eps),
             int(h_ptr),
             int(accumulate),
+            pdl=pdl,
         )
 
     def matmul(

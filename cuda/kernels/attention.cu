@@ -10,6 +10,8 @@
 // so the decode launch is graph capturable.
 #include <cuda_fp16.h>
 
+#include "pdl.cuh"
+
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
 #endif
@@ -166,10 +168,25 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     const int h = blockIdx.x, s = blockIdx.y, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = n_heads / n_kv, g = h / group;
+    pdl_trigger();
+    // Before waiting for the qkv product (PDL, pdl.cuh): the position and the cached keys of
+    // earlier steps are final, so this warp's K and V rows and the rope row go to L2 now.
     const int pos = *pos_dev, L = pos + 1;
     const int chunk = (L + n_splits - 1) / n_splits;
     const int t0 = s * chunk, t1 = min(L, t0 + chunk);
     const size_t base = (size_t)g * max_ctx * HEAD_DIM;
+    for (int t = t0 + warp + AW * lane; t < min(t1, pos); t += AW * 32) {
+#pragma unroll
+        for (int b = 0; b < HEAD_DIM * 2; b += 128) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + base + (size_t)t * HEAD_DIM + b / 2));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + base + (size_t)t * HEAD_DIM + b / 2));
+        }
+    }
+    if (ROPE && warp == 0) {
+        prefetch_l2(cos_t + (size_t)pos * rope_half, 4 * rope_half, lane);
+        prefetch_l2(sin_t + (size_t)pos * rope_half, 4 * rope_half, lane);
+    }
+    pdl_wait();
     float q[DPL], ck[DPL], cv[DPL];
 #pragma unroll
     for (int j = 0; j < DPL; ++j) q[j] = qkv[h * HEAD_DIM + lane * DPL + j];
@@ -278,6 +295,7 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = h / (n_heads / n_kv);
     const int q_dim = n_heads * HEAD_DIM, row_len = q_dim + 2 * n_kv * HEAD_DIM;
+    pdl_wait();
     const int L = *pos_dev + t + 1;
     float q[DPL];
 #pragma unroll

@@ -3,9 +3,12 @@
 // All take sizes as arguments and device pointers only, so they are graph capturable.
 #include <stdint.h>
 
+#include "pdl.cuh"  // swiglu and add_inplace may run in a PDL decode step
+
 // gate_up (n, 2 * d_ff) = [gate | up] -> h (n, d_ff) = silu(gate) * up. Grid-stride, any sizes.
 extern "C" __global__ void swiglu(const float *__restrict__ gate_up, float *__restrict__ h,
                                   int d_ff, int n) {
+    pdl_wait();
     const long total = (long)n * d_ff;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
          i += (long)gridDim.x * blockDim.x) {
@@ -18,6 +21,7 @@ extern "C" __global__ void swiglu(const float *__restrict__ gate_up, float *__re
 
 // x[i] += y[i] for i < n.
 extern "C" __global__ void add_inplace(float *__restrict__ x, const float *__restrict__ y, int n) {
+    pdl_wait();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         x[i] += y[i];
 }

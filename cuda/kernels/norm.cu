@@ -2,7 +2,8 @@
 //
 // One block per row (grid = n_rows); any blockDim that is a multiple of 32 (<= 1024) and any
 // n_cols. fp32 throughout, like the numpy reference (runtime/numpy_layers.rms_norm). x and y may
-// be the same buffer. No per-step host values: graph capturable.
+// be the same buffer. No per-step host values: graph capturable. PDL-safe (pdl.cuh).
+#include "pdl.cuh"
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -13,6 +14,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 extern "C" __global__ void rms_norm(const float *__restrict__ x, const float *__restrict__ w,
                                     float *__restrict__ y, int n_cols, float eps) {
     __shared__ float partial[32];
+    pdl_wait();
     const float *xr = x + (size_t)blockIdx.x * n_cols;
     float *yr = y + (size_t)blockIdx.x * n_cols;
     float ss = 0.f;

@@ -3,8 +3,9 @@
 // Grid (ceil(slots / threads), n_tokens): each thread decodes one 8-value slot of the row and
 // writes two float4. ids live in device memory (int32), so a decode step's launch is graph
 // capturable. For F32/F16 rows the "block" is 8 values: n_cols must be a multiple of 8 (the
-// plain-copy kernel embed_plain_* below handles any n_cols).
+// plain-copy kernel embed_plain_* below handles any n_cols). PDL: see pdl.cuh.
 #include "ggml_blocks.cuh"
+#include "pdl.cuh"
 
 template <class T>
 __device__ __forceinline__ void embed_impl(const uint8_t *__restrict__ W, int n_cols,
@@ -13,6 +14,8 @@ __device__ __forceinline__ void embed_impl(const uint8_t *__restrict__ W, int n_
     const int t = blockIdx.y;
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
     const int nblk = n_cols / T::QK;
+    pdl_trigger();  // the decode step's first kernel: the next one may start prefetching
+    pdl_wait();
     if (s >= nblk * NS) return;
     const int b = s / NS, k = s % NS;
     const uint8_t *blk = W + ((size_t)ids[t] * nblk + b) * T::BYTES;
@@ -35,10 +38,12 @@ GGML_FOR_EACH_TYPE(EMBED_KERNEL)
 extern "C" __global__ void embed_plain_f32(const float *__restrict__ W, int n_cols,
                                            const int *__restrict__ ids, float *__restrict__ out) {
     const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    pdl_wait();
     if (c < n_cols) out[(size_t)t * n_cols + c] = W[(size_t)ids[t] * n_cols + c];
 }
 extern "C" __global__ void embed_plain_f16(const __half *__restrict__ W, int n_cols,
                                            const int *__restrict__ ids, float *__restrict__ out) {
     const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    pdl_wait();
     if (c < n_cols) out[(size_t)t * n_cols + c] = __half2float(W[(size_t)ids[t] * n_cols + c]);
 }

@@ -6,7 +6,11 @@
 // read as float4 (cached in L1: every warp of the grid reads the same x). fp32 accumulation, then a
 // shuffle reduction. cols must be a multiple of the type's QK (8 for F32/F16); rows are arbitrary.
 // No host-side value changes per decode step, so launches are CUDA-graph capturable.
+// PDL (pdl.cuh): every kernel lets the next one launch at once, prefetches its weight rows into
+// L2 (weights never change) and only then waits for the kernel before it to finish, so the
+// weights' DRAM round trip overlaps the previous kernel.
 #include "ggml_blocks.cuh"
+#include "pdl.cuh"
 
 #ifndef MV_WARPS
 #define MV_WARPS 4  // rows (warps) per block of threads
@@ -22,9 +26,12 @@ __device__ __forceinline__ void matvec_impl(const uint8_t *__restrict__ W, int r
     constexpr int NS = T::QK / 8;  // slots per block
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    pdl_trigger();
     if (row >= rows) return;
     const int nblk = cols / T::QK;
     const uint8_t *wr = W + (size_t)row * nblk * T::BYTES;
+    prefetch_l2(wr, (size_t)nblk * T::BYTES, lane);
+    pdl_wait();
     const int nslot = nblk * NS;
     float acc = 0.f;
 #pragma unroll 4
@@ -72,6 +79,15 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
         const int wrow = SWIGLU ? min(row0, rows - 1) + r * rows : min(row0 + r, rows - 1);
         wr[r] = W + (size_t)wrow * row_bytes;
     }
+    pdl_trigger();
+    if (row0 < rows) {
+        const size_t share = (row_bytes + WPR - 1) / WPR;  // a row's warps split its lines
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            prefetch_l2(wr[r] + sub * share, min(share, row_bytes - min(row_bytes, sub * share)),
+                        lane);
+    }
+    pdl_wait();
     float inv = 1.f;
     if (NORM) {
         float ss = 0.f;

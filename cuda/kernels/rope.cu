@@ -12,6 +12,8 @@
 // Grid (n_tokens), any blockDim; each thread takes (head, slot) items, slot < head_dim / 2.
 #include <cuda_fp16.h>
 
+#include "pdl.cuh"
+
 extern "C" __global__ void rope_kv_write(float *__restrict__ qkv, int n_tokens,
                                          const int *__restrict__ pos_dev,
                                          const float *__restrict__ cos_t,
@@ -20,6 +22,7 @@ extern "C" __global__ void rope_kv_write(float *__restrict__ qkv, int n_tokens,
                                          int n_heads, int n_kv, int head_dim, int rope_half,
                                          int max_ctx, int neox) {
     const int t = blockIdx.x;
+    pdl_wait();
     const int pos = *pos_dev + t;
     const int q_dim = n_heads * head_dim, kv_dim = n_kv * head_dim;
     float *row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
@@ -63,5 +66,6 @@ extern "C" __global__ void rope_kv_write(float *__restrict__ qkv, int n_tokens,
 // The decode step ends by moving the position on: *pos_dev += 1 (one thread), so a replayed
 // graph advances its own position. seq_len (= pos + 1 during the step) is derived by the readers.
 extern "C" __global__ void advance_position(int *pos_dev, int by) {
+    pdl_wait();
     if (threadIdx.x == 0 && blockIdx.x == 0) *pos_dev += by;
 }

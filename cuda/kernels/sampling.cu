@@ -15,6 +15,8 @@
 // once and membership is O(1); pen_ids must be distinct (the host passes np.unique(history)).
 #include <stdint.h>
 
+#include "pdl.cuh"
+
 #define ST 1024
 #define NEGLIGIBLE 40.0
 #define ID_MASK 0xFFFFFFu  // ids < 2^24
@@ -315,7 +317,8 @@ extern "C" __global__ void __launch_bounds__(ST)
 // multiple of 32, <= 1024). Block b takes a contiguous slice of the logits and leaves its
 // (max, first id) in part_v/part_i[b]; the last block to finish (counter, reset to 0 after)
 // picks the best, the lowest id among equal maxima: np.argmax's rule, so it equals
-// sample_greedy with no penalty. Used at the end of the captured decode step.
+// sample_greedy with no penalty. Used at the end of the captured decode step, where its last
+// block also advances the position (*pos_dev += advance; pos_dev may be null).
 __device__ __forceinline__ void warp_argmax_f(float &x, int &id) {
     for (int o = 16; o > 0; o >>= 1) {
         const float ox = __shfl_xor_sync(0xffffffffu, x, o);
@@ -340,8 +343,10 @@ __device__ void block_argmax_f(float &x, int &id) {  // result valid in thread 0
 }
 
 extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vocab, float *part_v,
-                                        int *part_i, unsigned *counter, int *out) {
+                                        int *part_i, unsigned *counter, int *out, int *pos_dev,
+                                        int advance) {
     __shared__ unsigned s_ticket;
+    pdl_wait();
     const int per = (vocab + gridDim.x - 1) / gridDim.x;
     const int lo = blockIdx.x * per, hi = min(vocab, lo + per);
     float best = -INFINITY;
@@ -372,5 +377,6 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
     if (threadIdx.x == 0) {
         *out = best_id;
         *counter = 0;
+        if (pos_dev != nullptr) *pos_dev += advance;  // the step's last kernel moves it on
     }
 }

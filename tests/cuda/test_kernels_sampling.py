@@ -118,3 +118,11 @@ def test_multi_block_argmax(cuda_ctx, vocab):
         s.synchronize()
         assert int(out.get()[0]) == int(np.argmax(x))
         assert int(counter.get()[0]) == 0
+    # in the decode step the last block also moves the position on (with PDL there)
+    pos = ga.to_gpu(np.array([41], np.int32))
+    ops.argmax(
+        ga.to_gpu(x).gpudata, vocab, part_v.gpudata, part_i.gpudata, counter.gpudata,
+        out.gpudata, s, pos=pos.gpudata, advance=1, pdl=True,
+    )  # fmt: skip
+    s.synchronize()
+    assert int(out.get()[0]) == int(np.argmax(x)) and int(pos.get()[0]) == 42
