@@ -1,0 +1,106 @@
+"""The loader builds the tokenizer while the executor loads the engine (load time to ready)."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.loader import ModelInfo, default_engine_loader
+from actors.supervisor import Worker, run_worker
+from runtime.cli import first_error
+from runtime.config import WorkerConfig
+from runtime.errors import ModelLoadError
+from runtime.gguf_file import open_gguf
+from runtime.narration import Narrator
+from tests.actors.fakes import FakeEngine, FakeTokenizer, Script
+
+WAIT_S = 5.0
+
+
+def _worker(info_loader, engine_loader, log: io.StringIO) -> Worker:
+    return Worker(
+        WorkerConfig(model=Path("fake-model.gguf"), port=0, worker_id="t", max_context=128),
+        backend="cpu",
+        narrator=Narrator("t", stream=log, model="fake-model"),
+        info_loader=info_loader,
+        engine_loader=engine_loader,
+    )
+
+
+async def test_tokenizer_and_engine_load_at_the_same_time():
+    # Each loader waits (bounded) until the other has started: run one after the other, the
+    # first would time out and say so.
+    info_started, engine_started = threading.Event(), threading.Event()
+    saw: dict[str, bool] = {}
+    contexts: list[int] = []
+
+    def info_loader(path):
+        info_started.set()
+        saw["engine"] = engine_started.wait(WAIT_S)
+        return ModelInfo(FakeTokenizer(), None, "", "</s>", context_length=4096)
+
+    def engine_loader(path, backend, *, max_context, gpu_device, progress):
+        engine_started.set()
+        saw["info"] = info_started.wait(WAIT_S)
+        contexts.append(max_context)
+        progress(0, 1)
+        progress(1, 1)
+        return FakeEngine(Script(), max_context)
+
+    worker = _worker(info_loader, engine_loader, io.StringIO())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_worker(worker, handle_signals=False, task_status=task_status)
+        )
+        with trio.fail_after(3 * WAIT_S):
+            await worker.ready.wait()
+            assert worker.state.health()[1]["status"] == "ready"
+            await worker.shutdown("test finished")
+    assert saw == {"engine": True, "info": True}
+    assert contexts == [128]  # the configured context; default_engine_loader clamps to the file
+
+
+@pytest.mark.parametrize("failing", ["info", "engine"])
+async def test_a_failed_load_is_reported_as_itself_not_as_a_group(failing):
+    def info_loader(path):
+        if failing == "info":
+            raise ModelLoadError("x.gguf: no tokenizer.ggml.tokens")
+        return ModelInfo(FakeTokenizer(), None, "", "</s>", context_length=4096)
+
+    def engine_loader(path, backend, *, max_context, gpu_device, progress):
+        if failing == "engine":
+            raise ModelLoadError("x.gguf: bad magic")
+        return FakeEngine(Script(), max_context)
+
+    log = io.StringIO()
+    worker = _worker(info_loader, engine_loader, log)
+    with pytest.raises(BaseException) as raised:  # noqa: B017  (the supervisor's group)
+        with trio.fail_after(3 * WAIT_S):
+            await run_worker(worker, handle_signals=False)
+    error = first_error(raised.value)
+    assert isinstance(error, ModelLoadError)
+    expected = "no tokenizer.ggml.tokens" if failing == "info" else "bad magic"
+    assert expected in error.message
+    assert f'The model failed to load: x.gguf: {expected}"' in log.getvalue()
+    assert worker.state.health()[1]["status"] == "unhealthy"
+
+
+def test_default_engine_loader_clamps_the_context_to_the_file(tmp_path):
+    from tools.make_synthetic_gguf import write_synthetic_model
+
+    path = write_synthetic_model(tmp_path / "tiny.gguf", n_layers=1, vocab_size=512)
+    with open_gguf(path) as model:
+        trained = model.config.context_length
+    seen: list[int] = []
+    engine = default_engine_loader(
+        path, "cpu", max_context=trained + 1000, gpu_device=0, progress=lambda d, t: seen.append(d)
+    )
+    try:
+        assert engine.max_context == trained
+        assert seen[0] == 0 and seen == sorted(seen)
+    finally:
+        engine.close()
