@@ -1,7 +1,10 @@
 """Admission and bookkeeping of jobs: the one place that says yes, 409, 503 BUSY, or 404.
 
 Live jobs (queued or running) are indexed by job_id, so a duplicate is refused (409) and a
-cancel finds its target. Finished job ids are remembered for a while (bounded) so that a cancel
+cancel finds its target. A job_id is *reserved* from the moment its request is valid, before its
+prompt is tokenized off-thread (that takes a while for a long prompt): a duplicate arriving
+meanwhile is a 409 too, and a cancel arriving meanwhile answers 202 and the job, once
+submitted, ends at once with `error` CANCELLED, exactly like a job cancelled while queued. Finished job ids are remembered for a while (bounded) so that a cancel
 after the end answers 202 and changes nothing, as the protocol wants, instead of 404.
 Runs entirely on the trio thread.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import collections
 
+import attrs
 import trio
 
 from actors.executor import Executor
@@ -23,11 +27,20 @@ REMEMBER_FINISHED = 4096  # finished job ids kept for idempotent cancels
 BUSY_RETRY_AFTER_S = 1
 
 
+@attrs.define
+class Reservation:
+    """A job_id held while its prompt is tokenized; `cancel` may mark it."""
+
+    job_id: str
+    cancel_reason: str | None = None  # set: cancelled before it was submitted
+
+
 class Scheduler:
     def __init__(self, *, executor: Executor, state: WorkerState, narrator: Narrator):
         self.executor = executor
         self.state = state
         self.live: dict[str, JobHandle] = {}
+        self.reserved: dict[str, Reservation] = {}
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._narrator = narrator.child(actor=ACTOR)
 
@@ -47,19 +60,45 @@ class Scheduler:
         return None
 
     def check_job_id(self, job_id: str) -> None:
-        if job_id in self.live:
+        if job_id in self.live or job_id in self.reserved:
             raise WorkerError(f"job {job_id} is already queued or running", code=ErrorCode.CONFLICT)
 
-    def submit(self, job: Job) -> JobHandle:
-        """Admit a job or raise: LOADING/DRAINING/INTERNAL (state), CONFLICT, BUSY."""
-        error = self.admission_error()
-        if error is not None:
-            raise error
-        self.check_job_id(job.job_id)
+    def check_room(self) -> None:
         if not self.executor.has_room():
             raise WorkerError(
                 f"the queue is full ({self.executor.queue_size} jobs waiting)", code=ErrorCode.BUSY
             )
+
+    def reserve(self, job_id: str) -> Reservation:
+        """Hold `job_id` while the prompt is tokenized; refuses (409, 503 BUSY) before that work.
+
+        Pair with `unreserve` in a `finally`; `submit(job, reservation)` takes it over.
+        """
+        self.check_job_id(job_id)
+        self.check_room()
+        reservation = Reservation(job_id)
+        self.reserved[job_id] = reservation
+        return reservation
+
+    def unreserve(self, reservation: Reservation) -> None:
+        if self.reserved.get(reservation.job_id) is reservation:
+            del self.reserved[reservation.job_id]
+
+    def submit(self, job: Job, reservation: Reservation | None = None) -> JobHandle:
+        """Admit a job or raise: LOADING/DRAINING/INTERNAL (state), CONFLICT, BUSY."""
+        error = self.admission_error()
+        if error is not None:
+            raise error
+        if reservation is not None:
+            self.unreserve(reservation)
+        self.check_job_id(job.job_id)
+        if reservation is not None and reservation.cancel_reason is not None:
+            # Cancelled while its prompt was tokenized: it ends now and never queues.
+            handle = JobHandle(job, on_done=self._retire)
+            self.live[job.job_id] = handle
+            handle.request_cancel(reservation.cancel_reason)
+            return handle
+        self.check_room()
         handle = JobHandle(job, on_done=self._retire)
         try:
             self.executor.submit(handle)
@@ -73,7 +112,20 @@ class Scheduler:
         """POST /cancel: True (202) for a live or recently finished job, False (404) otherwise."""
         handle = self.live.get(job_id)
         if handle is None:
-            return job_id in self.finished
+            reservation = self.reserved.get(job_id)
+            if reservation is None:
+                return job_id in self.finished
+            if reservation.cancel_reason is None:
+                reservation.cancel_reason = "the job was cancelled"
+                self._narrator.emit(
+                    "cancel",
+                    target=job_id,
+                    job_id=job_id,
+                    correlation_id=correlation_id,
+                    human=f"Cancel requested for job {job_id} before it was queued.",
+                    job_state="admitting",
+                )
+            return True
         was_queued = handle.state is JobState.QUEUED
         if handle.request_cancel() and not handle.cancel_noted:
             handle.cancel_noted = True

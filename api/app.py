@@ -168,12 +168,17 @@ def create_app(worker: Any) -> QuartTrio:
             return error_response(admission, status=503)
         try:
             req = validate_execute(body)
-            scheduler.check_job_id(req.job_id)
-            info, context_length = worker.info, state.facts.context_length
-            prompt_ids, prompt_fp = await trio.to_thread.run_sync(
-                prompt_token_ids, info, req, context_length
-            )
-            handle = scheduler.submit(Job(req.job_id, prompt_ids, req, correlation_id, prompt_fp))
+            # 409 / 503 BUSY before the tokenizing work; from here /cancel finds the job.
+            reservation = scheduler.reserve(req.job_id)
+            try:
+                info, context_length = worker.info, state.facts.context_length
+                prompt_ids, prompt_fp = await trio.to_thread.run_sync(
+                    prompt_token_ids, info, req, context_length
+                )
+                job = Job(req.job_id, prompt_ids, req, correlation_id, prompt_fp)
+                handle = scheduler.submit(job, reservation)
+            finally:
+                scheduler.unreserve(reservation)
         except WorkerError as error:
             narrator.emit(
                 "execute_rejected",

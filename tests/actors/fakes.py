@@ -68,7 +68,14 @@ class FakeTokenizer:
     add_bos = False
     eog_ids = frozenset({EOS})
 
+    def __init__(self, encode_gate: threading.Event | None = None):
+        self.encode_gate = encode_gate  # encode() waits here (a long prompt being tokenized)
+        self.encode_calls = 0
+
     def encode(self, text: str, parse_special: bool = True) -> list[int]:
+        self.encode_calls += 1
+        if self.encode_gate is not None:
+            self.encode_gate.wait(GATE_TIMEOUT_S)
         return [ord(c) % EOS for c in text]
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -94,6 +101,7 @@ class Script:
     fail_with: Exception | None = None  # default: RuntimeError, an engine bug
     residency_error: Exception | None = None  # check_residency() raises this
     residency_gate: threading.Event | None = None  # check_residency() waits here (stuck thread)
+    encode_gate: threading.Event | None = None  # the tokenizer's encode() waits here
     fail_load: Exception | None = None
     residency_ok: bool = True
 
@@ -285,7 +293,8 @@ async def running_worker(
     log = io.StringIO()
 
     def info_loader(path: Path) -> ModelInfo:
-        return ModelInfo(FakeTokenizer(), CHATML, "", "</s>", context_length=4096)
+        tokenizer = FakeTokenizer(script.encode_gate)
+        return ModelInfo(tokenizer, CHATML, "", "</s>", context_length=4096)
 
     def engine_loader(path, backend, *, max_context, gpu_device, progress):
         progress(0, script.load_steps)
@@ -326,6 +335,7 @@ async def running_worker(
             script.prefill_gate,
             script.step_gate,
             script.residency_gate,
+            script.encode_gate,
         ):
             if gate is not None:
                 gate.set()  # never leave the engine thread waiting while we shut down

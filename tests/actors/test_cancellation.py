@@ -223,3 +223,32 @@ async def test_a_cancelled_queued_job_frees_its_queue_slot_at_once():
         assert h.worker.executor.pending == 0  # the skipped handle was not counted twice
         starts = [e["job_id"] for e in h.narration() if e["action"] == "execute_start"]
         assert starts == ["long", "next"]
+
+
+async def test_cancel_while_the_prompt_is_tokenized_ends_the_job_before_it_queues():
+    gate = threading.Event()  # tokenizing takes a while (a long prompt on a busy machine)
+    async with running_worker(Script(encode_gate=gate)) as h:
+        results = {}
+
+        async def run(job_id: str) -> None:
+            results[job_id] = await h.execute(job_id=job_id, prompt="abc", max_tokens=3)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "tok")
+                await wait_until(lambda: "tok" in h.worker.scheduler.reserved)
+                assert await cancel(h, "tok") == 202  # found, although not queued yet
+                assert await cancel(h, "tok") == 202
+                dup = await h.client.post("/execute", json={"job_id": "tok", "prompt": "a"})
+                assert dup.status_code == 409  # the id is taken while it is tokenized
+                gate.set()
+            assert [e.event for e in results["tok"]] == ["error"]
+            assert cancelled(results["tok"])
+            assert not h.worker.scheduler.reserved and "tok" not in h.worker.scheduler.live
+            assert await cancel(h, "tok") == 202  # finished: accepted, nothing changes
+            assert h.worker.executor.pending == 0
+            events = await h.execute(job_id="after", prompt="abc", max_tokens=3)
+        assert events[-1].event == "end"
+        assert h.engine.prefill_calls == 1  # only "after" reached the engine
+        cancels = [e for e in h.narration() if e["action"] == "cancel"]
+        assert [(e["job_id"], e["job_state"]) for e in cancels] == [("tok", "admitting")]

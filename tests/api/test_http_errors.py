@@ -134,10 +134,19 @@ async def test_duplicate_running_job_id_is_409_and_busy_is_503_with_retry_after(
                     await trio.sleep(0.005)
                 response = await h.client.post("/execute", json={"job_id": "wait", "prompt": "b"})
                 error_of(response, 409, "CONFLICT")  # queued counts too
-                response = await h.client.post("/execute", json={"job_id": "more", "prompt": "b"})
+                # BUSY comes before the prompt is tokenized: a full queue costs no tokenizer work
+                # (were it tokenized, encode() would wait on this gate for 10 s).
+                tokenizer = h.worker.info.tokenizer
+                calls, tokenizer.encode_gate = tokenizer.encode_calls, threading.Event()
+                with trio.fail_after(2):
+                    response = await h.client.post(
+                        "/execute", json={"job_id": "more", "prompt": "b"}
+                    )
                 error = error_of(response, 503, "BUSY")
                 assert int(response.headers["retry-after"]) >= 1
                 assert "field" not in error
+                assert tokenizer.encode_calls == calls
+                tokenizer.encode_gate = None
                 gate.set()
         starts = [e["job_id"] for e in h.narration() if e["action"] == "execute_start"]
         assert starts == ["run", "wait"]
