@@ -89,14 +89,14 @@ def engine_figures(engine, decode_ns: list[int], prefill_n: int, reps: int) -> d
 
 
 def launch(harness, args, worker_id: str):
-    """Start a worker; (WorkerProcess, seconds from Popen to /health "ready")."""
+    """Start a worker; (WorkerProcess, seconds from Popen to /health "ready", Popen's time())."""
     port = harness.free_port()
     log = Path(args.log_dir) / f"worker-{worker_id}.log"
     cmd = [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", args.backend,
            "--worker-id", worker_id, "--model", str(args.model),
            "--max-context", str(args.max_context)]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, cwd=BENCH.parent, env=env, stdin=subprocess.DEVNULL,
                                 stdout=f, stderr=f)  # fmt: skip
@@ -107,7 +107,7 @@ def launch(harness, args, worker_id: str):
                 raise RuntimeError(f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 if client.get(f"{worker.base_url}/health").json().get("status") == "ready":
-                    return worker, time.perf_counter() - t0
+                    return worker, time.perf_counter() - t0, wall0
             except (httpx.TransportError, ValueError):
                 pass
             time.sleep(0.005)
@@ -115,16 +115,19 @@ def launch(harness, args, worker_id: str):
     raise TimeoutError("worker not ready in 300 s")
 
 
-def load_phases(worker) -> dict:
+def load_phases(worker, popen_wall: float) -> dict:
     """Narration timestamps: startup -> model_load_start -> model_load_complete -> ready (s)."""
     ts = {}
     for event in worker.narration():
         if event.get("action") in ("startup", "model_load_start", "model_load_complete", "ready"):
             ts.setdefault(event["action"], datetime.datetime.fromisoformat(event["ts"]))
     keys = [k for k in ("startup", "model_load_start", "model_load_complete", "ready") if k in ts]
-    return {
-        f"{a}->{b}": (ts[b] - ts[a]).total_seconds() for a, b in zip(keys, keys[1:], strict=False)
-    }
+    pairs = zip(keys, keys[1:], strict=False)
+    phases = {f"{a}->{b}": (ts[b] - ts[a]).total_seconds() for a, b in pairs}
+    if "startup" in ts:  # interpreter start, imports, backend pick (narration ts: UTC, ms)
+        phases = {"process->startup": round(ts["startup"].timestamp() - popen_wall, 3),
+                  **phases}  # fmt: skip
+    return phases
 
 
 def prompt_of(tokenizer, n: int) -> str:
@@ -149,6 +152,37 @@ def ttft(harness, client, url: str, prompt: str, n: int) -> dict:
         prompt_tokens = tr.events[0][1]["prompt_tokens"]
     return {"n": n, "prompt_tokens": prompt_tokens, "p50_ms": pct(firsts, 50),
             "p95_ms": pct(firsts, 95), "max_ms": max(firsts), "end_p50_ms": pct(totals, 50)}  # fmt: skip
+
+
+def engine_ttft(alone, prompt: str, n: int) -> dict:
+    """The same 32-token, max_tokens-1 job in-process: generate() as the executor runs it, and
+    its parts called one by one (reset; prefill enqueue; prefill on the device; first sample)."""
+    from runtime.generate import TokenOut, generate
+
+    engine, tok = alone.engine, alone.tokenizer
+    ids = tok.encode(prompt, parse_special=True)
+    firsts, parts = [], []
+    for r in range(n + 3):
+        t0 = time.perf_counter()
+        for event in generate(engine, ids, GREEDY, max_tokens=1,
+                              decoder=tok.incremental_decoder(), eog_ids=tok.eog_ids):  # fmt: skip
+            if isinstance(event, TokenOut):
+                first = (time.perf_counter() - t0) * 1e3
+        t = [time.perf_counter()]
+        engine.reset()
+        t.append(time.perf_counter())
+        engine.prefill(ids)
+        t.append(time.perf_counter())
+        _sync(engine)
+        t.append(time.perf_counter())
+        engine.sample(GREEDY, ids, 0)
+        t.append(time.perf_counter())
+        if r >= 3:
+            firsts.append(first)
+            parts.append([(b - a) * 1e3 for a, b in zip(t, t[1:], strict=False)])
+    names = ("reset_ms", "prefill_enqueue_ms", "prefill_device_ms", "sample_ms")
+    med = {k: statistics.median(p[i] for p in parts) for i, k in enumerate(names)}
+    return {"n": n, "p50_ms": pct(firsts, 50), "p95_ms": pct(firsts, 95), **med}
 
 
 def cancel_latency(harness, url: str, n: int, after: int = 8) -> dict:
@@ -254,11 +288,15 @@ def report(res: dict, peak_gbps: float) -> str:
         return "PASS" if ok else "MISS"
 
     t, v, hb, c = res["ttft"], res["http_vs_engine"], res["health_busy"], res["cancel"]
+    et = res["engine_ttft"]
     loads = res["load_to_ready_s"]
     lines += [
         f"TTFT HTTP ({t['prompt_tokens']}-token prompt, max_tokens 1, n={t['n']}): "
         f"p50 {t['p50_ms']:.2f} ms  p95 {t['p95_ms']:.2f} ms  max {t['max_ms']:.2f} ms  "
         f"[p50 < 10 ms: {target(t['p50_ms'] < 10)}]",
+        f"  same job in-process (generate): p50 {et['p50_ms']:.2f} ms  p95 {et['p95_ms']:.2f} ms;"
+        f" reset {et['reset_ms']:.2f}, prefill enqueue {et['prefill_enqueue_ms']:.2f}, on device "
+        f"{et['prefill_device_ms']:.2f}, first sample {et['sample_ms']:.2f} ms (medians)",
         f"decode via HTTP/SSE vs engine ({v['tokens']} tokens, greedy): median "
         f"{v['http_median_tps']:,.1f} vs {v['engine_median_tps']:,.1f} t/s = "
         f"{v['ratio_median']:.1%}; best {v['ratio_best']:.1%}; server side "
@@ -320,17 +358,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.llama_cpp:
             res["llama_cpp"] = llama_cpp.run(args.llama_cpp, args.model, reps=args.reps)
             print("llama.cpp:", json.dumps(res["llama_cpp"]), flush=True)
-        worker, first = launch(harness, args, "bench-1")
+        worker, first, wall = launch(harness, args, "bench-1")
         try:
             url = worker.base_url
-            res["load_phases"] = load_phases(worker)
+            res["load_phases"] = load_phases(worker, wall)
             with httpx.Client(timeout=60) as client:
                 prompt32 = prompt_of(alone.tokenizer, 32)
                 res["ttft"] = ttft(harness, client, url, prompt32, args.ttft_requests)
+                res["engine_ttft"] = engine_ttft(alone, prompt32, args.ttft_requests)
                 res["http_vs_engine"] = http_vs_engine(
                     harness, alone, client, url, args.stream_tokens, args.reps
                 )
-            print("http:", json.dumps({k: res[k] for k in ("ttft", "http_vs_engine")}), flush=True)
+            shown = ("ttft", "engine_ttft", "http_vs_engine")
+            print("http:", json.dumps({k: res[k] for k in shown}), flush=True)
             res["health_idle"] = health_latency(url, 1.0, 0.002, None)
             res["health_busy"] = health_latency(url, args.health_seconds, 0.002, args.stream_tokens)
             res["cancel"] = cancel_latency(harness, url, args.cancel_samples)
@@ -338,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
         loads = [first]
         for k in (2, 3):  # warm PyCUDA kernel cache: the engine above and worker 1 compiled
-            worker, seconds = launch(harness, args, f"bench-{k}")
-            res["load_phases"] = load_phases(worker)
+            worker, seconds, wall = launch(harness, args, f"bench-{k}")
+            res["load_phases"] = load_phases(worker, wall)
             worker.stop()
             loads.append(seconds)
         res["load_to_ready_s"] = loads
