@@ -32,6 +32,7 @@ from actors.residency import run_residency_monitor
 from actors.scheduler import Scheduler
 from api.app import create_app
 from api.fast_health import HealthFastPath
+from api.prompt import chat_template_problem
 from runtime.cli import first_error
 from runtime.config import WorkerConfig
 from runtime.errors import ErrorCode
@@ -154,6 +155,17 @@ class Worker:
                 )
                 # The tokenizer before the status: a request admitted as "ready" finds it.
                 self.info = loaded.info
+                problem = await trio.to_thread.run_sync(
+                    chat_template_problem, loaded.info.chat_template
+                )
+                if problem is not None:  # prompts still work; messages get a clear 400
+                    self.narrate(
+                        "chat_template_unusable",
+                        level="warning",
+                        human=f"The model's chat template cannot be used ({problem}); "
+                        "requests with messages will be refused, prompts are served.",
+                        detail=problem,
+                    )
                 self.state.mark_ready(loaded.facts, loaded.backend)
                 await nursery.start(
                     functools.partial(

@@ -3,13 +3,35 @@
 Runs on a worker thread (tokenizing 32 K characters takes a while in pure Python and must not
 stall the event loop), before any stream starts, so everything that can be wrong about the
 prompt (no chat template, a template error, too many tokens for the context) is a 400.
+
+A chat template that does not even parse is the model file's fault, but the client's way out is
+the same as for a model without a template: send `prompt`. So it is a 400 on `messages` too,
+saying so; the supervisor compiles the template once at load (`chat_template_problem`) and
+narrates a warning, so an operator learns of it before any client does.
+
+The rendered text is encoded with `parse_special=True`, as llama.cpp does for chat prompts:
+the template's own markers ("<|im_start|>") must become control tokens. The same holds for
+control-token text inside message content; see specs/decisions/0006-sse-protocol.md.
 """
 
 from __future__ import annotations
 
 from api.validation import ExecuteRequest
-from runtime.errors import InvalidRequest
+from runtime.errors import InvalidRequest, ModelLoadError
 from runtime.narration import fingerprint
+
+
+def chat_template_problem(template: str | None) -> str | None:
+    """Why `template` cannot be used (it does not parse), or None. Compiles it once (cached)."""
+    if not template:
+        return None  # no template at all: requests with messages are refused per request
+    from runtime.chat import compile_chat_template
+
+    try:
+        compile_chat_template(template)
+    except ModelLoadError as error:
+        return error.message
+    return None
 
 
 def prompt_token_ids(
@@ -24,13 +46,19 @@ def prompt_token_ids(
             raise InvalidRequest("this model has no chat template; send a prompt", field="messages")
         from runtime.chat import render_chat
 
-        text = render_chat(
-            info.chat_template,
-            list(request.messages),
-            bos_token=info.bos_token,
-            eos_token=info.eos_token,
-            add_generation_prompt=True,
-        )
+        try:
+            text = render_chat(
+                info.chat_template,
+                list(request.messages),
+                bos_token=info.bos_token,
+                eos_token=info.eos_token,
+                add_generation_prompt=True,
+            )
+        except ModelLoadError as error:  # the template does not parse
+            raise InvalidRequest(
+                f"this model's chat template cannot be used ({error.message}); send a prompt",
+                field="messages",
+            ) from None
         field = "messages"
     else:
         text = request.prompt

@@ -3,7 +3,7 @@
     WORKER_ORCD_BACKEND=cpu hypercorn --worker-class trio --workers 0 --bind 127.0.0.1:8080 runtime.asgi:app
 
 Settings come from `WORKER_ORCD_*` environment variables (MODEL, BACKEND, MAX_CONTEXT, WORKER_ID,
-GPU_DEVICE, RESIDENCY_INTERVAL, QUEUE_SIZE, DRAIN_TIMEOUT; see `runtime.config`). Hypercorn owns
+GPU_DEVICE, RESIDENCY_INTERVAL, QUEUE_SIZE, DRAIN_TIMEOUT, MAX_VRAM_BYTES; see `runtime.config`). Hypercorn owns
 the socket; the actor core (executor, loader, residency monitor) runs in the app's lifespan
 nursery, started before hypercorn binds, so `/health` says `loading` first.
 

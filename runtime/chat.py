@@ -176,6 +176,11 @@ def render_chat(
             f"the model's chat template tried an operation the sandbox forbids ({exc}); "
             "it was stopped before running it"
         ) from None
+    except RecursionError:
+        # e.g. a macro that calls itself: Python's stack limit stops it, the worker goes on.
+        raise ChatTemplateError(
+            "the model's chat template recursed too deeply on these messages", field="messages"
+        ) from None
     except (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError) as exc:
         raise ChatTemplateError(
             f"the model's chat template failed on these messages: {type(exc).__name__}: {exc}",

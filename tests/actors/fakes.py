@@ -285,6 +285,7 @@ async def running_worker(
     wait_ready: bool = True,
     max_context: int = 512,
     residency_check_timeout_s: float | None = None,
+    chat_template: str | None = CHATML,
     **config: object,
 ) -> AsyncIterator[Harness]:
     """A whole worker on a real socket with the fake model; shut down (drained) on exit."""
@@ -294,7 +295,7 @@ async def running_worker(
 
     def info_loader(path: Path) -> ModelInfo:
         tokenizer = FakeTokenizer(script.encode_gate)
-        return ModelInfo(tokenizer, CHATML, "", "</s>", context_length=4096)
+        return ModelInfo(tokenizer, chat_template, "", "</s>", context_length=4096)
 
     def engine_loader(path, backend, *, max_context, gpu_device, progress):
         progress(0, script.load_steps)

@@ -220,3 +220,34 @@ async def test_fast_health_path_matches_the_quart_route():
         assert fast_body == slow_body
         head = await h.client.head("/health")
         assert head.status_code == 200 and head.content == b""
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def test_a_chat_template_that_does_not_parse_is_a_clear_400_and_prompts_still_work():
+    broken = "{% for m in messages %}{{ m['content'] }}"  # no endfor
+    async with running_worker(chat_template=broken) as h:
+        with trio.fail_after(10):
+            response = await h.client.post("/execute", json={"job_id": "c", "messages": MESSAGES})
+            error = error_of(response, 400, "INVALID_REQUEST")
+            assert error["field"] == "messages"
+            assert "chat template cannot be used" in error["message"]
+            assert "send a prompt" in error["message"]
+            events = await h.execute(job_id="p", prompt="abc", max_tokens=2)
+        assert events[-1].event == "end"
+        # Found at load, before any request: the operator is told once.
+        (warning,) = [e for e in h.narration() if e["action"] == "chat_template_unusable"]
+        assert warning["level"] == "warning"
+        assert h.actions().index("chat_template_unusable") < h.actions().index("ready")
+
+
+async def test_a_chat_template_that_recurses_forever_is_a_400():
+    recursive = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
+    async with running_worker(chat_template=recursive) as h:
+        with trio.fail_after(10):
+            response = await h.client.post("/execute", json={"job_id": "r", "messages": MESSAGES})
+            error = error_of(response, 400, "INVALID_REQUEST")
+            assert error["field"] == "messages" and "recursed" in error["message"]
+            assert (await h.client.get("/health")).json()["status"] == "ready"
+        assert "chat_template_unusable" not in h.actions()  # it parses; it fails per request
