@@ -45,7 +45,7 @@ _NEGLIGIBLE = 40.0
 @attrs.frozen
 class SamplingParams:
     temperature: float = 1.0  # 0.0 = greedy (argmax), up to 2.0
-    top_k: int = 0  # 0 = off
+    top_k: int = 0  # 0 = off, and so is any k >= the vocabulary; at most 2**31-1 (int32 on the GPU)
     top_p: float = 1.0  # (0, 1]; 1 = off
     min_p: float = 0.0  # [0, 1]; 0 = off
     repetition_penalty: float = 1.0  # (0, 2]; 1 = off

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from api.validation import (
@@ -11,6 +12,7 @@ from api.validation import (
     validate_execute,
 )
 from runtime.errors import ErrorCode, InvalidRequest
+from runtime.sampling import sample_from_logits
 
 BASE = {"job_id": "job-1", "prompt": "hello"}
 
@@ -174,3 +176,14 @@ def test_cancel_body():
         with pytest.raises(InvalidRequest) as info:
             validate_cancel(body)
         assert info.value.field == field
+
+
+def test_the_largest_top_k_keeps_every_token_like_off():
+    # Documented: any top_k at or above the vocabulary size means "off", so the cap at
+    # 2**31-1 takes nothing away. Same draws, same tokens, with top_k 0 and with the cap.
+    logits = np.random.default_rng(7).normal(size=64).astype(np.float32)  # (vocab,)
+    capped = validate_execute({**BASE, "top_k": 2**31 - 1, "seed": 11}).params
+    off = validate_execute({**BASE, "top_k": 0, "seed": 11}).params
+    picks = [sample_from_logits(logits, capped, [], draw) for draw in range(200)]
+    assert picks == [sample_from_logits(logits, off, [], draw) for draw in range(200)]
+    assert len(set(picks)) > 5  # a real distribution, not a degenerate argmax
