@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import statistics
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     alone = bench_http.EngineAlone(types.SimpleNamespace(
         model=str(args.model), backend=args.backend, max_context=args.max_context))  # fmt: skip
     res["engine_load_s"] = time.perf_counter() - t0
+    gc.freeze()  # this process's own full collections (tokenizer tables) would stall the probes
     res["weight_bytes"] = alone.model.total_tensor_bytes
     try:
         decode_ns = [int(n) for n in args.decode_tokens.split(",")]

@@ -60,6 +60,8 @@ _MM_SHAPES = {
 #: correct but slower at these shapes (decode 1,689 vs 1,795 tokens/s): off.
 BATCHED_LOADS = False
 PREFILL_KERNEL = "tcs"  # the staged kernel, tile height chosen by grid size; or "tc32"
+#: matvec kernels load and decode a lane's first slots before the PDL wait (MV_PRE=1)
+PRELOAD = True
 _MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
 #: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
 #: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
@@ -87,15 +89,17 @@ class QuantKernels:
     """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init.
 
     `batched_loads` compiles the matvec kernels with their branch-free batched slot loop
-    (MV_BATCH=1); None takes the module default BATCHED_LOADS.
+    (MV_BATCH=1); None takes the module default BATCHED_LOADS. `preload` likewise (PRELOAD).
     """
 
-    def __init__(self, *, batched_loads: bool | None = None) -> None:
+    def __init__(self, *, batched_loads: bool | None = None, preload: bool | None = None) -> None:
         import pycuda.driver as drv
 
         self.batched_loads = BATCHED_LOADS if batched_loads is None else bool(batched_loads)
+        self.preload = PRELOAD if preload is None else bool(preload)
         # the decode step's kernels load through the driver API: PDL-capable (cuda/launch.py)
-        mv = _module("quant_matvec.cu", {"MV_BATCH": int(self.batched_loads)}, driver=True)
+        defines = {"MV_BATCH": int(self.batched_loads), "MV_PRE": int(self.preload)}
+        mv = _module("quant_matvec.cu", defines, driver=True)
         emb, mm = _module("quant_embed.cu", driver=True), _module("quant_matmul.cu")
         self._matvec: dict[tuple[str, Q], Any] = {}
         self._matvec_norm: dict[tuple[str, Q], Any] = {}

@@ -17,7 +17,7 @@
 #endif
 #define DPL (HEAD_DIM / 32)  // dims per lane: HEAD_DIM must be a multiple of 32, at most 256
 #define AW 4                 // warps per block
-#define MAX_SPLITS 32        // decode splits per head at most (cuda/forward.py keeps to 16)
+#define MAX_SPLITS 32        // decode splits per head at most (cuda/forward.py's MAX_SPLITS)
 
 static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32 <= 256");
 
@@ -119,10 +119,24 @@ __device__ void block_merge(const Online &st, float *s_m, float *s_l, float *s_a
     __syncthreads();
 }
 
-// Rotate the DPL dims this lane holds (dims lane*DPL + j of one head) by position row cs/sn.
+// The rope coefficients of the DPL dims this lane holds (dims lane*DPL + j of one head) at one
+// position row cs/sn: dims past 2 * rope_half get (1, 0), which leaves them as they are.
+__device__ __forceinline__ void rope_coefs(const float *cs, const float *sn, int rope_half,
+                                           int neox, int lane, float *c, float *s) {
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+        const int d = lane * DPL + j;
+        const bool in = d < 2 * rope_half;
+        const int i = in ? (neox ? (d < rope_half ? d : d - rope_half) : d >> 1) : 0;
+        c[j] = in ? cs[i] : 1.f;
+        s[j] = in ? sn[i] : 0.f;
+    }
+}
+
+// Rotate the DPL dims this lane holds by the coefficients of rope_coefs.
 // norm: pairs (2i, 2i+1); neox: (i, i + rope_half), which needs rope_half % DPL == 0 (the
-// partner then sits at the same j of another lane). Dims >= 2 * rope_half stay as they are.
-__device__ __forceinline__ void rotate_lane(float *v, const float *cs, const float *sn,
+// partner then sits at the same j of another lane).
+__device__ __forceinline__ void rotate_lane(float *v, const float *c, const float *s,
                                             int rope_half, int neox, int lane) {
     float partner[DPL];
 #pragma unroll
@@ -138,12 +152,47 @@ __device__ __forceinline__ void rotate_lane(float *v, const float *cs, const flo
 #pragma unroll
     for (int j = 0; j < DPL; ++j) {
         const int d = lane * DPL + j;
-        if (d >= 2 * rope_half) continue;
         const bool first = neox ? d < rope_half : (d & 1) == 0;
-        const int i = neox ? (d < rope_half ? d : d - rope_half) : d >> 1;
-        const float c = cs[i], s = sn[i];
-        v[j] = first ? v[j] * c - partner[j] * s : partner[j] * s + v[j] * c;
+        v[j] = first ? v[j] * c[j] - partner[j] * s[j] : partner[j] * s[j] + v[j] * c[j];
     }
+}
+
+// KPRE keys per warp (AW * KPRE = 32 per block: the split size cuda/forward.py aims at, so
+// contexts up to 1024 keys need no more) are loaded into registers before the PDL wait, and
+// scored together: their loads overlap the kernel before, and the warp reductions of their
+// dot products interleave. Keys past those (longer splits) go through scan_keys.
+#define KPRE (DPL >= 8 ? 2 : 16 / DPL)
+
+// Fold KPRE keys (k, v; valid[i] false for keys outside the share) into st at once.
+__device__ __forceinline__ void fold_batch(Online &st, const float *q, float (*k)[DPL],
+                                           float (*v)[DPL], const bool *valid) {
+    float d[KPRE];
+#pragma unroll
+    for (int i = 0; i < KPRE; ++i) {
+        d[i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) d[i] += q[j] * k[i][j];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int i = 0; i < KPRE; ++i) d[i] += __shfl_xor_sync(0xffffffffu, d[i], o);
+    float m_new = st.m;
+#pragma unroll
+    for (int i = 0; i < KPRE; ++i) m_new = valid[i] ? fmaxf(m_new, d[i]) : m_new;
+    if (m_new == -INFINITY) return;  // no key yet (warp-uniform)
+    const float corr = expf(st.m - m_new);  // st.m = -inf: corr = 0
+    st.l *= corr;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) st.acc[j] *= corr;
+#pragma unroll
+    for (int i = 0; i < KPRE; ++i) {
+        const float p = valid[i] ? expf(d[i] - m_new) : 0.f;
+        st.l += p;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) st.acc[j] += p * v[i][j];
+    }
+    st.m = m_new;
 }
 
 // Decode: grid (n_heads, n_splits), AW*32 threads. Split s of head h takes keys
@@ -170,22 +219,34 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     const int group = n_heads / n_kv, g = h / group;
     pdl_trigger();
     // Before waiting for the qkv product (PDL, pdl.cuh): the position and the cached keys of
-    // earlier steps are final, so this warp's K and V rows and the rope row go to L2 now.
+    // earlier steps are final, so this warp's first KPRE keys (t < pos) and the rope row are
+    // loaded now, and the rest of its share is prefetched into L2.
     const int pos = *pos_dev, L = pos + 1;
     const int chunk = (L + n_splits - 1) / n_splits;
     const int t0 = s * chunk, t1 = min(L, t0 + chunk);
     const size_t base = (size_t)g * max_ctx * HEAD_DIM;
-    for (int t = t0 + warp + AW * lane; t < min(t1, pos); t += AW * 32) {
+    const __half *kc = k_cache + base, *vc = v_cache + base;
+    float pk[KPRE][DPL], pv[KPRE][DPL];
+    bool valid[KPRE];
+#pragma unroll
+    for (int i = 0; i < KPRE; ++i) {
+        const int t = t0 + warp + AW * i;
+        valid[i] = t < t1;
+        const int tc = t < min(t1, pos) ? t : 0;  // clamped: no branch around the loads
+        load_row(kc + (size_t)tc * HEAD_DIM + lane * DPL, pk[i]);
+        load_row(vc + (size_t)tc * HEAD_DIM + lane * DPL, pv[i]);
+    }
+    for (int t = t0 + warp + AW * (KPRE + lane); t < min(t1, pos); t += AW * 32) {
 #pragma unroll
         for (int b = 0; b < HEAD_DIM * 2; b += 128) {
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + base + (size_t)t * HEAD_DIM + b / 2));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + base + (size_t)t * HEAD_DIM + b / 2));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (size_t)t * HEAD_DIM + b / 2));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (size_t)t * HEAD_DIM + b / 2));
         }
     }
-    if (ROPE && warp == 0) {
-        prefetch_l2(cos_t + (size_t)pos * rope_half, 4 * rope_half, lane);
-        prefetch_l2(sin_t + (size_t)pos * rope_half, 4 * rope_half, lane);
-    }
+    float rc[DPL], rs[DPL];
+    if (ROPE)
+        rope_coefs(cos_t + (size_t)pos * rope_half, sin_t + (size_t)pos * rope_half, rope_half,
+                   neox, lane, rc, rs);
     pdl_wait();
     float q[DPL], ck[DPL], cv[DPL];
 #pragma unroll
@@ -197,9 +258,8 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
             ck[j] = qkv[kv_off + j];
             cv[j] = qkv[kv_off + n_kv * HEAD_DIM + j];
         }
-        const float *cs = cos_t + (size_t)pos * rope_half, *sn = sin_t + (size_t)pos * rope_half;
-        rotate_lane(q, cs, sn, rope_half, neox, lane);
-        rotate_lane(ck, cs, sn, rope_half, neox, lane);
+        rotate_lane(q, rc, rs, rope_half, neox, lane);
+        rotate_lane(ck, rc, rs, rope_half, neox, lane);
         const bool writer = h % group == 0 && s == 0 && warp == 0;
 #pragma unroll
         for (int j = 0; j < DPL; ++j) {
@@ -211,6 +271,16 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
             ck[j] = __half2float(hk);
             cv[j] = __half2float(hv);
         }
+    } else {  // the previous kernel (rope_kv_write) wrote key pos: read it only now
+        load_row(kc + (size_t)pos * HEAD_DIM + lane * DPL, ck);
+        load_row(vc + (size_t)pos * HEAD_DIM + lane * DPL, cv);
+    }
+#pragma unroll
+    for (int i = 0; i < KPRE; ++i) {  // the new key, if in this warp's batch
+        if (t0 + warp + AW * i == pos) {
+#pragma unroll
+            for (int j = 0; j < DPL; ++j) pk[i][j] = ck[j], pv[i][j] = cv[j];
+        }
     }
 #pragma unroll
     for (int j = 0; j < DPL; ++j) q[j] *= scale;
@@ -219,8 +289,8 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     st.l = 0.f;
 #pragma unroll
     for (int j = 0; j < DPL; ++j) st.acc[j] = 0.f;
-    scan_keys(st, q, k_cache + base, v_cache + base, t0 + warp, t1, AW, lane, ROPE ? pos : -1,
-              ck, cv);
+    fold_batch(st, q, pk, pv, valid);
+    scan_keys(st, q, kc, vc, t0 + warp + AW * KPRE, t1, AW, lane, pos, ck, cv);
     block_merge(st, s_m, s_l, s_acc, lane, warp);
     if (n_splits == 1) {
         const float inv = 1.f / s_l[AW];

@@ -6,9 +6,10 @@
 // read as float4 (cached in L1: every warp of the grid reads the same x). fp32 accumulation, then a
 // shuffle reduction. cols must be a multiple of the type's QK (8 for F32/F16); rows are arbitrary.
 // No host-side value changes per decode step, so launches are CUDA-graph capturable.
-// PDL (pdl.cuh): every kernel lets the next one launch at once, prefetches its weight rows into
-// L2 (weights never change) and only then waits for the kernel before it to finish, so the
-// weights' DRAM round trip overlaps the previous kernel.
+// PDL (pdl.cuh): every kernel lets the next one launch at once, loads and decodes its first
+// slots (MV_PRE) and prefetches the rest of its weight rows into L2 (weights never change), and
+// only then waits for the kernel before it to finish, so the weights' DRAM round trip overlaps
+// the previous kernel.
 #include "ggml_blocks.cuh"
 #include "pdl.cuh"
 
@@ -18,36 +19,27 @@
 #ifndef MV_BATCH
 #define MV_BATCH 0  // 1: batched branch-free slot loop in every kernel (see matvec_gen)
 #endif
+#ifndef MV_PRE
+#define MV_PRE 1  // 1: a lane's first slots are loaded and decoded before the PDL wait
+#endif
 
-template <class T>
-__device__ __forceinline__ void matvec_impl(const uint8_t *__restrict__ W, int rows, int cols,
-                                            const float *__restrict__ x, float *__restrict__ y,
-                                            int accumulate) {
-    constexpr int NS = T::QK / 8;  // slots per block
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    pdl_trigger();
-    if (row >= rows) return;
-    const int nblk = cols / T::QK;
-    const uint8_t *wr = W + (size_t)row * nblk * T::BYTES;
-    prefetch_l2(wr, (size_t)nblk * T::BYTES, lane);
-    pdl_wait();
-    const int nslot = nblk * NS;
-    float acc = 0.f;
-#pragma unroll 4
-    for (int s = lane; s < nslot; s += 32) {
-        const int b = s / NS, k = s % NS;
-        float4 a, c;
-        T::slot8(wr + (size_t)b * T::BYTES, k, a, c);
-        const float *xb = x + b * T::QK;
-        const float4 xa = *reinterpret_cast<const float4 *>(xb + T::P0(k));
-        const float4 xc = *reinterpret_cast<const float4 *>(xb + T::P1(k));
-        acc += a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w;
-        acc += c.x * xc.x + c.y * xc.y + c.z * xc.z + c.w * xc.w;
+// x (times g, with NORM) at the two quads of one slot: columns c0 .. c0+3 and c1 .. c1+3
+template <bool NORM>
+__device__ __forceinline__ void x_slot(const float *__restrict__ x, const float *__restrict__ g,
+                                       int c0, int c1, float4 &xa, float4 &xc) {
+    xa = *reinterpret_cast<const float4 *>(x + c0);
+    xc = *reinterpret_cast<const float4 *>(x + c1);
+    if (NORM) {
+        const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
+        const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
+        xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
+        xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+__device__ __forceinline__ float dot8(float4 a, float4 c, float4 xa, float4 xc) {
+    return a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w + c.x * xc.x + c.y * xc.y +
+           c.z * xc.z + c.w * xc.w;
 }
 
 // Generalised kernel. A row group of WPR warps computes R weight rows:
@@ -87,6 +79,20 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
             prefetch_l2(wr[r] + sub * share, min(share, row_bytes - min(row_bytes, sub * share)),
                         lane);
     }
+#if !MV_BATCH
+    const int start = row0 < rows ? sub * 32 + lane : nslot;  // idle groups skip the loops
+    // The lane's first PRE slot rounds (all of a 576-wide row) are loaded and decoded now,
+    // before the wait: weights never change, so this overlaps the kernel before (PDL).
+    constexpr int PRE = MV_PRE ? (R >= 4 ? 1 : 3) : 0, PRE1 = PRE > 0 ? PRE : 1;
+    float4 pa[PRE1][R], pc[PRE1][R];
+#pragma unroll
+    for (int u = 0; u < PRE; ++u) {
+        const int sc = min(start + u * 32 * WPR, nslot - 1);  // clamped; unused past the end
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            T::slot8(wr[r] + (size_t)(sc / NS) * T::BYTES, sc % NS, pa[u][r], pc[u][r]);
+    }
+#endif
     pdl_wait();
     float inv = 1.f;
     if (NORM) {
@@ -133,25 +139,27 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
         }
     }
 #else
-    const int start = row0 < rows ? sub * 32 + lane : nslot;  // idle groups skip the loop
-#pragma unroll 2
-    for (int s = start; s < nslot; s += 32 * WPR) {
-        const int b = s / NS, k = s % NS;
-        const int c0 = b * T::QK + T::P0(k), c1 = b * T::QK + T::P1(k);
-        float4 xa = *reinterpret_cast<const float4 *>(x + c0);
-        float4 xc = *reinterpret_cast<const float4 *>(x + c1);
-        if (NORM) {
-            const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
-            const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
-            xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
-            xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
+#pragma unroll
+    for (int u = 0; u < PRE; ++u) {
+        const int s = start + u * 32 * WPR;
+        if (s < nslot) {
+            const int b = s / NS, k = s % NS;
+            float4 xa, xc;
+            x_slot<NORM>(x, g, b * T::QK + T::P0(k), b * T::QK + T::P1(k), xa, xc);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] += dot8(pa[u][r], pc[u][r], xa, xc);
         }
+    }
+#pragma unroll 2
+    for (int s = start + PRE * 32 * WPR; s < nslot; s += 32 * WPR) {
+        const int b = s / NS, k = s % NS;
+        float4 xa, xc;
+        x_slot<NORM>(x, g, b * T::QK + T::P0(k), b * T::QK + T::P1(k), xa, xc);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float4 a, c;
             T::slot8(wr[r] + (size_t)b * T::BYTES, k, a, c);
-            acc[r] += a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w;
-            acc[r] += c.x * xc.x + c.y * xc.y + c.z * xc.z + c.w * xc.w;
+            acc[r] += dot8(a, c, xa, xc);
         }
     }
 #endif
@@ -193,10 +201,7 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
 
 #define MATVEC_KERNEL(T, name)                                                                  \
     MV_SIG(matvec_##name, MV_ARGS, MV_OUT) {                                                    \
-        if (MV_BATCH)                                                                           \
-            matvec_gen<ggml::T, 1, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate); \
-        else                                                                                    \
-            matvec_impl<ggml::T>(W, rows, cols, x, y, accumulate);                              \
+        matvec_gen<ggml::T, 1, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \
     }                                                                                           \
     MV_SIG(matvec_tall_##name, MV_ARGS, MV_OUT) {                                               \
         matvec_gen<ggml::T, 4, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
 from pathlib import Path
@@ -52,6 +53,7 @@ async def test_tokenizer_and_engine_load_at_the_same_time():
         return FakeEngine(Script(), max_context)
 
     worker = _worker(info_loader, engine_loader, io.StringIO())
+    gc.unfreeze()  # (an earlier worker in this process froze its objects)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: run_worker(worker, handle_signals=False, task_status=task_status)
@@ -59,6 +61,7 @@ async def test_tokenizer_and_engine_load_at_the_same_time():
         with trio.fail_after(3 * WAIT_S):
             await worker.ready.wait()
             assert worker.state.health()[1]["status"] == "ready"
+            assert gc.get_freeze_count() > 0  # the loaded state is out of the collector's way
             await worker.shutdown("test finished")
     assert saw == {"engine": True, "info": True}
     assert contexts == [128]  # the configured context; default_engine_loader clamps to the file

@@ -22,7 +22,7 @@ from tests.cuda.ggml_random import TYPES, block_cols, random_weights
 
 ARCHS = ("80", "90")
 #: builds beyond the default one: file name -> extra -D options of each
-EXTRA_BUILDS = {"quant_matvec.cu": [["-DMV_BATCH=1"]]}
+EXTRA_BUILDS = {"quant_matvec.cu": [["-DMV_BATCH=1"], ["-DMV_PRE=0"]]}
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,18 @@ def kq(cuda_ctx):
     return QuantKernels()
 
 
-@pytest.fixture(scope="session", params=[False, True], ids=["guarded", "batched"])
+@pytest.fixture(
+    scope="session",
+    params=[(False, True), (True, True), (False, False)],
+    ids=["guarded", "batched", "no-preload"],
+)
 def kq_mv(request, cuda_ctx):
-    """Both builds of the matvec kernels: guarded slot loop, batched branch-free loop."""
+    """The builds of the matvec kernels: guarded slot loop (with the first slots loaded before
+    the PDL wait, the default; and without), batched branch-free loop."""
     from cuda.quant_ops import QuantKernels
 
-    return QuantKernels(batched_loads=request.param)
+    batched, preload = request.param
+    return QuantKernels(batched_loads=batched, preload=preload)
 
 
 @pytest.fixture(scope="session")
