@@ -1,13 +1,14 @@
 """The GPU worker benchmark (issue 5 items 1/2/5, issue 3 item 13): engine and HTTP figures in one run.
 
-    python3 bench/bench_gpu_worker.py --model PATH [--backend cuda] [--llama-cpp BUILD_DIR]
+    python3 bench/bench_gpu_worker.py --model PATH [--backend cuda] [--llama-cpp DIR]
         [--json OUT.json]
 
 1. Engine alone, in this process: decode tokens/s for 128 and 512 generated tokens (sample on
    the device + step, from a 1-token prompt, like llama-bench's tg), prefill tokens/s for a
    512-token prompt from an empty cache (pp512); median of --reps after a warm-up.
 2. With --llama-cpp: llama-bench (tg128, tg512, pp512, -fa 1, -ngl 99) on the same file, on the
-   same card, in the same run (bench/llama_cpp.py builds it), and the ratios.
+   same card, in the same run, and the ratios. DIR is a build (`bench/llama_cpp.py build`) or
+   the packed source (`tools/pack_llama_cpp.sh`), built first into /tmp/llama-cpp-build.
 3. A real worker subprocess (`python -m runtime.cli`): load time to ready (process start ->
    /health "ready", polled every 5 ms), TTFT for a 32-token prompt (max_tokens 1; request sent ->
    first token event parsed), decode tokens/s through HTTP/SSE vs the engine alone (same prompt,
@@ -326,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="GGUF file (default: the embedded model)")
     ap.add_argument("--backend", default="cuda", choices=("cpu", "cuda"))
-    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp build folder (bench/llama_cpp.py)")
+    ap.add_argument(
+        "--llama-cpp",
+        type=Path,
+        help="llama.cpp build folder (bench/llama_cpp.py build), or its packed source "
+        "(.device-kit/llama-src), which is then built first",
+    )
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--max-context", type=int, default=2048)
     ap.add_argument("--decode-tokens", default="128,512")
@@ -360,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         res["engine"] = engine_figures(alone.engine, decode_ns, args.prefill_tokens, args.reps)
         print("engine:", json.dumps(res["engine"]), flush=True)
         if args.llama_cpp:
-            res["llama_cpp"] = llama_cpp.run(args.llama_cpp, args.model, reps=args.reps)
+            build_dir = args.llama_cpp
+            if llama_cpp.find_llama_bench(build_dir) is None:  # a source: build it first (~4 min)
+                build_dir = Path("/tmp/llama-cpp-build")
+                llama_cpp.build(args.llama_cpp, build_dir, log=sys.stdout)
+            res["llama_cpp"] = llama_cpp.run(build_dir, args.model, reps=args.reps)
             print("llama.cpp:", json.dumps(res["llama_cpp"]), flush=True)
         worker, first, wall = launch(harness, args, "bench-1")
         try:
