@@ -1,4 +1,4 @@
-"""The GPU worker benchmark (issue 5 items 1/2/5, issue 3 item 13): engine and HTTP figures in one run.
+"""GPU worker benchmark (issues 5 and 3): engine, llama.cpp and HTTP figures in one run.
 
     python3 bench/bench_gpu_worker.py --model PATH [--backend cuda] [--llama-cpp DIR]
         [--json OUT.json]
@@ -153,7 +153,8 @@ def ttft(harness, client, url: str, prompt: str, n: int) -> dict:
             totals.append((tr.arrivals[-1] - tr.request_sent) * 1e3)
         prompt_tokens = tr.events[0][1]["prompt_tokens"]
     return {"n": n, "prompt_tokens": prompt_tokens, "p50_ms": pct(firsts, 50),
-            "p95_ms": pct(firsts, 95), "max_ms": max(firsts), "end_p50_ms": pct(totals, 50)}  # fmt: skip
+            "p95_ms": pct(firsts, 95), "max_ms": max(firsts),
+            "end_p50_ms": pct(totals, 50)}  # fmt: skip
 
 
 def engine_ttft(alone, prompt: str, n: int) -> dict:
