@@ -6,7 +6,8 @@ tokenizer and chat template come from the file's metadata on a worker thread (bu
 tables takes a moment and must not stall `/health`); the weights are placed by the executor
 thread, which owns the engine (and so, on the GPU, the CUDA context). The two run at the same
 time: load time to ready is a target (< 2 s, decision 0011), and the tokenizer's ~0.3 s of
-Python would otherwise come before the engine's load instead of beside it.
+Python would otherwise come before the engine's load instead of beside it. The two real loaders
+share one open of the file (`SharedModelFile`), so its header is parsed once.
 
 A load failure is fatal: the worker narrates it, marks itself unhealthy and exits non-zero
 (the pool manager sees the exit; a worker without a model has nothing to offer).
@@ -14,8 +15,10 @@ A load failure is fatal: the worker narrates it, marks itself unhealthy and exit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,18 +60,64 @@ def token_text(tokenizer: Any, token_id: int | None) -> str:
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
-def open_model_info(path: Path) -> ModelInfo:
+class SharedModelFile:
+    """One validated, memory-mapped GGUF file for the two loaders that run at the same time.
+
+    Opening parses the whole header (~0.13 s of Python for the default model's 49 K token strings
+    and merges); the tokenizer's and the engine's loader each opening the file would parse it
+    twice on two threads under one GIL, delaying the engine's start by both. The first `acquire`
+    opens (the other thread waits for it; after a failed open the next caller tries again); the
+    file closes at the last `release`.
+    """
+
+    def __init__(self, path: Path, users: int = 2):
+        self.path = path
+        self._users = users
+        self._model: Any = None  # runtime.gguf_file.GGUFModel once opened
+        self._lock = threading.Lock()
+
+    def acquire(self):
+        from runtime.gguf_file import open_gguf
+
+        with self._lock:
+            if self._model is None:
+                self._model = open_gguf(self.path)
+            return self._model
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._model is not None:
+                self._model.close()
+
+
+def _opened(source: Path | SharedModelFile) -> SharedModelFile:
+    return source if isinstance(source, SharedModelFile) else SharedModelFile(source, users=1)
+
+
+def open_model_info(path: Path | SharedModelFile) -> ModelInfo:
     """Read tokenizer, chat template and context length from the GGUF metadata (any thread)."""
-    from runtime.gguf_file import open_gguf
+    from runtime.chat import compile_chat_template
     from runtime.tokenizer import Tokenizer
 
-    with open_gguf(path) as model:
+    shared = _opened(path)
+    try:
+        model = shared.acquire()
         metadata = model.metadata
         context_length = model.config.context_length
+    finally:
+        shared.release()
     tokenizer = Tokenizer.from_metadata(metadata)
+    chat_template = metadata.get("tokenizer.chat_template")
+    if chat_template:
+        # Parsed here, beside the engine's load, rather than after it: the supervisor's check
+        # (api.prompt.chat_template_problem) then finds it in compile_chat_template's cache.
+        # A template that does not parse (or anything else) is reported there, as it always was.
+        with contextlib.suppress(Exception):
+            compile_chat_template(chat_template)
     return ModelInfo(
         tokenizer=tokenizer,
-        chat_template=metadata.get("tokenizer.chat_template"),
+        chat_template=chat_template,
         bos_token=token_text(tokenizer, tokenizer.bos_id),
         eos_token=token_text(tokenizer, tokenizer.eos_id),
         context_length=context_length,
@@ -76,13 +125,20 @@ def open_model_info(path: Path) -> ModelInfo:
 
 
 def default_engine_loader(
-    path: Path, backend: str, *, max_context: int, gpu_device: int, progress, **opts
+    path: Path | SharedModelFile,
+    backend: str,
+    *,
+    max_context: int,
+    gpu_device: int,
+    progress,
+    **opts,
 ):
-    """Open the file once, clamp `max_context` to its trained context, load the engine."""
+    """Open the file (or take the shared one), clamp `max_context` to its trained context, load."""
     from runtime.backends import load_engine
-    from runtime.gguf_file import open_gguf
 
-    with open_gguf(path) as model:  # every engine keeps its own copy of the weights
+    shared = _opened(path)
+    try:
+        model = shared.acquire()  # every engine keeps its own copy of the weights
         return load_engine(
             model,
             backend,
@@ -91,6 +147,8 @@ def default_engine_loader(
             gpu_device=gpu_device,
             **opts,
         )
+    finally:
+        shared.release()
 
 
 def engine_options(config: WorkerConfig, backend: str) -> dict[str, Any]:
@@ -175,17 +233,20 @@ async def run_loader(
         backend=backend,
         gpu_device=config.gpu_device,
     )
+    source: Path | SharedModelFile = path
+    if info_loader is open_model_info and engine_loader is default_engine_loader:
+        source = SharedModelFile(path)  # the real loaders parse the header once between them
     try:
         load = functools.partial(
             engine_loader,
-            path,
+            source,
             backend,
             max_context=config.max_context or DEFAULT_MAX_CONTEXT,  # the loader clamps it
             gpu_device=config.gpu_device,
             **engine_options(config, backend),
         )
         info, facts = await _load_concurrently(
-            lambda: trio.to_thread.run_sync(info_loader, path),
+            lambda: trio.to_thread.run_sync(info_loader, source),
             lambda: executor.load(
                 lambda progress: load(progress=progress), _ProgressNarration(state, narrator)
             ),
@@ -226,6 +287,8 @@ async def run_loader(
     # Everything alive now (modules, the tokenizer's ~50 K-entry tables, the engine) lives as long
     # as the worker: move it out of the collector's view, so a full collection while streaming
     # scans only new objects instead of pausing the threads ~10-15 ms (a /health or cancel
-    # latency spike). Garbage among these objects, if any, is simply kept.
+    # latency spike). Garbage among these objects, if any, is simply kept. `worker-orcd` turns
+    # the collector off for the startup (runtime.cli); from here on it runs again.
     gc.freeze()
+    gc.enable()
     task_status.started(LoadedModel(info, model_facts, facts.backend))

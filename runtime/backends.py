@@ -2,16 +2,29 @@
 
 The CUDA engine and PyCUDA are imported only when asked for, so the worker runs on machines
 without either; asking for "cuda" there fails with a `CudaError` that says what is missing.
+
+`CudaWarmup` starts the driver and creates the device's primary context on a side thread while
+the process is still importing (load time to ready is a target, decision 0011): creating the
+context costs ~0.45 s on an H100 and `cuInit` more, both spent inside the driver with the GIL
+released (ctypes), so they overlap the ~1 s of imports that come before HTTP listens. The engine
+later retains the *same* primary context on the executor thread, instantly; the warm-up never
+makes the context current anywhere, so the executor thread still is the only one that uses it.
+This module imports nothing heavy at the top (numpy, gguf) so the warm-up can start first.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
-from runtime.engine_api import Engine, ProgressCallback
 from runtime.errors import CudaError, InvalidRequest, ModelLoadError
-from runtime.gguf_file import GGUFModel, open_gguf
+
+if TYPE_CHECKING:
+    from runtime.engine_api import Engine, ProgressCallback
+    from runtime.gguf_file import GGUFModel
 
 BACKENDS = ("auto", "cpu", "cuda")
 
@@ -25,6 +38,62 @@ def cuda_available() -> bool:
         return drv.Device.count() > 0
     except Exception:  # ImportError without PyCUDA or libcuda; pycuda's Error without a device
         return False
+
+
+class CudaWarmup:
+    """cuInit + retain device `device`'s primary context on a daemon thread; `release()` at exit.
+
+    Best effort and silent: any failure (no libcuda, no such device) leaves the work to the
+    engine, which reports it as before. The extra reference keeps the context alive, so
+    `release()` comes after the engine is closed (or as soon as the cpu backend was picked); a
+    `release()` that comes before the thread has retained makes the thread give it back itself.
+    """
+
+    def __init__(self, device: int = 0):
+        self.device = device
+        self._dev = ctypes.c_int()
+        self._lib: Any = None  # set while the warm-up holds a reference
+        self._released = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="cuda-warmup", daemon=True)
+
+    @classmethod
+    def start(cls, device: int = 0) -> CudaWarmup | None:
+        """A running warm-up, or None where PyCUDA is not installed (no engine would use it)."""
+        if importlib.util.find_spec("pycuda") is None:
+            return None
+        warmup = cls(device)
+        warmup._thread.start()
+        return warmup
+
+    def _run(self) -> None:
+        ctx = ctypes.c_void_p()
+        try:  # ctypes calls release the GIL: the main thread keeps importing meanwhile
+            lib = ctypes.CDLL("libcuda.so.1")
+            if lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(self._dev), self.device) != 0:
+                return
+            if lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), self._dev) != 0:
+                return
+        except OSError:  # no driver library on this machine
+            return
+        with self._lock:
+            if not self._released:
+                self._lib = lib  # release() gives it back
+                return
+        self._give_back(lib)
+
+    def release(self) -> None:
+        """Drop the warm-up's reference (idempotent); the engine's own reference is unaffected."""
+        with self._lock:
+            self._released = True
+            lib, self._lib = self._lib, None
+        if lib is not None:
+            self._give_back(lib)
+
+    def _give_back(self, lib: Any) -> None:
+        # cuda.h maps cuDevicePrimaryCtxRelease to the _v2 entry point since CUDA 11.
+        release = getattr(lib, "cuDevicePrimaryCtxRelease_v2", None)
+        (release or lib.cuDevicePrimaryCtxRelease)(self._dev)
 
 
 def pick_backend(requested: str = "auto") -> str:
@@ -52,6 +121,8 @@ def load_engine(
     `max_context` (KV-cache capacity in tokens) must not exceed the model's trained context.
     Extra keyword options go to the CUDA engine only.
     """
+    from runtime.gguf_file import GGUFModel, open_gguf
+
     backend = pick_backend(backend)
     owned = not isinstance(model, GGUFModel)
     gguf = open_gguf(model) if owned else model
