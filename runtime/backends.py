@@ -53,6 +53,7 @@ class CudaWarmup:
         self.device = device
         self._dev = ctypes.c_int()
         self._lib: Any = None  # set while the warm-up holds a reference
+        self.context_handle: int | None = None  # the CUcontext retained (for tests and logs)
         self._released = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="cuda-warmup", daemon=True)
@@ -76,6 +77,7 @@ class CudaWarmup:
                 return
         except OSError:  # no driver library on this machine
             return
+        self.context_handle = ctx.value
         with self._lock:
             if not self._released:
                 self._lib = lib  # release() gives it back

@@ -107,3 +107,56 @@ def test_default_engine_loader_clamps_the_context_to_the_file(tmp_path):
         assert seen[0] == 0 and seen == sorted(seen)
     finally:
         engine.close()
+
+
+async def test_the_real_loaders_open_the_file_once_and_close_it(tmp_path, monkeypatch):
+    # Tokenizer and engine loader share one open (one header parse); the file is closed once
+    # both are done. Also: a collector turned off for the startup (as `worker-orcd` does) is on
+    # again once the worker is ready.
+    import runtime.gguf_file
+    from tools.make_synthetic_gguf import write_synthetic_model
+
+    path = write_synthetic_model(tmp_path / "tiny.gguf", n_layers=1, vocab_size=512)
+    opened = []
+    real_open = runtime.gguf_file.open_gguf
+
+    def counting_open(p):
+        opened.append(real_open(p))
+        return opened[-1]
+
+    monkeypatch.setattr(runtime.gguf_file, "open_gguf", counting_open)
+    worker = Worker(
+        WorkerConfig(model=path, port=0, worker_id="t", max_context=64),
+        backend="cpu",
+        narrator=Narrator("t", stream=io.StringIO(), model="tiny"),
+    )
+    gc.unfreeze()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: run_worker(
+                    worker, handle_signals=False, task_status=task_status
+                )
+            )
+            with trio.fail_after(6 * WAIT_S):
+                await worker.ready.wait()
+                assert gc.isenabled()
+                assert len(opened) == 1
+                assert opened[0].tensors == {}  # closed (records handed out keep their bytes)
+                assert worker.info.tokenizer.vocab_size == 512
+                assert worker.info.context_length == opened[0].config.context_length
+                assert worker.state.facts.context_length == 64
+                await worker.shutdown("test finished")
+    finally:
+        gc.enable()
+
+
+def test_a_failed_shared_open_is_tried_again_by_the_next_loader(tmp_path):
+    from actors.loader import SharedModelFile
+
+    shared = SharedModelFile(tmp_path / "missing.gguf")
+    for _ in range(2):  # each user sees the error itself, not a cached "None"
+        with pytest.raises(ModelLoadError, match="missing.gguf"):
+            shared.acquire()
+        shared.release()
