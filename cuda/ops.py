@@ -29,6 +29,8 @@ _ATTN_THREADS = 128  # AW * 32 in attention.cu
 _SAMPLE_THREADS = 1024  # ST in sampling.cu
 ARGMAX_BLOCKS = 64  # blocks of the multi-block greedy argmax (its scratch has this many slots)
 _EW_THREADS = 256
+#: decode attention loads its first keys before the PDL wait (ATTN_PRE in attention.cu)
+ATTN_PRELOAD = True
 
 
 def _module(filename: str, defines: dict[str, Any] | None = None):
@@ -76,7 +78,7 @@ class Ops:
             raise ValueError(f"attention kernels need head_dim a multiple of 32 <= 256: {head_dim}")
         files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
         files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}
-        files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim})
+        files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim, "ATTN_PRE": int(ATTN_PRELOAD)})
         mods = {k: _module(f, d) for k, (f, d) in files.items()}
         dmods = {k: _driver_module(f, d) for k, (f, d) in files.items()}
 

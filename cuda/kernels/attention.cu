@@ -17,6 +17,9 @@
 #endif
 #define DPL (HEAD_DIM / 32)  // dims per lane: HEAD_DIM must be a multiple of 32, at most 256
 #define AW 4                 // warps per block
+#ifndef ATTN_PRE
+#define ATTN_PRE 1  // 0: wait for the previous kernel (PDL) before loading any key
+#endif
 #define MAX_SPLITS 32        // decode splits per head at most (cuda/forward.py's MAX_SPLITS)
 
 static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32 <= 256");
@@ -218,6 +221,7 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = n_heads / n_kv, g = h / group;
     pdl_trigger();
+    if (!ATTN_PRE) pdl_wait();
     // Before waiting for the qkv product (PDL, pdl.cuh): the position and the cached keys of
     // earlier steps are final, so this warp's first KPRE keys (t < pos) and the rope row are
     // loaded now, and the rest of its share is prefetched into L2.
@@ -250,13 +254,13 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     pdl_wait();
     float q[DPL], ck[DPL], cv[DPL];
 #pragma unroll
-    for (int j = 0; j < DPL; ++j) q[j] = qkv[h * HEAD_DIM + lane * DPL + j];
+    for (int j = 0; j < DPL; ++j) q[j] = __ldcg(qkv + h * HEAD_DIM + lane * DPL + j);
     if (ROPE) {
         const int kv_off = n_heads * HEAD_DIM + g * HEAD_DIM + lane * DPL;
 #pragma unroll
         for (int j = 0; j < DPL; ++j) {
-            ck[j] = qkv[kv_off + j];
-            cv[j] = qkv[kv_off + n_kv * HEAD_DIM + j];
+            ck[j] = __ldcg(qkv + kv_off + j);
+            cv[j] = __ldcg(qkv + kv_off + n_kv * HEAD_DIM + j);
         }
         rotate_lane(q, rc, rs, rope_half, neox, lane);
         rotate_lane(ck, rc, rs, rope_half, neox, lane);

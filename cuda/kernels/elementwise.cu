@@ -13,7 +13,8 @@ extern "C" __global__ void swiglu(const float *__restrict__ gate_up, float *__re
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
          i += (long)gridDim.x * blockDim.x) {
         const long t = i / d_ff, j = i - t * d_ff;
-        const float g = gate_up[t * 2 * d_ff + j], u = gate_up[t * 2 * d_ff + d_ff + j];
+        const float g = __ldcg(gate_up + t * 2 * d_ff + j);
+        const float u = __ldcg(gate_up + t * 2 * d_ff + d_ff + j);
         // g / (1 + exp(-g)); for g < -88 expf overflows to inf and g / inf = -0, the right limit
         h[i] = g / (1.f + expf(-g)) * u;
     }

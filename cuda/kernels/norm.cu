@@ -18,7 +18,7 @@ extern "C" __global__ void rms_norm(const float *__restrict__ x, const float *__
     const float *xr = x + (size_t)blockIdx.x * n_cols;
     float *yr = y + (size_t)blockIdx.x * n_cols;
     float ss = 0.f;
-    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) ss += xr[c] * xr[c];
+    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) ss += __ldcg(xr + c) * __ldcg(xr + c);
     ss = warp_sum(ss);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) partial[warp] = ss;
@@ -31,5 +31,5 @@ extern "C" __global__ void rms_norm(const float *__restrict__ x, const float *__
     }
     __syncthreads();
     const float inv = partial[0];
-    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) yr[c] = xr[c] * inv * w[c];
+    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) yr[c] = __ldcg(xr + c) * inv * w[c];
 }

@@ -11,6 +11,14 @@
 // kernel is launched without the attribute, so everything before the step has completed), and
 // prefetch them into L2. Launched without the attribute, both calls are no-ops; before sm_90
 // they compile to nothing.
+//
+// Data that kernels of the step write must not be read with non-coherent loads (ld.global.nc,
+// which the compiler emits for `const T *__restrict__` pointers): such a load promises the data
+// is read-only while the kernel runs, which PDL breaks (the producer is still running when this
+// kernel starts), and ptxas may hoist it above griddepcontrol.wait. Seen on the H100: with the
+// matvec's weight loads moved before the wait, the x loads moved too and a graph-replayed step
+// computed garbage. Such data is read with __ldca (ld.global.ca: PTX makes the prerequisite
+// grids' writes visible to it after the wait; cached in L1) or __ldcg (L2 only).
 #pragma once
 
 __device__ __forceinline__ void pdl_wait() {

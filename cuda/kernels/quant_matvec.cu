@@ -23,12 +23,20 @@
 #define MV_PRE 1  // 1: a lane's first slots are loaded and decoded before the PDL wait
 #endif
 
+// One float4 of x. x is written by the kernel before, so not with the .nc load the compiler
+// would pick for a const __restrict__ pointer (pdl.cuh): ld.global.ca, which PTX makes
+// coherent after griddepcontrol.wait and which keeps x in L1 (every warp of the block reads
+// it; L2-only loads by every warp hammer the few L2 lines that hold x: measured 2x slower).
+__device__ __forceinline__ float4 x4(const float *x, int c) {
+    return __ldca(reinterpret_cast<const float4 *>(x + c));
+}
+
 // x (times g, with NORM) at the two quads of one slot: columns c0 .. c0+3 and c1 .. c1+3
 template <bool NORM>
-__device__ __forceinline__ void x_slot(const float *__restrict__ x, const float *__restrict__ g,
-                                       int c0, int c1, float4 &xa, float4 &xc) {
-    xa = *reinterpret_cast<const float4 *>(x + c0);
-    xc = *reinterpret_cast<const float4 *>(x + c1);
+__device__ __forceinline__ void x_slot(const float *x, const float *__restrict__ g, int c0, int c1,
+                                       float4 &xa, float4 &xc) {
+    xa = x4(x, c0);
+    xc = x4(x, c1);
     if (NORM) {
         const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
         const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
@@ -98,7 +106,7 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
     if (NORM) {
         float ss = 0.f;
         for (int c = 4 * lane; c < cols; c += 128) {
-            const float4 v = *reinterpret_cast<const float4 *>(x + c);
+            const float4 v = x4(x, c);
             ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
 #pragma unroll
@@ -120,15 +128,8 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
             const float on = s < n_eff ? 1.f : 0.f;  // slots past the end count 0
             const int sc = min(s, n_eff - 1);
             const int b = sc / NS, k = sc % NS;
-            const int c0 = b * T::QK + T::P0(k), c1 = b * T::QK + T::P1(k);
-            float4 xa = *reinterpret_cast<const float4 *>(x + c0);
-            float4 xc = *reinterpret_cast<const float4 *>(x + c1);
-            if (NORM) {
-                const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
-                const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
-                xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
-                xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
-            }
+            float4 xa, xc;
+            x_slot<NORM>(x, g, b * T::QK + T::P0(k), b * T::QK + T::P1(k), xa, xc);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 float4 a, c;
@@ -183,12 +184,13 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
         if (row0 < rows) {
             const float gate = acc[0] * inv, up = acc[1] * inv;
             const float h = gate / (1.f + expf(-gate)) * up;
-            y[row0] = accumulate ? y[row0] + h : h;
+            y[row0] = accumulate ? __ldcg(y + row0) + h : h;
         }
     } else {
 #pragma unroll
         for (int r = 0; r < R; ++r)
-            if (row0 + r < rows) y[row0 + r] = accumulate ? y[row0 + r] + acc[r] * inv : acc[r] * inv;
+            if (row0 + r < rows)
+                y[row0 + r] = accumulate ? __ldcg(y + row0 + r) + acc[r] * inv : acc[r] * inv;
     }
 }
 

@@ -352,7 +352,7 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
     float best = -INFINITY;
     int best_id = 0x7FFFFFFF;
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const float x = logits[i];
+        const float x = __ldcg(logits + i);  // written by the head (PDL: no .nc load)
         if (x > best) best = x, best_id = i;
     }
     block_argmax_f(best, best_id);

@@ -236,6 +236,41 @@ def test_matvec_with_fused_rmsnorm_and_swiglu(kq_mv, gpu, qtype, d_ff):
     assert_close(got, silu * up, magnitude, EXACT_TOL)
 
 
+@pytest.mark.parametrize("qtype", [Q.F16, Q.Q8_0, Q.Q4_1, Q.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("kernel", ["plain", "tall", "wide", "norm", "norm-tall", "swiglu"])
+def test_matvec_long_rows(kq_mv, gpu, qtype, kernel):
+    """Rows long enough to run past the slots a lane loads before the PDL wait (MV_PRE)."""
+    rng = np.random.default_rng(11)
+    rows, cols, eps = 37, 2304, 1e-5
+    n_w = 2 * rows if kernel == "swiglu" else rows
+    raw = random_weights(qtype, n_w, cols, rng)
+    x = rng.standard_normal(cols).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
+    y = gpu.out(rows)
+    args = (qtype, gpu.put(raw).gpudata, rows, cols, gpu.put(x).gpudata)
+    w = dequantize(raw, qtype, (n_w, cols)).astype(np.float64)
+    if kernel in ("plain", "tall", "wide"):
+        kq_mv.matvec(*args, y.gpudata, gpu.stream, variant=kernel)
+        xn = x.astype(np.float64)
+    elif kernel == "swiglu":
+        kq_mv.matvec_norm_swiglu(*args, gpu.put(g).gpudata, eps, y.gpudata, gpu.stream)
+        xn = _rms(x, g, eps)
+    else:
+        variant = "tall" if kernel == "norm-tall" else "plain"
+        kq_mv.matvec_norm(*args, gpu.put(g).gpudata, eps, y.gpudata, gpu.stream, variant=variant)
+        xn = _rms(x, g, eps)
+    got = gpu.get(y, (rows,))
+    if kernel != "swiglu":
+        assert_close(got, w @ xn, np.abs(w) @ np.abs(xn), EXACT_TOL)
+        return
+    gate, up = w[:rows] @ xn, w[rows:] @ xn
+    with np.errstate(over="ignore"):
+        silu = gate / (1.0 + np.exp(-gate))
+    mag = np.abs(w) @ np.abs(xn)
+    magnitude = 1.1 * mag[:rows] * np.abs(up) + mag[rows:] * np.abs(silu)
+    assert_close(got, silu * up, magnitude + mag[:rows] * mag[rows:] * EXACT_TOL, EXACT_TOL)
+
+
 # ---------------------------------------------------------------------------- matmul
 
 
