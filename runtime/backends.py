@@ -4,11 +4,12 @@ The CUDA engine and PyCUDA are imported only when asked for, so the worker runs 
 without either; asking for "cuda" there fails with a `CudaError` that says what is missing.
 
 `CudaWarmup` starts the driver and creates the device's primary context on a side thread while
-the process is still importing (load time to ready is a target, decision 0011): creating the
-context costs ~0.45 s on an H100 and `cuInit` more, both spent inside the driver with the GIL
-released (ctypes), so they overlap the ~1 s of imports that come before HTTP listens. The engine
-later retains the *same* primary context on the executor thread, instantly; the warm-up never
-makes the context current anywhere, so the executor thread still is the only one that uses it.
+the process is still importing (load time to ready is a target, decision 0011): on the H100
+machine `cuInit` took 0.10 s and creating the context 0.11-0.20 s (0.45 s in decision 0011's
+runs), both inside the driver with the GIL released (ctypes), so they overlap the imports that
+come before HTTP listens (0.35 s here, 1.0-1.5 s there). The engine later retains the *same*
+primary context on the executor thread, instantly; the warm-up never makes the context current
+anywhere, so the executor thread still is the only one that uses it.
 This module imports nothing heavy at the top (numpy, gguf) so the warm-up can start first.
 """
 
