@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On the GPU machine (after `source .device-kit/on-device.sh`, model at $1): every GPU test, the
+# end-to-end tests on the cuda backend, and both GPU benchmarks; logs into $OUT.
+# Set LLAMA=<packed llama.cpp source or build dir> to run llama-bench in the same run.
+set -uo pipefail
+model=${1:-/root/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+out=${OUT:-/tmp/gpu-verify}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 WORKER_ORCD_MODEL="$model" WORKER_ORCD_TEST_MODEL="$model" \
+    WORKER_ORCD_TEST_BACKEND=cuda
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/card.txt"
+python3 -m pytest -q -p no:cacheprovider -rfE tests/cuda 2>&1 | tail -40 | tee "$out/tests-cuda.txt"
+python3 -m pytest -q -p no:cacheprovider -rfE tests/e2e tests/test_cli_worker.py 2>&1 \
+    | tail -40 | tee "$out/tests-e2e-cuda.txt"
+python3 bench/bench_cuda.py --model "$model" 2>&1 | tee "$out/bench-cuda.txt"
+python3 bench/bench_gpu_worker.py --model "$model" --json "$out/bench.json" \
+    ${LLAMA:+--llama-cpp "$LLAMA"} 2>&1 | tail -60 | tee "$out/bench-worker.txt"
