@@ -1,19 +1,21 @@
-"""Compile the worker's CUDA sources (cuda/kernels/*.cu) into PyCUDA modules, once per process.
+"""Compile the worker's CUDA sources (cuda/kernels/*.cu) into loaded modules, once per process.
 
-`load_module("quant_matvec.cu", defines={"NWARPS": 4})` reads the file, compiles it with nvcc
-for the current context's device (PyCUDA picks `sm_XY` from the device), and caches the module
-per (device, filename, defines). Shared headers (`*.cuh`) in the same folder are found through
-`include_dirs`; PyCUDA's own disk cache (~/.cache/pycuda) hashes the preprocessed source, so an
-edited header recompiles.
+`load_module("quant_matvec.cu", defines={"NWARPS": 4})` reads the file, and gets its cubin for
+the current context's device (`sm_XY`) from our own disk cache (cuda.kernel_cache: keyed on the
+source, every shared `*.cuh` header, the options and defines, the arch and the toolchain, so a
+warm start runs no nvcc at all, not even PyCUDA's `--preprocess`), or compiles it with
+`pycuda.compiler.compile` (PyCUDA's own cache off) and stores it. The loaded module is cached
+per (device, filename, defines) for the process. Shared headers are found through `-I`.
 
 Kernel naming: a file that contains `extern "C"` declares its own C linkage (needed when it uses
 templates or includes C++ headers) and is compiled as is; any other file is wrapped in
 `extern "C" { ... }` by PyCUDA, as usual. Either way `module.get_function("name")` finds the
 plain kernel name.
 
-`load_driver_module` compiles the same way (same disk cache) but loads the cubin through the
-driver API (cuda.launch.DriverModule), whose kernels can be launched with programmatic dependent
-launch; the decode step's kernels come from there.
+`load_module` returns a PyCUDA module (`pycuda.driver.module_from_buffer`: `get_function`,
+`get_global`); `load_driver_module` loads the same cubin through the driver API
+(cuda.launch.DriverModule), whose kernels can be launched with programmatic dependent launch;
+the decode step's kernels come from there.
 
 PyCUDA is imported lazily: this module is importable (e.g. for `kernel_sources()` in the nvcc
 test) on machines without PyCUDA or a GPU.
@@ -21,12 +23,13 @@ test) on machines without PyCUDA or a GPU.
 
 from __future__ import annotations
 
+import functools
+import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pycuda.compiler import SourceModule
+from cuda import kernel_cache
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 
@@ -35,7 +38,8 @@ KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 NVCC_OPTIONS: tuple[str, ...] = ("-O3", "-std=c++17")
 
 _lock = threading.Lock()
-_cache: dict[tuple[Any, ...], Any] = {}
+_cache: dict[tuple[Any, ...], Any] = {}  # loaded modules
+_cubins: dict[str, bytes] = {}  # cache key -> cubin, shared by both loaders
 
 
 def kernel_sources() -> list[Path]:
@@ -50,50 +54,90 @@ def _define_options(defines: dict[str, Any] | None) -> list[str]:
     return opts
 
 
-def load_module(filename: str, *, defines: dict[str, Any] | None = None) -> SourceModule:
-    """The compiled module of cuda/kernels/<filename> for the current CUDA context's device.
+def _arch() -> str:
+    import pycuda.driver as drv
+
+    major, minor = drv.Context.get_device().compute_capability()
+    return f"sm_{major}{minor}"
+
+
+@functools.cache
+def _toolchain() -> str:
+    import pycuda
+    import pycuda.driver as drv
+
+    # get_version: the CUDA PyCUDA was built for; get_driver_version: the installed driver
+    versions = (drv.get_version(), drv.get_driver_version())
+    return kernel_cache.toolchain_id(
+        shutil.which("nvcc"), versions, f"pycuda={pycuda.VERSION_TEXT}"
+    )
+
+
+def cubin(
+    filename: str, *, defines: dict[str, Any] | None = None, arch: str | None = None
+) -> bytes:
+    """The cubin of cuda/kernels/<filename> for `arch` (default: the current context's device).
+
+    From the disk cache when it holds this exact build, else compiled by nvcc and stored.
+    """
+    source = (KERNEL_DIR / filename).read_text()
+    options = [*NVCC_OPTIONS, *_define_options(defines)]
+    arch = arch or _arch()
+    key = kernel_cache.cache_key(
+        source, kernel_cache.headers(KERNEL_DIR), options, arch, _toolchain()
+    )
+    with _lock:
+        data = _cubins.get(key)
+    if data is None:
+
+        def build() -> bytes:
+            from pycuda.compiler import compile as nvcc_compile
+
+            return nvcc_compile(
+                source,
+                options=options,
+                no_extern_c='extern "C"' in source,
+                arch=arch,
+                cache_dir=False,  # ours is keyed without running the preprocessor
+                include_dirs=[str(KERNEL_DIR)],
+            )
+
+        data = kernel_cache.cached(kernel_cache.cache_dir(), key, build)
+        with _lock:
+            _cubins[key] = data
+    return data
+
+
+def load_module(filename: str, *, defines: dict[str, Any] | None = None):
+    """The loaded module of cuda/kernels/<filename> for the current CUDA context's device.
 
     `defines` become `-DNAME=VALUE` (value None: `-DNAME`). Needs a current context.
     """
     import pycuda.driver as drv
-    from pycuda.compiler import SourceModule
 
-    path = KERNEL_DIR / filename
-    options = _define_options(defines)
     device = drv.Context.get_device()
-    key = (device.pci_bus_id(), filename, tuple(options))
+    key = (device.pci_bus_id(), filename, tuple(_define_options(defines)))
     with _lock:
         module = _cache.get(key)
-        if module is None:
-            source = path.read_text()
-            module = SourceModule(
-                source,
-                options=[*NVCC_OPTIONS, *options],
-                no_extern_c='extern "C"' in source,
-                include_dirs=[str(KERNEL_DIR)],
-            )
-            _cache[key] = module
-        return module
+    if module is None:
+        module = drv.module_from_buffer(cubin(filename, defines=defines))
+        with _lock:
+            module = _cache.setdefault(key, module)
+    return module
 
 
 def load_driver_module(filename: str, *, defines: dict[str, Any] | None = None):
     """Like `load_module`, but a `cuda.launch.DriverModule` (kernels launchable with PDL)."""
     import pycuda.driver as drv
-    from pycuda.compiler import compile as nvcc_compile
 
     from cuda.launch import DriverModule
 
-    options = _define_options(defines)
-    key = ("driver", drv.Context.get_device().pci_bus_id(), filename, tuple(options))
+    device = drv.Context.get_device()
+    key = ("driver", device.pci_bus_id(), filename, tuple(_define_options(defines)))
     with _lock:
         module = _cache.get(key)
-        if module is None:
-            source = (KERNEL_DIR / filename).read_text()
-            cubin = nvcc_compile(
-                source,
-                options=[*NVCC_OPTIONS, *options],
-                no_extern_c='extern "C"' in source,
-                include_dirs=[str(KERNEL_DIR)],
-            )
-            module = _cache[key] = DriverModule(cubin)
-        return module
+    if module is None:
+        module = DriverModule(cubin(filename, defines=defines))
+        with _lock:
+            module = _cache.setdefault(key, module)
+    return module
