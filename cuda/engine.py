@@ -8,8 +8,10 @@ decode step as a CUDA graph. Nothing is allocated per decode step.
 
 Errors: a failed allocation at load is INSUFFICIENT_VRAM; during a job it is VRAM_OOM, the job's
 memory (ledger scope "job") is freed and the engine serves the next job. A CUDA error that
-poisons the context (illegal address, launch failure) is `CudaError(fatal=True)`, and every
-later call repeats it: the process must exit.
+poisons the context (illegal address, launch failure; cuda.errors probes the context after any
+CUDA error) is `CudaError(fatal=True)`, and every later call repeats it: the process must exit.
+Any other CUDA error in a job is `CudaError` and drops the job like an OOM; if dropping it fails
+too, the context counts as lost. `check_residency` has its own guard: it never drops the job.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from cuda import errors as cuda_errors
 from cuda import graph as cuda_graph
 from cuda import residency
 from cuda.forward import Forward, buffer_bytes, split_levels, splits_for
@@ -27,7 +30,7 @@ from cuda.ledger import AllocationFailed, Ledger
 from cuda.sampler import GpuSampler, workspace_bytes
 from cuda.weights import file_bytes, upload_weights, weight_bytes
 from runtime.engine_api import ProgressCallback, ResidencyReport
-from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError, VramOom
+from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError
 from runtime.gguf_file import GGUFModel
 from runtime.progress import ProgressReporter
 from runtime.sampling import SamplingParams
@@ -38,8 +41,6 @@ HEADROOM_BYTES = 64 << 20
 DEFAULT_MAX_CHUNK = 512
 #: residency checksums computed per batch (one launch each, one copy back per batch)
 CHECKSUM_SLOTS = 512
-
-_FATAL_WORDS = ("illegal", "misaligned", "launch failed", "unspecified launch", "exception")
 
 
 def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
@@ -52,17 +53,6 @@ def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX
         + workspace_bytes(c.vocab_size)
         + 8 * CHECKSUM_SLOTS
     )
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    import pycuda.driver as drv
-
-    if isinstance(exc, drv.LaunchError):
-        return True
-    status = getattr(exc, "status", None)  # GraphError
-    if status in (700, 701, 702, 715, 716, 719):  # illegal address/instruction, launch failed ...
-        return True
-    return any(w in str(exc).lower() for w in _FATAL_WORDS)
 
 
 class CudaEngine:
@@ -170,26 +160,23 @@ class CudaEngine:
 
     # -- guarded job calls -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _job(self) -> Iterator[None]:
+    def _usable(self) -> None:
         if self._poisoned is not None:
             raise CudaError(f"the CUDA context is lost: {self._poisoned}", fatal=True)
         if self._closed:
             raise RuntimeError("the engine is closed")
         if threading.get_ident() != self._owner:
             raise RuntimeError("the CUDA engine is used from a thread that did not load it")
-        drv = self._drv
-        try:
+
+    def _poison(self, why: str) -> None:
+        self._poisoned = why
+
+    @contextlib.contextmanager
+    def _job(self) -> Iterator[None]:
+        """A job's CUDA work: a non-fatal failure drops the job (cuda.errors.guard)."""
+        self._usable()
+        with cuda_errors.guard(self._drv, poison=self._poison, abort=self._abort_job):
             yield
-        except (AllocationFailed, drv.MemoryError) as exc:
-            self._abort_job()
-            raise VramOom(f"out of VRAM during the job: {exc}") from exc
-        except (drv.Error, cuda_graph.GraphError) as exc:
-            if _is_fatal(exc):
-                self._poisoned = str(exc)
-                raise CudaError(f"CUDA failure, context lost: {exc}", fatal=True) from exc
-            self._abort_job()
-            raise CudaError(f"CUDA failure: {exc}") from exc
 
     def _abort_job(self) -> None:
         """Drop the job's memory and sequence; the model stays loaded."""
@@ -282,7 +269,9 @@ class CudaEngine:
             return ResidencyReport(False, 0, "the engine is closed: nothing is resident")
         if self._poisoned is not None:
             return ResidencyReport(False, 0, f"the CUDA context is lost: {self._poisoned}")
-        with self._job():
+        self._usable()
+        # its own guard: a failed check reports, and never touches the running job's state
+        with cuda_errors.guard(self._drv, poison=self._poison):
             self.stream.synchronize()
             return residency.run_check(
                 self.ledger.entries(),
