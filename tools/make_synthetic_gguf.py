@@ -173,6 +173,12 @@ def write_synthetic_model(
         meta, plan = _like_plan(Path(like), n_layers)
     else:
         meta, plan = _builtin_plan(30 if n_layers is None else n_layers, vocab_size)
+    for name, qtype, _ in plan:  # e.g. a --like file with IQ or Q2_K tensors
+        if qtype not in BLOCK_SIZES:
+            supported = ", ".join(q.name for q in BLOCK_SIZES)
+            raise ValueError(
+                f"{name}: weight type {qtype.name} cannot be synthesized (supported: {supported})"
+            )
     if matrix_type is not None:
         new = Q[matrix_type]
         if new not in BLOCK_SIZES:

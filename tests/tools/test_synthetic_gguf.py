@@ -9,6 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from runtime.default_model import default_model_path
+from runtime.errors import ModelLoadError
 from runtime.gguf_file import open_gguf
 from runtime.gguf_header import read_header
 from tools import make_synthetic_gguf as syn
@@ -103,3 +104,28 @@ def test_matrix_type_override(tmp_path: Path):
         syn.write_synthetic_model(tmp_path / "k.gguf", n_layers=1, matrix_type="Q4_K")
     with pytest.raises(ValueError, match="Q2_K"):
         syn.write_synthetic_model(tmp_path / "x.gguf", n_layers=1, matrix_type="Q2_K")
+
+
+def test_like_a_file_of_an_unsupported_type_names_the_tensor(tmp_path: Path, monkeypatch):
+    from gguf import GGUFWriter
+
+    like = tmp_path / "q2k.gguf"
+    writer = GGUFWriter(like, "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("blk.0.ffn_down.weight", np.zeros((4, 84), np.uint8), raw_dtype=Q.Q2_K)
+    writer.add_tensor("output_norm.weight", np.ones(256, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    # the header reader refuses the type already (ModelLoadError); the tool's own check
+    # (ValueError) stands behind it for a reader that accepts more types than we synthesize
+    with pytest.raises((ValueError, ModelLoadError), match=r"blk\.0\.ffn_down\.weight.*Q2_K"):
+        syn.write_synthetic_model(tmp_path / "out.gguf", like)
+    assert not (tmp_path / "out.gguf").exists()
+    # a plan the header reader let through: the tool's own check names tensor and type
+    plan = [("blk.0.ffn_down.weight", Q.IQ4_NL, (4, 32))]
+    monkeypatch.setattr(syn, "_like_plan", lambda like, n_layers: ({}, plan))
+    with pytest.raises(ValueError, match=r"blk\.0\.ffn_down\.weight: weight type IQ4_NL"):
+        syn.write_synthetic_model(tmp_path / "out.gguf", like)
+    assert not (tmp_path / "out.gguf").exists()
