@@ -27,8 +27,10 @@ from cuda import graph as cuda_graph
 from cuda import residency
 from cuda.forward import Forward, buffer_bytes, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
+from cuda.ops import Ops, head_dim_supported
+from cuda.quant_ops import QuantKernels
 from cuda.sampler import GpuSampler, workspace_bytes
-from cuda.weights import file_bytes, upload_weights, weight_bytes
+from cuda.weights import check_matrices, file_bytes, upload_weights, weight_bytes
 from runtime.engine_api import ProgressCallback, ResidencyReport
 from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError
 from runtime.gguf_file import GGUFModel
@@ -84,13 +86,20 @@ class CudaEngine:
         fuse: bool = True,
         pdl: bool = True,
     ) -> CudaEngine:
-        import pycuda.driver as drv
-
+        # what the file asks of the kernels is checked first: ModelLoadError, no GPU touched
         if max_context < 1 or max_chunk < 1:
             raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
         c = model.config
         if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
             raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")
+        if not head_dim_supported(c.head_dim):
+            raise ModelLoadError(
+                f"{model.path}: head_dim {c.head_dim} unsupported by the attention kernels "
+                "(a multiple of 32, at most 256)"
+            )
+        check_matrices(model, QuantKernels.matrix_problem)
+        import pycuda.driver as drv
+
         self = cls()
         self.config, self.max_context, self.quant_kind = c, max_context, model.quant_kind
         self.device = device
@@ -113,9 +122,6 @@ class CudaEngine:
         return self
 
     def _load(self, model, max_context, max_chunk, progress, cap, use_graph, fuse, pdl) -> None:
-        from cuda.ops import Ops
-        from cuda.quant_ops import QuantKernels
-
         drv, c = self._drv, self.config
         self.ops, quant = Ops(c.head_dim), QuantKernels()  # compiled before measuring free VRAM
         needed = vram_needed(model, max_context, max_chunk)
@@ -135,7 +141,7 @@ class CudaEngine:
         self.stream = drv.Stream()
         reporter = ProgressReporter(file_bytes(model), progress)
         self.weights, self._checksums = upload_weights(
-            drv, model, self.ledger, reporter, quant.supports
+            drv, model, self.ledger, reporter, quant.matrix_problem
         )
         # programmatic dependent launch needs sm_90 (Hopper) or newer
         pdl = pdl and drv.Context.get_device().compute_capability() >= (9, 0)

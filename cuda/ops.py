@@ -70,11 +70,16 @@ def _blocks(n: int, threads: int, cap: int = 4096) -> int:
     return max(1, min(cap, (n + threads - 1) // threads))
 
 
+def head_dim_supported(head_dim: int) -> bool:
+    """Whether the attention kernels build for this head size (HEAD_DIM in attention.cu)."""
+    return 0 < head_dim <= 256 and head_dim % 32 == 0
+
+
 class Ops:
     """The engine's kernels for one head size, compiled (or taken from cache) at init."""
 
     def __init__(self, head_dim: int):
-        if head_dim % 32 or head_dim > 256:
+        if not head_dim_supported(head_dim):
             raise ValueError(f"attention kernels need head_dim a multiple of 32 <= 256: {head_dim}")
         files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
         files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}

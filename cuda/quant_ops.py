@@ -134,6 +134,18 @@ class QuantKernels:
             return False
 
     @staticmethod
+    def matrix_problem(qtype: Q | int, cols: int) -> str | None:
+        """Why a (rows, cols) matrix of this type cannot go through every product kernel
+        (embedding rows, matvec, matmul), or None when it can. For the load-time check."""
+        if not QuantKernels.supports(qtype):
+            return f"unsupported type {getattr(qtype, 'name', qtype)}"
+        qtype = Q(qtype)
+        multiple = max(_TYPES[qtype][1], 32)  # matmul's, the strictest (see matmul)
+        if cols <= 0 or cols % multiple:
+            return f"{qtype.name} needs cols a positive multiple of {multiple}, got {cols}"
+        return None
+
+    @staticmethod
     def _block(qtype: Q | int) -> tuple[Q, str, int]:
         qtype = Q(qtype)
         if qtype not in _TYPES:

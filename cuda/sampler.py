@@ -8,8 +8,10 @@ chain by construction. Repetition penalty: the host passes the distinct history 
 the kernel marks them in a per-vocabulary byte array and penalizes each once.
 
 The sampler's workspace (penalty ids, marks, float64 scores) belongs to the running job: the
-engine allocates it under ledger scope "job" when a job starts and frees it when the job ends or
-fails, which is where an out-of-memory during a job shows up.
+engine allocates it under ledger scope "job" at the job's first prefill (where an out-of-memory
+during a job shows up) and keeps it after the job's last token: the engine is not told when a
+job ends, so the workspace is freed at the next `reset()` (the next job's start) or when a job
+fails (the engine then frees the whole "job" scope).
 """
 
 from __future__ import annotations

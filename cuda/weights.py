@@ -11,7 +11,7 @@ float32. Each allocation's checksum window (cuda.residency) is computed here fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -137,17 +137,27 @@ class _Uploader:
         return self.put(name, [_vector_f32(r) for r in recs], sum(r.nbytes for r in recs))
 
 
+def check_matrices(model: GGUFModel, problem: Callable[[Q, int], str | None]) -> None:
+    """ModelLoadError naming the first matrix the kernels cannot take (type or shape).
+
+    `problem(qtype, cols)` is QuantKernels.matrix_problem: checked here, before any upload, so a
+    bad file fails at load rather than at a kernel's first use in some later job.
+    """
+    for rec in model.tensors.values():
+        if len(rec.shape) == 2:
+            why = problem(rec.qtype, int(rec.shape[1]))
+            if why is not None:
+                raise ModelLoadError(f"{model.path}: tensor {rec.name} {rec.shape}: {why}")
+
+
 def upload_weights(
-    drv: Any, model: GGUFModel, ledger: Ledger, reporter: ProgressReporter, supports
+    drv: Any, model: GGUFModel, ledger: Ledger, reporter: ProgressReporter, problem
 ) -> tuple[ModelWeights, dict[str, int]]:
-    """Upload every weight; returns the layout and the checksum of each allocation's window."""
+    """Upload every weight (after `check_matrices(model, problem)`); returns the layout and the
+    checksum of each allocation's window."""
     c = model.config
     qkv_roles, gu_roles = _roles(model)
-    for rec in model.tensors.values():
-        if len(rec.shape) == 2 and not supports(rec.qtype):
-            raise ModelLoadError(
-                f"{model.path}: tensor {rec.name} has unsupported type {rec.qtype.name}"
-            )
+    check_matrices(model, problem)
     up = _Uploader(drv, ledger, reporter)
     (embd,) = up.matrices("token_embd", [model.weight("token_embd")])
     output_norm = up.vector("output_norm", [model.weight("output_norm")])

@@ -1,8 +1,6 @@
 """GPU fixtures for tests/cuda: skip cleanly without PyCUDA or a CUDA device (CI has neither).
 
-Every test in this folder is marked `gpu` except the nvcc compile test (needs only nvcc), the CUDA
-error classification test (a stand-in driver) and the
-kernel cache test (pure Python; its one GPU test is marked by hand).
+Every test in this folder is marked `gpu` except those of the files in _NO_GPU_MARK.
 `cuda_ctx` (session) makes device 0's primary context current on the test thread and pops it at
 the end; tests that need the GPU take it as an argument.
 """
@@ -13,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-_NO_GPU_MARK = {"test_nvcc_compile.py", "test_kernel_cache.py", "test_cuda_errors.py"}
+_NO_GPU_MARK = {
+    "test_nvcc_compile.py",  # needs only nvcc
+    "test_kernel_cache.py",  # pure Python; its one GPU test is marked by hand
+    "test_cuda_errors.py",  # a stand-in driver
+    "test_load_checks.py",  # checks made before PyCUDA is imported
+}
 
 
 def pytest_collection_modifyitems(config, items):
