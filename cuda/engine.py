@@ -27,10 +27,10 @@ from cuda import graph as cuda_graph
 from cuda import residency
 from cuda.forward import Forward, buffer_bytes, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
-from cuda.ops import Ops, head_dim_supported
+from cuda.ops import Ops
 from cuda.quant_ops import QuantKernels
 from cuda.sampler import GpuSampler, workspace_bytes
-from cuda.weights import check_matrices, file_bytes, upload_weights, weight_bytes
+from cuda.weights import check_model, file_bytes, upload_weights, weight_bytes
 from runtime.engine_api import ProgressCallback, ResidencyReport
 from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError
 from runtime.gguf_file import GGUFModel
@@ -86,20 +86,10 @@ class CudaEngine:
         fuse: bool = True,
         pdl: bool = True,
     ) -> CudaEngine:
-        # what the file asks of the kernels is checked first: ModelLoadError, no GPU touched
-        if max_context < 1 or max_chunk < 1:
-            raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
-        c = model.config
-        if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
-            raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")
-        if not head_dim_supported(c.head_dim):
-            raise ModelLoadError(
-                f"{model.path}: head_dim {c.head_dim} unsupported by the attention kernels "
-                "(a multiple of 32, at most 256)"
-            )
-        check_matrices(model, QuantKernels.matrix_problem)
+        check_model(model, max_context, max_chunk)  # ModelLoadError before any GPU work
         import pycuda.driver as drv
 
+        c = model.config
         self = cls()
         self.config, self.max_context, self.quant_kind = c, max_context, model.quant_kind
         self.device = device
@@ -288,21 +278,9 @@ class CudaEngine:
             )
 
     def _device_checksums(self, entries: list) -> list[int]:
-        """The checksum window of each entry, computed on the device, CHECKSUM_SLOTS at a time."""
-        values: list[int] = []
-        for first in range(0, len(entries), CHECKSUM_SLOTS):
-            batch = entries[first : first + CHECKSUM_SLOTS]
-            self._drv.memset_d8(self._sum_slots, 0, 8 * len(batch))
-            for i, entry in enumerate(batch):
-                off, length = residency.window(entry.nbytes)
-                self.ops.checksum(
-                    entry.ptr + off, length // 4, self._sum_slots + 8 * i, self.stream
-                )
-            out = np.zeros(len(batch), np.uint64)
-            self._drv.memcpy_dtoh_async(out, self._sum_slots, self.stream)
-            self.stream.synchronize()
-            values += [int(v) for v in out]
-        return values
+        return residency.device_checksums(
+            self._drv, self.ops, self.stream, self._sum_slots, CHECKSUM_SLOTS, entries
+        )
 
     def close(self) -> None:
         if self._closed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -118,3 +119,24 @@ def run_check(
         f"{device_ordinal}; {used} bytes used on the device; {len(checksums)} weight "
         "checksums match",
     )
+
+
+def device_checksums(
+    drv: Any, ops: Any, stream: Any, slots_ptr: int, n_slots: int, entries: list[Entry]
+) -> list[int]:
+    """The checksum window of each entry, computed on the device, `n_slots` at a time.
+
+    slots_ptr: (n_slots,) uint64 in VRAM, allocated at load (a check allocates nothing).
+    """
+    values: list[int] = []
+    for first in range(0, len(entries), n_slots):
+        batch = entries[first : first + n_slots]
+        drv.memset_d8(slots_ptr, 0, 8 * len(batch))
+        for i, entry in enumerate(batch):
+            off, length = window(entry.nbytes)
+            ops.checksum(entry.ptr + off, length // 4, slots_ptr + 8 * i, stream)
+        out = np.zeros(len(batch), np.uint64)
+        drv.memcpy_dtoh_async(out, slots_ptr, stream)
+        stream.synchronize()
+        values += [int(v) for v in out]
+    return values

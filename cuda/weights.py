@@ -20,6 +20,8 @@ from gguf import GGMLQuantizationType as Q
 
 from cuda import residency
 from cuda.ledger import Ledger
+from cuda.ops import head_dim_supported
+from cuda.quant_ops import QuantKernels
 from runtime.errors import ModelLoadError
 from runtime.gguf_file import GGUFModel, TensorRecord
 from runtime.progress import ProgressReporter
@@ -135,6 +137,22 @@ class _Uploader:
 
     def vector(self, name: str, recs: Sequence[TensorRecord]) -> int:
         return self.put(name, [_vector_f32(r) for r in recs], sum(r.nbytes for r in recs))
+
+
+def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
+    """ModelLoadError for what the CUDA engine cannot run, found from the file alone (no GPU):
+    sizes, rope, the head size (attention kernels) and every matrix (`check_matrices`)."""
+    if max_context < 1 or max_chunk < 1:
+        raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
+    c = model.config
+    if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
+        raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")
+    if not head_dim_supported(c.head_dim):
+        raise ModelLoadError(
+            f"{model.path}: head_dim {c.head_dim} unsupported by the attention kernels "
+            "(a multiple of 32, at most 256)"
+        )
+    check_matrices(model, QuantKernels.matrix_problem)
 
 
 def check_matrices(model: GGUFModel, problem: Callable[[Q, int], str | None]) -> None:
