@@ -175,19 +175,9 @@ class QuantKernels:
         )  # fmt: skip
 
     def matvec(
-        self,
-        qtype,
-        w_ptr: int,
-        rows: int,
-        cols: int,
-        x_ptr: int,
-        y_ptr: int,
-        stream,
-        *,
-        accumulate: bool = False,
-        variant: str | None = None,
-        pdl: bool = False,
-    ) -> None:
+        self, qtype, w_ptr: int, rows: int, cols: int, x_ptr: int, y_ptr: int, stream,
+        *, accumulate: bool = False, variant: str | None = None, pdl: bool = False,
+    ) -> None:  # fmt: skip
         """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`.
 
         `variant` forces a kernel ("plain", "tall", "wide"; for tests and benchmarks).
@@ -206,34 +196,15 @@ class QuantKernels:
         per_block = _MV_ROWS[variant]
         grid = ((rows + per_block - 1) // per_block, 1)
         self._matvec[variant, qtype].prepared_async_call(
-            grid,
-            (32 * _MV_WARPS, 1, 1),
-            stream,
-            int(w_ptr),
-            rows,
-            cols,
-            int(x_ptr),
-            int(y_ptr),
-            int(accumulate),
-            pdl=pdl,
-        )
+            grid, (32 * _MV_WARPS, 1, 1), stream,
+            int(w_ptr), rows, cols, int(x_ptr), int(y_ptr), int(accumulate), pdl=pdl,
+        )  # fmt: skip
 
     def matvec_norm(
-        self,
-        qtype,
-        w_ptr: int,
-        rows: int,
-        cols: int,
-        x_ptr: int,
-        norm_w_ptr: int,
-        eps: float,
-        y_ptr: int,
-        stream,
-        *,
-        accumulate: bool = False,
-        variant: str | None = None,
+        self, qtype, w_ptr: int, rows: int, cols: int, x_ptr: int, norm_w_ptr: int, eps: float,
+        y_ptr: int, stream, *, accumulate: bool = False, variant: str | None = None,
         pdl: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """y (rows,) = W @ (rmsnorm(x) * norm_w) (+ the old y): RMSNorm fused into the product.
 
         x, norm_w: (cols,) float32; rmsnorm(x) = x / sqrt(mean(x^2) + eps). `variant`: "plain"
@@ -247,35 +218,15 @@ class QuantKernels:
             variant = "tall" if rows >= _TALL_ROWS else "plain"
         per_block = _MV_ROWS[variant]
         self._matvec_norm[variant, qtype].prepared_async_call(
-            ((rows + per_block - 1) // per_block, 1),
-            (32 * _MV_WARPS, 1, 1),
-            stream,
-            int(w_ptr),
-            rows,
-            cols,
-            int(x_ptr),
-            int(norm_w_ptr),
-            float(eps),
-            int(y_ptr),
-            int(accumulate),
-            pdl=pdl,
-        )
+            ((rows + per_block - 1) // per_block, 1), (32 * _MV_WARPS, 1, 1), stream,
+            int(w_ptr), rows, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(y_ptr),
+            int(accumulate), pdl=pdl,
+        )  # fmt: skip
 
     def matvec_norm_swiglu(
-        self,
-        qtype,
-        w_ptr: int,
-        d_ff: int,
-        cols: int,
-        x_ptr: int,
-        norm_w_ptr: int,
-        eps: float,
-        h_ptr: int,
-        stream,
-        *,
-        accumulate: bool = False,
-        pdl: bool = False,
-    ) -> None:
+        self, qtype, w_ptr: int, d_ff: int, cols: int, x_ptr: int, norm_w_ptr: int, eps: float,
+        h_ptr: int, stream, *, accumulate: bool = False, pdl: bool = False,
+    ) -> None:  # fmt: skip
         """h (d_ff,) = silu(W_gate @ xn) * (W_up @ xn), xn = rmsnorm(x) * norm_w (+ the old h).
 
         W is gate | up stacked: (2 * d_ff, cols) raw blocks, gate rows first (the engine's
@@ -286,35 +237,15 @@ class QuantKernels:
         if d_ff <= 0:
             return
         self._matvec_swiglu[qtype].prepared_async_call(
-            ((d_ff + _MV_WARPS - 1) // _MV_WARPS, 1),
-            (32 * _MV_WARPS, 1, 1),
-            stream,
-            int(w_ptr),
-            d_ff,
-            cols,
-            int(x_ptr),
-            int(norm_w_ptr),
-            float(eps),
-            int(h_ptr),
-            int(accumulate),
-            pdl=pdl,
-        )
+            ((d_ff + _MV_WARPS - 1) // _MV_WARPS, 1), (32 * _MV_WARPS, 1, 1), stream,
+            int(w_ptr), d_ff, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(h_ptr),
+            int(accumulate), pdl=pdl,
+        )  # fmt: skip
 
     def matmul(
-        self,
-        qtype,
-        w_ptr: int,
-        rows: int,
-        cols: int,
-        x_ptr: int,
-        n: int,
-        y_ptr: int,
-        stream,
-        *,
-        accumulate: bool = False,
-        tensor_cores: bool = True,
-        variant: str | None = None,
-    ) -> None:
+        self, qtype, w_ptr: int, rows: int, cols: int, x_ptr: int, n: int, y_ptr: int, stream,
+        *, accumulate: bool = False, tensor_cores: bool = True, variant: str | None = None,
+    ) -> None:  # fmt: skip
         """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`.
 
         `variant` forces a kernel ("simt", "tc32", "tcs32", "tcs64"; for tests and benchmarks);
@@ -337,17 +268,9 @@ class QuantKernels:
         bm, threads = _MM_SHAPES[variant]
         grid = (col_tiles, (n + bm - 1) // bm)
         self._mm[variant, qtype].prepared_async_call(
-            grid,
-            (threads, 1, 1),
-            stream,
-            int(w_ptr),
-            rows,
-            cols,
-            int(x_ptr),
-            n,
-            int(y_ptr),
-            int(accumulate),
-        )
+            grid, (threads, 1, 1), stream,
+            int(w_ptr), rows, cols, int(x_ptr), n, int(y_ptr), int(accumulate),
+        )  # fmt: skip
 
 
 def _check_cols(qtype: Q, cols: int, multiple: int) -> None:
