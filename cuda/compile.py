@@ -24,8 +24,13 @@ test) on machines without PyCUDA or a GPU.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import shutil
 import threading
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 #: no fast-math, the kernels' accuracy is tested against float64 numpy.
 NVCC_OPTIONS: tuple[str, ...] = ("-O3", "-std=c++17")
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _cache: dict[tuple[Any, ...], Any] = {}  # loaded modules
 _cubins: dict[str, bytes] = {}  # cache key -> cubin, shared by both loaders
@@ -141,3 +147,33 @@ def load_driver_module(filename: str, *, defines: dict[str, Any] | None = None):
         with _lock:
             module = _cache.setdefault(key, module)
     return module
+
+
+def prefetch(specs: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
+    """Get the cubins of these (filename, defines) ready, nvcc runs in parallel threads.
+
+    A warm cache makes this a few file reads; a cold one (first start on a machine) compiles
+    every module at once instead of one after another. Later `load_module` calls find the
+    cubins in memory. Needs a current context (for the arch); the threads do not touch it.
+    Best effort: a failure is logged and left to the serial `load_module` path, which raises
+    it where it always did. nvcc's stderr (PyCUDA warnings) is logged, not raised.
+    """
+    specs = list(specs)
+    if not specs:
+        return
+    workers = max(1, min(len(specs), os.cpu_count() or 1))
+    # catch_warnings is process-wide: it also catches the threads' warnings while we wait
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            import pycuda.compiler  # noqa: F401 - imported here, not by 8 threads at once
+
+            arch, _ = _arch(), _toolchain()
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvcc") as pool:
+                futures = [pool.submit(cubin, f, defines=d, arch=arch) for f, d in specs]
+                for future in futures:
+                    future.result()
+        except Exception as exc:
+            log.warning("parallel kernel build failed, building one by one: %s", exc)
+    for w in caught:
+        log.warning("nvcc: %s", w.message)

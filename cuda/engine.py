@@ -25,10 +25,13 @@ import numpy as np
 from cuda import errors as cuda_errors
 from cuda import graph as cuda_graph
 from cuda import residency
+from cuda.compile import prefetch
 from cuda.forward import Forward, buffer_bytes, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
 from cuda.ops import Ops
+from cuda.ops import sources as ops_sources
 from cuda.quant_ops import QuantKernels
+from cuda.quant_ops import sources as quant_sources
 from cuda.sampler import GpuSampler, workspace_bytes
 from cuda.weights import check_model, file_bytes, upload_weights, weight_bytes
 from runtime.engine_api import ProgressCallback, ResidencyReport
@@ -113,6 +116,7 @@ class CudaEngine:
 
     def _load(self, model, max_context, max_chunk, progress, cap, use_graph, fuse, pdl) -> None:
         drv, c = self._drv, self.config
+        prefetch([*ops_sources(c.head_dim).values(), *quant_sources()])  # nvcc in parallel
         self.ops, quant = Ops(c.head_dim), QuantKernels()  # compiled before measuring free VRAM
         needed = vram_needed(model, max_context, max_chunk)
         free, total = drv.mem_get_info()

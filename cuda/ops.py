@@ -75,15 +75,21 @@ def head_dim_supported(head_dim: int) -> bool:
     return 0 < head_dim <= 256 and head_dim % 32 == 0
 
 
+def sources(head_dim: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Ops' modules: key -> (file in cuda/kernels, defines); for cuda.compile.prefetch too."""
+    files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
+    files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}
+    files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim, "ATTN_PRE": int(ATTN_PRELOAD)})
+    return files
+
+
 class Ops:
     """The engine's kernels for one head size, compiled (or taken from cache) at init."""
 
     def __init__(self, head_dim: int):
         if not head_dim_supported(head_dim):
             raise ValueError(f"attention kernels need head_dim a multiple of 32 <= 256: {head_dim}")
-        files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
-        files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}
-        files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim, "ATTN_PRE": int(ATTN_PRELOAD)})
+        files = sources(head_dim)
         mods = {k: _module(f, d) for k, (f, d) in files.items()}
         dmods = {k: _driver_module(f, d) for k, (f, d) in files.items()}
 

@@ -85,6 +85,15 @@ def _module(filename: str, defines: dict[str, Any] | None = None, *, driver: boo
     return module
 
 
+def sources(batched_loads: bool | None = None, preload: bool | None = None) -> list[tuple]:
+    """(file in cuda/kernels, defines) of each module QuantKernels loads (matvec first);
+    None: the module's current BATCHED_LOADS / PRELOAD, as QuantKernels takes them."""
+    batched_loads = BATCHED_LOADS if batched_loads is None else batched_loads
+    preload = PRELOAD if preload is None else preload
+    matvec = {"MV_BATCH": int(batched_loads), "MV_PRE": int(preload)}
+    return [("quant_matvec.cu", matvec), ("quant_embed.cu", None), ("quant_matmul.cu", None)]
+
+
 class QuantKernels:
     """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init.
 
@@ -98,7 +107,7 @@ class QuantKernels:
         self.batched_loads = BATCHED_LOADS if batched_loads is None else bool(batched_loads)
         self.preload = PRELOAD if preload is None else bool(preload)
         # the decode step's kernels load through the driver API: PDL-capable (cuda/launch.py)
-        defines = {"MV_BATCH": int(self.batched_loads), "MV_PRE": int(self.preload)}
+        (_, defines), _, _ = sources(self.batched_loads, self.preload)
         mv = _module("quant_matvec.cu", defines, driver=True)
         emb, mm = _module("quant_embed.cu", driver=True), _module("quant_matmul.cu")
         self._matvec: dict[tuple[str, Q], Any] = {}

@@ -136,3 +136,25 @@ def test_warm_load_runs_no_compiler(cuda_ctx, monkeypatch, tmp_path):
     assert cc.cubin("elementwise.cu", defines={"CACHE_TEST": 1}) == cold
     module = cc.load_module("elementwise.cu", defines={"CACHE_TEST": 1})
     assert module.get_function("add_inplace") is not None
+
+
+@pytest.mark.gpu
+def test_prefetch_builds_in_parallel_into_the_cache(cuda_ctx, monkeypatch, tmp_path):
+    from cuda import compile as cc
+
+    monkeypatch.setenv("WORKER_ORCD_KERNEL_CACHE", str(tmp_path))
+    specs = [("norm.cu", {"CACHE_TEST": 2}), ("rope.cu", {"CACHE_TEST": 2})]
+    cc.prefetch(specs)
+    assert len(list(tmp_path.glob("*.cubin"))) == 2
+    for filename, defines in specs:  # the same bytes the loaders will use, from memory now
+        assert cc.cubin(filename, defines=defines) == kc.read(
+            tmp_path / f"{_real_key(filename, defines)}.cubin"
+        )
+
+
+def _real_key(filename: str, defines: dict) -> str:
+    from cuda import compile as cc
+
+    options = [*NVCC_OPTIONS, *cc._define_options(defines)]
+    source = (KERNEL_DIR / filename).read_text()
+    return kc.cache_key(source, kc.headers(KERNEL_DIR), options, cc._arch(), cc._toolchain())
