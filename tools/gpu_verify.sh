@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (after `source .device-kit/on-device.sh`, model at $1): every GPU test, the
-# end-to-end tests on the cuda backend, and both GPU benchmarks; logs into $OUT.
+# end-to-end tests on the cuda backend, and both GPU benchmarks; full logs into $OUT, each step
+# bounded so one stuck step cannot eat the others' time.
 # Set LLAMA=<packed llama.cpp source or build dir> to run llama-bench in the same run.
 set -uo pipefail
 model=${1:-/root/models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -8,13 +9,21 @@ out=${OUT:-/tmp/gpu-verify}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKER_ORCD_MODEL="$model" WORKER_ORCD_TEST_MODEL="$model" \
     WORKER_ORCD_TEST_BACKEND=cuda
+step() {  # step NAME SECONDS CMD...: run bounded, keep the whole log, show its tail
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+    echo "== $name: exit $? in $((SECONDS - t0)) s"
+    tail -n 25 "$out/$name.txt"
+}
 # The GPU machine sets PYTHONDONTWRITEBYTECODE and the kit installs with --no-compile; a normal
 # pip install leaves bytecode, so compile once (0.6 s) before anything measures start-up time.
 python3 -m compileall -q -j0 /tmp/site . >/dev/null 2>&1 || true
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/card.txt"
-python3 -m pytest -q -p no:cacheprovider -rfE tests/cuda 2>&1 | tail -40 | tee "$out/tests-cuda.txt"
-python3 -m pytest -q -p no:cacheprovider -rfE tests/e2e tests/test_cli_worker.py 2>&1 \
-    | tail -40 | tee "$out/tests-e2e-cuda.txt"
-python3 bench/bench_cuda.py --model "$model" 2>&1 | tee "$out/bench-cuda.txt"
-python3 bench/bench_gpu_worker.py --model "$model" --json "$out/bench.json" \
-    ${LLAMA:+--llama-cpp "$LLAMA"} 2>&1 | tail -60 | tee "$out/bench-worker.txt"
+step tests-cuda "${T_CUDA:-200}" python3 -m pytest -q -p no:cacheprovider -rfE tests/cuda
+step tests-e2e-cuda "${T_E2E:-150}" python3 -m pytest -q -p no:cacheprovider -rfE \
+    tests/e2e tests/test_cli_worker.py
+step bench-cuda "${T_BENCH:-60}" python3 bench/bench_cuda.py --model "$model" --reps 3
+step bench-worker "${T_WORKER:-200}" python3 bench/bench_gpu_worker.py --model "$model" \
+    --json "$out/bench.json" ${LLAMA:+--llama-cpp "$LLAMA"}
