@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 
 import attrs
@@ -114,20 +113,6 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}"
 
 
-#: How often a thread holding the GIL must offer it to another (Python's default is 5 ms). The
-#: executor thread needs the GIL back within a fraction of a decode step (~0.55 ms on an H100)
-#: whenever the GPU finishes, while the event-loop thread is busy writing SSE frames; with the
-#: default, one such hand-over can stall decoding, a cancel, or /health by up to 5 ms.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
-def set_gil_switch_interval() -> float:
-    """Apply GIL_SWITCH_INTERVAL_S, or $WORKER_ORCD_GIL_SWITCH_S (benchmarks compare both)."""
-    interval = float(os.environ.get("WORKER_ORCD_GIL_SWITCH_S") or GIL_SWITCH_INTERVAL_S)
-    sys.setswitchinterval(interval)
-    return interval
-
-
 def run(config: WorkerConfig) -> int:
     """Start the worker with `config`; returns the exit status."""
     from runtime.backends import CudaWarmup
@@ -140,7 +125,6 @@ def run(config: WorkerConfig) -> int:
     #   garbage (~3 K objects), yet ~230 collections passed over them (~70 ms of GIL).
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    set_gil_switch_interval()
     warmup = CudaWarmup.start(config.gpu_device) if config.backend != "cpu" else None
     try:
         return _run(config, warmup)

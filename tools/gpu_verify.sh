@@ -26,9 +26,4 @@ step tests-e2e-cuda "${T_E2E:-150}" python3 -m pytest -q -p no:cacheprovider -rf
     tests/e2e tests/test_cli_worker.py
 step bench-cuda "${T_BENCH:-60}" python3 bench/bench_cuda.py --model "$model" --reps 3
 step bench-worker "${T_WORKER:-200}" python3 bench/bench_gpu_worker.py --model "$model" \
-    --json "$out/bench.json" --log-dir /tmp ${LLAMA:+--llama-cpp "$LLAMA"}
-if [ -n "${AB_GIL:-}" ]; then  # the same benchmark with Python's default GIL switch interval
-    WORKER_ORCD_GIL_SWITCH_S=0.005 step bench-worker-gil5ms "${T_WORKER:-200}" \
-        python3 bench/bench_gpu_worker.py --model "$model" --json "$out/bench-gil5ms.json" \
-        --log-dir /tmp
-fi
+    --json "$out/bench.json" ${LLAMA:+--llama-cpp "$LLAMA"}
