@@ -32,7 +32,7 @@ import threading
 import attrs
 import trio
 
-from runtime.cli import EXIT_CRASH, describe, first_error
+from runtime.cli import EXIT_CRASH, first_error, narrate_crash
 from runtime.config import WorkerConfig
 
 
@@ -55,20 +55,7 @@ def create_app(config: WorkerConfig | None = None):
         except BaseException as error:
             if isinstance(first_error(error), trio.Cancelled):
                 raise
-            narrator.emit(
-                "error",
-                level="error",
-                actor="supervisor",
-                human=f"An actor crashed; the worker stops: {describe(error)}",
-                code="INTERNAL",
-            )
-            narrator.emit(
-                "shutdown",
-                level="error",
-                actor="supervisor",
-                human="Worker stopped after a crash.",
-                exit_code=EXIT_CRASH,
-            )
+            narrate_crash(narrator, error)
             sys.stderr.flush()
             os._exit(EXIT_CRASH)
 

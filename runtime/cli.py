@@ -113,6 +113,26 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}"
 
 
+def narrate_crash(narrator: Narrator, error: BaseException) -> None:
+    """The last two lines of a worker whose actor crashed: what broke (with its code), then exit."""
+    cause = first_error(error)
+    narrator.emit(
+        "error",
+        level="error",
+        actor="supervisor",
+        human=f"An actor crashed; the worker stops: {describe(error)}",
+        code=str(getattr(cause, "code", "INTERNAL")),
+        exception=type(cause).__name__,
+    )
+    narrator.emit(
+        "shutdown",
+        level="error",
+        actor="supervisor",
+        human="Worker stopped after a crash.",
+        exit_code=EXIT_CRASH,
+    )
+
+
 def run(config: WorkerConfig) -> int:
     """Start the worker with `config`; returns the exit status."""
     from runtime.backends import CudaWarmup
@@ -164,21 +184,7 @@ def _run(config: WorkerConfig, warmup) -> int:
     except BaseException as error:  # an actor crashed: say which and how, then exit non-zero
         if isinstance(first_error(error), KeyboardInterrupt):
             return EXIT_CRASH
-        narrator.emit(
-            "error",
-            level="error",
-            actor="supervisor",
-            human=f"An actor crashed; the worker stops: {describe(error)}",
-            code=str(getattr(first_error(error), "code", "INTERNAL")),
-            exception=type(first_error(error)).__name__,
-        )
-        narrator.emit(
-            "shutdown",
-            level="error",
-            actor="supervisor",
-            human="Worker stopped after a crash.",
-            exit_code=EXIT_CRASH,
-        )
+        narrate_crash(narrator, error)
         return EXIT_CRASH
     narrator.emit(
         "shutdown", actor="supervisor", human="Worker stopped cleanly.", exit_code=EXIT_OK
