@@ -15,7 +15,7 @@
    greedy, interleaved repeats; bench_http.py's code), /health latency idle and while another
    process streams, cancel -> terminal `error` CANCELLED latency (POST /cancel sent after the
    8th token -> the error event parsed on the stream).
-4. Two more worker starts with a warm PyCUDA kernel cache: load time to ready, both reported.
+4. Two more worker starts with a warm kernel cache (cuda/kernel_cache.py): load time to ready, both reported.
 
 Client-side work that could distort a latency (SSE parsing at 1000+ events/s) runs in another
 process, never in a thread beside the probe: two threads of this process would share the GIL.
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             worker.stop()
         loads = [first]
-        for k in (2, 3):  # warm PyCUDA kernel cache: the engine above and worker 1 compiled
+        for k in (2, 3):  # warm kernel cache: the engine above and worker 1 compiled
             worker, seconds, wall = launch(harness, args, f"bench-{k}")
             res["load_phases"] = load_phases(worker, wall)
             worker.stop()

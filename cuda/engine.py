@@ -2,8 +2,8 @@
 
 Ownership: `CudaEngine.load` pushes the device's primary context on the calling thread (the
 executor's) and every later call must come from that thread; `close()` frees everything and pops
-the context. Load = preflight (bytes needed vs free VRAM and the optional cap) -> compile the
-kernels -> upload the weights tensor by tensor -> allocate KV cache and scratch -> capture the
+the context. Load = shape checks (`weights.check_model`, before the GPU is touched) -> compile
+the kernels (our cubin cache) -> preflight (bytes needed vs free VRAM and the optional cap) -> upload the weights tensor by tensor -> allocate KV cache and scratch -> capture the
 decode step as a CUDA graph. Nothing is allocated per decode step.
 
 Errors: a failed allocation at load is INSUFFICIENT_VRAM; during a job it is VRAM_OOM, the job's

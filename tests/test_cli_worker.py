@@ -179,7 +179,7 @@ def test_real_model_streams_what_llama_cpp_predicts(worker):
         )
     assert events[0].data["prompt_tokens"] == 5
     text = "".join(e.data["t"] for e in events if e.event == "token")
-    # llama.cpp's greedy continuation (../shared/reference/smollm2-greedy-1.txt): " Paris.\n\n..."
+    # llama.cpp's greedy continuation (tests/data/reference/smollm2-greedy-1.txt): " Paris.\n\n..."
     assert text == " Paris.\n"
     assert events[-1].data == {
         "type": "end",

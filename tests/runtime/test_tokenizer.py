@@ -1,5 +1,5 @@
 """Tokenizer: llama.cpp's ids on the default model, pre-tokenizer splits, special tokens,
-incremental decoding, speed. Reference: ../shared/reference/tokens.json (llama-tokenize)."""
+incremental decoding, speed. Reference: tests/data/reference/tokens.json (llama-tokenize)."""
 
 from __future__ import annotations
 
