@@ -79,8 +79,14 @@ class Architecture:
     fused_gate_up: bool  # one matrix holding gate rows then up rows (role ffn_gate_up)
     rope_style: str  # "norm" (adjacent pairs, GGML mode 0) | "neox" (halves)
     norm: str  # "rms"
-    #: role -> expected numpy-order shape, given the config
-    shapes: Mapping[str, ShapeFn]
+    #: role -> expected numpy-order shape, given the config; follows from the switches above
+    shapes: Mapping[str, ShapeFn] = attrs.field(init=False)
+
+    @shapes.default
+    def _shapes_from_switches(self) -> Mapping[str, ShapeFn]:
+        return _shapes(
+            fused_qkv=self.fused_qkv, fused_gate_up=self.fused_gate_up, qkv_bias=self.qkv_bias
+        )
 
     def tensor_name(self, role: str, layer: int | None = None) -> str:
         """The GGUF tensor name of `role` (in `layer` for per-layer roles); KeyError if unmapped."""
@@ -197,7 +203,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         fused_gate_up=False,
         rope_style="norm",
         norm="rms",
-        shapes=_shapes(fused_qkv=False, fused_gate_up=False, qkv_bias=False),
     ),
     "qwen2": Architecture(
         name="qwen2",
@@ -207,7 +212,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         fused_gate_up=False,
         rope_style="neox",
         norm="rms",
-        shapes=_shapes(fused_qkv=False, fused_gate_up=False, qkv_bias=True),
     ),
     "phi3": Architecture(
         name="phi3",
@@ -222,7 +226,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         fused_gate_up=True,
         rope_style="neox",
         norm="rms",
-        shapes=_shapes(fused_qkv=True, fused_gate_up=True, qkv_bias=False),
     ),
 }
 
