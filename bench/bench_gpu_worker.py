@@ -44,6 +44,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 import bench_http  # noqa: E402  (PROMPT, EngineAlone, bench_http_stream, HealthSampler, ...)
 import llama_cpp  # noqa: E402
+from bench_cuda import median_time  # noqa: E402
 
 from runtime.sampling import SamplingParams  # noqa: E402
 
@@ -55,16 +56,6 @@ def _sync(engine) -> None:
     stream = getattr(engine, "stream", None)  # the CUDA engine's; numpy is synchronous
     if stream is not None:
         stream.synchronize()
-
-
-def _median_s(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def engine_figures(engine, decode_ns: list[int], prefill_n: int, reps: int) -> dict:
@@ -82,8 +73,8 @@ def engine_figures(engine, decode_ns: list[int], prefill_n: int, reps: int) -> d
         engine.prefill(ids)
         _sync(engine)
 
-    out = {f"tg{n}": n / _median_s(lambda n=n: decode(n), reps) for n in decode_ns}
-    out[f"pp{prefill_n}"] = prefill_n / _median_s(prefill, reps)
+    out = {f"tg{n}": n / median_time(lambda n=n: decode(n), reps) for n in decode_ns}
+    out[f"pp{prefill_n}"] = prefill_n / median_time(prefill, reps)
     return out
 
 
