@@ -20,3 +20,23 @@ def real_model_path() -> Path:
 
     env = os.environ.get("WORKER_ORCD_MODEL")
     return Path(env) if env else default_model_path()
+
+
+def real_model_metadata() -> dict:
+    """The real model's GGUF metadata as plain Python values."""
+    from runtime.gguf_file import open_gguf
+
+    with open_gguf(real_model_path()) as model:
+        return dict(model.metadata)
+
+
+def load_real_numpy_engine(max_context: int):
+    """(NumpyEngine, Tokenizer) on the real model; the caller closes the engine."""
+    from runtime.gguf_file import open_gguf
+    from runtime.numpy_engine import NumpyEngine
+    from runtime.tokenizer import Tokenizer
+
+    with open_gguf(real_model_path()) as gguf:
+        tokenizer = Tokenizer.from_metadata(gguf.metadata)
+        engine = NumpyEngine.load(gguf, max_context=max_context)
+    return engine, tokenizer

@@ -7,11 +7,9 @@ import json
 import pytest
 
 from runtime.chat import ChatTemplateError, compile_chat_template, render_chat
-from runtime.default_model import default_model_path
 from runtime.errors import ErrorCode, InvalidRequest, ModelLoadError
-from runtime.gguf_file import open_gguf
 from runtime.tokenizer import Tokenizer
-from tests.reference_data import REFERENCE_DIR
+from tests.reference_data import REFERENCE_DIR, real_model_metadata
 
 REFERENCE = REFERENCE_DIR / "tokens.json"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -20,8 +18,7 @@ USER = [{"role": "user", "content": "Write a haiku"}]
 
 @pytest.fixture(scope="module")
 def model_meta() -> dict:
-    with open_gguf(default_model_path()) as model:
-        return dict(model.metadata)
+    return real_model_metadata()
 
 
 @pytest.fixture(scope="module")

@@ -214,14 +214,9 @@ def test_same_seed_same_tokens_through_the_loop():
 
 @pytest.fixture(scope="module")
 def real():
-    from runtime.default_model import default_model_path
-    from runtime.gguf_file import open_gguf
-    from runtime.numpy_engine import NumpyEngine
-    from runtime.tokenizer import Tokenizer
+    from tests.reference_data import load_real_numpy_engine
 
-    with open_gguf(default_model_path()) as gguf:
-        tokenizer = Tokenizer.from_metadata(gguf.metadata)
-        engine = NumpyEngine.load(gguf, max_context=128)
+    engine, tokenizer = load_real_numpy_engine(max_context=128)
     yield engine, tokenizer
     engine.close()
 

@@ -23,11 +23,7 @@ import json
 import numpy as np
 import pytest
 
-from runtime.default_model import default_model_path
-from runtime.gguf_file import open_gguf
-from runtime.numpy_engine import NumpyEngine
-from runtime.tokenizer import Tokenizer
-from tests.reference_data import REFERENCE_DIR
+from tests.reference_data import REFERENCE_DIR, load_real_numpy_engine
 
 REFERENCE = REFERENCE_DIR / "teacher-forcing.json"
 TOP1_REQUIRED = 0.90
@@ -35,9 +31,7 @@ TOP1_REQUIRED = 0.90
 
 @pytest.fixture(scope="module")
 def model():
-    with open_gguf(default_model_path()) as gguf:
-        tokenizer = Tokenizer.from_metadata(gguf.metadata)
-        engine = NumpyEngine.load(gguf, max_context=512)
+    engine, tokenizer = load_real_numpy_engine(max_context=512)
     yield engine, tokenizer
     engine.close()
 

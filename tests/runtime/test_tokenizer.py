@@ -10,12 +10,10 @@ import time
 import pytest
 
 from runtime.bpe import BYTE_TO_CHAR, bytes_to_symbols
-from runtime.default_model import default_model_path
 from runtime.errors import ModelLoadError
-from runtime.gguf_file import open_gguf
 from runtime.pretokenize import PreTokenizer
 from runtime.tokenizer import Tokenizer
-from tests.reference_data import REFERENCE_DIR
+from tests.reference_data import REFERENCE_DIR, real_model_metadata
 
 REFERENCE = REFERENCE_DIR / "tokens.json"
 CASES = json.loads(REFERENCE.read_text(encoding="utf-8"))
@@ -23,8 +21,7 @@ CASES = json.loads(REFERENCE.read_text(encoding="utf-8"))
 
 @pytest.fixture(scope="module")
 def metadata() -> dict:
-    with open_gguf(default_model_path()) as model:
-        return dict(model.metadata)
+    return real_model_metadata()
 
 
 @pytest.fixture(scope="module")
