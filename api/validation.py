@@ -141,7 +141,7 @@ def _messages(value: object) -> tuple[dict, ...]:
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise InvalidRequest(f"{where} must be an object with role and content", field=where)
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
             raise InvalidRequest(
                 f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role"
             )
