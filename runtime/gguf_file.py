@@ -25,6 +25,7 @@ from runtime import quants
 from runtime.architectures import Architecture, get_architecture
 from runtime.errors import ModelLoadError
 from runtime.gguf_header import read_header
+from runtime.model_checks import check_model
 from runtime.model_config import ModelConfig
 
 
@@ -151,6 +152,7 @@ def _open(path: Path) -> GGUFModel:
         tensors[info.name] = TensorRecord(info.name, info.qtype, info.shape, raw, info.offset)
     config = arch.config_from_metadata(metadata, set(tensors))
     _check_tensors(arch, config, tensors)
+    check_model(config, tensors.values())  # parses, but is it fit to serve? (REL-7)
     return GGUFModel(path, data, metadata, tensors, arch, config)
 
 

@@ -11,12 +11,16 @@ near 1), which keeps activations of a random deep model in range.
 
     python -m tools.make_synthetic_gguf OUT.gguf [--like REAL.gguf] [--layers N] [--seed S]
                                         [--matrix-type Q4_K]
+
+Tests build small or deliberately broken files with `metadata=` (values that replace or add
+keys; with the built-in spec the shapes follow them, e.g. `TINY_LLAMA`).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,15 @@ SMOLLM2_135M: dict[str, tuple[Any, V]] = {
     "tokenizer.ggml.padding_token_id": (2, V.UINT32),
     "tokenizer.chat_template": (CHATML, V.STRING),
     "general.quantization_version": (2, V.UINT32),
+}
+#: Overrides for a tiny llama (d_model 64, 4 heads of 16, d_ff 128): a model that loads in
+#: milliseconds, for tests that build many files.
+TINY_LLAMA: dict[str, Any] = {
+    "llama.embedding_length": 64,
+    "llama.feed_forward_length": 128,
+    "llama.attention.head_count": 4,
+    "llama.attention.head_count_kv": 2,
+    "llama.rope.dimension_count": 16,
 }
 SMOLLM2_TYPES = {"token_embd": Q.Q8_0, "norm": Q.F32, "matrix": Q.Q4_1}
 
@@ -117,7 +130,27 @@ def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarra
     return b.reshape(*shape[:-1], -1)
 
 
-def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str, Q, tuple]]]:
+def _override(meta: dict, overrides: Mapping[str, Any]) -> None:
+    """Replace or add keys: a known key keeps its GGUF type, a new one gets one from its value."""
+    for key, value in overrides.items():
+        if key in meta:
+            vtype = meta[key][1]
+        else:
+            vtype = V.STRING if isinstance(value, str) else V.FLOAT32
+            if isinstance(value, bool):
+                vtype = V.BOOL
+            elif isinstance(value, int):
+                vtype = V.UINT32
+        meta[key] = (value, vtype)
+
+
+def _builtin_plan(
+    n_layers: int,
+    vocab_size: int,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    tied_output: bool = True,
+) -> tuple[dict, list[tuple[str, Q, tuple]]]:
     meta = dict(SMOLLM2_135M)
     meta["llama.block_count"] = (n_layers, V.UINT32)
     meta["llama.vocab_size"] = (vocab_size, V.UINT32)
@@ -125,19 +158,26 @@ def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str,
     meta["tokenizer.ggml.tokens"] = (tokens, V.STRING)
     meta["tokenizer.ggml.token_type"] = (types, V.INT32)
     meta["tokenizer.ggml.merges"] = (merges, V.STRING)
+    _override(meta, overrides or {})
     arch = get_architecture("llama")
-    config = arch.config_from_metadata({k: v for k, (v, _) in meta.items()}, set())
-    plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, 576))]
+    values = {k: v for k, (v, _) in meta.items()}
+    config = arch.config_from_metadata(values, set())
+    d_model = config.d_model
+    plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, d_model))]
     for i in range(n_layers):
         for role in arch.layer_tensors:
             kind = "norm" if role.endswith("norm") else "matrix"
             shape = arch.shapes[role](config)
             plan.append((arch.tensor_name(role, i), SMOLLM2_TYPES[kind], shape))
-    plan.append(("output_norm.weight", Q.F32, (576,)))
+    plan.append(("output_norm.weight", Q.F32, (d_model,)))
+    if not tied_output:  # a head of its own, as most models have (SmolLM2 reuses token_embd)
+        plan.append(("output.weight", SMOLLM2_TYPES["matrix"], (vocab_size, d_model)))
     return meta, plan
 
 
-def _like_plan(like: Path, n_layers: int | None) -> tuple[dict, list[tuple[str, Q, tuple]]]:
+def _like_plan(
+    like: Path, n_layers: int | None, overrides: Mapping[str, Any] | None = None
+) -> tuple[dict, list[tuple[str, Q, tuple]]]:
     header = read_header(like)
     meta = {}
     for key, value in header.metadata.items():
@@ -146,6 +186,7 @@ def _like_plan(like: Path, n_layers: int | None) -> tuple[dict, list[tuple[str, 
     arch = meta["general.architecture"][0]
     keep = n_layers if n_layers is not None else meta[f"{arch}.block_count"][0]
     meta[f"{arch}.block_count"] = (keep, V.UINT32)
+    _override(meta, overrides or {})  # values only: the shapes stay those of the `like` file
     plan = []
     for t in header.tensors:
         m = re.match(r"blk\.(\d+)\.", t.name)
@@ -162,17 +203,22 @@ def write_synthetic_model(
     n_layers: int | None = None,
     vocab_size: int = 49152,
     matrix_type: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    tied_output: bool = True,
 ) -> Path:
     """Write the synthetic GGUF to `out_path` and return it. See the module docstring.
 
     `matrix_type` (e.g. "Q4_K") replaces the type of every per-layer matrix, to time kernels of
-    each weight type at real shapes; rows must be whole blocks of that type.
+    each weight type at real shapes; rows must be whole blocks of that type. `metadata`
+    replaces or adds keys (see `_override`); with the built-in spec the shapes follow it, and
+    `tied_output=False` adds an `output.weight` head of its own.
     """
     out_path = Path(out_path)
     if like is not None:
-        meta, plan = _like_plan(Path(like), n_layers)
+        meta, plan = _like_plan(Path(like), n_layers, metadata)
     else:
-        meta, plan = _builtin_plan(30 if n_layers is None else n_layers, vocab_size)
+        layers = 30 if n_layers is None else n_layers
+        meta, plan = _builtin_plan(layers, vocab_size, metadata, tied_output=tied_output)
     for name, qtype, _ in plan:  # e.g. a --like file with IQ or Q2_K tensors
         if qtype not in BLOCK_SIZES:
             supported = ", ".join(q.name for q in BLOCK_SIZES)
