@@ -153,7 +153,8 @@ def default_engine_loader(
                 progress=progress,
                 gpu_device=gpu_device,
                 **opts,
-            )
+            ),
+            str(model.path),
         )
     finally:
         shared.release()

@@ -111,9 +111,9 @@ def _nonfinite(logits: np.ndarray) -> int:
     return int(logits.size - np.count_nonzero(np.isfinite(logits)))
 
 
-def probe_engine(engine: Any) -> None:
-    """Prefill a few tokens and take one decode step; ModelLoadError unless every logit is
-    finite both times. Leaves the engine reset (position 0)."""
+def probe_engine(engine: Any, where: str = "the model") -> None:
+    """Prefill a few tokens and take one decode step; ModelLoadError (naming `where`, the file)
+    unless every logit is finite both times. Leaves the engine reset (position 0)."""
     vocab, room = engine.config.vocab_size, engine.max_context
     n = max(1, min(PROBE_TOKENS, room - 1))
     tokens = [i * vocab // n for i in range(n)]  # spread over the vocabulary: rows 0, v/3, 2v/3
@@ -130,16 +130,16 @@ def probe_engine(engine: Any) -> None:
         bad = _nonfinite(logits)
         if bad:
             raise ModelLoadError(
-                f"probe forward pass failed: {bad} of {logits.size} logits are NaN or infinite "
+                f"{where}: probe forward pass failed: {bad} of {logits.size} logits are NaN or infinite "
                 f"after {what}; the weights or metadata compute garbage, so the model is not "
                 "served (--check-tensors names a tensor holding non-finite values, if any)"
             )
 
 
-def probed(engine: Any) -> Any:
+def probed(engine: Any, where: str = "the model") -> Any:
     """`engine` once `probe_engine` passes; on failure the engine is closed, the error raised."""
     try:
-        probe_engine(engine)
+        probe_engine(engine, where)
     except BaseException:
         engine.close()
         raise
@@ -155,7 +155,7 @@ def scan_tensors(model: GGUFModel) -> None:
         if not finite.all():
             first = int(np.argmin(finite))
             raise ModelLoadError(
-                f"--check-tensors: tensor {name!r} ({record.qtype.name}, shape {record.shape}) "
+                f"{model.path}: --check-tensors: tensor {name!r} ({record.qtype.name}, shape {record.shape}) "
                 f"holds {values.size - int(np.count_nonzero(finite))} non-finite values "
                 f"(the first at flat index {first}: {values[first]})"
             )
