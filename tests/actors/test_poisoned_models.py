@@ -43,7 +43,9 @@ async def _serve(path: Path, **config):
     async def run(fn) -> None:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
-                lambda task_status: run_worker(worker, handle_signals=False, task_status=task_status)
+                lambda task_status: run_worker(
+                    worker, handle_signals=False, task_status=task_status
+                )
             )
             async with httpx.AsyncClient(base_url=binds[0], timeout=10.0) as client:
                 with trio.fail_after(30):
