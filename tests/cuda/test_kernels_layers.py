@@ -169,7 +169,7 @@ def test_swiglu_and_add(gpu):
     n, d_ff = 3, 1537
     gu = (rng.standard_normal((n, 2 * d_ff)) * 30).astype(np.float32)  # reaches exp overflow
     h = ga.empty((n, d_ff), np.float32)
-    ops[64].swiglu(ga.to_gpu(gu).gpudata, h.gpudata, d_ff, n, s)
+    ops[64].glu(ga.to_gpu(gu).gpudata, h.gpudata, d_ff, n, s)
     x = rng.standard_normal(1001).astype(np.float32)
     y = rng.standard_normal(1001).astype(np.float32)
     xd = ga.to_gpu(x)
