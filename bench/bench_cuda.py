@@ -1,10 +1,12 @@
 """Engine-level GPU benchmark: decode tg128 / tg512 and prefill pp512 tokens per second.
 
-    python bench/bench_cuda.py [--model PATH] [--ctx 2048] [--reps 5] [--no-graph]
-                               [--config NAME:key=value,... ...]
+    python bench/bench_cuda.py [--model PATH | --family qwen2] [--ctx 2048] [--reps 5]
+                               [--no-graph] [--config NAME:key=value,... ...]
 
-Without --model it uses $WORKER_ORCD_MODEL, else a synthetic model with the default model's
-exact shapes and types (tools/make_synthetic_gguf.py; kernel time does not depend on weights).
+Without --model it uses $WORKER_ORCD_MODEL, else a synthetic model with the exact shapes and
+types of --family's real model (tools/make_synthetic_gguf.py: smollm2, the default; qwen2 for
+Qwen2.5-Coder-0.5B Q4_K_M; gemma3 for Gemma-3-270M Q4_K_M, once the engine runs gemma3); kernel
+time does not depend on the weights.
 Decode is measured as the generation loop runs it: n decode steps from an empty cache, the first
 on token 1, each later one on the token sampled (on the GPU, the id copied back and waited for)
 after the one before; "step only" is llama-bench's tg (n one-token decodes, no sampling, one wait
@@ -120,6 +122,7 @@ def run_config(path: Path, ctx: int, reps: int, opts: dict[str, str]) -> tuple[f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=os.environ.get("WORKER_ORCD_MODEL"))
+    ap.add_argument("--family", default="smollm2", help="synthetic model without --model")
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-graph", action="store_true")
@@ -131,7 +134,9 @@ def main() -> None:
     if path is None or not Path(path).is_file():
         from tools.make_synthetic_gguf import write_synthetic_model
 
-        path = write_synthetic_model(Path(tempfile.mkdtemp()) / "synthetic.gguf", seed=1)
+        path = write_synthetic_model(
+            Path(tempfile.mkdtemp()) / f"synthetic-{args.family}.gguf", seed=1, family=args.family
+        )
     configs = [parse_config(c) for c in args.config] or [
         ("default", {"graph": "0"} if args.no_graph else {})
     ]

@@ -292,11 +292,14 @@ __device__ __forceinline__ void matvec_seg_row(int type, const uint8_t *__restri
 template <bool NORM>
 __device__ __forceinline__ void matvec_seg_impl(MV_SEG_ARGS) {
     const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);  // of the whole group
+    // A warp past the group's end has nothing to do; returning here (not idling inside
+    // matvec_gen) matters: an empty segment has no row for matvec_gen's clamped preload to
+    // read. (A PDL dependent may start once every block has triggered or exited.)
+    if (row >= n0 + n1 + n2) return;
     const int s = row < n0 ? 0 : row < n0 + n1 ? 1 : 2;
     const int first = s == 0 ? 0 : s == 1 ? n0 : n0 + n1;  // the segment's first output
     const uint8_t *W = s == 0 ? W0 : s == 1 ? W1 : W2;
     const int type = s == 0 ? t0 : s == 1 ? t1 : t2, rows = s == 0 ? n0 : s == 1 ? n1 : n2;
-    // rows past the group's end fall in the last segment past its rows: idle, as in matvec_gen
     matvec_seg_row<NORM>(type, W, rows, cols, x, g, eps, y + first,
                          bias == nullptr ? nullptr : bias + first, accumulate, row - first);
 }
