@@ -107,6 +107,10 @@ def bench_family(family: str, pos: int, kq, ops, stream, rng) -> None:
             t, w["down"][i % len(w["down"])], d, ff, buf["h"], buf["y"], stream,
             accumulate=acc, pdl=True,
         ), weight)  # fmt: skip
+        for variant in ("wide", "wide4"):  # the default's alternatives, not in the sum
+            timed({}, f"  down {down_type.name} variant {variant}", lambda i, w=w,
+                  t=down_type, v=variant: kq.matvec(t, w["down"][i % len(w["down"])], d, ff,
+                  buf["h"], buf["y"], stream, variant=v, pdl=True), weight)  # fmt: skip
         if family == "gemma3":
             timed(decode, "post-norm add (ffn)", lambda i: ops.add_rms_norm(
                 buf["y"], norm, buf["x"], 1, d, 1e-6, stream, pdl=True), weight)  # fmt: skip

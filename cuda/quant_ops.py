@@ -72,11 +72,16 @@ PRELOAD = True
 _MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
 #: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
 #: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
-_MV_ROWS = {"plain": _MV_WARPS, "tall": 4 * _MV_WARPS, "wide": _MV_WARPS // 2}
-_MV_KERNEL = {"plain": "matvec", "tall": "matvec_tall", "wide": "matvec_wide"}
+_MV_ROWS = {"plain": _MV_WARPS, "tall": 4 * _MV_WARPS, "wide": _MV_WARPS // 2, "wide4": 1}
+_MV_KERNEL = {
+    "plain": "matvec", "tall": "matvec_tall", "wide": "matvec_wide", "wide4": "matvec_wide4",
+}  # fmt: skip
 _MV_NORM_KERNEL = {"plain": "matvec_norm", "tall": "matvec_norm_tall"}
 _TALL_ROWS = 4096  # from here on, the output head's shape: x traffic dominates
 _WIDE_SLOTS = 96  # rows of more 8-value slots than this (768+ cols) get 2 warps
+#: ... and of more than this (3072+ cols: qwen2's ffn_down, 4864) 4 warps, a block per row:
+#: 2 warps would leave a lane ~10 sequential slot rounds. Not yet timed on a GPU (0012).
+_WIDE4_SLOTS = 384
 _EMBED_THREADS = 128
 
 
@@ -202,7 +207,7 @@ class QuantKernels:
     ) -> None:  # fmt: skip
         """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`.
 
-        `variant` forces a kernel ("plain", "tall", "wide"; for tests and benchmarks).
+        `variant` forces a kernel ("plain", "tall", "wide", "wide4"; for tests and benchmarks).
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
@@ -211,6 +216,8 @@ class QuantKernels:
         if variant is None:
             if rows >= _TALL_ROWS:
                 variant = "tall"
+            elif cols // 8 > _WIDE4_SLOTS:
+                variant = "wide4"
             elif cols // 8 > _WIDE_SLOTS:
                 variant = "wide"
             else:

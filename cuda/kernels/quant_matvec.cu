@@ -238,6 +238,11 @@ __device__ __forceinline__ void matvec_grid(const uint8_t *__restrict__ W, int r
         const float eps = 0.f;                                                                  \
         MV_CALL(T, 1, 2, false, GLU_NONE);                                                      \
     }                                                                                           \
+    MV_SIG(matvec_wide4_##name, MV_ARGS, MV_OUT) {                                              \
+        const float *g = nullptr;                                                               \
+        const float eps = 0.f;                                                                  \
+        MV_CALL(T, 1, 4, false, GLU_NONE);                                                      \
+    }                                                                                           \
     MV_SIG(matvec_norm_##name, MV_ARGS, MV_NORM, MV_OUT) { MV_CALL(T, 1, 1, true, GLU_NONE); }  \
     MV_SIG(matvec_norm_tall_##name, MV_ARGS, MV_NORM, MV_OUT) {                                 \
         MV_CALL(T, 4, 1, true, GLU_NONE);                                                       \

@@ -86,7 +86,7 @@ def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed, variant=None):
     assert_close(got, ref, magnitude, EXACT_TOL)
 
 
-MATVEC_VARIANTS = ["plain", "tall", "wide"]
+MATVEC_VARIANTS = ["plain", "tall", "wide", "wide4"]
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -180,7 +180,7 @@ def test_matvec_with_fused_rmsnorm_and_glu(kq_mv, gpu, qtype, d_ff, act):
 
 @pytest.mark.parametrize("qtype", [Q.F16, Q.Q8_0, Q.Q4_1, Q.Q4_K], ids=lambda t: t.name)
 @pytest.mark.parametrize(
-    "kernel", ["plain", "tall", "wide", "norm", "norm-tall", "swiglu", "geglu"]
+    "kernel", ["plain", "tall", "wide", "wide4", "norm", "norm-tall", "swiglu", "geglu"]
 )
 def test_matvec_long_rows(kq_mv, gpu, qtype, kernel):
     """Rows long enough to run past the slots a lane loads before the PDL wait (MV_PRE)."""
@@ -194,7 +194,7 @@ def test_matvec_long_rows(kq_mv, gpu, qtype, kernel):
     y = gpu.out(rows)
     args = (qtype, gpu.put(raw).gpudata, rows, cols, gpu.put(x).gpudata)
     w = dequantize(raw, qtype, (n_w, cols)).astype(np.float64)
-    if kernel in ("plain", "tall", "wide"):
+    if kernel in ("plain", "tall", "wide", "wide4"):
         kq_mv.matvec(*args, y.gpudata, gpu.stream, variant=kernel)
         xn = x.astype(np.float64)
     elif glu:

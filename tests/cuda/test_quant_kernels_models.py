@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as Q
 from runtime.quants import dequantize
 from tests.cuda.checks import EXACT_TOL, TC_TOL, assert_close
 from tests.cuda.ggml_random import TYPES, block_cols, random_weights
+from tests.cuda.test_quant_kernels import _matvec_case
 
 MATMUL_VARIANTS = ["simt", "tc32", "tcs32", "tcs64"]
 
@@ -156,6 +157,26 @@ def test_segmented_matvec_refuses_what_it_cannot_take(kq, gpu):
         kq.matvec_seg([(Q.Q8_0, 0, 4), (Q.Q4_K, 0, 4)], 288, 0, 0, gpu.stream)
     with pytest.raises(ValueError, match="do not fit"):
         kq.matmul(Q.Q8_0, 0, 64, 32, 0, 3, 0, gpu.stream, ldy=100, col0=40)
+
+
+# ---------------------------------------------------------------------------- decode matvecs
+
+#: the decode products of both models at their real shapes and types (the default variant:
+#: wide for 896 / 1024 / 2048 columns, wide4 for qwen2's 4864-wide ffn_down)
+MODEL_MATVECS = {
+    "qwen2-o": (Q.Q5_0, 896, 896),
+    "qwen2-down-q6_k": (Q.Q6_K, 896, 4864),
+    "qwen2-down-q4_k": (Q.Q4_K, 896, 4864),
+    "gemma3-o": (Q.Q4_K, 640, 1024),
+    "gemma3-down-q6_k": (Q.Q6_K, 640, 2048),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_MATVECS))
+@pytest.mark.parametrize("accumulate", [False, True], ids=["store", "accumulate"])
+def test_matvec_at_the_new_models_shapes(kq_mv, gpu, case, accumulate):
+    qtype, rows, cols = MODEL_MATVECS[case]
+    _matvec_case(kq_mv, gpu, qtype, rows, cols, accumulate=accumulate, seed=rows + cols)
 
 
 # ---------------------------------------------------------------------------- output heads
