@@ -17,7 +17,8 @@ figure is the median of --reps runs after a warm-up run.
 --config runs the benchmark once per configuration in the same process, so levers compare on the
 same card in the same run: keys pdl (0/1, programmatic dependent launch in the decode step),
 mm (prefill matmul kernel: tc32 or tcs), batched (0/1, the matvec's batched-load build), graph
-(0/1), fuse (0/1), pre (0/1, the matvec's weight preload before the PDL wait). Example: --config base:pdl=0 --config pdl:pdl=1,mm=tcs
+(0/1), fuse (0/1), pre (0/1, the matvec's weight preload before the PDL wait), attn (prefill
+attention: simt or tc). Example: --config base:pdl=0 --config pdl:pdl=1,mm=tcs
 """
 
 from __future__ import annotations
@@ -51,16 +52,18 @@ def median_time(fn, reps: int) -> float:
 def parse_config(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.partition(":")
     opts = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
-    unknown = set(opts) - {"pdl", "mm", "batched", "graph", "fuse", "pre"}
+    unknown = set(opts) - {"pdl", "mm", "batched", "graph", "fuse", "pre", "attn"}
     if unknown:
         raise SystemExit(f"unknown config keys {sorted(unknown)} in {text!r}")
     return name, opts
 
 
 def run_config(path: Path, ctx: int, reps: int, opts: dict[str, str]) -> tuple[float, list]:
+    import cuda.ops as ops
     import cuda.quant_ops as quant_ops
     from cuda.engine import CudaEngine
 
+    ops.PREFILL_ATTENTION = opts.get("attn", ops.PREFILL_ATTENTION)
     quant_ops.PREFILL_KERNEL = opts.get("mm", quant_ops.PREFILL_KERNEL)
     quant_ops.BATCHED_LOADS = opts.get("batched", str(int(quant_ops.BATCHED_LOADS))) == "1"
     quant_ops.PRELOAD = opts.get("pre", str(int(quant_ops.PRELOAD))) == "1"

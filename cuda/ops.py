@@ -33,6 +33,12 @@ ARGMAX_BLOCKS = 64  # blocks of the multi-block greedy argmax (its scratch has t
 _EW_THREADS = 256
 #: decode attention loads its first keys before the PDL wait (ATTN_PRE in attention.cu)
 ATTN_PRELOAD = True
+#: prefill attention: "simt" (attn_prefill.cu, fp32, a block per query and head: the validated
+#: default) or "tc" (attn_prefill_tc.cu, tensor cores, 64 queries of a head per block, head_dim
+#: <= 128; written for qwen2's pp512, decision 0012). "tc" becomes the default once its tests
+#: and bench_cuda's pp512 have run on a GPU.
+PREFILL_ATTENTION = "simt"
+_TC_QUERIES = 64  # QT in attn_prefill_tc.cu
 
 
 def _module(filename: str, defines: dict[str, Any] | None = None):
@@ -77,12 +83,19 @@ def head_dim_supported(head_dim: int) -> bool:
     return 0 < head_dim <= 256 and head_dim % 32 == 0
 
 
+def tc_attention_supported(head_dim: int) -> bool:
+    """Whether the tensor-core prefill attention builds for this head size."""
+    return head_dim_supported(head_dim) and head_dim <= 128
+
+
 def sources(head_dim: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """Ops' modules: key -> (file in cuda/kernels, defines); for cuda.compile.prefetch too."""
     files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
     files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}
     files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim, "ATTN_PRE": int(ATTN_PRELOAD)})
     files["attn_pre"] = ("attn_prefill.cu", {"HEAD_DIM": head_dim})
+    if tc_attention_supported(head_dim):
+        files["attn_tc"] = ("attn_prefill_tc.cu", {"HEAD_DIM": head_dim})
     return files
 
 
@@ -109,6 +122,9 @@ class Ops:
         self._checksum = ew.get_function("checksum_words").prepare("PlP")
         self._attn_dec = pair("attn", "attn_decode", "PPPPPPPiiifi")
         self._attn_pre = mods["attn_pre"].get_function("attn_prefill").prepare("PPPPPiiifi")
+        self._attn_tc = None
+        if "attn_tc" in mods:
+            self._attn_tc = mods["attn_tc"].get_function("attn_prefill_tc").prepare("PPPPPiiiifi")
         self._attn_rope = pair("attn", "attn_decode_rope", "PPPPPPPPPPPfiiiiifi")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
         self._argmax = pair("smp", "argmax_multi", "PiPPPPPi")
@@ -188,14 +204,25 @@ class Ops:
 
     def attn_prefill(
         self, qkv, k_cache, v_cache, out, pos, n_tokens, *, n_heads, n_kv, max_ctx, stream,
-        scale=None, window=0,
+        scale=None, window=0, kernel: str | None = None,
     ) -> None:  # fmt: skip
         """out (n_tokens, n_heads * head_dim): causal attention of the chunk over the cache
-        (query at position p sees keys p - window + 1 .. p when window > 0, else 0 .. p)."""
-        self._attn_pre.prepared_async_call(
-            (n_tokens, n_heads), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
-            n_heads, n_kv, max_ctx, self._scale(scale), int(window),
-        )  # fmt: skip
+        (query at position p sees keys p - window + 1 .. p when window > 0, else 0 .. p).
+        `kernel`: "simt" or "tc" (tests, benchmarks); default PREFILL_ATTENTION where it builds."""
+        kernel = kernel or PREFILL_ATTENTION
+        if kernel == "tc" and self._attn_tc is not None:
+            self._attn_tc.prepared_async_call(
+                ((n_tokens + _TC_QUERIES - 1) // _TC_QUERIES, n_heads), (_ATTN_THREADS, 1, 1),
+                stream, qkv, k_cache, v_cache, out, pos, n_tokens, n_heads, n_kv, max_ctx,
+                self._scale(scale), int(window),
+            )  # fmt: skip
+        elif kernel in ("simt", "tc"):  # tc falls back where it does not build (head_dim 256)
+            self._attn_pre.prepared_async_call(
+                (n_tokens, n_heads), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out,
+                pos, n_heads, n_kv, max_ctx, self._scale(scale), int(window),
+            )  # fmt: skip
+        else:
+            raise ValueError(f"unknown prefill attention kernel {kernel!r}")
         self.launches += 1
 
     def glu(self, gate_up, h, d_ff: int, n: int, stream, *, act: str = "silu", pdl=False) -> None:

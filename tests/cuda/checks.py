@@ -44,3 +44,20 @@ GLU_REFS = {"silu": (_silu, 1.1), "gelu_tanh": (_gelu_tanh, 1.13)}
 def glu_ref(gate: np.ndarray, up: np.ndarray, act: str) -> np.ndarray:
     """act(gate) * up in float64."""
     return GLU_REFS[act][0](np.asarray(gate, np.float64)) * up
+
+
+def attention_ref(q, kc, vc, start: int, scale: float, window: int) -> np.ndarray:
+    """q (T, H, D) at positions start..; kc, vc (KV, >= start + T, D). (T, H * D) float64:
+    query t sees keys max(0, p - window + 1) .. p (p = start + t), all of 0 .. p if window 0."""
+    t_new, n_heads, d = q.shape
+    group = n_heads // kc.shape[0]
+    out = np.empty((t_new, n_heads * d))
+    for t in range(t_new):
+        p = start + t
+        lo = max(0, p - window + 1) if window else 0
+        for h in range(n_heads):
+            k, v = kc[h // group, lo : p + 1].astype(np.float64), vc[h // group, lo : p + 1]
+            s = k @ q[t, h].astype(np.float64) * scale
+            w = np.exp(s - s.max())
+            out[t, h * d : (h + 1) * d] = (w @ v.astype(np.float64)) / w.sum()
+    return out

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from runtime import numpy_layers as nl
-from tests.cuda.checks import glu_ref, rel
+from tests.cuda.checks import attention_ref, glu_ref, rel
 
 RTOL = 1e-5
 EPS = 1e-6
@@ -42,23 +42,6 @@ def head_norm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Per-head RMSNorm of x (..., D) with weights w (D,), float64."""
     x = x.astype(np.float64)
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + EPS) * w
-
-
-def attention_ref(q, kc, vc, start: int, scale: float, window: int) -> np.ndarray:
-    """q (T, H, D) at positions start..; kc, vc (KV, >= start + T, D). (T, H * D) float64:
-    query t sees keys max(0, p - window + 1) .. p (p = start + t), all of 0 .. p if window 0."""
-    t_new, n_heads, d = q.shape
-    group = n_heads // kc.shape[0]
-    out = np.empty((t_new, n_heads * d))
-    for t in range(t_new):
-        p = start + t
-        lo = max(0, p - window + 1) if window else 0
-        for h in range(n_heads):
-            k, v = kc[h // group, lo : p + 1].astype(np.float64), vc[h // group, lo : p + 1]
-            s = k @ q[t, h].astype(np.float64) * scale
-            w = np.exp(s - s.max())
-            out[t, h * d : (h + 1) * d] = (w @ v.astype(np.float64)) / w.sum()
-    return out
 
 
 def _split_qkv(qkv, T, H, KV, D):

@@ -29,6 +29,7 @@ EXTRA_BUILDS = {
     # for most larger models, 256 for gemma3 (cuda.ops.head_dim_supported)
     "attention.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=256"], ["-DHEAD_DIM=32", "-DATTN_PRE=0"]],
     "attn_prefill.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=256"], ["-DHEAD_DIM=32"]],
+    "attn_prefill_tc.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=32"]],  # head_dim <= 128 only
 }
 
 
