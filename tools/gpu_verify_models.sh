@@ -11,15 +11,9 @@
 set -uo pipefail
 out=${OUT:-/tmp/gpu-verify-models}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-step() {  # step NAME SECONDS CMD...: run bounded, keep the whole log, show its tail
-    local name=$1 limit=$2
-    shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
-    echo "== $name: exit $? in $((SECONDS - t0)) s"
-    tail -n 30 "$out/$name.txt"
-}
+export PYTHONUNBUFFERED=1 TAIL=30
+# shellcheck source=tools/gpu_steps.sh
+. "$(dirname "$0")/gpu_steps.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/card.txt"
 step tests-new "${T_NEW:-300}" python3 -m pytest -q -p no:cacheprovider -rfE -s \
     tests/cuda/test_quant_kernels_models.py tests/cuda/test_kernels_gemma.py \

@@ -1,4 +1,5 @@
-"""The engine's kernels with what gemma3 (and qwen2's shapes) need, on the GPU against numpy:
+"""The engine's kernels with what gemma3 (and qwen2's shapes) need, on the GPU against numpy
+(decode attention of every head size lives here: window 0 is the plain causal case):
 
 - rope + KV write with per-head RMSNorm of q and k (head_dim 256, NEOX, the layer's own table);
 - attention with a sliding window (a key at position p is visible from a query at position t
@@ -31,11 +32,11 @@ def gpu(cuda_ctx):
 
     from cuda.ops import Ops
 
-    return drv, ga, drv.Stream(), {64: Ops(64), 256: Ops(256)}
+    return drv, ga, drv.Stream(), {64: Ops(64), 128: Ops(128), 256: Ops(256)}
 
 
-#: (query heads, kv heads, head_dim): gemma3-270m, qwen2.5-0.5b
-SHAPES = {"gemma3": (4, 1, 256), "qwen2": (14, 2, 64)}
+#: (query heads, kv heads, head_dim): gemma3-270m, qwen2.5-0.5b, and the common 128-wide head
+SHAPES = {"gemma3": (4, 1, 256), "qwen2": (14, 2, 64), "d128": (6, 2, 128)}
 
 
 def head_norm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -97,9 +98,9 @@ def _cache(rng, KV, ctx, D):
 
 
 @pytest.mark.parametrize("family", sorted(SHAPES))
-@pytest.mark.parametrize("splits", [1, 5, 32])
+@pytest.mark.parametrize("splits", [1, 5, 16, 32])
 @pytest.mark.parametrize(
-    ("L", "window"), [(1, 0), (300, 0), (1, 16), (37, 16), (300, 16), (300, 512)]
+    ("L", "window"), [(1, 0), (37, 0), (300, 0), (1, 16), (37, 16), (300, 16), (300, 512)]
 )
 def test_attention_decode_with_window(gpu, family, splits, L, window):
     drv, ga, s, ops = gpu
