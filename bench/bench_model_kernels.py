@@ -124,6 +124,10 @@ def bench_family(family: str, pos: int, kq, ops, stream, rng) -> None:
     timed(prefill, f"attention prefill n={N}", lambda i: ops.attn_prefill(
         buf["qkv"], kc, vc, buf["attn"], pos0, N, n_heads=h, n_kv=kv, max_ctx=ctx, stream=stream,
         window=window), n_layers, reps=10)  # fmt: skip
+    if hd <= 128:  # the tensor-core kernel (cuda.ops.PREFILL_ATTENTION), not in the sum
+        timed({}, f"  attention prefill n={N} tensor cores", lambda i: ops.attn_prefill(
+            buf["qkv"], kc, vc, buf["attn"], pos0, N, n_heads=h, n_kv=kv, max_ctx=ctx,
+            stream=stream, window=window, kernel="tc"), n_layers, reps=10)  # fmt: skip
     vocab = REAL_VOCAB[family]
     head = weight_copies(HEAD_TYPE, vocab, d, rng)[0]
     timed(decode, f"head {HEAD_TYPE.name} {vocab}x{d}", lambda i: kq.matvec_norm(
