@@ -11,6 +11,10 @@ the engine captures it once as a CUDA graph. Per layer of a decode step:
     -> down matvec accumulated into the residual
 
 Prefill runs the same sequence with matrix-matrix products over the chunk and causal attention.
+A projection group whose matrices differ in type (q | k | v of a mixed-quant file) runs one
+product per matrix for all the chunk's tokens, each into its columns of the group's output, with
+qwen2's bias added in the product's epilogue; in the decode step such a group (or any biased one)
+is one segmented matvec launch with the RMSNorm and the bias fused. No launch is made per token.
 """
 
 from __future__ import annotations
@@ -219,7 +223,7 @@ class Forward:
             self._residual(lw.down, b["act.h"], n)
 
     def _decode_layers(self, splits: int) -> None:
-        """The decode step's layers with the fused kernels (5 launches per llama layer)."""
+        """The decode step's layers with the fused kernels (5 launches per llama / qwen2 layer)."""
         c, b, ops, s, q, pdl = self.c, self.b, self.ops, self.stream, self.q, self.pdl
         qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
         for i, lw in enumerate(self.w.layers):
