@@ -116,7 +116,10 @@ class GpuLayer:
         self.w = {n: up(r) for n, r in raw.items()}
         self.emb, self.norm = up(emb), {n: up(v) for n, v in norms.items()}
         self.cos, self.sin = up(cos), up(sin)
-        self.kc, self.vc = ga.zeros((KV, CTX, HD), np.float16), ga.zeros((KV, CTX, HD), np.float16)
+        self.kc, self.vc = (
+            ga.to_gpu(np.zeros((KV, CTX, HD), np.float16)),
+            ga.to_gpu(np.zeros((KV, CTX, HD), np.float16)),
+        )
         n = 64
         f32 = np.float32
         self.x, self.xn, self.y = (ga.zeros((n, D_MODEL), f32) for _ in range(3))
