@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
+from gguf import quants as gguf_quants
 
 import tests.reference_forward as rf
+from runtime import quants
 from tests.reference_data import reference_fixture
 
 #: |numpy float64 - transformers fp32| bound on every logit (measured: 9e-5 GPT-OSS, 8e-6 Phi-3;
@@ -51,6 +53,14 @@ def test_gpt_oss_experts_are_mxfp4_as_in_the_real_files():
     assert len(experts) == 3 * 4
     assert all(types[n] == Q.MXFP4 for n in experts)
     assert types["blk.0.attn_q.weight"] == Q.F16 and types["blk.0.attn_sinks.weight"] == Q.F32
+
+
+def test_our_mxfp4_decode_of_the_converted_experts_matches_gguf_py():
+    for t in GGUFReader(reference_fixture("gpt-oss-tiny")[0]).tensors:
+        if t.tensor_type == Q.MXFP4:
+            shape = tuple(int(d) for d in reversed(t.shape))  # (experts, rows, cols)
+            ours = quants.dequantize(t.data, Q.MXFP4, shape)
+            np.testing.assert_array_equal(ours, gguf_quants.dequantize(t.data, Q.MXFP4))
 
 
 def test_numpy_forward_matches_transformers_logits(fixture):
