@@ -52,6 +52,12 @@ EOG_TEXTS = frozenset(
     }
 )
 
+# o200k_harmony (gpt-oss), as llama.cpp loads it: these structure tokens are user-defined, so
+# they are rendered in the output text (a harmony parser downstream reads the channels), and
+# <|end|> closes a message but not the generation when <|return|> and <|call|> exist.
+HARMONY_RENDERED = frozenset({"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"})
+HARMONY_NOT_EOG, HARMONY_EOG = "<|end|>", ("<|return|>", "<|call|>")
+
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _REQUIRED: Any = object()
 
@@ -75,7 +81,7 @@ def _meta(metadata: Mapping[str, Any], key: str, kind: type, default: Any = _REQ
 class Tokenizer:
     """Encode text to token ids and back, exactly as llama.cpp does for the same GGUF file."""
 
-    kind = "gpt2-bpe"
+    kind = "gguf-bpe"  # /health's tokenizer_kind
 
     def __init__(
         self,
@@ -122,6 +128,7 @@ class Tokenizer:
         self.eog_ids = frozenset(eog)
         for i in self.eog_ids:  # as llama.cpp: an end-of-generation token is a control token
             self.token_types[i] = TokenType.CONTROL
+        self._apply_harmony_rules()
 
         # Special tokens matched as whole units in the input, longest text first.
         special = [
@@ -134,6 +141,16 @@ class Tokenizer:
         special.sort(key=lambda it: -len(it[1].encode()))
         self._special = special
         self._token_bytes = [self._bytes_of(i) for i in range(self.vocab_size)]
+
+    def _apply_harmony_rules(self) -> None:
+        """llama.cpp's load-time rules for the o200k_harmony tokens (llama-vocab.cpp)."""
+        for text in HARMONY_RENDERED:
+            if text in self._vocab:
+                self.token_types[self._vocab[text]] = TokenType.USER_DEFINED
+        end = self._vocab.get(HARMONY_NOT_EOG)
+        if end in self.eog_ids and all(self._vocab.get(t) in self.eog_ids for t in HARMONY_EOG):
+            self.eog_ids = self.eog_ids - {end}
+            self.token_types[end] = TokenType.USER_DEFINED
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:

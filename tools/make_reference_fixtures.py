@@ -62,6 +62,16 @@ O200K_STRINGS = [
     "  \n  \n",
     "a/b/c//d ///",
     "x'S y'T z'Re 'll 'D",
+    "ÀbcDéf ǅemal ǲ titlecase ÆØÅæøå",
+    "abc123def 4567x 12345678901234",
+    "    \n\n  x\r\n\r\ny",
+    "a\u00a0b c\u3000d e\u2003f",
+    "family 👨\u200d👩\u200d👧 flags 🇫🇷🇯🇵",
+    "can't've ''' \"\"\" ''quoted''",
+    "ﬁne ligature, fullwidth ＡＢＣ１２３",
+    "tab\tthen\n\tindent\n\t\tdeeper",
+    "print('héllo');//comment\n/* block */",
+    "Ümlaut ÜBER über Über ÜBer",
 ]
 
 
