@@ -340,6 +340,11 @@ def make_phi3(args, work: Path, versions: dict) -> None:
         "prompts": cases,
     }
     _write_fixture(args.out, "phi3-tiny", gguf, manifest, logits)
+    # transformers' own tokenizer.json for it (SentencePiece-style decoder: hf-json tests)
+    hf_tok.save_pretrained(work / "phi3-tokenizer")
+    shutil.copyfile(
+        work / "phi3-tokenizer" / "tokenizer.json", args.out / "phi3-tiny.tokenizer.json"
+    )
 
 
 def make_o200k_tokens(args, work: Path, ranks: dict, versions: dict) -> None:
