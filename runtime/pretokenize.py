@@ -99,7 +99,7 @@ _QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 # o200k (GPT-4o, gpt-oss) as llama.cpp runs it: its own rewrite of tiktoken's expression, where
 # "upper case" is a letter that is not a-z and "lower case" a letter that is not A-Z, and the
 # combining marks (\p{M}) of the original are gone. We follow llama.cpp, so text with marks
-# splits as llama.cpp splits it, not as tiktoken does (decision 0012).
+# splits as llama.cpp splits it, not as tiktoken does (decision 0013).
 _O200K_CASE = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
 _GPT4O = (
     rf"[^\r\n\p{{L}}\p{{N}}]?((?=[\p{{L}}])([^a-z]))*((?=[\p{{L}}])([^A-Z]))+{_O200K_CASE}"

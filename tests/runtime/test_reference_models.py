@@ -4,7 +4,7 @@ The fixtures (tests/data/reference_models, made by tools/make_reference_fixtures
 llama.cpp-converted GGUFs and transformers' fp32 logits. `tests/reference_forward.py` computes
 the two architectures from the GGUF tensors in float64; matching transformers here shows that
 the GGUF holds the model and that the numpy code is the model's math, so the engines can later
-be held to it (and to the same logits) position by position. Decision 0012 explains the
+be held to it (and to the same logits) position by position. Decision 0013 explains the
 tolerances and llama.cpp's differences.
 """
 

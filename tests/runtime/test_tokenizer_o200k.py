@@ -3,7 +3,7 @@
 Two vocabularies: the real one (201,088 tokens, rebuilt from tiktoken's ranks in
 tests/o200k_vocab.py and checked against digests of llama.cpp's converter output) on 30 strings
 that llama-tokenize encoded, and the reduced one embedded in the tiny GPT-OSS fixture on its
-prompts. Decision 0012 says where llama.cpp's ids differ from tiktoken's and why we follow it.
+prompts. Decision 0013 says where llama.cpp's ids differ from tiktoken's and why we follow it.
 """
 
 from __future__ import annotations
