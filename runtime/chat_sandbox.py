@@ -99,10 +99,6 @@ def end_budget(token: contextvars.Token) -> None:
     _BUDGET.reset(token)
 
 
-def current_budget() -> RenderBudget | None:
-    return _BUDGET.get()
-
-
 # --- value size -----------------------------------------------------------------------------
 
 
@@ -168,7 +164,8 @@ def _bounded_concat(parts: list[Any]) -> str:
     return "".join(texts)
 
 
-def _bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002
+def _bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    """Jinja's `lipsum` global (same arguments), at most 10,000 words."""
     if n * max > 10_000:
         raise SecurityError("the template asks lipsum for over 10,000 words")
     return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
@@ -226,7 +223,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
             f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe"
         )
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _step()
         _refuse_big_arguments([*args, *kwargs.values()])
         target = getattr(__obj, "__self__", None)

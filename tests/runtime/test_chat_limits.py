@@ -84,7 +84,8 @@ CONVERSATIONS = {
 }
 
 
-def _templates() -> dict[str, str]:
+@pytest.fixture(scope="module")
+def templates() -> dict[str, str]:
     found = {"smollm2": real_model_metadata()["tokenizer.chat_template"]}
     if QWEN.exists():
         from runtime.gguf_header import read_header
@@ -93,17 +94,16 @@ def _templates() -> dict[str, str]:
     return found
 
 
-TEMPLATES = _templates()
-
-
 @pytest.mark.parametrize("tools", [None, TOOLS], ids=["no tools", "tools"])
 @pytest.mark.parametrize("generation_prompt", [True, False])
 @pytest.mark.parametrize("conversation", list(CONVERSATIONS))
 @pytest.mark.parametrize("model", ["smollm2", "qwen2.5"])
-def test_real_templates_render_as_hugging_face_does(model, conversation, generation_prompt, tools):
-    if model not in TEMPLATES:
+def test_real_templates_render_as_hugging_face_does(
+    templates, model, conversation, generation_prompt, tools
+):
+    if model not in templates:
         pytest.skip(f"{QWEN} is not on this machine (set WORKER_ORCD_QWEN_MODEL)")
-    template, messages = TEMPLATES[model], CONVERSATIONS[conversation]
+    template, messages = templates[model], CONVERSATIONS[conversation]
     context = {"bos_token": "<s>", "eos_token": "</s>", "add_generation_prompt": generation_prompt}
     if tools is not None:
         context["tools"] = tools
@@ -185,7 +185,7 @@ def test_the_budget_is_per_render(monkeypatch):
         assert render_chat(template, many, bos_token="", eos_token="") == ""
 
 
-def test_too_many_messages_are_refused_naming_the_field():
+def test_too_many_messages_are_refused_naming_the_field(templates):
     with pytest.raises(InvalidRequest) as caught:
-        render_chat(TEMPLATES["smollm2"], HI * (MAX_MESSAGES + 1), bos_token="", eos_token="")
+        render_chat(templates["smollm2"], HI * (MAX_MESSAGES + 1), bos_token="", eos_token="")
     assert caught.value.field == "messages"

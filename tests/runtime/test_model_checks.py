@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ from runtime.backends import load_engine
 from runtime.errors import ErrorCode, ModelLoadError, NonFiniteLogits
 from runtime.generate import Finished, TokenOut, generate
 from runtime.gguf_file import open_gguf
-from runtime.model_checks import probe_engine, probed, scan_tensors
+from runtime.model_checks import check_config, probe_engine, probed, scan_tensors
 from runtime.sampling import SamplingParams
 from runtime.tokenizer import Tokenizer
 from tests.poisoned_gguf import VOCAB, fill_tensor, poison_rows, tiny_model, zero_offsets
@@ -55,16 +56,14 @@ def test_metadata_out_of_range_is_refused_naming_the_key(tmp_path, key, value):
     assert repr(key) in message and "out of range" in message
 
 
-def test_odd_head_size_is_refused(tmp_path):
-    # 4 heads of 16 -> 4 heads of 18 would change every shape; d_model 72 / 8 heads = 9 keeps
-    # whole Q8_0 blocks out of reach, so check the rule on the config directly.
-    from runtime.model_checks import check_config
-
-    config = open_gguf(tiny_model(tmp_path / "m.gguf")).config
-    import attrs
-
-    with pytest.raises(ModelLoadError, match="llama.attention.head_count"):
-        check_config(attrs.evolve(config, head_dim=9, rope_dim=8))
+def test_odd_head_size_is_refused_naming_the_key(tmp_path):
+    # d_model 288 = 9 whole blocks of 32; 32 heads of 9: the rotary pairs do not fit
+    shape = {"llama.embedding_length": 288, "llama.attention.head_count": 32}
+    path = tiny_model(tmp_path / "m.gguf", **shape, **{"llama.attention.head_count_kv": 16})
+    message = _refusal(path)
+    assert "'llama.attention.head_count'" in message and "must be even" in message
+    config = open_gguf(tiny_model(tmp_path / "ok.gguf")).config
+    check_config(attrs.evolve(config, rope_dim=8))  # a partial rotation is fine
 
 
 def test_all_tensor_offsets_zero_is_refused_naming_two_tensors(tmp_path):
