@@ -107,14 +107,16 @@ async def test_nan_at_run_time_is_an_error_event_and_the_worker_goes_on(tmp_path
         for job, temperature in (("g", 0.0), ("s", 0.8)):
             body = {"prompt": "zq", "max_tokens": 4, "temperature": temperature, "seed": 1}
             seen[job] = await _stream(client, {"job_id": job, **body})
-        seen["ok"] = await _stream(client, {"job_id": "ok", "prompt": "zz", "max_tokens": 4})
+        # greedy: a sampled continuation may itself reach "q" (p ~ 1/300 a token) and fail so
+        ok = {"job_id": "ok", "prompt": "zz", "max_tokens": 4, "temperature": 0.0}
+        seen["ok"] = await _stream(client, ok)
 
     await run(jobs)
     for job in ("g", "s"):
-        assert [e.event for e in seen[job]] == ["started", "error"]
+        assert [e.event for e in seen[job]] == ["started", "error"], seen
         assert seen[job][-1].data["code"] == "NON_FINITE_LOGITS"
         assert seen[job][-1].data["retriable"] is False
-    assert seen["ok"][-1].event == "end" and seen["ok"][-1].data["tokens_out"] >= 1
+    assert seen["ok"][-1].event == "end" and seen["ok"][-1].data["tokens_out"] >= 1, seen
     assert [e["code"] for e in _errors(log)] == ["NON_FINITE_LOGITS"] * 2
 
 
@@ -151,7 +153,8 @@ def _serve_or_refuse(path: Path) -> str:
             path, "cpu", max_context=32, gpu_device=0, progress=lambda d, t: None
         )
     except ModelLoadError as error:
-        assert str(path) in error.message, error.message
+        # named: the file (open_gguf's errors) or the tokenizer key at fault
+        assert str(path) in error.message or "tokenizer." in error.message, error.message
         return "refused"
     try:
         ids = info.tokenizer.encode("hello world") or [1]
