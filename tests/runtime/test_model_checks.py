@@ -160,3 +160,15 @@ def test_overflowing_weights_warn_nothing_and_fail_the_probe(tmp_path):
     assert not np.isfinite(engine.logits()).any()
     with pytest.raises(ModelLoadError, match="probe forward pass failed"):
         probed(engine)
+
+
+def test_check_tensors_setting_from_the_flag_and_the_environment():
+    from runtime.cli import build_parser, config_from_args
+    from runtime.config import WorkerConfig
+
+    assert config_from_args(build_parser().parse_args(["--check-tensors"])).check_tensors
+    assert not config_from_args(build_parser().parse_args([])).check_tensors
+    for raw, want in (("1", True), ("true", True), ("On", True), ("0", False), ("no", False)):
+        assert WorkerConfig.from_env({"WORKER_ORCD_CHECK_TENSORS": raw}).check_tensors is want
+    with pytest.raises(ValueError, match="expected a boolean"):
+        WorkerConfig.from_env({"WORKER_ORCD_CHECK_TENSORS": "maybe"})
