@@ -27,9 +27,7 @@ def tokenizer(name: str) -> tuple[Tokenizer, dict]:
 CASES = [(name, case) for name in MODELS for case in model_reference(name, "tokens.json")]
 
 
-@pytest.mark.parametrize(
-    ("name", "case"), CASES, ids=[f"{n}:{c['text'][:24]!r}" for n, c in CASES]
-)
+@pytest.mark.parametrize(("name", "case"), CASES, ids=[f"{n}:{c['text'][:24]!r}" for n, c in CASES])
 def test_ids_equal_llama_cpp_and_decode_back(name, case):
     tok, _ = tokenizer(name)
     ids = tok.encode(case["text"])
@@ -81,3 +79,32 @@ def test_incremental_decoding_never_emits_a_broken_character(name):
         assert all("\ufffd" not in p for p in pieces)
         split += sum(pieces[j] == "" for j in range(len(ids)))
     assert split > 0  # the texts do exercise characters spread over several tokens
+
+
+def test_qwen_padding_rows_are_masked_from_sampling():
+    from runtime.models.vocab import sampled_prefix, unsampleable_ids
+
+    tok, md = tokenizer("qwen2.5-coder-0.5b")
+    banned = unsampleable_ids(md, 151936)
+    assert banned.tolist() == list(range(151665, 151936))  # [PAD151665] .. [PAD151935]
+    assert all(tok.tokens[i].startswith("[PAD") for i in banned)
+    assert sampled_prefix(banned, 151936) == 151665
+    gemma_tok, gemma_md = tokenizer("gemma3-270m")
+    assert unsampleable_ids(gemma_md, 262144).size == 0  # every row is a token
+
+
+def test_gemma_is_a_base_model_messages_refused_prompt_encoded():
+    """The real loader's view of Gemma: no template, so a chat request is a 400 on `messages`."""
+    from actors.loader import open_model_info
+    from api.prompt import prompt_token_ids
+    from api.validation import validate_execute
+    from runtime.errors import InvalidRequest
+
+    info = open_model_info(catalog_model_file("gemma3-270m"))
+    assert info.chat_template is None and info.tokenizer.kind == "gguf-spm"
+    chat = validate_execute({"job_id": "c", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(InvalidRequest) as error:
+        prompt_token_ids(info, chat, info.context_length)
+    assert error.value.field == "messages" and "no chat template" in error.value.message
+    ids, _ = prompt_token_ids(info, validate_execute({"job_id": "p", "prompt": "Hello world"}), 512)
+    assert ids == (2, 9259, 1902)  # llama.cpp's ids, BOS first
