@@ -19,6 +19,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import numpy as np
+
 from runtime.bpe import BytePairEncoder, parse_merges, symbols_to_bytes
 from runtime.errors import ModelLoadError
 from runtime.pretokenize import IGNORE_MERGES_FAMILIES, PreTokenizer, family_of
@@ -141,7 +143,7 @@ class Tokenizer:
             )
         self.kind = kind
         self.tokens = tokens
-        self.token_types = [int(t) for t in token_types]  # TokenType values
+        self.token_types = list(map(int, token_types))  # TokenType values
         self.vocab_size = len(tokens)
         for name, tid in (("bos", bos_id), ("eos", eos_id)):
             if tid is not None and not 0 <= tid < self.vocab_size:
@@ -153,7 +155,7 @@ class Tokenizer:
             raise ModelLoadError(
                 "tokenizer.ggml.add_bos_token is true but there is no bos_token_id"
             )
-        self._vocab = {text: i for i, text in enumerate(tokens)}  # on duplicates the last wins
+        self._vocab = dict(zip(tokens, range(len(tokens)), strict=True))  # duplicates: last wins
         self._fragments = fragments(self._vocab)
 
         eog = {i for i in (eos_id, *extra_eog_ids) if i is not None and 0 <= i < self.vocab_size}
@@ -163,13 +165,9 @@ class Tokenizer:
             self.token_types[i] = TokenType.CONTROL
 
         # Special tokens matched as whole units in the input, longest text first.
-        special = [
-            (i, t)
-            for i, t in enumerate(tokens)
-            if t
-            and self.token_types[i]
-            in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
-        ]
+        kinds = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+        marked = np.flatnonzero(np.isin(np.asarray(self.token_types), kinds))  # a few hundred
+        special = [(i, tokens[i]) for i in marked.tolist() if tokens[i]]
         special.sort(key=lambda it: -len(it[1].encode()))
         self._special = special
         # each token's bytes, computed on first use (a decode touches few of 150-260 K tokens)
