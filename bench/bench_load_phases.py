@@ -67,7 +67,9 @@ def main() -> None:
         print(f"{name} ({path.name}):")
         for phase in runs[0]:
             values = [r[phase] * 1000 for r in runs]
-            print(f"  {phase:38s} median {statistics.median(values):7.1f} ms  min {min(values):7.1f} ms")
+            print(
+                f"  {phase:38s} median {statistics.median(values):7.1f} ms  min {min(values):7.1f} ms"
+            )
 
 
 if __name__ == "__main__":
