@@ -10,8 +10,9 @@ even vocabularies whose merge ranks are not perfectly ordered give llama.cpp's i
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping, Sequence
+
+from runtime.merges import merge_pairs
 
 
 def _byte_to_char() -> tuple[str, ...]:
@@ -110,38 +111,6 @@ class BytePairEncoder:
         return ids
 
     def merge(self, symbols: str) -> list[str]:
-        """The BPE pieces of a byte-mapped word, in order."""
-        n = len(symbols)
-        if n < 2:
-            return [symbols] if n else []
+        """The BPE pieces of a byte-mapped word, in order: lowest merge rank first."""
         ranks = self._ranks
-        text = list(symbols)  # text[i]: symbol starting at i; "" once merged into its left
-        nxt = [*range(1, n), -1]
-        prv = list(range(-1, n - 1))
-        # (rank, left, right, merged text): lowest rank first, then leftmost, as llama.cpp.
-        heap = []
-        for i in range(n - 1):
-            rank = ranks.get(text[i] + " " + text[i + 1])
-            if rank is not None:
-                heap.append((rank, i, i + 1, text[i] + text[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, merged = heapq.heappop(heap)
-            lt, rt = text[left], text[right]
-            if not lt or not rt or lt + rt != merged:
-                continue  # stale: one side has changed since this pair was queued
-            text[left], text[right] = merged, ""
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            before = prv[left]
-            if before >= 0:
-                rank = ranks.get(text[before] + " " + merged)
-                if rank is not None:
-                    heapq.heappush(heap, (rank, before, left, text[before] + merged))
-            if after >= 0:
-                rank = ranks.get(merged + " " + text[after])
-                if rank is not None:
-                    heapq.heappush(heap, (rank, left, after, merged + text[after]))
-        return [t for t in text if t]
+        return merge_pairs(symbols, lambda left, right: ranks.get(left + " " + right))

@@ -8,12 +8,14 @@ goes into a queue ordered by that token's score (highest first, then leftmost); 
 merged, stale pairs (a side that has changed since) are skipped, and the new neighbours are
 queued, until nothing merges. A final symbol that is a token is emitted as it is; one that is not
 (a character the vocabulary lacks) falls back to its UTF-8 bytes, each as the `<0xXX>` token.
+The loop itself is `runtime.merges.merge_pairs`, which byte-level BPE shares.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping, Sequence
+
+from runtime.merges import merge_pairs
 
 SPACE = "\u2581"  # what SentencePiece writes for " "
 
@@ -53,43 +55,18 @@ class SentencePieceEncoder:
 
     def _merge(self, text: str) -> list[int]:
         vocab, scores = self._vocab, self._scores
-        n = len(text)
-        if n == 0:
-            return []
-        sym = list(text)  # sym[i]: text of the symbol starting at character i ("" once merged)
-        nxt = [*range(1, n), -1]
-        prv = list(range(-1, n - 1))
 
-        def pair(left: int, right: int) -> tuple[float, int, int, str] | None:
-            """The queue entry of two adjacent symbols if together they are a token: the best
-            score pops first, then the leftmost (llama.cpp's comparator)."""
-            merged = sym[left] + sym[right]
-            tid = vocab.get(merged)
-            return None if tid is None else (-scores[tid], left, right, merged)
+        def priority(left: str, right: str) -> float | None:
+            tid = vocab.get(left + right)  # the best score merges first
+            return None if tid is None else -scores[tid]
 
-        heap = [e for i in range(n - 1) if (e := pair(i, i + 1)) is not None]
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, merged = heapq.heappop(heap)
-            if not sym[left] or not sym[right] or sym[left] + sym[right] != merged:
-                continue  # stale: a side has changed since the pair was queued
-            sym[left], sym[right] = merged, ""
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            for a, b in ((prv[left], left), (left, after)):
-                if a >= 0 and b >= 0 and (e := pair(a, b)) is not None:
-                    heapq.heappush(heap, e)
         out: list[int] = []
-        i = 0
-        while i >= 0:
-            tid = vocab.get(sym[i])
+        for piece in merge_pairs(text, priority):
+            tid = vocab.get(piece)
             if tid is not None:
                 out.append(tid)
             else:
-                out.extend(self._bytes(sym[i]))
-            i = nxt[i]
+                out.extend(self._bytes(piece))
         return out
 
     def _bytes(self, piece: str) -> list[int]:

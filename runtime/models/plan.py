@@ -111,22 +111,15 @@ class WeightPlan:
 
 
 @attrs.frozen
-class BoundPlan:
-    """A plan checked against one file: the slots it has (`present`), in plan order."""
+class BoundPlan(WeightPlan):
+    """A plan checked against one file: `slots` are the ones the file has, in plan order."""
 
-    plan: WeightPlan
-    present: tuple[Slot, ...]
+    @property
+    def present(self) -> tuple[Slot, ...]:
+        return self.slots
 
     def has(self, slot_name: str) -> bool:
-        return any(s.name == slot_name for s in self.present)
-
-    @property
-    def global_slots(self) -> tuple[Slot, ...]:
-        return tuple(s for s in self.present if not s.per_layer)
-
-    @property
-    def layer_slots(self) -> tuple[Slot, ...]:
-        return tuple(s for s in self.present if s.per_layer)
+        return any(s.name == slot_name for s in self.slots)
 
 
 def bind_plan(plan: WeightPlan, config: ModelConfig, tensors: Mapping[str, object]) -> BoundPlan:
@@ -137,7 +130,7 @@ def bind_plan(plan: WeightPlan, config: ModelConfig, tensors: Mapping[str, objec
     for slot in plan.slots:
         if _slot_present(slot, config, tensors):
             present.append(slot)
-    return BoundPlan(plan, tuple(present))
+    return BoundPlan(tuple(present))
 
 
 def _slot_present(slot: Slot, config: ModelConfig, tensors: Mapping[str, object]) -> bool:
