@@ -56,10 +56,11 @@ def catalog_model_file(name: str) -> Path:
 
     try:
         path = cached_path(name)
+        why = None if path.is_file() else f"{path} is absent"
     except ModelLoadError as error:  # the embedded default's package is not installed
-        path = Path(error.message)
-    if not path.is_file():
-        why = f"{path} is absent: run `{pull_command(name)}` (or set WORKER_ORCD_MODELS_DIR)"
+        why = error.message
+    if why is not None:
+        why += f": run `{pull_command(name)}` (or set WORKER_ORCD_MODELS_DIR)"
         if os.environ.get("CI"):
             pytest.fail(f"under CI the real model must be there: {why}")
         pytest.skip(why)
