@@ -61,13 +61,21 @@ def check_config(config: ModelConfig) -> None:
             eps,
             f"the RMSNorm epsilon must be a finite number in (0, {MAX_NORM_EPS}]",
         )
-    base = config.rope_base
-    if not (math.isfinite(base) and base >= MIN_ROPE_BASE):
-        raise _refuse(
-            f"{a}.rope.freq_base",
-            base,
-            f"the rope base must be a finite number >= {MIN_ROPE_BASE:g} (real models: 1e4..1e7)",
-        )
+    for layer, base in enumerate((config.rope_base, *config.layer_rope_base)):
+        if not (math.isfinite(base) and base >= MIN_ROPE_BASE):
+            where = "" if layer == 0 else f" (the rope base of layer {layer - 1})"
+            raise _refuse(
+                f"{a}.rope.freq_base",
+                base,
+                f"the rope base must be a finite number >= {MIN_ROPE_BASE:g} "
+                f"(real models: 1e4..1e7){where}",
+            )
+    for name, scale in (
+        ("attention scale", config.attn_scale),
+        ("embedding scale", config.embed_scale),
+    ):
+        if not (math.isfinite(scale) and scale > 0):
+            raise ModelLoadError(f"the {name} {scale!r} must be a finite positive number")
     if config.context_length > MAX_CONTEXT_LENGTH:
         raise _refuse(
             f"{a}.context_length", config.context_length, f"at most {MAX_CONTEXT_LENGTH} tokens"
@@ -75,11 +83,17 @@ def check_config(config: ModelConfig) -> None:
     if config.vocab_size > MAX_VOCAB:
         raise _refuse(f"{a}.vocab_size", config.vocab_size, f"at most {MAX_VOCAB} tokens")
     if config.head_dim % 2:
+        derived = config.head_dim * config.n_heads == config.d_model
+        key, value = (
+            ("attention.head_count", config.n_heads)
+            if derived
+            else ("attention.key_length", config.head_dim)
+        )
         raise _refuse(
-            f"{a}.attention.head_count",
-            config.n_heads,
-            f"it makes the head size {config.d_model} / {config.n_heads} = {config.head_dim}, "
-            "which must be even (rotary embeddings rotate pairs)",
+            f"{a}.{key}",
+            value,
+            f"it makes the head size {config.head_dim}, which must be even (rotary embeddings "
+            "rotate pairs)",
         )
     if config.rope_dim % 2 or config.rope_dim > config.head_dim:
         raise _refuse(

@@ -8,7 +8,9 @@ specs/decisions/0004-reference-engine-and-sampling.md):
    repetition_penalty below ``MIN_REPETITION_PENALTY`` (1e-4) is raised to it. With those floors
    and float32 logits (|x| < 3.5e38) nothing below can overflow float64; see REL-5.
 1. ``x = float64(logits)``; a logit that is NaN or infinite raises `NonFiniteLogits` (a broken
-   model must end the job with an error, never pass for a sampled token; REL-7).
+   model must end the job with an error, never pass for a sampled token; REL-7). Then ids the
+   model marks as no token (padding rows of the head, ``runtime.models.vocab.unsampleable_ids``)
+   get ``x = -inf``: never chosen, weight 0.
 2. repetition_penalty ``p != 1``: for each *distinct* token id in ``history``,
    ``x[id] = x[id] / p`` if ``x[id] > 0`` else ``x[id] * p`` (llama.cpp's rule).
 3. temperature 0: return ``argmax(x)`` (the lowest id among equal maxima). Stop.
@@ -125,11 +127,18 @@ def check_finite(x: np.ndarray, draw: int) -> None:
 
 
 def sample_from_logits(
-    logits: np.ndarray, params: SamplingParams, history: Iterable[int], draw: int
+    logits: np.ndarray,
+    params: SamplingParams,
+    history: Iterable[int],
+    draw: int,
+    banned: np.ndarray | None = None,
 ) -> int:
-    """Pick the next token id from `logits` (vocab,) with the chain in this module's docstring."""
+    """Pick the next token id from `logits` (vocab,) with the chain in this module's docstring;
+    `banned` (int ids) are never picked."""
     x = np.array(logits, dtype=np.float64)  # (vocab,) a copy: the penalty writes into it
-    check_finite(x, draw)
+    check_finite(x, draw)  # before the ban: its -inf are ours, not the model's
+    if banned is not None and banned.size:
+        x[banned] = -np.inf
     apply_repetition_penalty(x, params.repetition_penalty, history)
     if params.temperature == 0.0:
         return int(np.argmax(x))  # first maximum = lowest id among ties

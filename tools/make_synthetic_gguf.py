@@ -32,8 +32,8 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 from gguf import GGUFWriter
 
-from runtime.architectures import get_architecture
 from runtime.gguf_header import read_header
+from runtime.models import get_family
 from runtime.quants import BLOCK_SIZES
 from tools import synthetic_families as fam
 
@@ -141,6 +141,16 @@ def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarra
     return b.reshape(*shape[:-1], -1)
 
 
+#: the metadata keys the tensor shapes follow (as suffixes of `{arch}.` keys)
+_WIDTH_KEYS = (
+    ".embedding_length",
+    ".feed_forward_length",
+    ".attention.head_count",
+    ".attention.head_count_kv",
+    ".attention.key_length",
+)
+
+
 def _override(meta: dict, overrides: Mapping[str, Any]) -> None:
     """Replace or add keys: a known key keeps its GGUF type, a new one gets one from its value."""
     for key, value in overrides.items():
@@ -169,17 +179,19 @@ def _builtin_plan(
     meta["tokenizer.ggml.tokens"] = (tokens, V.STRING)
     meta["tokenizer.ggml.token_type"] = (types, V.INT32)
     meta["tokenizer.ggml.merges"] = (merges, V.STRING)
+    family = get_family("llama")
+    # shapes follow the overridden widths; the other overrides may be deliberately broken
+    widths = {k: v for k, v in (overrides or {}).items() if k.endswith(_WIDTH_KEYS)}
+    config = family.config_from_metadata({**{k: v for k, (v, _) in meta.items()}, **widths})
     _override(meta, overrides or {})
-    arch = get_architecture("llama")
-    values = {k: v for k, (v, _) in meta.items()}
-    config = arch.config_from_metadata(values, set())
     d_model = config.d_model
     plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, d_model))]
+    layer_slots = [s for s in family.plan.layer_slots if s.required]  # no bias; tied head
     for i in range(n_layers):
-        for role in arch.layer_tensors:
-            kind = "norm" if role.endswith("norm") else "matrix"
-            shape = arch.shapes[role](config)
-            plan.append((arch.tensor_name(role, i), SMOLLM2_TYPES[kind], shape))
+        for slot in layer_slots:
+            for part in slot.parts:
+                kind = "norm" if slot.kind == "vector" else "matrix"
+                plan.append((part.tensor_name(i), SMOLLM2_TYPES[kind], part.shape(config)))
     plan.append(("output_norm.weight", Q.F32, (d_model,)))
     if not tied_output:  # a head of its own, as most models have (SmolLM2 reuses token_embd)
         plan.append(("output.weight", SMOLLM2_TYPES["matrix"], (vocab_size, d_model)))

@@ -17,6 +17,8 @@
 // raises NonFiniteLogits; a token picked from NaN would be garbage, often a silent EOS). The
 // scan that finds the maximum carries the flag as the pair (+inf, -1), which wins every later
 // comparison, so the flag costs one isfinite per logit already loaded and no extra reduction.
+// So ids that must never be sampled (padding rows of the head) are kept out by the length
+// passed as `vocab` (runtime.models.vocab.sampled_prefix), never by writing -inf into logits.
 #include <stdint.h>
 
 #include "pdl.cuh"

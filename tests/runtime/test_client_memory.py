@@ -49,7 +49,7 @@ def test_unique_huge_words_leave_nothing_behind(tokenizer):
     tokenizer.encode("warm up the caches: ordinary words")
     # the collapse table learns each BMP code point once (bounded; see the last test)
     PreTokenizer("smollm").split("".join(map(chr, range(0x4E00, 0xA000))))
-    bpe = tokenizer._bpe
+    bpe = tokenizer._fragments._bpe
 
     def encode_all() -> None:
         for word in words:

@@ -53,7 +53,7 @@ def _refusal(path: Path) -> str:
 )
 def test_metadata_out_of_range_is_refused_naming_the_key(tmp_path, key, value):
     message = _refusal(tiny_model(tmp_path / "m.gguf", **{key: value}))
-    assert repr(key) in message and "out of range" in message
+    assert repr(key) in message  # NaN and values <= 0 are refused as they are read
 
 
 def test_odd_head_size_is_refused_naming_the_key(tmp_path):
@@ -71,12 +71,12 @@ def test_all_tensor_offsets_zero_is_refused_naming_two_tensors(tmp_path):
     assert "overlap" in message and message.count(".weight' (bytes") == 2
 
 
-def test_real_models_pass_every_check():
-    from tests.reference_data import real_model_path
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"])
+def test_real_models_pass_every_check(name):
+    from tests.reference_data import catalog_model_file, real_model_path
 
-    for path in (real_model_path(), Path("/work/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")):
-        if path.exists():
-            open_gguf(path).close()
+    path = real_model_path() if name == "smollm2-135m" else catalog_model_file(name)
+    open_gguf(path).close()  # check_model runs inside
 
 
 def _engine(path: Path, max_context: int = 64):

@@ -248,7 +248,8 @@ def test_add_bos_from_metadata():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"tokenizer.ggml.model": "llama"}, "only byte-level BPE"),
+        ({"tokenizer.ggml.model": "bert"}, "only byte-level BPE"),
+        ({"tokenizer.ggml.model": "llama"}, "tokenizer.ggml.scores"),
         ({"tokenizer.ggml.pre": "mystery"}, "'mystery'"),
         ({"tokenizer.ggml.token_type": [1]}, "token_type has 1 entries"),
         ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens"),
