@@ -89,6 +89,7 @@ class Executor:
         self._token: trio.lowlevel.TrioToken | None = None
         self._narrator = narrator.child(actor=ACTOR)
         self._engine: Engine | None = None  # touched only on the executor thread
+        self._finished = trio.Event()  # the thread has returned: the engine is closed
 
     # ------------------------------------------------------------------ trio side
 
@@ -97,10 +98,13 @@ class Executor:
     ) -> None:
         """The actor: returns after `stop()`; an engine bug propagates (the worker then exits)."""
         self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._stop_when_cancelled)
-            await trio.to_thread.run_sync(self._thread_main, task_status.started)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stop_when_cancelled)
+                await trio.to_thread.run_sync(self._thread_main, task_status.started)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._finished.set()
 
     async def _stop_when_cancelled(self) -> None:
         try:
@@ -165,9 +169,12 @@ class Executor:
         return check.report
 
     async def stop(self) -> None:
-        """Finish the running job at its next step, close the engine, end the thread."""
+        """Finish the running job at its next step, close the engine, end the thread; returns
+        once the thread has (at once when it never started)."""
         self._stopping = True
         await self._send.send(_STOP)
+        if self._token is not None:
+            await self._finished.wait()
 
     def _take(self, handle: JobHandle) -> bool:
         self.release(handle)  # a no-op when it ended while queued (released then)
@@ -252,8 +259,9 @@ class Executor:
             max_tokens=request.max_tokens,
             seed=request.params.seed,
             prompt=job.prompt_fingerprint or fingerprint(""),
+            **({} if job.prompt_text is None else {"unredacted_prompt": job.prompt_text}),
         )
-        output: list[str] = []  # only for the fingerprint in execute_end; never logged as text
+        output: list[str] = []  # for the fingerprint in execute_end (text: --log-prompts only)
 
         def should_cancel() -> bool:
             self._service_checks()
@@ -299,7 +307,10 @@ class Executor:
         self, handle: JobHandle, narrator: Narrator, final: End | Failed, output: list[str]
     ) -> None:
         self._post(handle.deliver, final)
-        output_fp = fingerprint("".join(output))
+        text = "".join(output)
+        output_fp = fingerprint(text)
+        # --log-prompts only (the job then carries its prompt text): the output is logged too.
+        unredacted = {} if handle.job.prompt_text is None else {"unredacted_output": text}
         if isinstance(final, End):
             narrator.emit(
                 "execute_end",
@@ -310,6 +321,7 @@ class Executor:
                 tokens_out=final.tokens_out,
                 decode_time_ms=final.decode_time_ms,
                 stop_reason=final.stop_reason,
+                **unredacted,
             )
         else:
             if final.code is not ErrorCode.CANCELLED:
@@ -329,4 +341,5 @@ class Executor:
                 output=output_fp,
                 code=str(final.code),
                 detail=final.message,
+                **unredacted,
             )

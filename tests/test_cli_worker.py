@@ -1,4 +1,4 @@
-"""The real worker as a user runs it: `python -m runtime.cli` (and `hypercorn ... runtime.asgi:app`)
+"""The real worker as a user runs it: `python -m worker_orcd` (and `hypercorn ... worker_orcd.asgi:app`)
 as subprocesses on real sockets, with the real default model on the cpu backend.
 
 Each test bounds its waits; the worker loads in a few seconds on 2 cores. On a GPU machine:
@@ -37,6 +37,14 @@ FLAGS = [
     "--max-context",
     "--residency-interval",
     "--queue-size",
+    "--drain-timeout",
+    "--shutdown-deadline",
+    "--max-vram-bytes",
+    "--callback-url",
+    "--model-ref",
+    "--log-format",
+    "--log-level",
+    "--log-prompts",
 ]
 
 
@@ -98,7 +106,7 @@ def cli(port: int, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "runtime.cli",
+        "worker_orcd",
         "--port",
         str(port),
         "--backend",
@@ -139,7 +147,7 @@ def worker(tmp_path_factory):
 
 def test_help_lists_every_flag_and_no_hidden_backend():
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "--help"],
+        [sys.executable, "-m", "worker_orcd", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -153,7 +161,7 @@ def test_help_lists_every_flag_and_no_hidden_backend():
 
 def test_bad_flag_exits_2():
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "--backend", "tpu"],
+        [sys.executable, "-m", "worker_orcd", "--backend", "tpu"],
         cwd=REPO,
         capture_output=True,
         timeout=30,
@@ -210,8 +218,14 @@ def test_real_model_chat_through_the_template(worker):
 
 
 def test_sigterm_mid_stream_ends_the_stream_and_exits_0(tmp_path):
+    # --shutdown-deadline 0: the running job is cancelled at once (the default lets it go on
+    # for 5 s; tests/e2e/test_shutdown.py checks that).
     port = free_port()
-    proc = Proc(cli(port, "--max-context", "256"), port, tmp_path / "sigterm.log")
+    proc = Proc(
+        cli(port, "--max-context", "256", "--shutdown-deadline", "0"),
+        port,
+        tmp_path / "sigterm.log",
+    )
     try:
         proc.wait_ready()
         sent = {}
@@ -276,7 +290,7 @@ def hypercorn_cmd(port: int) -> list[str]:
         "0",
         "--bind",
         f"127.0.0.1:{port}",
-        "runtime.asgi:app",
+        "worker_orcd.asgi:app",
     ]
 
 
@@ -287,6 +301,7 @@ def test_hypercorn_command_serves_the_same_app(tmp_path):
         **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {}),
         "WORKER_ORCD_MAX_CONTEXT": "256",
         "WORKER_ORCD_WORKER_ID": "hc",
+        "WORKER_ORCD_SHUTDOWN_DEADLINE": "0",  # SIGTERM cancels the running job at once
     }
     proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc.log", env)
     try:

@@ -28,6 +28,8 @@ import trio
 
 from actors.loader import ModelInfo
 from actors.supervisor import Worker, run_worker
+from api.app import create_app
+from api.fast_paths import FastPaths
 from api.sse import SSEEvent, SSEParser, check_grammar
 from runtime.config import WorkerConfig
 from runtime.engine_api import ResidencyReport
@@ -187,6 +189,7 @@ class FakeEngine:
 @attrs.define
 class Harness:
     worker: Worker
+    app: FastPaths  # what hypercorn serves; `.quart` is the Quart app inside
     client: httpx.AsyncClient
     log: io.StringIO
     engines: list[FakeEngine]
@@ -322,15 +325,16 @@ async def running_worker(
         engine_loader=engine_loader,
         residency_check_timeout_s=residency_check_timeout_s,
     )
+    app = create_app(worker.service)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
-            lambda task_status: run_worker(worker, handle_signals=False, task_status=task_status)
+            lambda task_status: run_worker(worker, app, task_status=task_status)
         )
         async with httpx.AsyncClient(base_url=binds[0], timeout=10.0) as client:
             if wait_ready:
                 with trio.fail_after(10):
                     await worker.ready.wait()
-            yield Harness(worker, client, log, engines, script)
+            yield Harness(worker, app, client, log, engines, script)
         for gate in (
             script.load_gate,
             script.prefill_gate,

@@ -1,6 +1,6 @@
 """End-to-end helpers: a real worker subprocess, and a strict SSE parser.
 
-`start_worker(...)` runs `python -m runtime.cli` on a free port, waits (bounded) for `/health` to
+`start_worker(...)` runs `python -m worker_orcd` on a free port, waits (bounded) for `/health` to
 say `ready`, and stops it with SIGTERM (killing it only if it overstays). Its stderr, the
 narration log, goes to a file the test can read. `WORKER_ORCD_TEST_BACKEND` (default `cpu`)
 picks the backend, so a GPU machine runs the same tests with `cuda`; `WORKER_ORCD_TEST_MODEL`
@@ -133,7 +133,7 @@ def start_worker(
         os.close(fd)
         log_path = Path(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", backend]
+    cmd = [sys.executable, "-m", "worker_orcd", "--port", str(port), "--backend", backend]
     cmd += ["--worker-id", worker_id]
     if model is not None:
         cmd += ["--model", model]
