@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 import attrs
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -94,6 +94,9 @@ class JobMetrics:
         self.tokens_generated = 0
         self.requests = dict.fromkeys(OUTCOMES, 0)
         self._live: dict[JobHandle, _Live] = {}
+        # No `*_created` series: they are not in the spec's list, and a gateway has no use for
+        # them. (A process-wide switch of prometheus_client; this process is a worker.)
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=False)
         histogram = lambda name, doc, buckets: Histogram(  # noqa: E731
             name, doc, LABELS, registry=self.registry, buckets=buckets

@@ -55,7 +55,7 @@ class Redactor:
         """Register `texts` (until `release` and `RECENT` releases after); returns a key."""
         texts = tuple(t for t in texts if isinstance(t, str) and len(t) >= GRAM)
         key = next(self._ids)
-        stride = max(1, sum(len(t) for t in texts) // MAX_GRAMS)
+        stride = _stride(texts)
         with self._lock:
             self._held[key] = texts
             for text in texts:
@@ -76,7 +76,7 @@ class Redactor:
 
     def _forget(self, key: int) -> None:
         texts = self._held.pop(key, ())
-        stride = max(1, sum(len(t) for t in texts) // MAX_GRAMS)
+        stride = _stride(texts)
         for text in texts:
             for i in _positions(text, stride):
                 piece = text[i : i + GRAM]
@@ -123,6 +123,10 @@ class Redactor:
                 spans.append((start, end))
             j = end
         return spans
+
+
+def _stride(texts: tuple[str, ...]) -> int:
+    return max(1, -(-sum(len(t) for t in texts) // MAX_GRAMS))  # ceil: at most ~MAX_GRAMS pieces
 
 
 def _positions(text: str, stride: int) -> list[int]:

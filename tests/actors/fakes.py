@@ -314,13 +314,12 @@ async def running_worker(
         engines.append(engine)
         return engine
 
-    cfg = WorkerConfig(
-        model=Path("fake-model.gguf"), port=0, worker_id="test", max_context=max_context, **config
-    )
+    settings = {"model": Path("fake-model.gguf"), "port": 0, "worker_id": "test", **config}
+    cfg = WorkerConfig(max_context=max_context, **settings)
     worker = Worker(
         cfg,
         backend="cpu",
-        narrator=Narrator("test", stream=log, model="fake-model"),
+        narrator=Narrator(cfg.worker_id, stream=log, model="fake-model"),
         info_loader=info_loader,
         engine_loader=engine_loader,
         residency_check_timeout_s=residency_check_timeout_s,
