@@ -208,8 +208,14 @@ class Executor:
                     self._run_job(command)
         finally:
             if self._engine is not None:
+                freed = self._engine.memory_bytes()
                 self._engine.close()
                 self._engine = None
+                self._narrator.emit(
+                    "engine_closed",
+                    human=f"Engine closed: {freed} bytes of model memory released.",
+                    freed_bytes=freed,
+                )
 
     def _load(self, command: _Load) -> None:
         def progress(done: int, total: int) -> None:

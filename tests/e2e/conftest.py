@@ -180,6 +180,21 @@ def _wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
     )
 
 
+def metric_values(base_url: str, client: httpx.Client | None = None) -> dict[str, float]:
+    """GET /metrics -> {sample name (plus `{outcome=...}` where present): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    getter = client.get if client is not None else httpx.get
+    response = getter(f"{base_url}/metrics", timeout=5.0)
+    response.raise_for_status()
+    values = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            outcome = sample.labels.get("outcome")
+            values[sample.name + (f"{{outcome={outcome}}}" if outcome else "")] = sample.value
+    return values
+
+
 # --------------------------------------------------------------------------- SSE
 
 
