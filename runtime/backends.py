@@ -47,6 +47,11 @@ def registered_engines() -> tuple[str, ...]:
     return tuple(_ENGINES)
 
 
+def engine_loader(name: str) -> EngineLoader | None:
+    """The loader registered under `name` (None if there is none), e.g. to wrap it."""
+    return _ENGINES.get(name)
+
+
 def _load_numpy(gguf: GGUFModel, *, max_context: int, progress, device: int, **opts) -> Engine:
     if opts:
         raise InvalidRequest(f"the cpu backend takes no options (got {sorted(opts)})")

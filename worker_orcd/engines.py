@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends import register_engine
+from runtime.backends import engine_loader, register_engine
 from runtime.errors import CudaError
 
 
@@ -26,5 +26,7 @@ def load_cuda_engine(gguf, *, max_context: int, progress, device: int, **opts: A
 
 
 def register() -> None:
-    """Idempotent: called by the shared boot (and by benchmarks that load engines themselves)."""
-    register_engine("cuda", load_cuda_engine)
+    """Called by the shared boot (and by benchmarks that load engines themselves). Keeps a
+    loader registered before (a test's wrapper around this one, say)."""
+    if engine_loader("cuda") is None:
+        register_engine("cuda", load_cuda_engine)

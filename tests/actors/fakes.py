@@ -34,6 +34,7 @@ from api.sse import SSEEvent, SSEParser, check_grammar
 from runtime.config import WorkerConfig
 from runtime.engine_api import ResidencyReport
 from runtime.narration import Narrator
+from runtime.redaction import Redactor
 
 VOCAB = 16
 EOS = 15
@@ -319,7 +320,12 @@ async def running_worker(
     worker = Worker(
         cfg,
         backend="cpu",
-        narrator=Narrator(cfg.worker_id, stream=log, model="fake-model"),
+        narrator=Narrator(
+            cfg.worker_id,
+            stream=log,
+            model="fake-model",
+            redactor=Redactor(mark_only=cfg.log_prompts),
+        ),
         info_loader=info_loader,
         engine_loader=engine_loader,
         residency_check_timeout_s=residency_check_timeout_s,

@@ -124,8 +124,13 @@ def start_worker(
     extra_args: tuple[str, ...] = (),
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    program: tuple[str, ...] = ("-m", "worker_orcd"),
+    env: dict[str, str] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """Run a worker until the `with` block ends; yields once `/health` says `ready`."""
+    """Run a worker until the `with` block ends; yields once `/health` says `ready`.
+
+    `program`: what follows the Python executable (a script path for a wrapped worker).
+    """
     backend = backend or selected_backend()
     port = free_port()
     if log_path is None:
@@ -133,14 +138,14 @@ def start_worker(
         os.close(fd)
         log_path = Path(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "worker_orcd", "--port", str(port), "--backend", backend]
+    cmd = [sys.executable, *program, "--port", str(port), "--backend", backend]
     cmd += ["--worker-id", worker_id]
     if model is not None:
         cmd += ["--model", model]
     if max_context is not None:
         cmd += ["--max-context", str(max_context)]
     cmd += list(extra_args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
