@@ -44,10 +44,31 @@ class NarrationHandler(logging.Handler):
         self.narrator.emit("server_log", level=level, human=message[:500], logger=record.name)
 
 
+class _Forward(logging.Filter):
+    """A logger filter that narrates each record and drops it for the logger's own handlers."""
+
+    def __init__(self, handler: NarrationHandler):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.handler.handle(record)
+        return False
+
+
 def route_logger(logger: logging.Logger, narrator: Narrator) -> logging.Logger:
-    """Make `logger` write narration only (its other handlers go, it no longer propagates)."""
-    logger.handlers = [NarrationHandler(narrator.child(actor=ACTOR))]
+    """Make everything `logger` writes narration, and only narration.
+
+    Its handlers are replaced (for records propagated from child loggers) and a filter on the
+    logger itself forwards its own records: the filter survives a later `logger.handlers = ...`
+    (the `hypercorn` command configures its loggers again when it first logs).
+    """
+    handler = NarrationHandler(narrator.child(actor=ACTOR))
+    logger.handlers = [handler]
     logger.propagate = False
+    for old in [f for f in logger.filters if isinstance(f, _Forward)]:
+        logger.removeFilter(old)
+    logger.addFilter(_Forward(handler))
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
     return logger

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -347,3 +348,48 @@ def test_hypercorn_command_exits_non_zero_when_an_actor_dies(tmp_path):
     finally:
         proc.stop()
     assert any(e.get("action") == "error" and e.get("level") == "error" for e in proc.narration())
+
+
+TEXT_LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) +[a-z_]+: \S.*"
+)
+
+
+def test_text_logs_and_the_log_level(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    port = free_port()
+    cmd = cli(port, "--model", str(bad), "--log-format", "text", "--log-level", "warning")
+    proc = Proc(cmd, port, tmp_path / "text.log")
+    try:
+        assert proc.proc.wait(timeout=30) == 1
+    finally:
+        proc.stop()
+    lines = proc.log.read_text().splitlines()
+    assert lines and all(TEXT_LINE.fullmatch(line) for line in lines), lines
+    assert not any(" INFO " in line or " DEBUG " in line for line in lines)  # --log-level
+    assert any(" ERROR   loader: The model failed to load" in line for line in lines), lines
+
+
+def test_hypercorn_lines_go_through_the_same_text_formatter(tmp_path):
+    port = free_port()
+    env = {
+        "WORKER_ORCD_BACKEND": BACKEND,
+        **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {}),
+        "WORKER_ORCD_MAX_CONTEXT": "128",
+        "WORKER_ORCD_LOG_FORMAT": "text",
+        "WORKER_ORCD_LOG_LEVEL": "debug",
+    }
+    proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc-text.log", env)
+    try:
+        proc.wait_ready()
+        assert httpx.post(proc.base + "/shutdown", timeout=5).status_code == 202
+        assert proc.proc.wait(timeout=30) == 0
+    finally:
+        proc.stop()
+    lines = proc.log.read_text().splitlines()
+    assert all(TEXT_LINE.fullmatch(line) for line in lines), [
+        line for line in lines if not TEXT_LINE.fullmatch(line)
+    ]
+    assert any(f"http: Running on http://127.0.0.1:{port}" in line for line in lines), lines
+    assert any("supervisor: Worker stopped cleanly." in line for line in lines)

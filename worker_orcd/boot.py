@@ -89,7 +89,13 @@ def _route_python_output(process: Process) -> None:
     """Python's loggers, warnings and uncaught exceptions become narration (and pass redaction)."""
     narrator = process.narrator.child(actor="python")
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, sys.excepthook, threading.excepthook)
+    saved = (
+        list(root.handlers),
+        root.level,
+        list(root.filters),
+        sys.excepthook,
+        threading.excepthook,
+    )
     route_logger(root, narrator).setLevel(logging.WARNING)
     logging.captureWarnings(True)
 
@@ -114,8 +120,8 @@ def _route_python_output(process: Process) -> None:
     threading.excepthook = crash_hook("thread")
 
     def undo() -> None:
-        root.handlers, root.level = saved[0], saved[1]
-        sys.excepthook, threading.excepthook = saved[2], saved[3]
+        root.handlers, root.level, root.filters = saved[0], saved[1], saved[2]
+        sys.excepthook, threading.excepthook = saved[3], saved[4]
         logging.captureWarnings(False)
 
     process._undo.append(undo)
