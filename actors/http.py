@@ -56,14 +56,14 @@ class _Forward(logging.Filter):
         return False
 
 
-def route_logger(logger: logging.Logger, narrator: Narrator) -> logging.Logger:
+def route_logger(logger: logging.Logger, narrator: Narrator, actor: str = ACTOR) -> logging.Logger:
     """Make everything `logger` writes narration, and only narration.
 
     Its handlers are replaced (for records propagated from child loggers) and a filter on the
     logger itself forwards its own records: the filter survives a later `logger.handlers = ...`
     (the `hypercorn` command configures its loggers again when it first logs).
     """
-    handler = NarrationHandler(narrator.child(actor=ACTOR))
+    handler = NarrationHandler(narrator.child(actor=actor))
     logger.handlers = [handler]
     logger.propagate = False
     for old in [f for f in logger.filters if isinstance(f, _Forward)]:

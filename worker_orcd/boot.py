@@ -96,7 +96,7 @@ def _route_python_output(process: Process) -> None:
         sys.excepthook,
         threading.excepthook,
     )
-    route_logger(root, narrator).setLevel(logging.WARNING)
+    route_logger(root, narrator, actor="python").setLevel(logging.WARNING)
     logging.captureWarnings(True)
 
     def crash_hook(kind: str):
