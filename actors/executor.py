@@ -22,11 +22,12 @@ from typing import Any
 import attrs
 import trio
 
+from actors import job_log
 from actors.jobs import End, Failed, JobHandle, Started, Token
 from runtime.engine_api import Engine, ProgressCallback, ResidencyReport
 from runtime.errors import Cancelled, ErrorCode, WorkerError
 from runtime.generate import Finished, TokenOut, generate
-from runtime.narration import Narrator, fingerprint
+from runtime.narration import Narrator
 
 ACTOR = "executor"
 CONTROL_SLACK = 4  # channel slots beyond the job queue: load, stop, one wake per pending check
@@ -257,16 +258,7 @@ class Executor:
         request = job.request
         narrator = self._narrator.child(job_id=job.job_id, correlation_id=job.correlation_id)
         self._post(handle.deliver, Started(len(job.prompt_ids), request.params.seed, _utc_now()))
-        narrator.emit(
-            "execute_start",
-            target=job.job_id,
-            human=f"Started job {job.job_id}: {len(job.prompt_ids)} prompt tokens, up to {request.max_tokens} new.",
-            prompt_tokens=len(job.prompt_ids),
-            max_tokens=request.max_tokens,
-            seed=request.params.seed,
-            prompt=job.prompt_fingerprint or fingerprint(""),
-            **({} if job.prompt_text is None else {"unredacted_prompt": job.prompt_text}),
-        )
+        job_log.started(narrator, job)
         output: list[str] = []  # for the fingerprint in execute_end (text: --log-prompts only)
 
         def should_cancel() -> bool:
@@ -313,39 +305,4 @@ class Executor:
         self, handle: JobHandle, narrator: Narrator, final: End | Failed, output: list[str]
     ) -> None:
         self._post(handle.deliver, final)
-        text = "".join(output)
-        output_fp = fingerprint(text)
-        # --log-prompts only (the job then carries its prompt text): the output is logged too.
-        unredacted = {} if handle.job.prompt_text is None else {"unredacted_output": text}
-        if isinstance(final, End):
-            narrator.emit(
-                "execute_end",
-                target=handle.job_id,
-                human=f"Finished job {handle.job_id}: {final.tokens_out} tokens ({final.stop_reason}).",
-                outcome="end",
-                output=output_fp,
-                tokens_out=final.tokens_out,
-                decode_time_ms=final.decode_time_ms,
-                stop_reason=final.stop_reason,
-                **unredacted,
-            )
-        else:
-            if final.code is not ErrorCode.CANCELLED:
-                narrator.emit(
-                    "error",
-                    level="error",
-                    target=handle.job_id,
-                    human=f"Job {handle.job_id} failed: {final.code} {final.message}.",
-                    code=str(final.code),
-                )
-            narrator.emit(
-                "execute_end",
-                level="info" if final.code is ErrorCode.CANCELLED else "error",
-                target=handle.job_id,
-                human=f"Job {handle.job_id} ended with {final.code}: {final.message}.",
-                outcome="error",
-                output=output_fp,
-                code=str(final.code),
-                detail=final.message,
-                **unredacted,
-            )
+        job_log.ended(narrator, handle.job, final, "".join(output))

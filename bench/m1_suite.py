@@ -50,6 +50,7 @@ DEFAULTS = {  # (cuda, cpu): the cpu numbers keep a run on 2 cores within minute
     "itl_tokens": (256, 48),
     "leak_tokens": (64, 6),
     "long_prompt": (1800, 900),
+    "health_load_tokens": (256, 24),  # the jobs another process streams while /health is probed
 }
 
 
@@ -75,7 +76,9 @@ def measure(args) -> dict:
                 harness, client, url, args.itl_tokens, args.itl_runs
             )
             res["health_idle"] = gw.health_latency(url, 1.0, 0.002, None)
-            res["health_busy"] = gw.health_latency(url, args.health_seconds, 0.002, 256)
+            res["health_busy"] = gw.health_latency(
+                url, args.health_seconds, 0.002, args.health_load_tokens
+            )
             res["cancel"] = gw.cancel_latency(harness, url, args.cancel_samples)
             mid = probes.disconnect_abort(worker, client, url, bench_http.PROMPT,
                                           b"event: token", 8, args.disconnect_samples)  # fmt: skip
