@@ -295,15 +295,16 @@ def hypercorn_cmd(port: int) -> list[str]:
     ]
 
 
+def hypercorn_env(**settings: str) -> dict[str, str]:
+    """WORKER_ORCD_* for the hypercorn command: this run's backend and model, plus `settings`."""
+    env = {"WORKER_ORCD_BACKEND": BACKEND, **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {})}
+    return env | {f"WORKER_ORCD_{name.upper()}": value for name, value in settings.items()}
+
+
 def test_hypercorn_command_serves_the_same_app(tmp_path):
     port = free_port()
-    env = {
-        "WORKER_ORCD_BACKEND": BACKEND,
-        **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {}),
-        "WORKER_ORCD_MAX_CONTEXT": "256",
-        "WORKER_ORCD_WORKER_ID": "hc",
-        "WORKER_ORCD_SHUTDOWN_DEADLINE": "0",  # SIGTERM cancels the running job at once
-    }
+    # shutdown_deadline 0: SIGTERM cancels the running job at once
+    env = hypercorn_env(max_context="256", worker_id="hc", shutdown_deadline="0")
     proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc.log", env)
     try:
         health = proc.wait_ready()
@@ -373,13 +374,7 @@ def test_text_logs_and_the_log_level(tmp_path):
 
 def test_hypercorn_lines_go_through_the_same_text_formatter(tmp_path):
     port = free_port()
-    env = {
-        "WORKER_ORCD_BACKEND": BACKEND,
-        **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {}),
-        "WORKER_ORCD_MAX_CONTEXT": "128",
-        "WORKER_ORCD_LOG_FORMAT": "text",
-        "WORKER_ORCD_LOG_LEVEL": "debug",
-    }
+    env = hypercorn_env(max_context="128", log_format="text", log_level="debug")
     proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc-text.log", env)
     try:
         proc.wait_ready()

@@ -274,6 +274,13 @@ async def disconnect_after(base_url: str, body: dict, marker: bytes, count: int)
     return received
 
 
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    """Poll `predicate` every 5 ms; fail (trio.TooSlowError) after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
 async def read_events(response: httpx.Response) -> list[SSEEvent]:
     return await EventReader(response).rest()
 

@@ -172,11 +172,16 @@ async def _refuses_new_work(h) -> None:
     assert response.json()["error"]["code"] == "DRAINING"
 
 
-async def test_drain_lets_the_running_job_finish_cancels_the_queued_and_refuses_new_work():
+def gated_worker(shutdown_deadline_s: float):
+    """A worker whose engine steps pass a gate (open now; `_drain_scenario` holds it)."""
     gate = threading.Event()
     gate.set()
     script = Script(step_gate=gate, step_delay_s=0.005)
-    async with running_worker(script, shutdown_deadline_s=5.0) as h:
+    return running_worker(script, shutdown_deadline_s=shutdown_deadline_s)
+
+
+async def test_drain_lets_the_running_job_finish_cancels_the_queued_and_refuses_new_work():
+    async with gated_worker(5.0) as h:
         streams: dict = {}
 
         async def probe():
@@ -198,10 +203,7 @@ async def test_drain_lets_the_running_job_finish_cancels_the_queued_and_refuses_
 
 
 async def test_drain_cancels_the_running_job_when_the_deadline_passes():
-    gate = threading.Event()
-    gate.set()
-    script = Script(step_gate=gate, step_delay_s=0.005)
-    async with running_worker(script, shutdown_deadline_s=0.3) as h:
+    async with gated_worker(0.3) as h:
         streams: dict = {}
         with trio.fail_after(10):
             t0 = trio.current_time()

@@ -15,12 +15,7 @@ from tests.actors.fakes import (
     running_worker,
     text_of,
 )
-
-
-async def until(predicate, timeout_s: float = 5.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not predicate():
-            await trio.sleep(0.005)
+from tests.actors.fakes import wait_until as until
 
 
 async def test_shutdown_is_202_and_idempotent_and_the_running_job_finishes():
