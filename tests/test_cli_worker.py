@@ -220,7 +220,7 @@ def test_real_model_chat_through_the_template(worker):
 
 def test_sigterm_mid_stream_ends_the_stream_and_exits_0(tmp_path):
     # --shutdown-deadline 0: the running job is cancelled at once (the default lets it go on
-    # for 5 s; tests/e2e/test_shutdown.py checks that).
+    # for 5 s; tests/e2e/test_shutdown_process.py checks that).
     port = free_port()
     proc = Proc(
         cli(port, "--max-context", "256", "--shutdown-deadline", "0"),
