@@ -92,6 +92,7 @@ class JobMetrics:
         self._clock = clock
         self.tokens_in = 0
         self.tokens_generated = 0
+        self.job_changes = 0  # +1 whenever a job starts or ends (scrape caches key on it)
         self.requests = dict.fromkeys(OUTCOMES, 0)
         self._live: dict[JobHandle, _Live] = {}
         # No `*_created` series: they are not in the spec's list, and a gateway has no use for
@@ -144,9 +145,11 @@ class JobMetrics:
                 itl.observe(now - live.last_token_at)
             live.last_token_at = now
         elif isinstance(event, Started):
+            self.job_changes += 1
             self.tokens_in += event.prompt_tokens
             live.started_at, live.kv_tokens = now, event.prompt_tokens
         else:
+            self.job_changes += 1
             del self._live[handle]
             self.requests[outcome_of(event)] += 1
             if live.started_at is not None and duration is not None:

@@ -1,12 +1,13 @@
 """Does a Prometheus scraper cost decode anything? Decode tokens/s with and without /metrics hammered.
 
     python bench/bench_metrics_scrape.py [--backend cpu|cuda] [--model PATH] [--tokens 256]
-        [--repeats 3] [--scrapers 1] [--json OUT]
+        [--repeats 3] [--scrapers 1] [--intervals-ms 0,100] [--json OUT]
 
 One worker process (`python -m worker_orcd`). The same greedy request is streamed `--repeats`
-times with nobody scraping and `--repeats` times while `--scrapers` other processes GET
-/metrics back to back (no pause: far harder than any real scraper, which polls every few
-seconds), interleaved so drift on a shared machine hits both sides alike. Scrapers run in their
+times with nobody scraping and, for each of `--intervals-ms`, `--repeats` times while
+`--scrapers` other processes GET /metrics with that pause between scrapes (0: back to back,
+far harder than any real scraper, which polls every few seconds; 100: ten a second, still 150
+times Prometheus's default), interleaved so drift on a shared machine hits every mode alike. Scrapers run in their
 own processes so their HTTP client does not share this process's GIL with the stream reader.
 Decode tokens/s = (tokens - 1) / (last token - first token) on the client; the worker's own
 figure (tokens_out / decode_time_ms of the `end` event) is reported beside it. The issue's
@@ -33,8 +34,9 @@ import bench_http  # noqa: E402
 pct = bench_http._percentile
 
 
-def scrape_until_stdin_closes(url: str) -> int:
-    """Hidden mode (--scrape URL): GET /metrics back to back; latencies (ms) as JSON at the end."""
+def scrape_until_stdin_closes(url: str, pause_s: float) -> int:
+    """Hidden mode (--scrape URL PAUSE_S): GET /metrics, pausing PAUSE_S between scrapes, until
+    stdin closes; the latencies (ms) as JSON at the end."""
     import threading
 
     done = threading.Event()
@@ -48,6 +50,8 @@ def scrape_until_stdin_closes(url: str) -> int:
             response = client.get(f"{url}/metrics")
             latencies.append((time.perf_counter() - t0) * 1e3)
             assert response.status_code == 200
+            if pause_s:
+                done.wait(pause_s)
     print(json.dumps(latencies), flush=True)
     return 0
 
@@ -82,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scrapers", type=int, default=1)
+    ap.add_argument("--intervals-ms", default="0,100", help="pauses between scrapes, per mode")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--scrape", help=argparse.SUPPRESS)
+    ap.add_argument("--scrape", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.scrape:
-        return scrape_until_stdin_closes(args.scrape)
+        return scrape_until_stdin_closes(args.scrape[0], float(args.scrape[1]))
     harness = bench_http._load_harness()
     extra = ("--model", args.model) if args.model else ()
-    quiet, busy, latencies = [], [], []
+    pauses = [float(ms) / 1e3 for ms in args.intervals_ms.split(",")]
+    runs: dict = {"quiet": [], **{p: [] for p in pauses}}
+    latencies: dict = {p: [] for p in pauses}
     with (
         harness.start_worker(
             backend=args.backend, worker_id="bench-scrape", max_context=1024, extra_args=extra
@@ -103,31 +110,39 @@ def main(argv: list[str] | None = None) -> int:
 
         stream("warm")
         for r in range(args.repeats):
-            quiet.append(stream(f"quiet-{r}"))
-            result, lat = with_scrapers(url, args.scrapers, lambda r=r: stream(f"busy-{r}"))
-            busy.append(result)
-            latencies += lat
+            runs["quiet"].append(stream(f"quiet-{r}"))
+            for p in pauses:
+                result, lat = with_scrapers(url, args.scrapers, p, lambda r=r: stream(f"s-{r}"))
+                runs[p].append(result)
+                latencies[p] += lat
         health = worker.health(client)
-    q = statistics.median(x["decode_tps"] for x in quiet)
-    b = statistics.median(x["decode_tps"] for x in busy)
-    res = {
-        "backend": health.get("backend"), "model": health.get("model"), "tokens": args.tokens,
-        "repeats": args.repeats, "scrapers": args.scrapers,
-        "quiet_tps": [x["decode_tps"] for x in quiet], "busy_tps": [x["decode_tps"] for x in busy],
-        "quiet_server_tps": statistics.median(x["server_decode_tps"] for x in quiet),
-        "busy_server_tps": statistics.median(x["server_decode_tps"] for x in busy),
-        "ratio_median": b / q, "scrapes": len(latencies),
-        "scrape_p50_ms": pct(latencies, 50), "scrape_p99_ms": pct(latencies, 99),
-        "same_text": len({x["text"] for x in quiet + busy}) == 1,
-    }  # fmt: skip
+    quiet = statistics.median(x["decode_tps"] for x in runs["quiet"])
+    res = {"backend": health.get("backend"), "model": health.get("model"), "tokens": args.tokens,
+           "repeats": args.repeats, "scrapers": args.scrapers, "modes": []}  # fmt: skip
     print(f"backend={res['backend']} model={res['model']} tokens={args.tokens} "
           f"repeats={args.repeats} scrapers={args.scrapers}")  # fmt: skip
-    print(f"decode tokens/s, nobody scraping:  median {q:8.2f}  runs {res['quiet_tps']}")
-    print(f"decode tokens/s, /metrics hammered: median {b:8.2f}  runs {res['busy_tps']}")
-    print(f"  with / without: {res['ratio_median']:.1%} (server side "
-          f"{res['busy_server_tps']:.2f} vs {res['quiet_server_tps']:.2f})")  # fmt: skip
-    print(f"scrapes: {res['scrapes']}, latency p50 {res['scrape_p50_ms']:.2f} ms, "
-          f"p99 {res['scrape_p99_ms']:.2f} ms; greedy texts identical: {res['same_text']}")  # fmt: skip
+    print(f"{'mode':<26}{'median t/s':>11}{'vs quiet':>9}{'server t/s':>11}{'scrapes/s':>10}"
+          f"{'scrape p50':>11}{'p99 ms':>8}  runs")  # fmt: skip
+    for mode in ("quiet", *pauses):
+        tps = [x["decode_tps"] for x in runs[mode]]
+        seconds = sum(x["tokens"] / x["decode_tps"] for x in runs[mode])
+        lat = latencies.get(mode, [])
+        row = {"mode": "nobody scraping" if mode == "quiet" else f"scraping every {mode * 1e3:g} ms",
+               "median_tps": statistics.median(tps), "runs_tps": tps,
+               "server_tps": statistics.median(x["server_decode_tps"] for x in runs[mode]),
+               "scrapes_per_s": len(lat) / seconds if lat else 0.0,
+               "scrape_p50_ms": pct(lat, 50) if lat else None,
+               "scrape_p99_ms": pct(lat, 99) if lat else None}  # fmt: skip
+        row["ratio"] = row["median_tps"] / quiet
+        res["modes"].append(row)
+        p50 = f"{row['scrape_p50_ms']:.2f}" if lat else "-"
+        p99 = f"{row['scrape_p99_ms']:.2f}" if lat else "-"
+        print(f"{row['mode']:<26}{row['median_tps']:>11.2f}{row['ratio']:>9.1%}"
+              f"{row['server_tps']:>11.2f}{row['scrapes_per_s']:>10.1f}{p50:>11}{p99:>8}  "
+              + ", ".join(f"{t:.1f}" for t in tps))  # fmt: skip
+    texts = {x["text"] for mode_runs in runs.values() for x in mode_runs}
+    res["same_text"] = len(texts) == 1
+    print(f"greedy texts identical in every mode: {res['same_text']}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

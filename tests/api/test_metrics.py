@@ -147,3 +147,23 @@ async def test_the_fast_path_and_the_quart_route_give_the_same_families():
         names = [{f.name for f in text_string_to_metric_families(t)} for t in (fast, slow)]
         assert names[0] == names[1] == set(FAMILIES)
         assert (await h.client.post("/metrics")).status_code == 405
+
+
+async def test_back_to_back_scrapes_reuse_one_exposition_until_a_job_starts_or_ends(monkeypatch):
+    from api import metrics as metrics_front_end
+
+    monkeypatch.setattr(metrics_front_end, "REUSE_S", 30.0)  # nothing expires during the test
+    async with running_worker() as h:
+        made = []
+        real = metrics_front_end.generate_latest
+        monkeypatch.setattr(
+            metrics_front_end, "generate_latest", lambda r: made.append(1) or real(r)
+        )
+        with trio.fail_after(10):
+            first = [(await h.client.get("/metrics")).text for _ in range(20)]
+            assert len(set(first)) == 1 and len(made) == 1  # uptime frozen: one exposition
+            await h.execute(job_id="j", prompt="abc", max_tokens=3)
+            after = await scrape(h)
+        assert len(made) == 2  # the job's start and end made the next scrape fresh
+        assert after["worker_tokens_generated_total"] == 3
+        assert after["worker_requests_total{outcome=success}"] == 1
