@@ -40,6 +40,9 @@ from runtime.errors import first_error
 from worker_orcd import boot
 
 HYPERCORN_LOGGERS = ("hypercorn.error", "hypercorn.access")
+# The app ends the process itself (hypercorn would not stop for it): responses still being sent
+# when the drain is over (POST /shutdown's 202 on an idle worker) get this long to go out.
+FLUSH_S = 0.1
 
 
 def _exit(status: int) -> None:
@@ -63,6 +66,7 @@ def create_app(config: WorkerConfig | None = None):
                 raise
             boot.narrate_crash(narrator, error)
             _exit(EXIT_CRASH)
+        await trio.sleep(FLUSH_S)
         boot.narrate_clean_exit(narrator)
         _exit(EXIT_OK)
 

@@ -69,9 +69,10 @@ async def test_a_finished_job_moves_the_counters_and_histograms_by_its_own_numbe
 
 async def test_latency_buckets_start_below_a_millisecond():
     async with running_worker() as h:
-        idle = await scrape(h)  # ready, no job yet: the series exist, all zero
-        await h.execute(job_id="b", prompt="a", max_tokens=2)
-        text = (await h.client.get("/metrics")).text
+        with trio.fail_after(10):
+            idle = await scrape(h)  # ready, no job yet: the series exist, all zero
+            await h.execute(job_id="b", prompt="a", max_tokens=2)
+            text = (await h.client.get("/metrics")).text
     for name in ("worker_time_to_first_token_seconds", "worker_inter_token_latency_seconds"):
         assert idle[f"{name}_count"] == 0
         family = next(f for f in text_string_to_metric_families(text) if f.name == name)
@@ -142,8 +143,9 @@ async def test_each_worker_has_its_own_registry():
 
 async def test_the_fast_path_and_the_quart_route_give_the_same_families():
     async with running_worker() as h:
-        fast = (await h.client.get("/metrics")).text
-        slow = await (await h.app.quart.test_client().get("/metrics")).get_data(as_text=True)
+        with trio.fail_after(10):
+            fast = (await h.client.get("/metrics")).text
+            slow = await (await h.app.quart.test_client().get("/metrics")).get_data(as_text=True)
         names = [{f.name for f in text_string_to_metric_families(t)} for t in (fast, slow)]
         assert names[0] == names[1] == set(FAMILIES)
         assert (await h.client.post("/metrics")).status_code == 405
