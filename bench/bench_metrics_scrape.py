@@ -56,11 +56,11 @@ def scrape_until_stdin_closes(url: str, pause_s: float) -> int:
     return 0
 
 
-def with_scrapers(url: str, count: int, run):
-    """run() while `count` scraper processes hammer /metrics; (its result, scrape latencies)."""
+def with_scrapers(url: str, count: int, pause_s: float, run):
+    """run() while `count` scraper processes scrape /metrics; (its result, scrape latencies)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--scrape", url],
+            [sys.executable, __file__, "--scrape", url, str(pause_s)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
