@@ -2,7 +2,7 @@
 
 Prompt and output appear as `fingerprint(text)` only; with --log-prompts the job carries its
 prompt text and both texts are logged too, in `unredacted_*` fields (the narrator then labels
-the lines; specs/decisions/0016-log-redaction.md). Called on the executor thread.
+the lines; specs/decisions/0017-log-redaction.md). Called on the executor thread.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Each worker has its own `CollectorRegistry` (never prometheus_client's global on
 workers in one process (tests, benchmarks) do not collide and a test sees exactly its worker's
 numbers. Every series carries `worker_id`, `model` and `quant_kind`; none carries a job id (one
 series per job would grow without bound). Names are the spec's (`worker_*`) plus the three gauges
-gateways route on under vLLM's names; see specs/decisions/0015-metrics-registry.md.
+gateways route on under vLLM's names; see specs/decisions/0016-metrics-registry.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 
 A front end only translates its wire format into a `GenerationRequest` and the events of a
 `JobStream` into its own encoding; admission, tokenizing, counters, redaction and the drain
-are here, once. Everything runs on the trio thread. See specs/decisions/0013-service-layer.md.
+are here, once. Everything runs on the trio thread. See specs/decisions/0014-service-layer.md.
 """
 
 from __future__ import annotations

@@ -52,6 +52,30 @@ EOG_TEXTS = frozenset(
     }
 )
 
+# o200k_harmony (gpt-oss), as llama.cpp loads it: these structure tokens are user-defined, so
+# they are rendered in the output text (a harmony parser downstream reads the channels), and
+# <|end|> closes a message but not the generation when <|return|> and <|call|> exist.
+HARMONY_RENDERED = frozenset({"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"})
+HARMONY_NOT_EOG, HARMONY_EOG = "<|end|>", ("<|return|>", "<|call|>")
+
+
+def _harmony_end_dropped(vocab: Mapping[str, int], eog: Iterable[int]) -> bool:
+    eog = set(eog)
+    return HARMONY_NOT_EOG in vocab and all(vocab.get(t) in eog for t in HARMONY_EOG)
+
+
+def end_of_generation_ids(
+    vocab: Mapping[str, int], ids: Iterable[int | None], vocab_size: int
+) -> frozenset[int]:
+    """llama.cpp's end-of-generation set: `ids` (EOS, EOT, EOM) in range, every token whose text
+    is in EOG_TEXTS, less <|end|> for o200k_harmony (see HARMONY_NOT_EOG)."""
+    eog = {i for i in ids if i is not None and 0 <= i < vocab_size}
+    eog |= {vocab[t] for t in EOG_TEXTS if t in vocab}
+    if _harmony_end_dropped(vocab, eog):
+        eog.discard(vocab[HARMONY_NOT_EOG])
+    return frozenset(eog)
+
+
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _REQUIRED: Any = object()
 
@@ -75,7 +99,7 @@ def _meta(metadata: Mapping[str, Any], key: str, kind: type, default: Any = _REQ
 class Tokenizer:
     """Encode text to token ids and back, exactly as llama.cpp does for the same GGUF file."""
 
-    kind = "gpt2-bpe"
+    kind = "gguf-bpe"  # /health's tokenizer_kind
 
     def __init__(
         self,
@@ -117,11 +141,15 @@ class Tokenizer:
         except ValueError as exc:
             raise ModelLoadError(f"tokenizer.ggml.merges/tokens: {exc}") from None
 
-        eog = {i for i in (eos_id, *extra_eog_ids) if i is not None and 0 <= i < self.vocab_size}
-        eog |= {self._vocab[t] for t in EOG_TEXTS if t in self._vocab}
-        self.eog_ids = frozenset(eog)
+        self.eog_ids = end_of_generation_ids(self._vocab, (eos_id, *extra_eog_ids), self.vocab_size)
         for i in self.eog_ids:  # as llama.cpp: an end-of-generation token is a control token
             self.token_types[i] = TokenType.CONTROL
+        # llama.cpp's load-time retyping of the o200k_harmony tokens (llama-vocab.cpp)
+        for text in HARMONY_RENDERED:
+            if text in self._vocab:
+                self.token_types[self._vocab[text]] = TokenType.USER_DEFINED
+        if _harmony_end_dropped(self._vocab, self.eog_ids):
+            self.token_types[self._vocab[HARMONY_NOT_EOG]] = TokenType.USER_DEFINED
 
         # Special tokens matched as whole units in the input, longest text first.
         special = [

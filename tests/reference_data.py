@@ -40,3 +40,19 @@ def load_real_numpy_engine(max_context: int):
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
         engine = NumpyEngine.load(gguf, max_context=max_context)
     return engine, tokenizer
+
+
+REFERENCE_MODELS_DIR = Path(__file__).resolve().parent / "data" / "reference_models"
+
+
+def reference_fixture(name: str) -> tuple[Path, dict, dict]:
+    """(GGUF path, manifest, logits arrays) of a fixture made by tools/make_reference_fixtures.py
+    (`gpt-oss-tiny`, `phi3-tiny`; see tests/data/reference_models/README.md)."""
+    import json
+
+    import numpy as np
+
+    manifest = json.loads((REFERENCE_MODELS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    with np.load(REFERENCE_MODELS_DIR / f"{name}.logits.npz") as npz:
+        logits = {k: npz[k] for k in npz.files}
+    return REFERENCE_MODELS_DIR / f"{name}.gguf", manifest, logits

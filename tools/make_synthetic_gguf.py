@@ -123,6 +123,8 @@ def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarra
     elif qtype == Q.Q6_K:  # value = d*sc*(q-32), sc int8: keep it in 1..16
         b[:, 192:208] = rng.integers(1, 17, (n_blocks, 16), dtype=np.uint8)
         f16(208, std / (18.5 * 8.5))
+    elif qtype == Q.MXFP4:  # value = 2^(e-128) * doubled e2m1 code (rms ~6): e near 128 - 8
+        b[:, 0] = rng.integers(119, 122, n_blocks, dtype=np.uint8)
     return b.reshape(*shape[:-1], -1)
 
 

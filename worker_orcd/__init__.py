@@ -1,5 +1,5 @@
 """The entry points: `worker-orcd` (cli), `hypercorn ... worker_orcd.asgi:app` (asgi), one boot.
 
 The only package that may import every other one (runtime, actors, api, cuda): it wires them
-into a process. See specs/decisions/0014-entry-package.md.
+into a process. See specs/decisions/0015-entry-package.md.
 """

@@ -40,7 +40,7 @@ def test_reference_ids_and_round_trip(tok, case):
 
 
 def test_model_facts(tok, metadata):
-    assert tok.kind == "gpt2-bpe"
+    assert tok.kind == "gguf-bpe"
     assert tok.vocab_size == len(metadata["tokenizer.ggml.tokens"]) == 49152
     assert (tok.bos_id, tok.eos_id) == (
         metadata["tokenizer.ggml.bos_token_id"],
