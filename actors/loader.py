@@ -299,7 +299,7 @@ async def run_loader(
     # as the worker: move it out of the collector's view, so a full collection while streaming
     # scans only new objects instead of pausing the threads ~10-15 ms (a /health or cancel
     # latency spike). Garbage among these objects, if any, is simply kept. `worker-orcd` turns
-    # the collector off for the startup (runtime.cli); from here on it runs again.
+    # the collector off for the startup (worker_orcd.boot); from here on it runs again.
     gc.freeze()
     gc.enable()
     task_status.started(LoadedModel(info, model_facts, facts.backend))

@@ -102,3 +102,22 @@ class NonFiniteLogits(WorkerError):
             f"the model computed non-finite logits for output token {draw} ({detail}); "
             "the model file or its numbers are broken, so the job is stopped"
         )
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The first non-cancellation leaf of a (possibly nested) exception group."""
+    import trio  # here, not at the top: `--help` and the startup's first steps need no trio
+
+    while isinstance(error, BaseExceptionGroup):
+        leaves = [e for e in error.exceptions if not isinstance(e, trio.Cancelled)] or list(
+            error.exceptions
+        )
+        error = leaves[0]
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """`Type: message` of the first real error inside `error` (for crash narration)."""
+    error = first_error(error)
+    message = getattr(error, "message", None) or str(error)
+    return f"{type(error).__name__}: {message}"

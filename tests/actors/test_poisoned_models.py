@@ -22,10 +22,10 @@ import trio
 
 from actors.loader import default_engine_loader, open_model_info
 from actors.supervisor import Worker, run_worker
+from api.app import create_app
 from api.sse import SSEParser, check_grammar
-from runtime.cli import first_error
 from runtime.config import WorkerConfig
-from runtime.errors import ModelLoadError
+from runtime.errors import ModelLoadError, first_error
 from runtime.gguf_header import read_header
 from runtime.narration import Narrator
 from runtime.sampling import SamplingParams
@@ -44,7 +44,7 @@ async def _serve(path: Path, **config):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 lambda task_status: run_worker(
-                    worker, handle_signals=False, task_status=task_status
+                    worker, create_app(worker.service), task_status=task_status
                 )
             )
             async with httpx.AsyncClient(base_url=binds[0], timeout=10.0) as client:

@@ -3,7 +3,7 @@
 A bounded, derandomized hypothesis run (the same examples on every CI run) over JSON bodies that
 lean towards the real field names, with values of every JSON type nested anywhere: a `role`
 that is an object, `content` that is a list, NaN and huge integers, junk keys. The validator
-must return an `ExecuteRequest` whose values are in range, or raise `InvalidRequest` naming a
+must return a `GenerationRequest` whose values are in range, or raise `InvalidRequest` naming a
 field; any other exception (TypeError from an unhashable role, OverflowError, ...) is the 500 a
 client must never see. REL-5.
 """
@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from api.validation import (
     EXECUTE_FIELDS,
     MAX_MESSAGES,
-    ExecuteRequest,
     parse_json_object,
     validate_cancel,
     validate_execute,
 )
 from runtime.errors import ErrorCode, InvalidRequest
+from runtime.request import ChatMessage, GenerationRequest
 
 BOUNDED = settings(
     max_examples=200,
@@ -71,7 +71,7 @@ bodies = st.dictionaries(field_names, json_values, max_size=6) | st.fixed_dictio
 )
 
 
-def _check_valid(request: ExecuteRequest) -> None:
+def _check_valid(request: GenerationRequest) -> None:
     p = request.params
     assert 1 <= request.max_tokens <= 2048
     assert 0.0 <= p.temperature <= 2.0 and math.isfinite(p.temperature)
@@ -79,8 +79,8 @@ def _check_valid(request: ExecuteRequest) -> None:
     assert 0.0 < p.repetition_penalty <= 2.0 and 0 <= p.top_k < 2**31
     assert (request.prompt is None) != (request.messages is None)
     for message in request.messages or ():
-        assert set(message) == {"role", "content"}
-        assert isinstance(message["role"], str) and isinstance(message["content"], str)
+        assert isinstance(message, ChatMessage)
+        assert isinstance(message.role, str) and isinstance(message.content, str)
     assert 1 <= len(request.messages or [None]) <= MAX_MESSAGES
 
 
