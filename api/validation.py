@@ -15,6 +15,7 @@ import secrets
 
 import attrs
 
+from runtime.chat import MAX_MESSAGES
 from runtime.errors import InvalidRequest
 from runtime.sampling import SamplingParams
 
@@ -24,7 +25,6 @@ MAX_TOKENS_LIMIT = 2048
 DEFAULT_MAX_TOKENS = 256
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 100
-MAX_MESSAGES = 256
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 SEED_LIMIT = 2**64 - 1
 # top_k travels to the GPU kernels as an int32; any value above the vocabulary size already
@@ -141,7 +141,7 @@ def _messages(value: object) -> tuple[dict, ...]:
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise InvalidRequest(f"{where} must be an object with role and content", field=where)
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
             raise InvalidRequest(
                 f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role"
             )

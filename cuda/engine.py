@@ -36,7 +36,13 @@ from cuda.quant_ops import sources as quant_sources
 from cuda.sampler import GpuSampler
 from cuda.weights import check_model, file_bytes, upload_weights
 from runtime.engine_api import ProgressCallback, ResidencyReport
-from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError
+from runtime.errors import (
+    CudaError,
+    InsufficientVram,
+    InvalidRequest,
+    ModelLoadError,
+    NonFiniteLogits,
+)
 from runtime.gguf_file import GGUFModel
 from runtime.progress import ProgressReporter
 from runtime.sampling import SamplingParams
@@ -241,6 +247,10 @@ class CudaEngine:
             else:
                 token = self.sampler.sample(params, history, draw)
                 self._greedy_ready = False  # token_host now holds this choice
+        if token < 0:  # the kernels' flag (cuda/kernels/sampling.cu): a logit is NaN or inf
+            self._greedy_ready = False
+            self._last_sampled = None  # ids[0] holds the flag, not a token: never step on it
+            raise NonFiniteLogits.at(draw, "flagged by the GPU sampler")
         self._last_sampled = token
         return token
 

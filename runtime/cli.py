@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cuda backend: cap on the VRAM the model may hold; over it the load fails "
         "with INSUFFICIENT_VRAM (default: no cap but the card's free memory)",
     )
+    parser.add_argument(
+        "--check-tensors",
+        action="store_true",
+        help="before loading, check every weight for NaN and infinity (a full pass over the file)",
+    )
     return parser
 
 
@@ -95,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),
             "max_vram_bytes": None if args.max_vram_bytes is None else str(args.max_vram_bytes),
+            "check_tensors": "1" if args.check_tensors else None,
         }
     )
 

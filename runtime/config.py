@@ -24,6 +24,16 @@ def _positive(_instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _flag(raw: str) -> bool:
+    """A boolean setting: 1/true/yes/on or 0/false/no/off (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
+
+
 def default_worker_id() -> str:
     return f"worker-{socket.gethostname()}-{os.getpid()}"
 
@@ -46,6 +56,8 @@ class WorkerConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
     max_vram_bytes: int | None = attrs.field(default=None, validator=_positive)
+    # before loading, dequantize every tensor and refuse the model if any holds NaN or inf
+    check_tensors: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str | None]) -> WorkerConfig:
@@ -62,6 +74,7 @@ class WorkerConfig:
             "queue_size": int,
             "drain_timeout_s": float,
             "max_vram_bytes": int,
+            "check_tensors": _flag,
         }
         kwargs = {}
         for name, convert in converters.items():

@@ -25,6 +25,7 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "CONFLICT"
     NOT_FOUND = "NOT_FOUND"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    NON_FINITE_LOGITS = "NON_FINITE_LOGITS"
 
 
 #: Codes after which the same request may succeed if simply sent again.
@@ -86,3 +87,18 @@ class CudaError(WorkerError):
 
 class Cancelled(WorkerError):
     code = ErrorCode.CANCELLED
+
+
+class NonFiniteLogits(WorkerError):
+    """The model computed a NaN or infinite logit: the job ends with this error, never with a
+    token picked from garbage (an argmax over NaN is token 0, often EOS: a silent empty answer).
+    Not retriable: the same request computes the same numbers. The worker goes on serving."""
+
+    code = ErrorCode.NON_FINITE_LOGITS
+
+    @classmethod
+    def at(cls, draw: int, detail: str) -> NonFiniteLogits:
+        return cls(
+            f"the model computed non-finite logits for output token {draw} ({detail}); "
+            "the model file or its numbers are broken, so the job is stopped"
+        )

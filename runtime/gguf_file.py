@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType
 from runtime import quants
 from runtime.errors import ModelLoadError
 from runtime.gguf_header import read_header
+from runtime.model_checks import check_model
 from runtime.model_config import ModelConfig
 from runtime.models import Family, get_family
 from runtime.models.plan import BoundPlan, Slot
@@ -172,6 +173,7 @@ def _open(path: Path) -> GGUFModel:
         tensors[info.name] = TensorRecord(info.name, info.qtype, info.shape, raw, info.offset)
     config, plan = family.open(metadata, tensors)
     _check_unused(plan, config, tensors)
+    check_model(config, tensors.values())  # parses, but is it fit to serve? (REL-7)
     return GGUFModel(path, data, metadata, tensors, family, config, plan)
 
 

@@ -205,6 +205,10 @@ class NumpyEngine:
 
     # -- the forward pass ----------------------------------------------------------------------
 
+    # A broken model (NaN or huge weights) overflows here; numpy would print a RuntimeWarning to
+    # stderr, a line that is not narration JSON. The numbers go on quietly instead, and the
+    # sampler refuses the non-finite logits they lead to (NonFiniteLogits, REL-5/REL-7).
+    @np.errstate(all="ignore")
     def _forward(self, tokens: Sequence[int], *, all_logits: bool) -> np.ndarray:
         if self._closed:
             raise RuntimeError("the engine is closed")

@@ -37,6 +37,7 @@ FLAGS = [
     "--max-context",
     "--residency-interval",
     "--queue-size",
+    "--check-tensors",
 ]
 
 

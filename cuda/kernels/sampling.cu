@@ -13,6 +13,12 @@
 // is the block's (deterministic) tree sum instead of the sequential one.
 // The penalty marks ids in `marks` (vocab bytes, all zero between calls) so each id is penalized
 // once and membership is O(1); pen_ids must be distinct (the host passes np.unique(history)).
+// Non-finite logits: every kernel here writes id -1 when any logit is NaN or +-inf (the host
+// raises NonFiniteLogits; a token picked from NaN would be garbage, often a silent EOS). The
+// scan that finds the maximum carries the flag as the pair (+inf, -1), which wins every later
+// comparison, so the flag costs one isfinite per logit already loaded and no extra reduction.
+// So ids that must never be sampled (padding rows of the head) are kept out by the length
+// passed as `vocab` (runtime.models.vocab.sampled_prefix), never by writing -inf into logits.
 #include <stdint.h>
 
 #include "pdl.cuh"
@@ -92,6 +98,10 @@ extern "C" __global__ void __launch_bounds__(ST)
     int best_id = 0x7FFFFFFF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         double x = (double)logits[i];
+        if (!isfinite(x)) {  // the non-finite flag: (+inf, -1) wins the argmax
+            best = INFINITY, best_id = -1;
+            break;
+        }
         if (n_pen > 0 && marks[i]) x = penalize(x, penalty);
         if (x > best) best = x, best_id = i;  // ascending i per thread: first maximum kept
     }
@@ -222,6 +232,10 @@ extern "C" __global__ void __launch_bounds__(ST)
     int best_id = 0x7FFFFFFF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         double x = (double)logits[i];
+        if (!isfinite(x)) {  // the non-finite flag: (+inf, -1) wins the argmax
+            best = INFINITY, best_id = -1;
+            break;
+        }
         if (n_pen > 0 && marks[i]) x = penalize(x, penalty);
         x /= temperature;
         xs[i] = x;
@@ -232,6 +246,10 @@ extern "C" __global__ void __launch_bounds__(ST)
     const int argmax_id = s_id[0];
     const double x_min = x_max - NEGLIGIBLE;
     mark_ids(marks, pen_ids, n_pen, 0);
+    if (argmax_id < 0) {  // block-uniform (shared): every thread leaves here
+        if (threadIdx.x == 0) *out = -1;
+        return;
+    }
     // 2. candidates: count, total weight (tree sum), count of w >= min_p
     int cnt = 0, nmin = 0;
     double wsum = 0.0;
@@ -353,6 +371,10 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
     int best_id = 0x7FFFFFFF;
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float x = __ldcg(logits + i);  // written by the head (PDL: no .nc load)
+        if (!isfinite(x)) {  // the non-finite flag: (+inf, -1) wins every block and the last
+            best = INFINITY, best_id = -1;
+            break;
+        }
         if (x > best) best = x, best_id = i;
     }
     block_argmax_f(best, best_id);
