@@ -142,12 +142,26 @@ class _Uploader:
         return self.put(name, [_vector_f32(r) for r in recs], sum(r.nbytes for r in recs))
 
 
+#: the transformer blocks (Family.block) that cuda/forward.py runs. gemma3's kernels exist
+#: (decision 0012) but its layer sequence is not wired yet: loading it would run the llama
+#: block on gemma's weights, without its q/k and post norms, window or GELU, and stream
+#: plausible-looking wrong tokens. Refused until then (the cpu backend serves it).
+BLOCKS = frozenset({"llama"})
+
+
 def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
     """ModelLoadError for what the CUDA engine cannot run, found from the file alone (no GPU):
-    sizes, rope, the head size (attention kernels) and every matrix (`check_matrices`)."""
+    the family's block, sizes, rope, the head size (attention kernels) and every matrix
+    (`check_matrices`)."""
     if max_context < 1 or max_chunk < 1:
         raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
     c = model.config
+    block = model.family.block
+    if block not in BLOCKS:
+        raise ModelLoadError(
+            f"{model.path}: the cuda backend does not run the {block} block ({c.arch}) yet; "
+            "serve it with --backend cpu"
+        )
     if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
         raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")
     if not head_dim_supported(c.head_dim):

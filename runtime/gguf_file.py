@@ -43,9 +43,10 @@ class TensorRecord:
     def nbytes(self) -> int:
         return int(self.raw.nbytes)
 
-    def dequantize(self) -> np.ndarray:
-        """float32 array of `.shape` (a fresh copy, not memory-mapped)."""
-        return quants.dequantize(self.raw, self.qtype, self.shape)
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 array of `.shape`: a fresh copy (not memory-mapped), or written into `out`
+        (contiguous float32 of as many values)."""
+        return quants.dequantize(self.raw, self.qtype, self.shape, out)
 
 
 class GGUFModel:

@@ -38,6 +38,7 @@ def _variant(model, *, config=None, tensor=None):
         config=config or model.config,
         tensors=tensors,
         quant_kind=model.quant_kind,
+        family=model.family,
     )
 
 
@@ -80,3 +81,16 @@ def test_an_mxfp4_matrix_is_refused_until_the_kernels_decode_it(model):
     bad = attrs.evolve(model.weight("ffn_up", 1), qtype=Q.MXFP4)
     with pytest.raises(ModelLoadError, match=r"blk\.1\.ffn_up\.weight.*unsupported type MXFP4"):
         CudaEngine.load(_variant(model, tensor=bad), max_context=64)
+
+
+def test_a_family_whose_block_is_not_wired_is_refused_before_any_gpu_work(model):
+    """gemma3's block is not on the CUDA engine yet: loading it must not run llama's block on
+    its weights (no q/k or post norms, window, GELU), it is refused naming the backend to use."""
+    from runtime.models import FAMILIES
+
+    gemma_like = attrs.evolve(model.family, block="gemma3", name="gemma3")
+    variant = _variant(model)
+    variant.family = gemma_like
+    assert FAMILIES["gemma3"].block == "gemma3"
+    with pytest.raises(ModelLoadError, match="does not run the gemma3 block .*--backend cpu"):
+        CudaEngine.load(variant, max_context=64)
