@@ -185,7 +185,7 @@ class QuantKernels:
         """Prepare the decode kernels of `family` ("base" / "mr") that `module` holds: those of
         every kind (or `only` one) for `qtype`, or the segmented ones (qtype None: they take
         every type; named kernel, and kernel + "_norm" for the fused RMSNorm)."""
-        for kind in (("seg",) if qtype is None else (only,) if only else ("mv", "norm", "glu")):
+        for kind in ("seg",) if qtype is None else (only,) if only else ("mv", "norm", "glu"):
             for name, var in mvv.VARIANTS[kind].items():
                 if var.module != family:
                     continue

@@ -20,7 +20,6 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from gguf import GGMLQuantizationType as Q
 
 from cuda.compile import KERNEL_DIR, NVCC_OPTIONS
