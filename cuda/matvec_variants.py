@@ -8,7 +8,9 @@ Four kinds of decode product (cuda/quant_ops.py's launchers): "mv" (`matvec`), "
   4096 rows), "wide" / "wide4" (2 / 4 warps per row, long rows); "plain" for glu and seg.
 - quant_matvec_mr.cu's ("mr-<cfg>"): RPW rows per warp group, WPR warps per row, U slot rounds of
   every row loaded before any is decoded (the first chunk before the PDL wait), WPB warps per
-  block; built with GGML_FAST_CVT=1 (exact integer->float without I2F). The configurations
+  block; built with GGML_FAST_CVT=1 (exact integer->float without I2F). "mr-p*" (norm only,
+  rows of <= 1024 values) are persistent: as many blocks as fit, x * g kept in registers, the
+  next row group's loads in flight while the current one is decoded. The configurations
   below must match that file's MVX_KERNELS lists (test_launcher_signatures checks the names).
 
 `MATVEC_DEFAULTS` picks the variant of each shape class; adopting what
@@ -35,6 +37,11 @@ class Variant(NamedTuple):
     wpr: int  # warps per group
     wpb: int  # warps per thread block
     rounds: int = 0  # mr: slot rounds per chunk (U); 0 for the base kernels
+    persistent: bool = False  # a grid that fills the GPU once, warps looping over groups
+
+    def max_cols(self) -> int | None:
+        """The longest row a persistent variant takes (its lanes' slots: 32 U), else None."""
+        return 8 * 32 * self.rounds if self.persistent else None
 
     @property
     def per_block(self) -> int:
@@ -73,7 +80,7 @@ MR_CONFIGS: dict[str, dict[str, tuple[int, int, int, int]]] = {
     },
     "norm": {
         "r1": (1, 1, 4, 4), "r2": (2, 1, 4, 4), "r4": (4, 1, 4, 4), "r8": (8, 1, 4, 4),
-        "r4b8": (4, 1, 4, 8),
+        "r4b8": (4, 1, 4, 8), "p2": (2, 1, 4, 4), "p4": (4, 1, 4, 4), "p2b8": (2, 1, 4, 8),
     },
     "glu": {"r2": (2, 1, 4, 4), "r4": (4, 1, 4, 4), "r2b8": (2, 1, 4, 8), "r4b8": (4, 1, 4, 8)},
     "seg": {"r1": (1, 1, 4, 4), "r2": (2, 1, 4, 4), "r1b8": (1, 1, 4, 8)},
@@ -88,7 +95,8 @@ def _mr_variants(kind: str) -> dict[str, Variant]:
     for cfg, (rpw, wpr, rounds, wpb) in MR_CONFIGS[kind].items():
         outs = rpw // 2 if kind == "glu" else rpw
         kernel = _MR_KERNEL[kind].replace("{cfg}", cfg)
-        out[f"mr-{cfg}"] = Variant("mr", kernel, outs, wpr, wpb, rounds)
+        persistent = cfg.startswith("p")  # mr_persist: x * g in registers, rows <= 32 U slots
+        out[f"mr-{cfg}"] = Variant("mr", kernel, outs, wpr, wpb, rounds, persistent)
     return out
 
 
@@ -128,6 +136,9 @@ def default_variant(kind: str, qtype: Q, rows: int, cols: int, table=None) -> st
     name = table.get(f"{key}.{Q(qtype).name}", table.get(key, "plain"))
     if name not in VARIANTS[kind]:
         raise ValueError(f"unknown {kind} variant {name!r} for {key}")
+    limit = VARIANTS[kind][name].max_cols()
+    if limit is not None and cols > limit:  # a persistent head variant: rows too long for it
+        name = "tall" if key.endswith(".tall") else "plain"
     return name
 
 

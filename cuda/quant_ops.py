@@ -158,6 +158,7 @@ class QuantKernels:
         emb, mm = _module("quant_embed.cu", driver=True), _module("quant_matmul.cu")
         #: (kind, variant, qtype or None, act or None) -> prepared decode kernel
         self._dec: dict[tuple, Any] = {}
+        self._resident: dict[int, int] = {}  # id(kernel) -> grid of a persistent variant
         self._embed: dict[Q, Any] = {}
         self._mm: dict[tuple[str, Q], Any] = {}
         self._prepare_decode(mv, "base", None, None)  # matvec_seg, matvec_seg_norm
@@ -203,6 +204,13 @@ class QuantKernels:
                     letters = _ARGS if kind == "mv" else _NORM_ARGS
                     fn = module.get_function(f"{var.kernel}_{suffix}").prepare(letters)
                     self._dec[kind, name, qtype, None] = fn
+
+    def _resident_blocks(self, fn, var) -> int:
+        """The grid of a persistent variant: as many blocks as are resident at once."""
+        key = id(fn)
+        if key not in self._resident:
+            self._resident[key] = fn.max_active_blocks(32 * var.wpb) * self.num_sms
+        return self._resident[key]
 
     def _decode(self, kind: str, qtype, rows: int, cols: int, name: str | None, extra=None):
         """(prepared kernel, Variant) of this product: `name`, else the default variant."""
@@ -299,8 +307,13 @@ class QuantKernels:
         if rows <= 0:
             return
         fn, var = self._decode("norm", qtype, rows, cols, variant)
+        blocks = var.blocks(rows)
+        if var.persistent:
+            if cols > var.max_cols():
+                raise ValueError(f"norm variant {variant!r} takes rows of <= {var.max_cols()} values")
+            blocks = min(blocks, self._resident_blocks(fn, var))
         fn.prepared_async_call(
-            (var.blocks(rows), 1), (32 * var.wpb, 1, 1), stream,
+            (blocks, 1), (32 * var.wpb, 1, 1), stream,
             int(w_ptr), rows, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(y_ptr),
             int(accumulate), pdl=pdl,
         )  # fmt: skip

@@ -147,6 +147,85 @@ __device__ __forceinline__ void mr_grid(const uint8_t *__restrict__ W, int rows,
                                              group * P);
 }
 
+// Persistent form for the output heads (matvec_norm over 49k..262k rows of <= 32 U slots):
+// a grid of as many blocks as fit on the GPU, each warp looping over groups of RPW rows with a
+// stride of the grid's warps. x * g (and 1 / rms) are computed once per warp and kept in
+// registers (a lane's columns are the same in every row): the per-row-group x and g loads and
+// the per-warp norm of the other forms go away, which for a 151,936-row head are most of the
+// L1 traffic besides the weights. The next group's raw loads are issued before the current
+// group is decoded, so a warp always has a group's bytes in flight. Per row the arithmetic is
+// mr_group's (and quant_matvec.cu's plain / tall kernels'): the same slots, order and products.
+// Rows must have at most 32 U slots (cuda/quant_ops.py checks); WPR = 1.
+template <class T, int RPW, int U, int WPB>
+__device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int rows, int cols,
+                                           const float *__restrict__ x,
+                                           const float *__restrict__ g, float eps,
+                                           float *__restrict__ y, int accumulate) {
+    constexpr int NS = T::QK / 8;
+    const int lane = threadIdx.x & 31;
+    const int nblk = cols / T::QK, nslot = nblk * NS;
+    const size_t row_bytes = (size_t)nblk * T::BYTES;
+    const int n_groups = (rows + RPW - 1) / RPW;
+    const int stride = gridDim.x * WPB;
+    int grp = blockIdx.x * WPB + (threadIdx.x >> 5);
+    pdl_trigger();
+    typename T::Raw cur[U][RPW], nxt[U][RPW];
+    auto load = [&](typename T::Raw(&raw)[U][RPW], int group) {
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) {
+            const uint8_t *wr = W + (size_t)min(group * RPW + r, rows - 1) * row_bytes;
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+                if (u * 32 < nslot) {  // warp-uniform: rounds the row has
+                    const int sc = min(lane + u * 32, nslot - 1);
+                    raw[u][r] = T::raw(wr + (size_t)(sc / NS) * T::BYTES, sc % NS);
+                }
+        }
+    };
+    if (grp < n_groups) load(cur, grp);
+    pdl_wait();
+    const float inv = rms_inv(x, cols, eps, lane);
+    float4 xa[U], xc[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int sc = min(lane + u * 32, nslot - 1), b = sc / NS, k = sc % NS;
+        x_slot<true>(x, g, b * T::QK + T::P0(k), b * T::QK + T::P1(k), xa[u], xc[u]);
+    }
+    for (; grp < n_groups; grp += stride) {
+        if (grp + stride < n_groups) load(nxt, grp + stride);
+        float acc[RPW];
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) acc[r] = 0.f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int s = lane + u * 32;
+            if (u * 32 < nslot && s < nslot) {
+                const int k = s % NS;
+#pragma unroll
+                for (int r = 0; r < RPW; ++r) {
+                    float4 a, c;
+                    T::decode(cur[u][r], k, a, c);
+                    acc[r] += dot8(a, c, xa[u], xc[u]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+            const int out = grp * RPW + r;
+            if (lane == 0 && out < rows) {
+                const float v = acc[r] * inv;
+                y[out] = accumulate ? __ldcg(y + out) + v : v;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int r = 0; r < RPW; ++r) cur[u][r] = nxt[u][r];
+    }
+}
+
 #define MVX_ARGS const uint8_t *__restrict__ W, int rows, int cols, const float *__restrict__ x
 #define MVX_OUT float *__restrict__ y, int accumulate
 #define MVX_NORM const float *__restrict__ g, float eps
@@ -187,7 +266,14 @@ __device__ __forceinline__ void mr_grid(const uint8_t *__restrict__ W, int rows,
     MVX_K(norm, r2, sfx, true, GLU_NONE, 2, 1, 4, 4)      \
     MVX_K(norm, r4, sfx, true, GLU_NONE, 4, 1, 4, 4)      \
     MVX_K(norm, r8, sfx, true, GLU_NONE, 8, 1, 4, 4)      \
-    MVX_K(norm, r4b8, sfx, true, GLU_NONE, 4, 1, 4, 8)
+    MVX_K(norm, r4b8, sfx, true, GLU_NONE, 4, 1, 4, 8)       \
+    MVX_P(p2, sfx, 2, 4, 4)                                  \
+    MVX_P(p4, sfx, 4, 4, 4)                                  \
+    MVX_P(p2b8, sfx, 2, 4, 8)
+#define MVX_P(cfg, sfx, RPW, U, WPB)                                                       \
+    MVX_SIG(mvx_norm_##cfg##_##sfx, WPB, MVX_ARGS, MVX_NORM, MVX_OUT) {                   \
+        mr_persist<ggml::MVX_T, RPW, U, WPB>(W, rows, cols, x, g, eps, y, accumulate);     \
+    }
 #else
 #define MVX_GLU(cfg, sfx, RPW, WPB)                                \
     MVX_K(swiglu, cfg, sfx, true, GLU_SILU, RPW, 1, 4, WPB)        \
