@@ -33,7 +33,7 @@
 #include "pdl.cuh"
 
 #ifndef MVX_PART
-#define MVX_PART 0  // 0: mv, 1: norm, 2: glu, 3: seg
+#define MVX_PART 3  // 0: mv, 1: norm, 2: glu (each for one type, MVX_T), 3: seg (every type)
 #endif
 
 // One row group: RPW rows (GLU: RPW / 2 gate rows and their up rows) whose outputs start at
