@@ -123,15 +123,27 @@ def _summary(cases, results) -> None:
             best += min(r["us"] for r in rows) * case.count
         print(f"  {model:8s} today {now:8.1f} us   fastest per product {best:8.1f} us   "
               f"saves {now - best:6.1f} us")  # fmt: skip
-    print("\nMATVEC_DEFAULTS entries that adopt the fastest (cuda/matvec_variants.py; '+cvt' "
-          "winners of quant_matvec.cu's kernels: set quant_ops.FAST_CVT = True):")  # fmt: skip
+    print("\nMATVEC_DEFAULTS entries (cuda/matvec_variants.py) that adopt the fastest: per key, the "
+          "variant with the least time summed over the products that share the key (x their "
+          "launches per step); a '+cvt' winner means quant_ops.FAST_CVT = True for it:")  # fmt: skip
+    by_key: dict[str, list] = {}
     for case in cases:
-        rows = results.get(case.label)
-        if rows:
-            win = next(r for r in rows if r["fastest"])
-            name = win["variant"].removesuffix("+cvt")
-            print(f'    "{case.default_key()}": "{name}",  # {case.model} {case.product}: '
-                  f"{win['us']:.2f} us ({win['pct_peak']:.0f} % of peak)")  # fmt: skip
+        if results.get(case.label):
+            by_key.setdefault(case.default_key(), []).append(case)
+    for key, group in by_key.items():
+        totals: dict[str, float] = {}
+        for case in group:
+            for r in results[case.label]:
+                totals[r["variant"]] = totals.get(r["variant"], 0.0) + r["us"] * case.count
+        common = [v for v in totals if all(
+            any(r["variant"] == v for r in results[c.label]) for c in group)]  # fmt: skip
+        win = min(common, key=totals.__getitem__)
+        today = next(r["variant"] for r in results[group[0].label] if r["default"])
+        own = {c.product: next(r["variant"] for r in results[c.label] if r["fastest"])
+               for c in group}  # fmt: skip
+        print(f'    "{key}": "{win.removesuffix("+cvt")}",  # {win}: {totals[win]:.1f} us per step '
+              f"vs {today} {totals[today]:.1f} ({', '.join(c.model + ' ' + c.product for c in group)}"
+              f"{'; own winners ' + str(own) if len(set(own.values())) > 1 else ''})")  # fmt: skip
 
 
 def run(cases, variants, args) -> None:

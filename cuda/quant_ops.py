@@ -310,7 +310,9 @@ class QuantKernels:
         blocks = var.blocks(rows)
         if var.persistent:
             if cols > var.max_cols():
-                raise ValueError(f"norm variant {variant!r} takes rows of <= {var.max_cols()} values")
+                raise ValueError(
+                    f"norm variant {variant!r} takes rows of <= {var.max_cols()} values"
+                )
             blocks = min(blocks, self._resident_blocks(fn, var))
         fn.prepared_async_call(
             (blocks, 1), (32 * var.wpb, 1, 1), stream,
