@@ -278,11 +278,25 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
 #define MVX_GLU(cfg, sfx, RPW, WPB)                                \
     MVX_K(swiglu, cfg, sfx, true, GLU_SILU, RPW, 1, 4, WPB)        \
     MVX_K(geglu, cfg, sfx, true, GLU_GELU, RPW, 1, 4, WPB)
+// r2o: one pair per warp with registers capped for 10 blocks of 4 warps per SM (<= 51), so
+// qwen2's 1,216 blocks are resident at once (r2 takes 64 registers: 8 blocks, 1,056)
+#define MVX_GLU_O(cfg, sfx, RPW, WPB, MINB)                                                      \
+    extern "C" __global__ void __launch_bounds__(WPB * 32, MINB)                                 \
+        mvx_swiglu_##cfg##_##sfx(MVX_ARGS, MVX_NORM, MVX_OUT) {                                 \
+        mr_grid<ggml::MVX_T, RPW, 1, 4, WPB, true, GLU_SILU>(W, rows, cols, x, g, eps, y,       \
+                                                             accumulate);                       \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(WPB * 32, MINB)                                 \
+        mvx_geglu_##cfg##_##sfx(MVX_ARGS, MVX_NORM, MVX_OUT) {                                  \
+        mr_grid<ggml::MVX_T, RPW, 1, 4, WPB, true, GLU_GELU>(W, rows, cols, x, g, eps, y,       \
+                                                             accumulate);                       \
+    }
 #define MVX_KERNELS(sfx)         \
     MVX_GLU(r2, sfx, 2, 4)       \
     MVX_GLU(r4, sfx, 4, 4)       \
     MVX_GLU(r2b8, sfx, 2, 8)     \
-    MVX_GLU(r4b8, sfx, 4, 8)
+    MVX_GLU(r4b8, sfx, 4, 8)     \
+    MVX_GLU_O(r2o, sfx, 2, 4, 10)
 #endif
 #define MVX_EXPAND(sfx) MVX_KERNELS(sfx)  // expands MVX_SFX before the ## pasting
 MVX_EXPAND(MVX_SFX)

@@ -26,7 +26,7 @@ def _configs_in_source() -> dict[str, dict[str, tuple[int, int, int, int]]]:
         found["norm"][m[1]] = (int(m[2]), int(m[3]), int(m[4]), int(m[5]))
     for m in re.finditer(rf"MVX_P\((\w+), sfx,{num},{num},{num}\)", text):
         found["norm"][m[1]] = (int(m[2]), 1, int(m[3]), int(m[4]))
-    for m in re.finditer(rf"MVX_GLU\((\w+), sfx,{num},{num}\)", text):
+    for m in re.finditer(rf"MVX_GLU(?:_O)?\((\w+), sfx,{num},{num}(?:,{num})?\)", text):
         found["glu"][m[1]] = (int(m[2]), 1, 4, int(m[3]))  # MVX_GLU: U = 4, WPR = 1
     for m in re.finditer(rf"MVX_SEG_K\((\w+),{num},{num}\)", text):
         found["seg"][m[1]] = (int(m[2]), 1, 4, int(m[3]))  # mr_seg: U = 4, WPR = 1
