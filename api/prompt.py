@@ -43,7 +43,11 @@ def prompt_token_ids(
     """
     if request.messages is not None:
         if not info.chat_template:
-            raise InvalidRequest("this model has no chat template; send a prompt", field="messages")
+            raise InvalidRequest(
+                "this model has no chat template (a base model such as Gemma 3 270M): "
+                "'messages' cannot be rendered; send the text as 'prompt' instead",
+                field="messages",
+            )
         from runtime.chat import render_chat
 
         try:

@@ -26,14 +26,15 @@ from cuda import errors as cuda_errors
 from cuda import graph as cuda_graph
 from cuda import residency
 from cuda.compile import prefetch
-from cuda.forward import Forward, buffer_bytes, split_levels, splits_for
+from cuda.estimate import CHECKSUM_SLOTS, DEFAULT_MAX_CHUNK, vram_needed
+from cuda.forward import Forward, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
 from cuda.ops import Ops
 from cuda.ops import sources as ops_sources
 from cuda.quant_ops import QuantKernels
 from cuda.quant_ops import sources as quant_sources
-from cuda.sampler import GpuSampler, workspace_bytes
-from cuda.weights import check_model, file_bytes, upload_weights, weight_bytes
+from cuda.sampler import GpuSampler
+from cuda.weights import check_model, file_bytes, upload_weights
 from runtime.engine_api import ProgressCallback, ResidencyReport
 from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError
 from runtime.gguf_file import GGUFModel
@@ -42,22 +43,8 @@ from runtime.sampling import SamplingParams
 
 #: VRAM kept free beyond our own buffers: kernel code, the graph, driver bookkeeping
 HEADROOM_BYTES = 64 << 20
-#: tokens per prefill pass (longer prompts are split); scratch is sized for this many
-DEFAULT_MAX_CHUNK = 512
-#: residency checksums computed per batch (one launch each, one copy back per batch)
-CHECKSUM_SLOTS = 512
 
-
-def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
-    """Bytes of VRAM the engine allocates for this model (weights + KV cache + scratch)."""
-    c = model.config
-    max_chunk = min(max_chunk, max_context)  # as load() clamps it
-    return (
-        weight_bytes(model)
-        + buffer_bytes(c, max_context, max_chunk)
-        + workspace_bytes(c.vocab_size)
-        + 8 * CHECKSUM_SLOTS
-    )
+__all__ = ["CHECKSUM_SLOTS", "DEFAULT_MAX_CHUNK", "CudaEngine", "vram_needed"]
 
 
 class CudaEngine:

@@ -1,12 +1,14 @@
-"""Upload a GGUF model's weights to VRAM, tensor by tensor, in their quantized form.
+"""Upload a GGUF model's weights to VRAM, slot by slot of its weight plan, in quantized form.
 
-Matrices keep the file's raw bytes (rows of GGML blocks), copied straight from the memory map.
-Projections that read the same input are laid out back to back when their types agree: q|k|v
-become one `blk.N.attn_qkv` allocation and gate|up one `blk.N.ffn_gate_up`, so a decode step
-needs one matrix-vector launch for each group instead of three or two. Where the types differ
-(mixed-quant files), each matrix gets its own allocation and the forward pass launches one
-product per `Segment`, writing into the same output rows. Norm weights and biases are stored as
-float32. Each allocation's checksum window (cuda.residency) is computed here from the bytes sent.
+The file's weight plan (`GGUFModel.plan`, runtime.models) says what to upload: one allocation
+per slot and layer, named by the slot (`Slot.alloc`). Matrices keep the file's raw bytes (rows
+of GGML blocks), copied straight from the memory map. A slot of several matrices (q|k|v, gate|up:
+projections that read the same input) is laid out back to back when their types agree, as one
+`blk.N.attn_qkv` or `blk.N.ffn_gate_up` allocation, so a decode step needs one matrix-vector
+launch per group. Where the types differ (mixed-quant files), each matrix gets its own
+allocation and the forward pass launches one product per `Segment`, writing into the same output
+rows. Vector slots (norm weights, biases) are stored as float32. Each allocation's checksum
+window (cuda.residency) is computed here from the bytes sent. `weight_bytes` sums the same plan.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cuda.ops import head_dim_supported
 from cuda.quant_ops import QuantKernels
 from runtime.errors import ModelLoadError
 from runtime.gguf_file import GGUFModel, TensorRecord
+from runtime.models.plan import Slot
 from runtime.progress import ProgressReporter
 
 
@@ -40,13 +43,24 @@ class Segment:
 
 @attrs.frozen
 class LayerWeights:
+    """One layer's device pointers, a field per slot of the plan (fields of slots the file or
+    the family lacks are None)."""
+
     attn_norm: int  # (d_model,) f32
     ffn_norm: int  # (d_model,) f32
     qkv: tuple[Segment, ...]  # output rows q | k | v
-    qkv_bias: int | None  # (q_dim + 2 kv_dim,) f32
     attn_output: Segment
     gate_up: tuple[Segment, ...]  # output rows gate | up
     down: Segment
+    qkv_bias: int | None = None  # (q_dim + 2 kv_dim,) f32
+    q_norm: int | None = None  # gemma3: (head_dim,) f32, per-head RMSNorm of q
+    k_norm: int | None = None  # gemma3: (head_dim,) f32
+    post_attn_norm: int | None = None  # gemma3: (d_model,) f32, on the attention output
+    post_ffn_norm: int | None = None  # gemma3: (d_model,) f32, on the FFN output
+
+
+#: matrix slots uploaded as a group of segments (the others are one Segment)
+GROUPS = frozenset({"qkv", "gate_up"})
 
 
 @attrs.frozen
@@ -63,38 +77,27 @@ def _vector_f32(rec: TensorRecord) -> np.ndarray:
     return rec.dequantize().astype("<f4").reshape(-1).view(np.uint8)
 
 
-def _roles(model: GGUFModel) -> tuple[list[str], list[str]]:
-    qkv = ["attn_qkv"] if model.has_weight("attn_qkv", 0) else ["attn_q", "attn_k", "attn_v"]
-    gu = ["ffn_gate_up"] if model.has_weight("ffn_gate_up", 0) else ["ffn_gate", "ffn_up"]
-    return qkv, gu
-
-
 def file_bytes(model: GGUFModel) -> int:
     """Bytes of the file's tensors that `upload_weights` reads (the progress total)."""
-    c = model.config
-    qkv, gu = _roles(model)
-    roles = [*qkv, *gu, "attn_output", "ffn_down", "attn_norm", "ffn_norm"]
-    if c.qkv_bias:
-        roles += ["attn_q_bias", "attn_k_bias", "attn_v_bias"]
-    total = sum(model.weight(r).nbytes for r in ("token_embd", "output_norm"))
-    if not c.tied_output:
-        total += model.weight("output").nbytes
-    return total + sum(model.weight(r, i).nbytes for r in roles for i in range(c.n_layers))
+    return model.plan_bytes
+
+
+def slot_bytes(model: GGUFModel, slot: Slot, layer: int | None) -> int:
+    """VRAM of one slot's allocation(s): the raw bytes of matrices, float32 for vectors."""
+    recs = model.slot_records(slot, layer)
+    if slot.kind == "matrix":
+        return sum(r.nbytes for r in recs)
+    return 4 * sum(int(np.prod(r.shape)) for r in recs)
 
 
 def weight_bytes(model: GGUFModel) -> int:
     """VRAM the weights take (what `upload_weights` allocates)."""
-    c = model.config
-    qkv, gu = _roles(model)
-    total = model.weight("token_embd").nbytes + 4 * c.d_model
-    if not c.tied_output:
-        total += model.weight("output").nbytes
-    for i in range(c.n_layers):
-        recs = [model.weight(r, i) for r in [*qkv, *gu, "attn_output", "ffn_down"]]
-        total += sum(r.nbytes for r in recs) + 8 * c.d_model
-        if c.qkv_bias:
-            total += 4 * (c.n_heads * c.head_dim + 2 * c.kv_dim)
-    return total
+    n_layers = model.config.n_layers
+    return sum(
+        slot_bytes(model, slot, layer)
+        for slot in model.plan.present
+        for layer in slot.layers(n_layers)
+    )
 
 
 class _Uploader:
@@ -171,35 +174,22 @@ def check_matrices(model: GGUFModel, problem: Callable[[Q, int], str | None]) ->
 def upload_weights(
     drv: Any, model: GGUFModel, ledger: Ledger, reporter: ProgressReporter, problem
 ) -> tuple[ModelWeights, dict[str, int]]:
-    """Upload every weight (after `check_matrices(model, problem)`); returns the layout and the
-    checksum of each allocation's window."""
-    c = model.config
-    qkv_roles, gu_roles = _roles(model)
+    """Upload every slot of the plan (after `check_matrices(model, problem)`); returns the
+    layout and the checksum of each allocation's window."""
     check_matrices(model, problem)
     up = _Uploader(drv, ledger, reporter)
-    (embd,) = up.matrices("token_embd", [model.weight("token_embd")])
-    output_norm = up.vector("output_norm", [model.weight("output_norm")])
-    output = embd if c.tied_output else up.matrices("output", [model.weight("output")])[0]
-    layers = tuple(_layer(up, model, i, qkv_roles, gu_roles) for i in range(c.n_layers))
-    return ModelWeights(embd, output_norm, output, layers), up.checksums
 
+    def put(slot: Slot, layer: int | None) -> Any:
+        recs, name = model.slot_records(slot, layer), slot.alloc_name(layer)
+        if slot.kind == "vector":
+            return up.vector(name, recs)
+        segs = up.matrices(name, recs)
+        return segs if slot.name in GROUPS else segs[0]
 
-def _layer(
-    up: _Uploader, model: GGUFModel, i: int, qkv_roles: list[str], gu_roles: list[str]
-) -> LayerWeights:
-    def w(role: str) -> TensorRecord:
-        return model.weight(role, i)
-
-    bias = None
-    if model.config.qkv_bias:
-        bias_recs = [w("attn_q_bias"), w("attn_k_bias"), w("attn_v_bias")]
-        bias = up.vector(f"blk.{i}.attn_qkv_bias", bias_recs)
-    return LayerWeights(
-        attn_norm=up.vector(f"blk.{i}.attn_norm", [w("attn_norm")]),
-        ffn_norm=up.vector(f"blk.{i}.ffn_norm", [w("ffn_norm")]),
-        qkv=up.matrices(f"blk.{i}.attn_qkv", [w(r) for r in qkv_roles]),
-        qkv_bias=bias,
-        attn_output=up.matrices(f"blk.{i}.attn_output", [w("attn_output")])[0],
-        gate_up=up.matrices(f"blk.{i}.ffn_gate_up", [w(r) for r in gu_roles]),
-        down=up.matrices(f"blk.{i}.ffn_down", [w("ffn_down")])[0],
+    g = {slot.name: put(slot, None) for slot in model.plan.global_slots}
+    output = g.get("output", g["token_embd"])  # the token_embd segment when the head is tied
+    layers = tuple(
+        LayerWeights(**{slot.name: put(slot, i) for slot in model.plan.layer_slots})
+        for i in range(model.config.n_layers)
     )
+    return ModelWeights(g["token_embd"], g["output_norm"], output, layers), up.checksums

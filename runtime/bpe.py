@@ -10,8 +10,9 @@ even vocabularies whose merge ranks are not perfectly ordered give llama.cpp's i
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping, Sequence
+
+from runtime.merges import merge_pairs
 
 
 def _byte_to_char() -> tuple[str, ...]:
@@ -43,22 +44,25 @@ def symbols_to_bytes(text: str) -> bytes:
         return b"".join(bytes([CHAR_TO_BYTE[c]]) if c in CHAR_TO_BYTE else c.encode() for c in text)
 
 
-def parse_merges(merges: Sequence[str]) -> dict[tuple[str, str], int]:
-    """`"left right"` lines -> rank. Split at the first space after the first character (a token
-    may itself be a lone space in non-byte-level files); the first occurrence of a pair wins."""
-    ranks: dict[tuple[str, str], int] = {}
+def parse_merges(merges: Sequence[str]) -> dict[str, int]:
+    """`"left right"` lines -> rank, keyed by the line itself; the first occurrence wins.
+
+    A merge loop looks a pair up as `left + " " + right`. That needs no parsing of the lines
+    (Qwen2.5 has 151 K: splitting them into tuples of two new strings was most of the
+    tokenizer's build time), and it is exact: llama.cpp splits a line at its first space after
+    the first character, and a pair's symbols never contain a space (byte-level text spells
+    the space "Ġ"), so the one line a lookup can hit is the line of that pair.
+    """
     for rank, line in enumerate(merges):
-        cut = line.find(" ", 1)
-        if cut < 0:
+        if " " not in line[1:]:
             raise ValueError(f"merge {rank} ({line!r}) has no space separating its two parts")
-        ranks.setdefault((line[:cut], line[cut + 1 :]), rank)
-    return ranks
+    return dict(zip(reversed(merges), range(len(merges) - 1, -1, -1), strict=True))
 
 
 class BytePairEncoder:
     """Encodes pre-token words to ids, caching the result per word (prompts repeat words a lot).
 
-    `vocab` maps token text to id; `ranks` comes from `parse_merges`. With `ignore_merges` a word
+    `vocab` maps token text to id; `ranks` (merge line "left right" -> rank) from `parse_merges`. With `ignore_merges` a word
     that is itself a token is taken whole (llama.cpp does this for the llama3 family).
     """
 
@@ -67,7 +71,7 @@ class BytePairEncoder:
     def __init__(
         self,
         vocab: Mapping[str, int],
-        ranks: Mapping[tuple[str, str], int],
+        ranks: Mapping[str, int],
         *,
         ignore_merges: bool = False,
     ):
@@ -107,38 +111,6 @@ class BytePairEncoder:
         return ids
 
     def merge(self, symbols: str) -> list[str]:
-        """The BPE pieces of a byte-mapped word, in order."""
-        n = len(symbols)
-        if n < 2:
-            return [symbols] if n else []
+        """The BPE pieces of a byte-mapped word, in order: lowest merge rank first."""
         ranks = self._ranks
-        text = list(symbols)  # text[i]: symbol starting at i; "" once merged into its left
-        nxt = [*range(1, n), -1]
-        prv = list(range(-1, n - 1))
-        # (rank, left, right, merged text): lowest rank first, then leftmost, as llama.cpp.
-        heap = []
-        for i in range(n - 1):
-            rank = ranks.get((text[i], text[i + 1]))
-            if rank is not None:
-                heap.append((rank, i, i + 1, text[i] + text[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, merged = heapq.heappop(heap)
-            lt, rt = text[left], text[right]
-            if not lt or not rt or lt + rt != merged:
-                continue  # stale: one side has changed since this pair was queued
-            text[left], text[right] = merged, ""
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            before = prv[left]
-            if before >= 0:
-                rank = ranks.get((text[before], merged))
-                if rank is not None:
-                    heapq.heappush(heap, (rank, before, left, text[before] + merged))
-            if after >= 0:
-                rank = ranks.get((merged, text[after]))
-                if rank is not None:
-                    heapq.heappush(heap, (rank, left, after, merged + text[after]))
-        return [t for t in text if t]
+        return merge_pairs(symbols, lambda left, right: ranks.get(left + " " + right))

@@ -111,28 +111,41 @@ def compile_chat_template(template: str) -> jinja2.Template:
         ) from None
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
-    """`messages` must be a non-empty list of {"role": str, "content": str}; returns copies."""
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """`messages` must be a non-empty list of {"role": str, "content": str}, where an assistant
+    message may carry `tool_calls` (a list of objects; its content may then be null); copies."""
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
         raise InvalidRequest("messages must be a non-empty list", field="messages")
     clean = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", field="messages")
-        extra = set(message) - {"role", "content"}
+        extra = set(message) - {"role", "content", "tool_calls"}
         if extra:
             raise InvalidRequest(
                 f"messages[{i}] has unknown keys {sorted(map(str, extra))} "
-                "(only 'role' and 'content' are accepted)",
+                "(only 'role', 'content' and 'tool_calls' are accepted)",
                 field="messages",
             )
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
             raise InvalidRequest(f"messages[{i}].role must be a non-empty string", field="messages")
-        if not isinstance(content, str):
+        clean_message: dict[str, Any] = {"role": role, "content": content}
+        if "tool_calls" in message:
+            calls = message["tool_calls"]
+            if not _objects(calls):
+                raise InvalidRequest(
+                    f"messages[{i}].tool_calls must be a list of objects", field="messages"
+                )
+            clean_message["tool_calls"] = calls
+        if not isinstance(content, str) and not (content is None and "tool_calls" in message):
             raise InvalidRequest(f"messages[{i}].content must be a string", field="messages")
-        clean.append({"role": role, "content": content})
+        clean.append(clean_message)
     return clean
+
+
+def _objects(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, dict) for v in value)
 
 
 def render_chat(
@@ -142,8 +155,12 @@ def render_chat(
     bos_token: str,
     eos_token: str,
     add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
 ) -> str:
     """The prompt text for `messages` as the model's template lays it out.
+
+    `tools` (a list of function descriptions, as OpenAI's API sends them) goes to the template
+    as the variable `tools`, which templates such as Qwen2.5's render into the system turn.
 
     The result still contains special-token texts ("<|im_start|>" ...): encode it with
     `parse_special=True`. Raises `InvalidRequest` (field "messages") for malformed messages,
@@ -151,6 +168,9 @@ def render_chat(
     `ModelLoadError` when the template itself does not parse.
     """
     clean = validate_messages(messages)
+    if tools is not None and not _objects(tools):
+        raise InvalidRequest("tools must be a list of objects", field="tools")
+    extra = {} if tools is None else {"tools": tools}
     compiled = compile_chat_template(template)
     try:
         # Streamed so that a runaway template is stopped at the size cap, not after it.
@@ -160,6 +180,7 @@ def render_chat(
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,
+            **extra,
         ):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:

@@ -1,5 +1,7 @@
 """`worker-orcd` (and `python -m runtime.cli`): parse flags, run the actor tree, exit with a status.
 
+`worker-orcd pull NAME` installs a catalog model instead (runtime.models.pull_cli).
+
 Exit status: 0 after a clean drain (SIGTERM/SIGINT), 1 when an actor crashed or the model failed
 to load, 2 for bad flags. Everything the process says goes to stderr as narration JSON lines.
 """
@@ -25,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one GGUF model: tokens streamed over HTTP/SSE, cancellable at any time.",
     )
     parser.add_argument(
-        "--model", help="GGUF file to serve (default: the embedded SmolLM2-135M-Instruct Q4_1)"
+        "--model",
+        help="GGUF file or catalog name to serve: smollm2-135m (the default, embedded), "
+        "qwen2.5-coder-0.5b, gemma3-270m (install those with `worker-orcd pull NAME`)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
@@ -193,6 +197,11 @@ def _run(config: WorkerConfig, warmup) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pull"]:
+        from runtime.models.pull_cli import pull_main
+
+        return pull_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

@@ -30,7 +30,7 @@ def default_worker_id() -> str:
 
 @attrs.frozen
 class WorkerConfig:
-    model: Path | None = None  # None: the embedded default model
+    model: Path | None = None  # a GGUF path or a catalog name; None: the embedded default
     host: str = "127.0.0.1"
     port: int = 8080  # 0 picks a free port (tests)
     worker_id: str = attrs.field(factory=default_worker_id)
@@ -83,9 +83,9 @@ class WorkerConfig:
         return cls.from_mapping(values)
 
     def resolved_model_path(self) -> Path:
-        """The model file to load; the embedded default when none was given."""
-        if self.model is not None:
-            return self.model
-        from runtime.default_model import default_model_path
+        """The model file to load: `model` as a catalog name or a path (runtime.models.catalog:
+        a catalog model that is not pulled is a ModelLoadError naming `worker-orcd pull`), the
+        embedded default when none was given. Never downloads."""
+        from runtime.models.catalog import DEFAULT_MODEL, resolve_model
 
-        return default_model_path()
+        return resolve_model(DEFAULT_MODEL if self.model is None else self.model)

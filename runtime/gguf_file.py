@@ -1,9 +1,11 @@
 """Open, validate and memory-map a GGUF model file.
 
 `open_gguf(path)` checks everything a loader could trip over later (header, tensor table, types,
-bounds, the architecture's metadata and tensors with their shapes) and turns every problem into a
-`ModelLoadError` that names the file, the key or tensor, and what was expected. Tensor bytes stay
-memory-mapped: nothing is read until a backend dequantizes or uploads it.
+bounds, the family's metadata and its weight plan: every tensor with its shape and type, no
+tensor the plan does not use) and turns every problem into a `ModelLoadError` that names the
+file, the key or tensor, and what was expected. Tensor bytes stay memory-mapped: nothing is read
+until a backend dequantizes or uploads it. Engines follow `GGUFModel.plan` (the slots this file
+has) and `GGUFModel.config`; they never look for tensors themselves.
 
 Shapes are numpy order: GGUF lists dimensions fastest-first, so a matrix stored as
 [in_features, out_features] is reported as (out_features, in_features) = (rows, cols).
@@ -11,7 +13,6 @@ Shapes are numpy order: GGUF lists dimensions fastest-first, so a matrix stored 
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections import Counter
 from pathlib import Path
@@ -22,10 +23,11 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from runtime import quants
-from runtime.architectures import Architecture, get_architecture
 from runtime.errors import ModelLoadError
 from runtime.gguf_header import read_header
 from runtime.model_config import ModelConfig
+from runtime.models import Family, get_family
+from runtime.models.plan import BoundPlan, Slot
 
 
 @attrs.frozen
@@ -54,26 +56,44 @@ class GGUFModel:
         data: np.memmap | None,
         metadata: dict[str, Any],
         tensors: dict[str, TensorRecord],
-        arch: Architecture,
+        family: Family,
         config: ModelConfig,
+        plan: BoundPlan,
     ):
         self.path = path
         self._data = data
         self.metadata = metadata
         self.tensors = tensors
-        self.arch = arch
+        self.family = family
         self.config = config
+        self.plan = plan  # the family's slots this file has
 
     def _name(self, role: str, layer: int | None) -> str:
         if role == "output" and self.config.tied_output:
-            return self.arch.tensor_name("token_embd")
+            role = "token_embd"
         try:
-            name = self.arch.tensor_name(role, layer)
-        except KeyError as e:
-            raise KeyError(f"architecture {self.arch.name} has no role {role!r}: {e}") from None
+            slot, spec = self.family.plan.spec(role)
+        except KeyError:
+            raise KeyError(f"architecture {self.family.name} has no role {role!r}") from None
+        if slot.per_layer != (layer is not None):
+            raise KeyError(f"role {role!r} is {'' if slot.per_layer else 'not '}per-layer")
         if layer is not None and not 0 <= layer < self.config.n_layers:
             raise KeyError(f"layer {layer} out of range 0..{self.config.n_layers - 1}")
-        return name
+        return spec.tensor_name(layer)
+
+    def slot_records(self, slot: Slot, layer: int | None = None) -> list[TensorRecord]:
+        """The tensors of a present slot (in `layer`), in row order (q, k, v; gate, up)."""
+        return [self.tensors[part.tensor_name(layer)] for part in slot.parts]
+
+    @property
+    def plan_bytes(self) -> int:
+        """Bytes of the file's tensors the plan uses (a tied head counted once)."""
+        return sum(
+            r.nbytes
+            for slot in self.plan.present
+            for layer in slot.layers(self.config.n_layers)
+            for r in self.slot_records(slot, layer)
+        )
 
     def weight(self, role: str, layer: int | None = None) -> TensorRecord:
         """The tensor playing `role` (in `layer`); `output` is token_embd when tied."""
@@ -136,8 +156,8 @@ def _open(path: Path) -> GGUFModel:
     arch_name = metadata.get("general.architecture")
     if not isinstance(arch_name, str):
         raise ModelLoadError("required metadata key 'general.architecture' is missing")
-    arch = get_architecture(arch_name)
-    for key in arch.required_keys():
+    family = get_family(arch_name)
+    for key in family.required_keys():
         if key not in metadata:
             raise ModelLoadError(
                 f"required metadata key {key!r} is missing (architecture {arch_name})"
@@ -149,30 +169,23 @@ def _open(path: Path) -> GGUFModel:
         if len(info.shape) >= 2:
             raw = raw.reshape(*info.shape[:-1], -1)  # (rows, row_bytes)
         tensors[info.name] = TensorRecord(info.name, info.qtype, info.shape, raw, info.offset)
-    config = arch.config_from_metadata(metadata, set(tensors))
-    _check_tensors(arch, config, tensors)
-    return GGUFModel(path, data, metadata, tensors, arch, config)
+    config, plan = family.open(metadata, tensors)
+    _check_unused(plan, config, tensors)
+    return GGUFModel(path, data, metadata, tensors, family, config, plan)
 
 
-def _check_tensors(arch: Architecture, config: ModelConfig, tensors: dict[str, TensorRecord]):
-    wanted: list[tuple[str, int | None]] = [("token_embd", None), ("output_norm", None)]
-    if not config.tied_output:
-        wanted.append(("output", None))
-    layer_roles = [r for r in arch.shapes if r in arch.layer_tensors]
-    # lazily, layer by layer: a corrupt block_count of 2**60 fails at the first absent layer
-    per_layer = ((r, i) for i in range(config.n_layers) for r in layer_roles)
-    for role, layer in itertools.chain(wanted, per_layer):
-        name = arch.tensor_name(role, layer)
-        expected = arch.shapes[role](config)
-        t = tensors.get(name)
-        if t is None:
+def _check_unused(plan: BoundPlan, config: ModelConfig, tensors: dict[str, TensorRecord]):
+    """A tensor the plan does not use would be silently ignored: refuse the file instead (it is
+    a variant of the family that the block does not implement, e.g. an attn_output bias)."""
+    used = {
+        part.tensor_name(layer)
+        for slot in plan.present
+        for layer in slot.layers(config.n_layers)
+        for part in slot.parts
+    }
+    for name in tensors:
+        if name not in used:
             raise ModelLoadError(
-                f"required tensor {name!r} is missing (role {role}, expected shape {expected})"
-            )
-        if t.shape != expected:
-            raise ModelLoadError(
-                f"tensor {name!r} has shape {t.shape}, expected {expected} (role {role}, "
-                f"from the metadata: n_layers={config.n_layers} d_model={config.d_model} "
-                f"n_heads={config.n_heads} n_kv_heads={config.n_kv_heads} d_ff={config.d_ff} "
-                f"vocab={config.vocab_size})"
+                f"tensor {name!r} is not part of the {config.arch} weight plan (the engines "
+                "would ignore it and so compute a different model)"
             )

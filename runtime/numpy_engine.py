@@ -1,30 +1,67 @@
-"""The fp32 numpy reference engine: a llama-family forward pass on dequantized weights.
+"""The fp32 numpy reference engine: a model family's block on dequantized weights.
 
-Every weight is dequantized once at load to a contiguous fp32 array laid out for `x @ W`
-(in_features, out_features), so each projection is one BLAS call; Q, K, V are fused into one
-matrix and so are gate and up. The KV cache and the rotary tables are allocated at load for
-`max_context` positions; a step allocates only small temporaries. Prefill is one batched causal
-pass over all new tokens; a step is the same pass with one token.
+The file's weight plan (`GGUFModel.plan`) says what to load: every slot is dequantized once at
+load into one contiguous fp32 array, stacked over the layers, matrices laid out for `x @ W`
+(n_layers, in_features, out_features), so each projection is one BLAS call (q|k|v and gate|up
+are one slot each). The family's block (`runtime.models.<block>.forward_layer`) runs each layer;
+this module owns what is common: embedding, KV cache, rotary tables, the output head. The KV
+cache and the rotary tables (one per distinct rope base) are allocated at load for `max_context`
+positions; a step allocates only small temporaries. Prefill is one batched causal pass over all
+new tokens; a step is the same pass with one token.
 
 This engine is the reference the CUDA engine is compared with, and the fallback backend.
 """
 
 from __future__ import annotations
 
+import importlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import attrs
 import numpy as np
 
 from runtime.engine_api import ProgressCallback, ResidencyReport
 from runtime.errors import InvalidRequest, ModelLoadError
 from runtime.gguf_file import GGUFModel
 from runtime.model_config import ModelConfig
-from runtime.numpy_layers import apply_rope, attention, rms_norm, rope_tables, swiglu
+from runtime.models.vocab import unsampleable_ids
+from runtime.numpy_layers import attention, rms_norm, rope_tables
 from runtime.progress import ProgressReporter
 from runtime.sampling import SamplingParams, sample_from_logits
 
 _RESIDENCY_SAMPLE = 4096  # elements sampled per weight array for the residency checksum
+
+
+@attrs.frozen
+class LayerPass:
+    """What a family's block sees of one layer in one pass (runtime.models.<block>)."""
+
+    config: ModelConfig
+    w: dict[str, np.ndarray]  # slot -> this layer's array: (in, out) matrices, (n,) vectors
+    k_cache: np.ndarray  # (KV, max_context, D) this layer's keys
+    v_cache: np.ndarray  # (KV, max_context, D)
+    cos: np.ndarray  # (T, rope_dim/2) rows of this pass's positions, this layer's base
+    sin: np.ndarray
+    start: int  # position of the pass's first token
+    window: int  # this layer's attention window (0: all earlier keys)
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Store k, v (T, KV, D) at the pass's positions, attend q (T, H, D): (T, H * D)."""
+        end = self.start + q.shape[0]
+        self.k_cache[:, self.start : end] = k.transpose(1, 0, 2)  # (KV, T, D)
+        self.v_cache[:, self.start : end] = v.transpose(1, 0, 2)
+        return attention(
+            q, self.k_cache, self.v_cache, self.start, self.config.attn_scale, self.window
+        )
+
+
+def block_of(name: str) -> Callable[[LayerPass, np.ndarray], None]:
+    """The numpy block `runtime.models.<name>.forward_layer` (Family.block names it)."""
+    try:
+        return importlib.import_module(f"runtime.models.{name}").forward_layer
+    except (ImportError, AttributeError):
+        raise ModelLoadError(f"the cpu backend has no {name!r} block") from None
 
 
 class NumpyEngine:
@@ -37,14 +74,22 @@ class NumpyEngine:
         *,
         max_context: int,
         quant_kind: str,
+        block: Callable[[LayerPass, np.ndarray], None],
+        layer_slots: tuple[str, ...],
+        banned_ids: np.ndarray | None = None,
     ):
         c = self.config = config
         self.max_context = max_context
         self.quant_kind = quant_kind
-        self.w = weights  # name -> read-only fp32 array; shapes in NumpyEngine.load
+        self.w = weights  # slot -> read-only fp32 array; shapes in NumpyEngine.load
+        self._block = block
+        self._layer_slots = layer_slots  # the keys of `w` stacked over the layers
+        #: ids never sampled (padding rows of the head: runtime.models.vocab)
+        self.banned_ids = np.zeros(0, np.int64) if banned_ids is None else banned_ids
         self.k_cache = np.zeros((c.n_layers, c.n_kv_heads, max_context, c.head_dim), np.float32)
         self.v_cache = np.zeros_like(self.k_cache)  # (n_layers, n_kv_heads, max_context, head_dim)
-        self.rope_cos, self.rope_sin = rope_tables(max_context, c.rope_dim, c.rope_base)
+        # one (cos, sin) pair of (max_context, rope_dim/2) tables per distinct rope base
+        self.rope = {b: rope_tables(max_context, c.rope_dim, b) for b in c.rope_bases}
         self._logits = np.zeros(c.vocab_size, np.float32)  # (vocab,) of the last position
         self._pos = 0
         self._closed = False
@@ -61,58 +106,35 @@ class NumpyEngine:
             raise ModelLoadError(f"{model.path}: rope style {c.rope_style!r} is not supported")
         if max_context < 1:
             raise ModelLoadError(f"max_context must be positive, got {max_context}")
-        fused_qkv = not model.has_weight("attn_q", 0)
-        fused_gu = not model.has_weight("ffn_gate", 0)
-        roles = ["attn_norm", "attn_output", "ffn_norm", "ffn_down"]
-        roles += ["attn_qkv"] if fused_qkv else ["attn_q", "attn_k", "attn_v"]
-        roles += ["ffn_gate_up"] if fused_gu else ["ffn_gate", "ffn_up"]
-        if c.qkv_bias:
-            roles += ["attn_q_bias", "attn_k_bias", "attn_v_bias"]
-        globals_ = ["token_embd", "output_norm"] + ([] if c.tied_output else ["output"])
-        total = sum(model.weight(r).nbytes for r in globals_)
-        total += sum(model.weight(r, i).nbytes for r in roles for i in range(c.n_layers))
-        reporter = ProgressReporter(total, progress)
-
-        def deq(role: str, layer: int | None = None) -> np.ndarray:
-            rec = model.weight(role, layer)
-            out = rec.dequantize()
-            reporter.advance(rec.nbytes)
-            return out
-
-        L, d = c.n_layers, c.d_model
-        qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
-        w = {
-            "token_embd": deq("token_embd"),  # (vocab, d_model); also the tied output head
-            "output_norm": deq("output_norm"),  # (d_model,)
-            "attn_norm": np.empty((L, d), np.float32),  # (n_layers, d_model)
-            "ffn_norm": np.empty((L, d), np.float32),  # (n_layers, d_model)
-            "w_qkv": np.empty((L, d, qkv_dim), np.float32),  # (n_layers, d_model, q|k|v)
-            "w_o": np.empty((L, c.n_heads * c.head_dim, d), np.float32),  # (n_layers, H*D, d)
-            "w_gate_up": np.empty((L, d, 2 * c.d_ff), np.float32),  # (n_layers, d, gate|up)
-            "w_down": np.empty((L, c.d_ff, d), np.float32),  # (n_layers, d_ff, d_model)
-        }
-        if c.qkv_bias:
-            w["b_qkv"] = np.empty((L, qkv_dim), np.float32)  # (n_layers, q|k|v)
-        for i in range(L):
-            w["attn_norm"][i] = deq("attn_norm", i)
-            w["ffn_norm"][i] = deq("ffn_norm", i)
-            if fused_qkv:
-                w["w_qkv"][i] = deq("attn_qkv", i).T  # stored (q|k|v rows, d_model)
-            else:
-                w["w_qkv"][i] = np.concatenate([deq(r, i) for r in _QKV], axis=0).T
-            if c.qkv_bias:
-                w["b_qkv"][i] = np.concatenate([deq(r + "_bias", i) for r in _QKV])
-            w["w_o"][i] = deq("attn_output", i).T
-            if fused_gu:
-                w["w_gate_up"][i] = deq("ffn_gate_up", i).T  # stored (gate|up rows, d_model)
-            else:
-                w["w_gate_up"][i] = np.concatenate([deq("ffn_gate", i), deq("ffn_up", i)]).T
-            w["w_down"][i] = deq("ffn_down", i).T
-        if not c.tied_output:
-            w["output"] = deq("output")  # (vocab, d_model)
+        block = block_of(model.family.block)
+        reporter = ProgressReporter(model.plan_bytes, progress)
+        w: dict[str, np.ndarray] = {}
+        for slot in model.plan.present:
+            stacked = None  # (n_layers, ...) for per-layer slots, the array itself for globals
+            for layer in slot.layers(c.n_layers):
+                recs = model.slot_records(slot, layer)
+                a = np.concatenate([r.dequantize() for r in recs])  # parts stacked along rows
+                reporter.advance(sum(r.nbytes for r in recs))
+                if not slot.per_layer:  # token_embd, output: (vocab, d_model), rows gathered
+                    stacked = a
+                    break
+                if slot.kind == "matrix":
+                    a = a.T  # (in, out) for x @ W
+                if stacked is None:
+                    stacked = np.empty((c.n_layers, *a.shape), np.float32)
+                stacked[layer] = a
+            w[slot.name] = stacked
         for a in w.values():
             a.flags.writeable = False  # nothing may change a weight after load
-        engine = cls(c, w, max_context=max_context, quant_kind=model.quant_kind)
+        engine = cls(
+            c,
+            w,
+            max_context=max_context,
+            quant_kind=model.quant_kind,
+            block=block,
+            layer_slots=tuple(s.name for s in model.plan.layer_slots),
+            banned_ids=unsampleable_ids(model.metadata, c.vocab_size),
+        )
         reporter.finish()
         return engine
 
@@ -139,12 +161,13 @@ class NumpyEngine:
         return self._logits.copy()
 
     def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
-        return sample_from_logits(self._logits, params, history, draw)
+        return sample_from_logits(self._logits, params, history, draw, banned=self.banned_ids)
 
     def memory_bytes(self) -> int:
         if self._closed:
             return 0
-        arrays = [*self.w.values(), self.k_cache, self.v_cache, self.rope_cos, self.rope_sin]
+        tables = [t for pair in self.rope.values() for t in pair]
+        arrays = [*self.w.values(), self.k_cache, self.v_cache, *tables]
         return sum(a.nbytes for a in arrays) + self._logits.nbytes
 
     def check_residency(self) -> ResidencyReport:
@@ -187,38 +210,29 @@ class NumpyEngine:
             raise InvalidRequest(f"{start + t_new} tokens exceed the context ({self.max_context})")
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise InvalidRequest(f"token id out of range 0..{c.vocab_size - 1}")
-        w = self.w
-        H, KV, D = c.n_heads, c.n_kv_heads, c.head_dim
-        q_dim, kv_dim = H * D, KV * D
-        end = start + t_new
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]  # (T, rope_dim/2)
-        scale = 1.0 / np.sqrt(D)
+        w, end = self.w, start + t_new
         x = w["token_embd"][ids]  # (T, d_model) residual stream, a fresh copy
+        if c.embed_scale != 1.0:
+            x *= np.float32(c.embed_scale)
         for i in range(c.n_layers):
-            h = rms_norm(x, w["attn_norm"][i], c.norm_eps)  # (T, d_model)
-            qkv = h @ w["w_qkv"][i]  # (T, q_dim + 2 kv_dim)
-            if c.qkv_bias:
-                qkv += w["b_qkv"][i]
-            q = qkv[:, :q_dim].reshape(t_new, H, D)  # views into qkv
-            k = qkv[:, q_dim : q_dim + kv_dim].reshape(t_new, KV, D)
-            v = qkv[:, q_dim + kv_dim :].reshape(t_new, KV, D)
-            apply_rope(q, cos, sin, c.rope_style)
-            apply_rope(k, cos, sin, c.rope_style)
-            self.k_cache[i, :, start:end] = k.transpose(1, 0, 2)  # (KV, T, D)
-            self.v_cache[i, :, start:end] = v.transpose(1, 0, 2)
-            att = attention(q, self.k_cache[i], self.v_cache[i], start, scale)  # (T, H*D)
-            x += att @ w["w_o"][i]
-            h = rms_norm(x, w["ffn_norm"][i], c.norm_eps)
-            x += swiglu(h @ w["w_gate_up"][i], c.d_ff) @ w["w_down"][i]
+            cos, sin = self.rope[c.layer_rope_base[i]]
+            layer = LayerPass(
+                c,
+                {k: w[k][i] for k in self._layer_slots},
+                self.k_cache[i],
+                self.v_cache[i],
+                cos[start:end],  # (T, rope_dim/2)
+                sin[start:end],
+                start,
+                c.layer_window[i],
+            )
+            self._block(layer, x)
         self._pos = end
-        head = w.get("output", w["token_embd"])  # (vocab, d_model)
+        head = w["token_embd"] if c.tied_output else w["output"]  # (vocab, d_model)
         rows = x if all_logits else x[-1:]
         logits = rms_norm(rows, w["output_norm"], c.norm_eps) @ head.T  # (T or 1, vocab)
         self._logits[:] = logits[-1]
         return logits
-
-
-_QKV = ("attn_q", "attn_k", "attn_v")
 
 
 def _fingerprint(a: np.ndarray) -> tuple[int, tuple[int, ...], int, int]:

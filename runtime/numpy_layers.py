@@ -1,8 +1,9 @@
-"""The llama building blocks in fp32 numpy: RMSNorm, rotary embedding, causal GQA attention, SwiGLU.
+"""The transformer building blocks in fp32 numpy: RMSNorm, rotary embedding, causal GQA attention
+(optionally windowed), gated FFN (SiLU or GELU-tanh).
 
-Pure functions on arrays; `runtime.numpy_engine` strings them together. Kept apart so tests can
-check each one against a plain per-element loop. Shapes: T = tokens in this pass, H = query
-heads, KV = key/value heads, D = head_dim, P = positions already in the cache.
+Pure functions on arrays; each family's block (`runtime.models.<block>`) strings them together.
+Kept apart so tests can check each one against a plain per-element loop. Shapes: T = tokens in
+this pass, H = query heads, KV = key/value heads, D = head_dim, P = positions already in the cache.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import numpy as np
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x (T, d) -> x / sqrt(mean(x**2) + eps) * weight, per row, in fp32."""
-    ms = np.einsum("td,td->t", x, x, dtype=np.float32)[:, None] / np.float32(x.shape[1])  # (T, 1)
+    """x (..., d) -> x / sqrt(mean(x**2) + eps) * weight over the last axis, in fp32.
+
+    (T, d_model) rows for the layer norms; (T, heads, head_dim) for gemma3's per-head q/k norm."""
+    ms = np.einsum("...d,...d->...", x, x, dtype=np.float32)[..., None]  # (..., 1)
+    ms /= np.float32(x.shape[-1])
     return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
 
 
@@ -47,30 +51,40 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> N
 
 
 def attention(
-    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    start: int,
+    scale: float,
+    window: int = 0,
 ) -> np.ndarray:
     """Causal grouped-query attention of T new queries over the cache.
 
     q (T, H, D) for positions start .. start+T-1; k_cache, v_cache (KV, >= start+T, D) already hold
     those positions' keys/values. Query head h reads kv head h // (H // KV) (llama.cpp's grouping).
-    Returns (T, H * D).
+    window > 0: the key at position p is visible from the query at t iff 0 <= t - p < window
+    (llama.cpp's standard sliding window); 0: every earlier key. Returns (T, H * D).
     """
     t_new, n_heads, d = q.shape
     n_kv = k_cache.shape[0]
     group = n_heads // n_kv
     n = start + t_new
+    lo = max(0, start - window + 1) if window else 0  # the oldest key any query here sees
     # (KV, group * T, D): the queries of one kv group stacked, head-major within the group
     qg = q.reshape(t_new, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t_new, d)
-    scores = np.matmul(qg, k_cache[:, :n].transpose(0, 2, 1))  # (KV, group*T, n)
+    scores = np.matmul(qg, k_cache[:, lo:n].transpose(0, 2, 1))  # (KV, group*T, n - lo)
     scores *= np.float32(scale)
-    if t_new > 1:
-        # query t (at position start + t) sees keys 0 .. start + t
-        future = np.arange(n)[None, :] > (start + np.arange(t_new))[:, None]  # (T, n)
-        scores.reshape(n_kv, group, t_new, n)[:, :, future] = -np.inf
+    key_pos = np.arange(lo, n)[None, :]  # (1, n - lo)
+    query_pos = (start + np.arange(t_new))[:, None]  # (T, 1)
+    hidden = key_pos > query_pos  # (T, n - lo): the future
+    if window:
+        hidden |= query_pos - key_pos >= window
+    if hidden.any():
+        scores.reshape(n_kv, group, t_new, n - lo)[:, :, hidden] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    out = np.matmul(scores, v_cache[:, :n])  # (KV, group*T, D)
+    out = np.matmul(scores, v_cache[:, lo:n])  # (KV, group*T, D)
     return out.reshape(n_kv, group, t_new, d).transpose(2, 0, 1, 3).reshape(t_new, n_heads * d)
 
 
@@ -80,7 +94,32 @@ def silu(x: np.ndarray) -> np.ndarray:
         return x / (np.float32(1.0) + np.exp(-x))
 
 
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (ggml_gelu's formula): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x**3)))
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def glu(gate_up: np.ndarray, d_ff: int, act: str = "silu") -> np.ndarray:
+    """gate_up (T, 2 * d_ff) = [gate | up] -> act(gate) * up, (T, d_ff). "silu" is SwiGLU."""
+    gate, up = gate_up[:, :d_ff], gate_up[:, d_ff:]
+    return ACTIVATIONS[act](gate) * up
+
+
+def split_heads(
+    qkv: np.ndarray, n_heads: int, n_kv: int, head_dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """qkv (T, q | k | v) -> q (T, H, D), k (T, KV, D), v (T, KV, D), views into qkv."""
+    t, q_dim, kv_dim = qkv.shape[0], n_heads * head_dim, n_kv * head_dim
+    q = qkv[:, :q_dim].reshape(t, n_heads, head_dim)
+    k = qkv[:, q_dim : q_dim + kv_dim].reshape(t, n_kv, head_dim)
+    v = qkv[:, q_dim + kv_dim :].reshape(t, n_kv, head_dim)
+    return q, k, v
+
+
 def swiglu(gate_up: np.ndarray, d_ff: int) -> np.ndarray:
     """gate_up (T, 2 * d_ff) = [gate | up] -> silu(gate) * up, (T, d_ff)."""
-    gate, up = gate_up[:, :d_ff], gate_up[:, d_ff:]
-    return silu(gate) * up
+    return glu(gate_up, d_ff, "silu")

@@ -96,6 +96,16 @@ _LLAMA3 = (
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+# o200k (GPT-4o, gpt-oss) as llama.cpp runs it: its own rewrite of tiktoken's expression, where
+# "upper case" is a letter that is not a-z and "lower case" a letter that is not A-Z, and the
+# combining marks (\p{M}) of the original are gone. We follow llama.cpp, so text with marks
+# splits as llama.cpp splits it, not as tiktoken does (decision 0013).
+_O200K_CASE = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+_GPT4O = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?((?=[\p{{L}}])([^a-z]))*((?=[\p{{L}}])([^A-Z]))+{_O200K_CASE}"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?((?=[\p{{L}}])([^a-z]))+((?=[\p{{L}}])([^A-Z]))*{_O200K_CASE}"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # Expression lists as in llama.cpp (llama-vocab.cpp), by family.
 _FAMILIES: dict[str, tuple[str, ...]] = {
@@ -104,6 +114,7 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
     "smollm": (r"\p{N}", _GPT2),
     "llama3": (_LLAMA3,),
     "qwen2": (_QWEN2,),
+    "gpt4o": (_GPT4O,),
     # What llama.cpp uses when a file names no pre-tokenizer (or "default").
     "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"),
 }
@@ -117,6 +128,7 @@ PRE_TOKENIZER_NAMES: dict[str, str] = {
     ),
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe"), "llama3"),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), "qwen2"),
+    "gpt-4o": "gpt4o",
     **dict.fromkeys(("", "default"), "default"),
 }
 

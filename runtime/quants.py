@@ -2,8 +2,8 @@
 
 Block layouts follow ggml (`ggml-common.h`); each block is `type_size` bytes that decode to
 `block_size` consecutive values of a row. Rows are always whole blocks. The CUDA kernels decode
-the same layouts, and their tests compare against these functions, which in turn are tested
-against `gguf.quants.dequantize`.
+the same layouts (all but MXFP4 so far, which the CUDA load check refuses), and their tests
+compare against these functions, which in turn are tested against `gguf.quants.dequantize`.
 
 Big tensors are decoded in chunks of rows so the temporaries stay in cache-sized pieces and the
 peak memory is the output plus a few MB.
@@ -29,6 +29,7 @@ BLOCK_SIZES: dict[Q, tuple[int, int]] = {
     Q.Q5_0: (QK, 2 + 4 + QK // 2),
     Q.Q4_K: (QK_K, 4 + 12 + QK_K // 2),
     Q.Q6_K: (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),
+    Q.MXFP4: (QK, 1 + QK // 2),
 }
 SUPPORTED = frozenset(BLOCK_SIZES)
 
@@ -107,6 +108,19 @@ def _q6_k(b: np.ndarray) -> np.ndarray:  # b: (n, 210) -> (n, 256)
     return ((d * sc)[:, :, None] * q).reshape(n, QK_K)
 
 
+#: MXFP4's e2m1 code -> value, doubled as ggml keeps them (kvalues_mxfp4): code bit 3 is the
+#: sign, so 8 ("-0") decodes to +0 as in ggml
+_E2M1_DOUBLED = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
+
+
+def _mxfp4(b: np.ndarray) -> np.ndarray:  # b: (n, 17) -> (n, 32)
+    # OCP MX block: an E8M0 scale 2^(e-127), then 32 e2m1 codes as nibbles (low nibbles values
+    # 0..15, high nibbles 16..31). ggml multiplies the doubled codes by half the scale,
+    # 2^(e-128); every e, 0 and 255 included, is that power of two (ggml_e8m0_to_fp32_half).
+    half_scale = np.ldexp(np.float32(1), b[:, :1].astype(np.int32) - 128)  # (n, 1) float32
+    return half_scale * _E2M1_DOUBLED[_nibbles(b[:, 1:])]
+
+
 _DECODERS: dict[Q, Callable[[np.ndarray], np.ndarray]] = {
     Q.Q8_0: _q8_0,
     Q.Q4_0: _q4_0,
@@ -114,6 +128,7 @@ _DECODERS: dict[Q, Callable[[np.ndarray], np.ndarray]] = {
     Q.Q5_0: _q5_0,
     Q.Q4_K: _q4_k,
     Q.Q6_K: _q6_k,
+    Q.MXFP4: _mxfp4,
 }
 
 

@@ -3,7 +3,8 @@
 The chain, exactly (the CUDA sampler replicates it; see
 specs/decisions/0004-reference-engine-and-sampling.md):
 
-1. ``x = float64(logits)``.
+1. ``x = float64(logits)``; ids the model marks as no token (padding rows of the head,
+   ``runtime.models.vocab.unsampleable_ids``) get ``x = -inf``: never chosen, weight 0.
 2. repetition_penalty ``p != 1``: for each *distinct* token id in ``history``,
    ``x[id] = x[id] / p`` if ``x[id] > 0`` else ``x[id] * p`` (llama.cpp's rule).
 3. temperature 0: return ``argmax(x)`` (the lowest id among equal maxima). Stop.
@@ -89,10 +90,17 @@ def apply_repetition_penalty(x: np.ndarray, penalty: float, history: Iterable[in
 
 
 def sample_from_logits(
-    logits: np.ndarray, params: SamplingParams, history: Iterable[int], draw: int
+    logits: np.ndarray,
+    params: SamplingParams,
+    history: Iterable[int],
+    draw: int,
+    banned: np.ndarray | None = None,
 ) -> int:
-    """Pick the next token id from `logits` (vocab,) with the chain in this module's docstring."""
+    """Pick the next token id from `logits` (vocab,) with the chain in this module's docstring;
+    `banned` (int ids) are never picked."""
     x = np.array(logits, dtype=np.float64)  # (vocab,) a copy: the penalty writes into it
+    if banned is not None and banned.size:
+        x[banned] = -np.inf
     apply_repetition_penalty(x, params.repetition_penalty, history)
     if params.temperature == 0.0:
         return int(np.argmax(x))  # first maximum = lowest id among ties

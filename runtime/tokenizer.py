@@ -1,9 +1,12 @@
-"""The GGUF tokenizer: byte-level BPE with special tokens, matching llama.cpp's token ids.
+"""The GGUF tokenizer: byte-level BPE or SentencePiece, with special tokens, matching llama.cpp.
 
-Built from the `tokenizer.ggml.*` metadata alone (see `Tokenizer.from_metadata`). Encoding first
-cuts the text at special-token texts (as llama.cpp's `tokenizer_st_partition` does), then runs the
-pre-tokenizer and BPE on each stretch of plain text between them. Decoding maps ids back to bytes;
-`IncrementalDecoder` turns a stream of ids into text without ever emitting half a character.
+Built from the `tokenizer.ggml.*` metadata alone (see `Tokenizer.from_metadata`); two kinds, by
+`tokenizer.ggml.model`: "gpt2" is byte-level BPE (`kind` "gguf-bpe": SmolLM2, Qwen2.5), "llama"
+is SentencePiece with scores and byte fallback (`kind` "gguf-spm": Gemma 3). Encoding first cuts
+the text at special-token texts (as llama.cpp's `tokenizer_st_partition` does), then encodes
+each stretch of plain text between them with the kind's fragment encoder (pre-tokenizer + BPE,
+or SentencePiece's merges). Decoding maps ids back to bytes; `IncrementalDecoder` turns a stream
+of ids into text without ever emitting half a character.
 Why our own implementation: specs/decisions/0003-tokenizer.md.
 """
 
@@ -13,12 +16,15 @@ import codecs
 import enum
 import numbers
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
 
 from runtime.bpe import BytePairEncoder, parse_merges, symbols_to_bytes
 from runtime.errors import ModelLoadError
 from runtime.pretokenize import IGNORE_MERGES_FAMILIES, PreTokenizer, family_of
+from runtime.spm import SentencePieceEncoder, unescape_whitespace
 
 
 class TokenType(enum.IntEnum):
@@ -52,6 +58,30 @@ EOG_TEXTS = frozenset(
     }
 )
 
+# o200k_harmony (gpt-oss), as llama.cpp loads it: these structure tokens are user-defined, so
+# they are rendered in the output text (a harmony parser downstream reads the channels), and
+# <|end|> closes a message but not the generation when <|return|> and <|call|> exist.
+HARMONY_RENDERED = frozenset({"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"})
+HARMONY_NOT_EOG, HARMONY_EOG = "<|end|>", ("<|return|>", "<|call|>")
+
+
+def _harmony_end_dropped(vocab: Mapping[str, int], eog: Iterable[int]) -> bool:
+    eog = set(eog)
+    return HARMONY_NOT_EOG in vocab and all(vocab.get(t) in eog for t in HARMONY_EOG)
+
+
+def end_of_generation_ids(
+    vocab: Mapping[str, int], ids: Iterable[int | None], vocab_size: int
+) -> frozenset[int]:
+    """llama.cpp's end-of-generation set: `ids` (EOS, EOT, EOM) in range, every token whose text
+    is in EOG_TEXTS, less <|end|> for o200k_harmony (see HARMONY_NOT_EOG)."""
+    eog = {i for i in ids if i is not None and 0 <= i < vocab_size}
+    eog |= {vocab[t] for t in EOG_TEXTS if t in vocab}
+    if _harmony_end_dropped(vocab, eog):
+        eog.discard(vocab[HARMONY_NOT_EOG])
+    return frozenset(eog)
+
+
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _REQUIRED: Any = object()
 
@@ -72,29 +102,72 @@ def _meta(metadata: Mapping[str, Any], key: str, kind: type, default: Any = _REQ
     )
 
 
+class FragmentEncoder(Protocol):
+    """What a tokenizer kind supplies: plain text -> ids, a normal token's text -> bytes."""
+
+    def encode(self, text: str, *, after_special: bool) -> list[int]: ...
+
+    def piece_bytes(self, text: str) -> bytes: ...
+
+
+class BpeFragments:
+    """Byte-level BPE: the pre-tokenizer's words, each merged by rank (cached per word)."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[str], pre: str):
+        self._pre = PreTokenizer(pre)
+        try:
+            self._bpe = BytePairEncoder(
+                vocab,
+                parse_merges(merges),
+                ignore_merges=self._pre.family in IGNORE_MERGES_FAMILIES,
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"tokenizer.ggml.merges/tokens: {exc}") from None
+
+    def encode(self, text: str, *, after_special: bool) -> list[int]:
+        ids: list[int] = []
+        encode_word = self._bpe.encode_word
+        for word in self._pre.split(text):
+            ids.extend(encode_word(word))
+        return ids
+
+    @staticmethod
+    def piece_bytes(text: str) -> bytes:
+        return symbols_to_bytes(text)
+
+
+class SpmFragments(SentencePieceEncoder):
+    """SentencePiece: "▁" in a token's text is a space."""
+
+    @staticmethod
+    def piece_bytes(text: str) -> bytes:
+        return unescape_whitespace(text).encode("utf-8")
+
+
 class Tokenizer:
     """Encode text to token ids and back, exactly as llama.cpp does for the same GGUF file."""
-
-    kind = "gpt2-bpe"
 
     def __init__(
         self,
         tokens: list[str],
         token_types: list[int],
-        merges: list[str],
         *,
-        pre: str,
+        kind: str,
+        fragments: Callable[[dict[str, int]], FragmentEncoder],
         bos_id: int | None,
         eos_id: int | None,
         add_bos: bool,
         extra_eog_ids: Iterable[int] = (),
     ):
+        """`kind`: "gguf-bpe" | "gguf-spm"; `fragments(vocab)` builds the kind's encoder of
+        plain text over the text -> id map (BpeFragments or SpmFragments)."""
         if len(token_types) != len(tokens):
             raise ModelLoadError(
                 f"tokenizer.ggml.token_type has {len(token_types)} entries for {len(tokens)} tokens"
             )
+        self.kind = kind
         self.tokens = tokens
-        self.token_types = [int(t) for t in token_types]  # TokenType values
+        self.token_types = list(map(int, token_types))  # TokenType values
         self.vocab_size = len(tokens)
         for name, tid in (("bos", bos_id), ("eos", eos_id)):
             if tid is not None and not 0 <= tid < self.vocab_size:
@@ -106,58 +179,78 @@ class Tokenizer:
             raise ModelLoadError(
                 "tokenizer.ggml.add_bos_token is true but there is no bos_token_id"
             )
-        self._vocab = {text: i for i, text in enumerate(tokens)}  # on duplicates the last wins
-        self._pre = PreTokenizer(pre)
-        try:
-            self._bpe = BytePairEncoder(
-                self._vocab,
-                parse_merges(merges),
-                ignore_merges=self._pre.family in IGNORE_MERGES_FAMILIES,
-            )
-        except ValueError as exc:
-            raise ModelLoadError(f"tokenizer.ggml.merges/tokens: {exc}") from None
+        self._vocab = dict(zip(tokens, range(len(tokens)), strict=True))  # duplicates: last wins
+        self._fragments = fragments(self._vocab)
 
-        eog = {i for i in (eos_id, *extra_eog_ids) if i is not None and 0 <= i < self.vocab_size}
-        eog |= {self._vocab[t] for t in EOG_TEXTS if t in self._vocab}
-        self.eog_ids = frozenset(eog)
+        self.eog_ids = end_of_generation_ids(self._vocab, (eos_id, *extra_eog_ids), self.vocab_size)
         for i in self.eog_ids:  # as llama.cpp: an end-of-generation token is a control token
             self.token_types[i] = TokenType.CONTROL
+        # llama.cpp's load-time retyping of the o200k_harmony tokens (llama-vocab.cpp)
+        for text in HARMONY_RENDERED:
+            if text in self._vocab:
+                self.token_types[self._vocab[text]] = TokenType.USER_DEFINED
+        if _harmony_end_dropped(self._vocab, self.eog_ids):
+            self.token_types[self._vocab[HARMONY_NOT_EOG]] = TokenType.USER_DEFINED
 
         # Special tokens matched as whole units in the input, longest text first.
-        special = [
-            (i, t)
-            for i, t in enumerate(tokens)
-            if t
-            and self.token_types[i]
-            in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
-        ]
+        kinds = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+        marked = np.flatnonzero(np.isin(np.asarray(self.token_types), kinds))  # a few hundred
+        special = [(i, tokens[i]) for i in marked.tolist() if tokens[i]]
         special.sort(key=lambda it: -len(it[1].encode()))
         self._special = special
-        self._token_bytes = [self._bytes_of(i) for i in range(self.vocab_size)]
+        # each token's bytes, computed on first use (a decode touches few of 150-260 K tokens)
+        self._token_bytes: list[bytes | None] = [None] * self.vocab_size
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """Build from GGUF metadata as plain Python values (the `tokenizer.ggml.*` keys)."""
         model = _meta(metadata, "tokenizer.ggml.model", str)
-        if model != "gpt2":
+        if model not in ("gpt2", "llama"):
             raise ModelLoadError(
-                f"tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') is supported"
+                f"tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') and "
+                "SentencePiece ('llama') are supported"
             )
-        pre = _meta(metadata, "tokenizer.ggml.pre", str, "default")
-        # Without the key llama.cpp adds BOS for the llama3 family only.
-        add_bos_default = family_of(pre) == "llama3"
+        tokens = list(_meta(metadata, "tokenizer.ggml.tokens", list))
         eog_extra = [
             _meta(metadata, f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eot", "eom")
         ]
-        return cls(
-            list(_meta(metadata, "tokenizer.ggml.tokens", list)),
-            list(_meta(metadata, "tokenizer.ggml.token_type", list)),
-            list(_meta(metadata, "tokenizer.ggml.merges", list)),
-            pre=pre,
+        common = dict(
             bos_id=_meta(metadata, "tokenizer.ggml.bos_token_id", int, None),
             eos_id=_meta(metadata, "tokenizer.ggml.eos_token_id", int, None),
-            add_bos=bool(_meta(metadata, "tokenizer.ggml.add_bos_token", bool, add_bos_default)),
             extra_eog_ids=[i for i in eog_extra if i is not None],
+        )
+        types = list(_meta(metadata, "tokenizer.ggml.token_type", list))
+        if model == "llama":
+            scores = list(_meta(metadata, "tokenizer.ggml.scores", list))
+            if len(scores) != len(tokens):
+                raise ModelLoadError(
+                    f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens"
+                )
+            # llama.cpp's defaults for SentencePiece: BOS added, a space prefix
+            space = bool(_meta(metadata, "tokenizer.ggml.add_space_prefix", bool, True))
+            unknown = _meta(metadata, "tokenizer.ggml.unknown_token_id", int, None)
+            return cls(
+                tokens,
+                types,
+                kind="gguf-spm",
+                fragments=lambda vocab: SpmFragments(
+                    vocab, scores, add_space_prefix=space, unknown_id=unknown
+                ),
+                add_bos=bool(_meta(metadata, "tokenizer.ggml.add_bos_token", bool, True)),
+                **common,
+            )
+        pre = _meta(metadata, "tokenizer.ggml.pre", str, "default")
+        merges = list(_meta(metadata, "tokenizer.ggml.merges", list))
+        return cls(
+            tokens,
+            types,
+            kind="gguf-bpe",
+            fragments=lambda vocab: BpeFragments(vocab, merges, pre),
+            # Without the key llama.cpp adds BOS for the llama3 family only.
+            add_bos=bool(
+                _meta(metadata, "tokenizer.ggml.add_bos_token", bool, family_of(pre) == "llama3")
+            ),
+            **common,
         )
 
     # --- encoding -------------------------------------------------------------------------
@@ -174,13 +267,14 @@ class Tokenizer:
         in front of a text that already starts with one (a chat template that renders it).
         """
         ids: list[int] = []
-        encode_word = self._bpe.encode_word
+        after_special = True  # the text's start counts as following a special token
         for fragment in self._partition(text, parse_special):
             if isinstance(fragment, int):
                 ids.append(fragment)
+                after_special = True
                 continue
-            for word in self._pre.split(fragment):
-                ids.extend(encode_word(word))
+            ids.extend(self._fragments.encode(fragment, after_special=after_special))
+            after_special = False
         if add_bos is None:
             add_bos = self.add_bos
         if add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
@@ -214,7 +308,7 @@ class Tokenizer:
     def _bytes_of(self, tid: int) -> bytes:
         text, ttype = self.tokens[tid], self.token_types[tid]
         if ttype == TokenType.NORMAL:
-            return symbols_to_bytes(text)
+            return self._fragments.piece_bytes(text)
         if ttype == TokenType.BYTE and (m := _BYTE_TOKEN.fullmatch(text)):
             return bytes([int(m.group(1), 16)])
         # Control, user-defined, unknown and unused tokens decode to their text as written.
@@ -222,7 +316,10 @@ class Tokenizer:
 
     def token_bytes(self, tid: int) -> bytes:
         """The raw bytes token `tid` stands for (may be part of a UTF-8 character)."""
-        return self._token_bytes[self._check(tid)]
+        data = self._token_bytes[self._check(tid)]
+        if data is None:
+            data = self._token_bytes[tid] = self._bytes_of(tid)
+        return data
 
     def is_special(self, tid: int) -> bool:
         """True for control tokens (BOS, EOS, <|im_start|>, ...)."""

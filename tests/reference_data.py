@@ -1,9 +1,9 @@
 """Where the llama.cpp reference outputs live inside the repository.
 
 `tests/data/reference/` is a verbatim copy of the project's shared reference folder (llama.cpp's
-token ids, teacher-forcing steps and greedy outputs on the default model). It is kept in the repo
-so that the tests see the same data on a fresh CI clone and on the GPU machine, where only the
-checkout travels.
+token ids, teacher-forcing steps and greedy outputs on the default model; `qwen2.5-coder-0.5b/`
+and `gemma3-270m/` the same for those models). It is kept in the repo so that the tests see the
+same data on a fresh CI clone and on the GPU machine, where only the checkout travels.
 """
 
 from pathlib import Path
@@ -40,3 +40,51 @@ def load_real_numpy_engine(max_context: int):
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
         engine = NumpyEngine.load(gguf, max_context=max_context)
     return engine, tokenizer
+
+
+def catalog_model_file(name: str) -> Path:
+    """The pulled file of catalog model `name` (`worker-orcd pull NAME` puts it in the cache
+    folder; WORKER_ORCD_MODELS_DIR may point at any folder holding it under its catalog file
+    name). Absent: the test skips, saying how to get it, except under CI, where these tests
+    must run on the real files (.ci/run pulls them) and a missing file fails."""
+    import os
+
+    import pytest
+
+    from runtime.errors import ModelLoadError
+    from runtime.models.catalog import cached_path, pull_command
+
+    try:
+        path = cached_path(name)
+        why = None if path.is_file() else f"{path} is absent"
+    except ModelLoadError as error:  # the embedded default's package is not installed
+        why = error.message
+    if why is not None:
+        why += f": run `{pull_command(name)}` (or set WORKER_ORCD_MODELS_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(f"under CI the real model must be there: {why}")
+        pytest.skip(why)
+    return path
+
+
+def model_reference(name: str, file: str):
+    """The parsed llama.cpp reference `file` (tokens.json, teacher-forcing.json) of `name`."""
+    import json
+
+    return json.loads((REFERENCE_DIR / name / file).read_text(encoding="utf-8"))
+
+
+REFERENCE_MODELS_DIR = Path(__file__).resolve().parent / "data" / "reference_models"
+
+
+def reference_fixture(name: str) -> tuple[Path, dict, dict]:
+    """(GGUF path, manifest, logits arrays) of a fixture made by tools/make_reference_fixtures.py
+    (`gpt-oss-tiny`, `phi3-tiny`; see tests/data/reference_models/README.md)."""
+    import json
+
+    import numpy as np
+
+    manifest = json.loads((REFERENCE_MODELS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    with np.load(REFERENCE_MODELS_DIR / f"{name}.logits.npz") as npz:
+        logits = {k: npz[k] for k in npz.files}
+    return REFERENCE_MODELS_DIR / f"{name}.gguf", manifest, logits

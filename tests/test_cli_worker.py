@@ -165,7 +165,7 @@ def test_real_model_streams_what_llama_cpp_predicts(worker):
     health = httpx.get(worker.base + "/health", timeout=5).json()
     assert health["model"] == "SmolLM2-135M-Instruct.Q4_1" and health["quant_kind"] == "Q4_1"
     assert health["vocab_size"] == 49152 and health["context_length"] == 512
-    assert health["tokenizer_kind"] == "gpt2-bpe" and health["backend"] == BACKEND
+    assert health["tokenizer_kind"] == "gguf-bpe" and health["backend"] == BACKEND
     with httpx.Client() as client:
         events = stream(
             client,

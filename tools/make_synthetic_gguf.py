@@ -28,8 +28,8 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 from gguf import GGUFWriter
 
-from runtime.architectures import get_architecture
 from runtime.gguf_header import read_header
+from runtime.models import get_family
 from runtime.quants import BLOCK_SIZES
 from tools import synthetic_families as fam
 
@@ -123,6 +123,8 @@ def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarra
     elif qtype == Q.Q6_K:  # value = d*sc*(q-32), sc int8: keep it in 1..16
         b[:, 192:208] = rng.integers(1, 17, (n_blocks, 16), dtype=np.uint8)
         f16(208, std / (18.5 * 8.5))
+    elif qtype == Q.MXFP4:  # value = 2^(e-128) * doubled e2m1 code (rms ~6): e near 128 - 8
+        b[:, 0] = rng.integers(119, 122, n_blocks, dtype=np.uint8)
     return b.reshape(*shape[:-1], -1)
 
 
@@ -134,14 +136,15 @@ def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str,
     meta["tokenizer.ggml.tokens"] = (tokens, V.STRING)
     meta["tokenizer.ggml.token_type"] = (types, V.INT32)
     meta["tokenizer.ggml.merges"] = (merges, V.STRING)
-    arch = get_architecture("llama")
-    config = arch.config_from_metadata({k: v for k, (v, _) in meta.items()}, set())
+    family = get_family("llama")
+    config = family.config_from_metadata({k: v for k, (v, _) in meta.items()})
     plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, 576))]
+    layer_slots = [s for s in family.plan.layer_slots if s.required]  # no bias; tied head
     for i in range(n_layers):
-        for role in arch.layer_tensors:
-            kind = "norm" if role.endswith("norm") else "matrix"
-            shape = arch.shapes[role](config)
-            plan.append((arch.tensor_name(role, i), SMOLLM2_TYPES[kind], shape))
+        for slot in layer_slots:
+            for part in slot.parts:
+                kind = "norm" if slot.kind == "vector" else "matrix"
+                plan.append((part.tensor_name(i), SMOLLM2_TYPES[kind], part.shape(config)))
     plan.append(("output_norm.weight", Q.F32, (576,)))
     return meta, plan
 

@@ -251,3 +251,14 @@ async def test_a_chat_template_that_recurses_forever_is_a_400():
             assert error["field"] == "messages" and "recursed" in error["message"]
             assert (await h.client.get("/health")).json()["status"] == "ready"
         assert "chat_template_unusable" not in h.actions()  # it parses; it fails per request
+
+
+async def test_messages_to_a_model_without_chat_template_are_a_clear_400():
+    async with running_worker(chat_template=None) as h:
+        with trio.fail_after(10):
+            response = await h.client.post("/execute", json={"job_id": "m", "messages": MESSAGES})
+            error = error_of(response, 400, "INVALID_REQUEST")
+            assert error["field"] == "messages"
+            assert "no chat template" in error["message"] and "'prompt'" in error["message"]
+            events = await h.execute(job_id="p", prompt="abc", max_tokens=2)
+        assert events[-1].event == "end"

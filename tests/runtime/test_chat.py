@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jinja2
 import pytest
 
 from runtime.chat import ChatTemplateError, compile_chat_template, render_chat
@@ -151,3 +152,83 @@ def test_broken_template_is_a_load_error():
         compile_chat_template("{% for m in messages %}")
     with pytest.raises(ModelLoadError, match="missing or empty"):
         render_chat("", USER, bos_token="", eos_token="")
+
+
+# -- Qwen2.5's own template, tools branch included -----------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city, in °C",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Zürich?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}],
+    },
+    {"role": "tool", "content": '{"celsius": 21}'},
+    {"role": "tool", "content": '{"note": "sunny"}'},
+]
+
+
+def _plain_jinja(template: str, **context) -> str:
+    """The same template in an ordinary (unsandboxed) Jinja environment with HF's options: the
+    sandbox must not change what a well-behaved template renders."""
+    env = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+    return env.from_string(template).render(**context)
+
+
+def test_qwen_template_renders_tools_calls_and_responses():
+    from runtime.gguf_header import read_header
+    from tests.reference_data import catalog_model_file
+
+    metadata = read_header(catalog_model_file("qwen2.5-coder-0.5b")).metadata
+    template = metadata["tokenizer.chat_template"]
+    text = render_chat(template, TOOL_CHAT, bos_token="", eos_token="<|im_end|>", tools=[WEATHER])
+    assert text == _plain_jinja(
+        template, messages=TOOL_CHAT, tools=[WEATHER], add_generation_prompt=True
+    )
+    assert text.startswith(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.\n\n# Tools\n\nYou may call one or more functions"
+    )
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather", ' in text
+    assert "Weather of a city, in °C" in text  # tojson keeps non-ASCII text as it is
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "Zürich"}}\n</tool_call><|im_end|>\n'
+    ) in text
+    assert (
+        '<|im_start|>user\n<tool_response>\n{"celsius": 21}\n</tool_response>\n'
+        '<tool_response>\n{"note": "sunny"}\n</tool_response><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    ) in text
+    ids = Tokenizer.from_metadata(metadata).encode(text)
+    # <tool_call> is a user-defined token: each of its texts (2 in the instructions, the call)
+    assert ids.count(151657) == text.count("<tool_call>") == 3
+    # without tools: the default system turn, and the plain chat the reference prompt used
+    plain = render_chat(template, TOOL_CHAT[:1], bos_token="", eos_token="<|im_end|>")
+    assert plain.startswith("<|im_start|>system\nYou are Qwen") and "# Tools" not in plain
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(tools={"not": "a list"}), "tools"),
+        (dict(messages=[{"role": "assistant", "content": None}]), "messages"),
+        (dict(messages=[{"role": "assistant", "content": "x", "tool_calls": "no"}]), "messages"),
+    ],
+)
+def test_bad_tools_and_tool_calls_are_invalid_requests(template, kwargs, field):
+    args = dict(messages=[{"role": "user", "content": "hi"}], bos_token="", eos_token="")
+    with pytest.raises(InvalidRequest) as info:
+        render_chat(template, **{**args, **kwargs})
+    assert info.value.field == field

@@ -156,7 +156,7 @@ def test_qwen2_roles_with_qkv_bias(tmp_path: Path):
     assert c.arch == "qwen2" and c.qkv_bias and c.rope_style == "neox" and c.tied_output
     assert model.weight("attn_k_bias", 1).name == "blk.1.attn_k.bias"
     assert model.weight("attn_k_bias", 1).shape == (KV,)
-    assert not model.arch.fused_qkv
+    assert [p.role for p in model.family.plan.slot("qkv").parts] == ["attn_q", "attn_k", "attn_v"]
     del layer["attn_v.bias"]  # the bias is required for qwen2
     msg = _load_error(write_tiny(tmp_path / "q2b.gguf", arch="qwen2", layer=layer))
     assert "'blk.0.attn_v.bias'" in msg
@@ -170,9 +170,10 @@ def test_phi3_roles_with_fused_qkv_and_gate_up(tmp_path: Path):
         "ffn_down.weight": (Q.Q6_K, (D, FF)),
     }
     model = open_gguf(write_tiny(tmp_path / "phi3.gguf", arch="phi3", layer=layer))
-    c, a = model.config, model.arch
+    c, plan = model.config, model.family.plan
     assert c.arch == "phi3" and c.rope_style == "neox" and not c.qkv_bias
-    assert a.fused_qkv and a.fused_gate_up
+    assert [p.role for p in plan.slot("qkv").parts] == ["attn_qkv"]
+    assert [p.role for p in plan.slot("gate_up").parts] == ["ffn_gate_up"]
     assert model.weight("attn_qkv", 0).shape == (D + 2 * KV, D)
     assert model.weight("ffn_gate_up", 1).name == "blk.1.ffn_up.weight"
     assert model.weight("ffn_gate_up", 1).shape == (2 * FF, D)

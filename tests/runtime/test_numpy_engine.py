@@ -249,11 +249,11 @@ def test_residency_detects_a_changed_weight_and_a_closed_engine(tmp_path):
     report = eng.check_residency()
     assert report.ok and report.checked_bytes > 0
     assert eng.memory_bytes() > sum(a.nbytes for a in eng.w.values())
-    w = eng.w["w_down"]
+    w = eng.w["down"]
     w.flags.writeable = True
     w.reshape(-1)[0] += 1.0  # element 0 is always in the sample
     report = eng.check_residency()
-    assert not report.ok and "w_down" in report.detail
+    assert not report.ok and "down" in report.detail
     eng.close()
     eng.close()
     assert not eng.check_residency().ok and eng.memory_bytes() == 0

@@ -97,6 +97,41 @@ def test_q4_k_scales_by_hand():
     np.testing.assert_array_equal(out, np.repeat(np.arange(1, 9, dtype=np.float32)[:, None], 32, 1))
 
 
+def test_mxfp4_every_scale_and_code_matches_gguf_py_bit_for_bit():
+    # 256 blocks: block i has E8M0 scale byte i (0 and 255 included, where ggml's half-scale
+    # is a denormal or overflows 12 * 2^127 to inf) and random codes, so every code appears
+    rng = np.random.default_rng(39)
+    raw = rng.integers(0, 256, size=(256, 17), dtype=np.uint8)
+    raw[:, 0] = np.arange(256)
+    raw = raw.reshape(8, 32 * 17)  # 8 rows of 32 blocks
+    ours = quants.dequantize(raw, Q.MXFP4, (8, 32 * 32))
+    with np.errstate(over="ignore"):  # gguf-py's own multiply overflows for e = 255
+        theirs = ref.dequantize(raw, Q.MXFP4)
+    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+def test_mxfp4_by_hand():
+    # e = 127: scale 1. Byte j holds code j % 16 (low nibble, value j) and 15 - j % 16 (high
+    # nibble, value j + 16); e2m1 codes 0..7 are 0, .5, 1, 1.5, 2, 3, 4, 6 and 8..15 their negatives
+    e2m1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6]
+    qs = np.array([j | ((15 - j) << 4) for j in range(16)], np.uint8)
+    block = np.concatenate([np.array([127], np.uint8), qs])
+    out = quants.dequantize(block, Q.MXFP4, (32,))
+    np.testing.assert_array_equal(out, e2m1 + e2m1[::-1])
+    block[0] = 130  # scale 2^3
+    np.testing.assert_array_equal(quants.dequantize(block, Q.MXFP4, (32,)), 8 * out)
+    assert quants.row_bytes(Q.MXFP4, 2880) == 90 * 17  # a GPT-OSS-20B expert row
+
+
+def test_mxfp4_quantized_by_gguf_py_decodes_the_same():
+    x = np.random.default_rng(5).normal(0, 1, size=(6, 96)).astype(np.float32)
+    raw = ref.quantize(x, Q.MXFP4)
+    ours = quants.dequantize(raw, Q.MXFP4, x.shape)
+    np.testing.assert_array_equal(ours, ref.dequantize(raw, Q.MXFP4))
+    # e2m1 keeps 1 mantissa bit: each value within half a step of its block's grid
+    assert np.abs(ours - x).max() < 0.5 * np.abs(x).max()
+
+
 def test_chunked_decode_matches_unchunked(monkeypatch):
     rng = np.random.default_rng(11)
     raw = random_blocks(Q.Q6_K, 10, rng)

@@ -155,3 +155,33 @@ def test_negligible_tail_never_sampled_and_huge_logits_are_safe():
     params = SamplingParams(temperature=1.5, seed=3)
     picks = {sample_from_logits(logits, params, [], d) for d in range(200)}
     assert picks == {17, 18}
+
+
+def test_banned_ids_are_never_sampled():
+    """Padding rows of the head (runtime.models.vocab) are masked for greedy and random draws."""
+    logits = np.zeros(10, np.float32)
+    logits[7:] = 50.0  # the padding rows hold the largest logits
+    banned = np.arange(7, 10)
+    assert sample_from_logits(logits, SamplingParams(temperature=0.0), [], 0) == 7
+    assert sample_from_logits(logits, SamplingParams(temperature=0.0), [], 0, banned=banned) == 0
+    hot = SamplingParams(temperature=2.0, top_p=1.0, seed=3)
+    picks = {sample_from_logits(logits, hot, [], d, banned=banned) for d in range(200)}
+    assert picks <= set(range(7)) and len(picks) > 3
+    penalty = SamplingParams(temperature=0.0, repetition_penalty=1.5)
+    logits[:7] = [1.0, 0.8, 0, 0, 0, 0, 0]  # the penalty moves 0 below 1; 8 stays banned
+    assert sample_from_logits(logits, penalty, [8, 0], 0, banned=banned) == 1
+
+
+def test_unsampleable_ids_from_token_types():
+    from runtime.models.vocab import sampled_prefix, unsampleable_ids
+
+    md = {
+        "tokenizer.ggml.tokens": ["a", "b", "[PAD2]", "c"],
+        "tokenizer.ggml.token_type": [1, 1, 5, 3],
+    }
+    assert unsampleable_ids(md, 4).tolist() == [2]
+    assert unsampleable_ids(md, 6).tolist() == [2, 4, 5]  # rows past the token list too
+    assert sampled_prefix(unsampleable_ids(md, 6), 6) is None
+    md["tokenizer.ggml.token_type"] = [1, 1, 1, 5]
+    assert sampled_prefix(unsampleable_ids(md, 6), 6) == 3
+    assert sampled_prefix(unsampleable_ids({}, 6), 6) == 6

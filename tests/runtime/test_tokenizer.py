@@ -40,7 +40,7 @@ def test_reference_ids_and_round_trip(tok, case):
 
 
 def test_model_facts(tok, metadata):
-    assert tok.kind == "gpt2-bpe"
+    assert tok.kind == "gguf-bpe"
     assert tok.vocab_size == len(metadata["tokenizer.ggml.tokens"]) == 49152
     assert (tok.bos_id, tok.eos_id) == (
         metadata["tokenizer.ggml.bos_token_id"],
@@ -248,7 +248,8 @@ def test_add_bos_from_metadata():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"tokenizer.ggml.model": "llama"}, "only byte-level BPE"),
+        ({"tokenizer.ggml.model": "bert"}, "only byte-level BPE"),
+        ({"tokenizer.ggml.model": "llama"}, "tokenizer.ggml.scores"),
         ({"tokenizer.ggml.pre": "mystery"}, "'mystery'"),
         ({"tokenizer.ggml.token_type": [1]}, "token_type has 1 entries"),
         ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens"),
