@@ -1,7 +1,8 @@
 // Pieces shared by the decode matrix-vector kernels (quant_matvec.cu, quant_matvec_mr.cu):
-// the x loads, the slot dot product and the fused RMSNorm's 1 / rms. One definition, so every
-// variant computes a row in the same arithmetic order.
+// the x loads, the slot dot product, the fused RMSNorm's 1 / rms, the row reduction and the
+// output epilogue. One definition, so every variant computes a row in the same arithmetic order.
 #pragma once
+#include "activations.cuh"
 
 // One float4 of x. x is written by the kernel before, so not with the .nc load the compiler
 // would pick for a const __restrict__ pointer (pdl.cuh): ld.global.ca, which PTX makes
@@ -41,4 +42,50 @@ __device__ __forceinline__ float rms_inv(const float *x, int cols, float eps, in
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     return rsqrtf(ss / (float)cols + eps);
+}
+
+// The sums of R rows: a butterfly within each warp, then (WPR > 1) the row's warps' partials in
+// warp order, met in shared memory (WPB: warps per block). The totals end in lane 0 of the
+// group's first warp (sub == 0); every thread of the block must call this (a barrier).
+template <int R, int WPR, int WPB>
+__device__ __forceinline__ void reduce_rows(float (&acc)[R], int lane, int warp, int sub) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    if (WPR > 1) {
+        __shared__ float part[WPB][R];
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
+        __syncthreads();
+        if (sub == 0 && lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                for (int j = 1; j < WPR; ++j) acc[r] += part[warp + j][r];
+    }
+}
+
+// The group's P outputs from row0 on (those < rows): acc * inv (+ bias) or, for a GLU,
+// act(gate * inv) * (up * inv) with the gate sums in acc[0, P) and the up sums in acc[P, 2P);
+// plus the old y when accumulating.
+template <int GLU, int P, int R>
+__device__ __forceinline__ void store_rows(const float (&acc)[R], float inv, float *y,
+                                           const float *__restrict__ bias, int accumulate,
+                                           int row0, int rows) {
+    static_assert(R == (GLU == GLU_NONE ? P : 2 * P), "a GLU has a gate and an up sum each");
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        const int out = row0 + p;
+        if (out < rows) {
+            float v;
+            if constexpr (GLU != GLU_NONE) {
+                v = glu_act<GLU>(acc[p] * inv) * (acc[P + p] * inv);
+            } else {
+                v = acc[p] * inv;
+                if (bias != nullptr) v += bias[out];  // a weight: never written by a kernel
+            }
+            y[out] = accumulate ? __ldcg(y + out) + v : v;
+        }
+    }
 }

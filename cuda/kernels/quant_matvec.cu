@@ -133,36 +133,9 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
         }
     }
 #endif
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-    if (WPR > 1) {
-        __shared__ float part[MV_WARPS][R];
-        if (lane == 0)
-#pragma unroll
-            for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
-        __syncthreads();
-        if (sub == 0 && lane == 0)
-#pragma unroll
-            for (int r = 0; r < R; ++r)
-                for (int j = 1; j < WPR; ++j) acc[r] += part[warp + j][r];
-    }
+    reduce_rows<R, WPR, MV_WARPS>(acc, lane, warp, sub);
     if (sub != 0 || lane != 0) return;
-    if constexpr (GLU != GLU_NONE) {
-        if (row0 < rows) {
-            const float h = glu_act<GLU>(acc[0] * inv) * (acc[1] * inv);
-            y[row0] = accumulate ? __ldcg(y + row0) + h : h;
-        }
-    } else {
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-            if (row0 + r < rows) {
-                float v = acc[r] * inv;
-                if (bias != nullptr) v += bias[row0 + r];  // a weight: never written by a kernel
-                y[row0 + r] = accumulate ? __ldcg(y + row0 + r) + v : v;
-            }
-    }
+    store_rows<GLU, GLU ? 1 : R>(acc, inv, y, bias, accumulate, row0, rows);
 }
 
 // The plain kernels' row groups: WPR warps per group, R rows each (one output for a GLU).

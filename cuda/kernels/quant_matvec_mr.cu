@@ -104,36 +104,9 @@ __device__ __forceinline__ void mr_group(const uint8_t *__restrict__ W, int rows
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < RPW; ++r)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-    if (WPR > 1) {
-        __shared__ float part[WPB][RPW];
-        if (lane == 0)
-#pragma unroll
-            for (int r = 0; r < RPW; ++r) part[warp][r] = acc[r];
-        __syncthreads();
-        if (sub == 0 && lane == 0)
-#pragma unroll
-            for (int r = 0; r < RPW; ++r)
-                for (int j = 1; j < WPR; ++j) acc[r] += part[warp + j][r];
-    }
+    reduce_rows<RPW, WPR, WPB>(acc, lane, warp, sub);
     if (sub != 0 || lane != 0) return;
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-        const int out = row0 + p;
-        if (out < rows) {
-            float v;
-            if constexpr (GLU != GLU_NONE) {
-                v = glu_act<GLU>(acc[p] * inv) * (acc[P + p] * inv);
-            } else {
-                v = acc[p] * inv;
-                if (bias != nullptr) v += bias[out];  // a weight: never written by a kernel
-            }
-            y[out] = accumulate ? __ldcg(y + out) + v : v;
-        }
-    }
+    store_rows<GLU, P>(acc, inv, y, bias, accumulate, row0, rows);
 }
 
 // The plain grid: a block of WPB warps holds WPB / WPR groups.
@@ -209,16 +182,8 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
                 }
             }
         }
-#pragma unroll
-        for (int r = 0; r < RPW; ++r) {
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-            const int out = grp * RPW + r;
-            if (lane == 0 && out < rows) {
-                const float v = acc[r] * inv;
-                y[out] = accumulate ? __ldcg(y + out) + v : v;
-            }
-        }
+        reduce_rows<RPW, 1, WPB>(acc, lane, 0, 0);  // one warp per group: no barrier
+        if (lane == 0) store_rows<GLU_NONE, RPW>(acc, inv, y, nullptr, accumulate, grp * RPW, rows);
 #pragma unroll
         for (int u = 0; u < U; ++u)
 #pragma unroll

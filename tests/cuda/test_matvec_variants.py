@@ -26,7 +26,7 @@ from runtime.quants import dequantize
 from tests.cuda.checks import EXACT_TOL, assert_close
 from tests.cuda.ggml_random import TYPES, block_cols, random_weights
 from tests.cuda.test_quant_kernels import _assert_glu, _matvec_case, _rms
-from tests.cuda.test_quant_kernels_models import SEGMENT_CASES
+from tests.cuda.test_quant_kernels_models import SEGMENT_CASES, segmented_case
 
 
 @pytest.fixture(scope="module")
@@ -124,32 +124,6 @@ def test_matvec_glu_variant_matches_numpy(kq_mr, gpu, qtype, variant, act, d_ff,
     _assert_glu(got, w, _rms(x, g, 1e-6), d_ff, act)
 
 
-def _seg_case(kq, gpu, case, variant, *, norm, with_bias):
-    segs, cols = SEG_CASES[case]
-    rng = np.random.default_rng([len(case), int(norm), int(with_bias)])
-    raws = [random_weights(t, r, cols, rng) for t, r in segs]
-    total = sum(r for _, r in segs)
-    x = (rng.standard_normal(cols) * 3).astype(np.float32)
-    g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
-    bias = rng.standard_normal(total).astype(np.float32)
-    y = gpu.out(total)
-    keep = [gpu.put(r) for r in raws]
-    gd, bd = gpu.put(g), gpu.put(bias)
-    kq.matvec_seg(
-        [(t, wd.gpudata, r) for (t, r), wd in zip(segs, keep, strict=True)], cols,
-        gpu.put(x).gpudata, y.gpudata, gpu.stream, norm_w_ptr=gd.gpudata if norm else None,
-        eps=1e-6, bias_ptr=bd.gpudata if with_bias else None, variant=variant,
-    )  # fmt: skip
-    got = gpu.get(y, (total,))
-    w = np.concatenate(
-        [dequantize(raw, t, (r, cols)) for raw, (t, r) in zip(raws, segs, strict=True)]
-    ).astype(np.float64)
-    xn = _rms(x, g, 1e-6) if norm else x.astype(np.float64)
-    extra = bias.astype(np.float64) if with_bias else 0.0
-    assert_close(got, w @ xn + extra, np.abs(w) @ np.abs(xn) + np.abs(extra), EXACT_TOL)
-    return got
-
-
 #: test_quant_kernels_models' cases, and odd segment sizes, so a 2-row group ends inside a
 #: segment, next to its neighbour
 SEG_CASES = {**SEGMENT_CASES, "odd-q5_0-q8_0-q4_k": ([(Q.Q5_0, 7), (Q.Q8_0, 5), (Q.Q4_K, 9)], 512)}
@@ -160,7 +134,11 @@ SEG_CASES = {**SEGMENT_CASES, "odd-q5_0-q8_0-q4_k": ([(Q.Q5_0, 7), (Q.Q8_0, 5), 
 @pytest.mark.parametrize(("norm", "with_bias"), [(False, True), (True, False)],
                          ids=["bias", "norm"])  # fmt: skip
 def test_segmented_variant_matches_numpy(kq_mr, gpu, case, variant, norm, with_bias):
-    _seg_case(kq_mr, gpu, case, variant, norm=norm, with_bias=with_bias)
+    segs, cols = SEG_CASES[case]
+    segmented_case(
+        kq_mr, gpu, segs, cols, norm=norm, with_bias=with_bias, accumulate=case == "q8_0-q6_k",
+        seed=[len(case), int(norm), int(with_bias)], variant=variant,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- bitwise
