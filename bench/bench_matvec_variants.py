@@ -2,7 +2,7 @@
 (random weights of the real types, no model file), in one process on one GPU.
 
     python3 bench/bench_matvec_variants.py [--models qwen2,gemma3,smollm2] [--reps 40]
-        [--replays 15] [--no-pdl] [--budget-s 100] [--dry-run]
+        [--replays 15] [--no-pdl] [--budget-s 90] [--dry-run]
 
 Variants: quant_matvec.cu's kernels as built today ("plain", "tall", "wide", "wide4"), the same
 built with GGML_FAST_CVT=1 ("+cvt"), and quant_matvec_mr.cu's ("mr-..."; always fast-cvt):
@@ -164,7 +164,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=40, help="launches per captured graph")
     ap.add_argument("--replays", type=int, default=15, help="timed replays (median)")
     ap.add_argument("--no-pdl", action="store_true", help="launch without PDL")
-    ap.add_argument("--budget-s", type=float, default=100.0, help="skip what is left after this")
+    ap.add_argument(
+        "--budget-s", type=float, default=90.0, help="timing seconds; what is left is skipped"
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the plan; no GPU")
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
