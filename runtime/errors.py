@@ -25,6 +25,7 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "CONFLICT"
     NOT_FOUND = "NOT_FOUND"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"  # pool preflight: a file no worker here can serve
 
 
 #: Codes after which the same request may succeed if simply sent again.
