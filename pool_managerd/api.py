@@ -48,16 +48,28 @@ def _error(error: WorkerError) -> Response:
     return response
 
 
+async def _read_body() -> None:
+    """Read every request's body first, whatever the route (an unknown one too) will answer.
+
+    An answer that leaves a body unread on a keep-alive connection makes hypercorn stall the
+    next request on that connection (found by tests/pool/test_api.py::
+    test_refusals_on_one_keep_alive_connection): so nothing is answered before the body is in.
+    A declared length over the limit is refused unread, and that answer closes the connection.
+    """
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PoolError(f"body over {MAX_BODY_BYTES} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE)
+    await request.get_data()  # cached for `_body`; MAX_CONTENT_LENGTH guards chunked bodies
+
+
 async def _body() -> dict:
+    data = await request.get_data()
     if request.mimetype != "application/json":
         raise PoolError(
             f"Content-Type must be application/json, got {request.mimetype or 'none'}",
             code=ErrorCode.INVALID_REQUEST,
             field="content-type",
         )
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise PoolError(f"body over {MAX_BODY_BYTES} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE)
-    return parse_json_object(await request.get_data(cache=False))
+    return parse_json_object(data)
 
 
 def create_app(pool) -> QuartTrio:
@@ -94,6 +106,8 @@ def create_app(pool) -> QuartTrio:
             code=str(ErrorCode.INTERNAL),
         )
         return _json(WorkerError(f"internal error: {type(error).__name__}").to_body(), 500)
+
+    app.before_request(_read_body)
 
     @app.post("/v2/workers/start")
     async def start() -> Response:

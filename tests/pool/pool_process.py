@@ -116,6 +116,25 @@ class PoolProcess:
             time.sleep(0.1)
         raise TimeoutError(f"worker {worker_id} still running after {timeout_s} s\n{self.tail()}")
 
+    def wait_narration(self, worker_id: str, action: str, timeout_s: float = 30.0) -> dict:
+        """The first event `action` the worker narrated (relayed into the pool's log)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for event in self.log_events():
+                if event.get("worker_id") == worker_id and event.get("action") == action:
+                    return event
+            time.sleep(0.02)
+        raise TimeoutError(f"worker {worker_id} did not narrate {action}:\n{self.tail()}")
+
+    def freeze_at_load(self, started: dict) -> None:
+        """SIGSTOP a just-started worker once it is loading the model: "hung at load".
+
+        Not earlier: before the worker has set up its signal handling, a SIGTERM with the
+        default action kills even a stopped process, and the escalation would end at SIGTERM.
+        """
+        self.wait_narration(started["worker_id"], "model_load_start")
+        os.kill(started["pid"], signal.SIGSTOP)
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.returncode is None:
             if self.proc.poll() is None:

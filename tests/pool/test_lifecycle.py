@@ -170,7 +170,7 @@ def test_a_sigkilled_worker_fails_frees_its_memory_and_is_not_restarted():
 def test_a_worker_hung_at_load_is_killed_and_failed_at_the_ready_deadline():
     with start_pool("--ready-timeout", "3", pool_id="hang") as pool:
         started = pool.start_worker()
-        os.kill(started["pid"], signal.SIGSTOP)  # frozen wherever it was: it never calls back
+        pool.freeze_at_load(started)  # it never calls back
         t0 = time.monotonic()
         failed = pool.wait_status(started["worker_id"], "failed", timeout_s=10)
         assert "no ready callback within 3.0 s" in failed["reason"]
