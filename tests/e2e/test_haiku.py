@@ -163,32 +163,7 @@ def test_minute_word_found(text, minute, found):
 # --------------------------------------------------------------------------- the haiku test
 
 
-def haiku_attempts(base_url: str, run_dir, run_id: str) -> list[dict]:
-    """Up to MAX_ATTEMPTS haiku requests to the worker at `base_url`, until one passes or
-    breaks the protocol; each attempt's record is also written under `run_dir`."""
-    attempts = []
-    with httpx.Client() as client:
-        for n in range(1, MAX_ATTEMPTS + 1):
-            record = _attempt(base_url, client, run_dir, n, run_id)
-            attempts.append(record)
-            if record["protocol_problems"] or record["passed"]:
-                break
-    return attempts
-
-
-def leaked_into(log: str, attempts: list[dict]) -> list[str]:
-    """The nonces and generated texts of `attempts` found in `log` (the never-log-text rule)."""
-    leaks = [a["nonce"] for a in attempts if a["nonce"] in log]
-    for a in attempts:
-        text = a["text"] or ""
-        # The log is JSON lines: look for the text both as written and JSON-escaped.
-        forms = {text, json.dumps(text, ensure_ascii=True)[1:-1]}
-        if len(text) >= 20 and any(form in log for form in forms):
-            leaks.append(text)
-    return leaks
-
-
-def _attempt(base_url: str, client: httpx.Client, run_dir, n: int, run_id: str) -> dict:
+def _attempt(worker: WorkerProcess, client: httpx.Client, run_dir, n: int, run_id: str) -> dict:
     nonce = secrets.token_hex(4)
     seed = secrets.randbits(63)
     now = datetime.datetime.now(datetime.UTC)
@@ -210,7 +185,7 @@ def _attempt(base_url: str, client: httpx.Client, run_dir, n: int, run_id: str) 
         "nonce": nonce,
         "request": body,
     }
-    transcript = stream_execute(client, base_url, body, timeout_s=300)
+    transcript = stream_execute(client, worker.base_url, body, timeout_s=300)
     (run_dir / f"attempt-{n}.sse").write_text(transcript.raw, encoding="utf-8")
     record["status_code"] = transcript.status_code
     record["events"] = [list(e) for e in transcript.events]
@@ -259,7 +234,14 @@ def test_haiku_contains_the_current_minute_in_words(e2e_worker: WorkerProcess):
         encoding="utf-8",
     )
 
-    attempts = haiku_attempts(e2e_worker.base_url, run_dir, run_id)
+    attempts = []
+    with httpx.Client() as client:
+        for n in range(1, MAX_ATTEMPTS + 1):
+            record = _attempt(e2e_worker, client, run_dir, n, run_id)
+            attempts.append(record)
+            if record["protocol_problems"] or record["passed"]:
+                break
+
     passed = any(a["passed"] for a in attempts)
     # Issue 3 item 9: each job narrates execute_start and execute_end. The end event may be
     # written just after the stream closed (another thread), so allow it a moment to appear.
@@ -273,7 +255,13 @@ def test_haiku_contains_the_current_minute_in_words(e2e_worker: WorkerProcess):
     unnarrated = sorted(expected - narrated)
     # The never-log-text rule, checked on the real process: no nonce, no generated text.
     log = e2e_worker.log_text()
-    leaks = leaked_into(log, attempts)
+    leaks = [a["nonce"] for a in attempts if a["nonce"] in log]
+    for a in attempts:
+        text = a["text"] or ""
+        # The log is JSON lines: look for the text both as written and JSON-escaped.
+        forms = {text, json.dumps(text, ensure_ascii=True)[1:-1]}
+        if len(text) >= 20 and any(form in log for form in forms):
+            leaks.append(text)
     verdict = {
         "run_id": run_id,
         "passed": passed and not leaks and not unnarrated,

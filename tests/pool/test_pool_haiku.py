@@ -16,12 +16,36 @@ import datetime
 import json
 import secrets
 import time
+import types
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import RESULTS_DIR, selected_backend
-from tests.e2e.test_haiku import EXECUTE_ACTIONS, haiku_attempts, leaked_into
+from tests.e2e.test_haiku import EXECUTE_ACTIONS, MAX_ATTEMPTS, _attempt
 from tests.pool.pool_process import start_pool
+
+
+def haiku_attempts(base_url: str, run_dir, run_id: str) -> list[dict]:
+    """The e2e test's attempts (its `_attempt` needs only the worker's `base_url`)."""
+    worker = types.SimpleNamespace(base_url=base_url)
+    attempts = []
+    with httpx.Client() as client:
+        for n in range(1, MAX_ATTEMPTS + 1):
+            attempts.append(_attempt(worker, client, run_dir, n, run_id))
+            if attempts[-1]["protocol_problems"] or attempts[-1]["passed"]:
+                break
+    return attempts
+
+
+def leaked_into(log: str, attempts: list[dict]) -> list[str]:
+    """Nonces, and generated texts of 20+ characters (as written or JSON-escaped), in `log`."""
+    leaks = [a["nonce"] for a in attempts if a["nonce"] in log]
+    for text in (a["text"] or "" for a in attempts):
+        forms = {text, json.dumps(text, ensure_ascii=True)[1:-1]}
+        if len(text) >= 20 and any(form in log for form in forms):
+            leaks.append(text)
+    return leaks
 
 
 @pytest.mark.slow
