@@ -36,7 +36,13 @@ from pool_managerd.model_cache import ModelCache
 from pool_managerd.model_refs import resolve_model_ref
 from pool_managerd.preflight import check_fits, examine
 from pool_managerd.requests import ReadyCallback, StartRequest
-from pool_managerd.spawner import relay_lines, spawn, stop_process, worker_command
+from pool_managerd.spawner import (
+    WorkerProcess,
+    relay_lines,
+    spawn,
+    stop_process,
+    worker_command,
+)
 from pool_managerd.state import WorkerRecord, WorkerStatus, utc_now_iso
 from runtime.errors import ErrorCode
 from runtime.narration import Narrator
@@ -54,7 +60,7 @@ class WorkerHandle:
     def __init__(self, record: WorkerRecord, device: Device):
         self.record = record
         self.device = device
-        self.proc: trio.Process | None = None
+        self.proc: WorkerProcess | None = None
         self.nursery: trio.Nursery | None = None
         self.ready = trio.Event()
         self.exited = trio.Event()
@@ -201,7 +207,7 @@ class Pool:
             callback_url=self.callback_url,
         )
         try:
-            handle.proc = await spawn(cmd)
+            handle.proc = spawn(cmd)
         except OSError as error:
             record.alive = False
             self._fail(handle, f"cannot start the worker process: {error}")
@@ -213,7 +219,8 @@ class Pool:
             handle.nursery = nursery
             task_status.started()
             nursery.start_soon(self._watch, handle)
-            await relay_lines(handle.proc.stdout, functools.partial(self._on_line, record))
+            async with handle.proc.stdout:
+                await relay_lines(handle.proc.stdout, functools.partial(self._on_line, record))
             code = await handle.proc.wait()
             nursery.cancel_scope.cancel()
         self._on_exit(handle, code)

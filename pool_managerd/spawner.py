@@ -84,10 +84,41 @@ def _die_with_parent_hook() -> Callable[[], None]:
     return hook
 
 
-async def spawn(cmd: list[str], *, cwd: Path | None = None) -> trio.Process:
-    """Start `cmd` with stdout and stderr on one pipe (read it with `relay_lines`)."""
+class WorkerProcess:
+    """A spawned worker: its pid, its output as a trio stream, its exit awaited through a pidfd."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout = trio.lowlevel.FdStream(os.dup(popen.stdout.fileno()))
+        popen.stdout.close()
+        self._pidfd = os.pidfd_open(popen.pid)
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        """The exit status (negative: the signal), once the process has exited (reaped here)."""
+        if self.returncode is None:
+            await trio.lowlevel.wait_readable(self._pidfd)  # readable once the child exited
+            self.returncode = self._popen.wait()
+            os.close(self._pidfd)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            self._popen.send_signal(signum)
+
+
+def spawn(cmd: list[str], *, cwd: Path | None = None) -> WorkerProcess:
+    """Start `cmd` with stdout and stderr on one pipe (read it with `relay_lines`).
+
+    Synchronous, on the trio thread, on purpose: `PR_SET_PDEATHSIG` fires when the *thread*
+    that forked the child exits, and `trio.lowlevel.open_process` forks from a cached worker
+    thread that exits after 10 s idle, which SIGTERMed every worker 10 s after its start
+    (found by the haiku test through the pool). The trio thread lives as long as the pool; the
+    fork and exec take a few milliseconds.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return await trio.lowlevel.open_process(
+    popen = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -97,6 +128,12 @@ async def spawn(cmd: list[str], *, cwd: Path | None = None) -> trio.Process:
         start_new_session=True,
         preexec_fn=_die_with_parent_hook(),
     )
+    try:
+        return WorkerProcess(popen)
+    except OSError:
+        popen.kill()
+        popen.wait()
+        raise
 
 
 async def relay_lines(stream: trio.abc.ReceiveStream, on_line: Callable[[str], None]) -> None:
@@ -115,7 +152,7 @@ async def relay_lines(stream: trio.abc.ReceiveStream, on_line: Callable[[str], N
 
 
 async def stop_process(
-    proc: trio.Process,
+    proc: WorkerProcess,
     exited: trio.Event,
     *,
     client: httpx.AsyncClient,
@@ -161,7 +198,7 @@ async def _post_shutdown(client: httpx.AsyncClient, url: str, timeout_s: float) 
     return response.status_code == 202
 
 
-def _signal(proc: trio.Process, signum: int) -> None:
+def _signal(proc: WorkerProcess, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # gone: its exit is on the way to the watcher
         proc.send_signal(signum)
 

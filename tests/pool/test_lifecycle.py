@@ -110,6 +110,7 @@ def test_two_workers_on_one_device_then_the_device_is_full():
     reserved = examine(path, device_kind=kind, max_context=None).bytes_needed  # preflight's
     limit = int(2.5 * reserved)  # room for two workers, not three
     with start_pool("--memory-limit", str(limit), pool_id="dev") as pool:
+        spawned = time.monotonic()
         a = pool.start_worker()["worker_id"]
         b = pool.start_worker()["worker_id"]
         full = pool.post(
@@ -131,6 +132,12 @@ def test_two_workers_on_one_device_then_the_device_is_full():
             body = {"job_id": "j", "prompt": "Hello", "max_tokens": 3, "temperature": 0}
             answer = httpx.post(f"{record['uri']}/execute", json=body, timeout=60)
             assert answer.status_code == 200 and "event: end" in answer.text
+
+        # Still alive and ready well after trio's idle worker threads have exited (10 s): the
+        # death signal is tied to the thread that forked, and that must be the pool's own.
+        time.sleep(max(0.0, spawned + 11.0 - time.monotonic()))
+        assert [pool.worker(w)["status"] for w in (a, b)] == ["ready", "ready"]
+        assert not gone(ra["pid"]) and not gone(rb["pid"])
 
         # The pool's own SIGTERM: both workers are stopped cleanly, then the pool exits 0.
         t0 = time.monotonic()
