@@ -81,7 +81,6 @@ def run(config: PoolConfig) -> int:
     from pool_managerd.inventory import Inventory, NvmlUnavailable
     from pool_managerd.pool import Pool
     from pool_managerd.supervisor import run_pool
-    from runtime.cli import describe
     from runtime.narration import Narrator
 
     narrator = Narrator(config.pool_id)
@@ -115,13 +114,20 @@ def run(config: PoolConfig) -> int:
             "error",
             level="error",
             actor="supervisor",
-            human=f"The pool stopped after a crash: {describe(error)}",
+            human=f"The pool stopped after a crash: {_describe(error)}",
         )
         return EXIT_CRASH
     finally:
         inventory.close()
     narrator.emit("shutdown", actor="supervisor", human="Pool stopped cleanly.", exit_code=EXIT_OK)
     return EXIT_OK
+
+
+def _describe(error: BaseException) -> str:
+    """The first leaf of a (nested) exception group, with its type."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {getattr(error, 'message', None) or error}"
 
 
 def main(argv: list[str] | None = None) -> int:

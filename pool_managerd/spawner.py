@@ -1,7 +1,7 @@
 """Worker processes: the command line, the spawn, the output relay and the stop escalation.
 
 `worker_command` is the one place that knows how a worker is started: `sys.executable -m
-WORKER_MODULE` with the worker's flags (so a pool in a virtual environment starts workers from
+worker_module()` with the worker's flags (so a pool in a virtual environment starts workers from
 the same one). Every worker runs in its own session (a Ctrl-C on the pool's terminal reaches
 the pool only, which then stops its workers in order) and gets SIGTERM from the kernel if the
 pool dies without stopping it (`PR_SET_PDEATHSIG`), so a pool killed with SIGKILL does not
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import signal
 import subprocess
@@ -26,11 +27,17 @@ from pathlib import Path
 import httpx
 import trio
 
-#: The worker's entry module; the service layer moves it to `worker_orcd` (one line to change).
-WORKER_MODULE = "runtime.cli"
+#: The worker's entry module: the service layer (branch svc) moves it from `runtime.cli` to
+#: `worker_orcd`; until that lands on main both are looked for (`worker_module`).
+WORKER_MODULES = ("worker_orcd", "runtime.cli")
 MAX_LINE_BYTES = 64 * 1024  # a longer line (no newline in sight) is cut, never buffered forever
 SHUTDOWN_REQUEST_TIMEOUT_S = 2.0
 _PR_SET_PDEATHSIG = 1
+
+
+def worker_module() -> str:
+    """The first of WORKER_MODULES that exists here (one line once svc has landed on main)."""
+    return next(m for m in WORKER_MODULES if importlib.util.find_spec(m.split(".")[0]))
 
 
 def worker_command(
@@ -47,7 +54,7 @@ def worker_command(
     return [
         sys.executable,
         "-m",
-        WORKER_MODULE,
+        worker_module(),
         "--worker-id",
         worker_id,
         "--model",

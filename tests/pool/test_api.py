@@ -17,7 +17,13 @@ from gguf import GGUFWriter
 
 from pool_managerd.model_refs import resolve_model_ref
 from pool_managerd.page_cache import drop_from_cache
-from tests.pool.pool_process import EventRecorder, pool_device, pool_model_ref, start_pool
+from tests.pool.pool_process import (
+    EventRecorder,
+    needs_callback,
+    pool_device,
+    pool_model_ref,
+    start_pool,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -196,6 +202,7 @@ async def test_a_post_to_an_unknown_route_in_two_writes_is_answered(pool):
     assert answer.startswith(b"HTTP/1.1 404")
 
 
+@needs_callback  # the frozen worker must first get as far as loading
 def test_the_ready_callback_checks_who_what_and_how_much(pool):
     started = pool.start_worker()
     wid = started["worker_id"]

@@ -19,11 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pool_managerd.model_refs import resolve_model_ref
 from pool_managerd.preflight import examine
-from pool_managerd.state import WorkerStatus
-from tests.pool.pool_process import EventRecorder, pool_device, pool_model_ref, start_pool
+from tests.pool.pool_process import (
+    EventRecorder,
+    needs_callback,
+    pool_device,
+    pool_model_ref,
+    start_pool,
+)
 
-pytestmark = pytest.mark.slow
-ALLOCATING = ("starting", "ready", "draining", "stopping")
+pytestmark = [pytest.mark.slow, needs_callback]
 
 
 def gone(pid: int) -> bool:
@@ -235,7 +239,3 @@ def test_a_pool_killed_with_sigkill_takes_its_workers_down():
                     break
             assert time.monotonic() < deadline, "the worker outlived its pool"
             time.sleep(0.1)
-
-
-def test_statuses_are_the_lifecycle_ones():
-    assert [str(s) for s in WorkerStatus] == [*ALLOCATING, "stopped", "failed"]

@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.conftest import RESULTS_DIR, selected_backend
 from tests.e2e.test_haiku import EXECUTE_ACTIONS, MAX_ATTEMPTS, _attempt
-from tests.pool.pool_process import start_pool
+from tests.pool.pool_process import needs_callback, start_pool
 
 
 def haiku_attempts(base_url: str, run_dir, run_id: str) -> list[dict]:
@@ -49,6 +49,7 @@ def leaked_into(log: str, attempts: list[dict]) -> list[str]:
 
 
 @pytest.mark.slow
+@needs_callback
 def test_a_worker_started_by_the_pool_writes_the_haiku():
     run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
     run_dir = RESULTS_DIR / "pool-haiku" / run_id

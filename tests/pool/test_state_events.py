@@ -19,6 +19,10 @@ def record(**kw) -> WorkerRecord:
                         reserved_bytes=1000, max_context=64, **kw)  # fmt: skip
 
 
+def test_statuses_are_the_lifecycle_ones():
+    assert [str(s) for s in S] == ["starting", "ready", "draining", "stopping", "stopped", "failed"]
+
+
 def test_every_forbidden_transition_is_refused():
     paths = {
         (S.STARTING, S.READY), (S.STARTING, S.STOPPING), (S.STARTING, S.FAILED),
