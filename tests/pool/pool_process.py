@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,14 @@ import httpx
 import pytest
 
 from pool_managerd.spawner import worker_module
-from tests.e2e.conftest import REPO_ROOT, SSEParser, free_port, selected_backend, selected_model
+from tests.e2e.conftest import (
+    REPO_ROOT,
+    SSEParser,
+    WorkerProcess,
+    free_port,
+    selected_backend,
+    selected_model,
+)
 
 #: Flags that make the lifecycle fast enough for CI (see the POOL-* requirements for defaults).
 FAST_FLAGS = (
@@ -79,14 +85,9 @@ class PoolProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def log_events(self) -> list[dict]:
-        events = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    events.append(obj)
-        return events
+    #: The JSON objects of the log (the pool's events and its workers'), parsed as the e2e
+    #: helper parses a worker's log (it needs only `log_text`).
+    log_events = WorkerProcess.narration
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
