@@ -1,10 +1,12 @@
 """Engine-level GPU benchmark: decode tg128 / tg512 and prefill pp512 tokens per second.
 
-    python bench/bench_cuda.py [--model PATH] [--ctx 2048] [--reps 5] [--no-graph]
-                               [--config NAME:key=value,... ...]
+    python bench/bench_cuda.py [--model PATH | --family qwen2] [--ctx 2048] [--reps 5]
+                               [--no-graph] [--config NAME:key=value,... ...]
 
-Without --model it uses $WORKER_ORCD_MODEL, else a synthetic model with the default model's
-exact shapes and types (tools/make_synthetic_gguf.py; kernel time does not depend on weights).
+Without --model it uses $WORKER_ORCD_MODEL, else a synthetic model with the exact shapes and
+types of --family's real model (tools/make_synthetic_gguf.py: smollm2, the default; qwen2 for
+Qwen2.5-Coder-0.5B Q4_K_M; gemma3 for Gemma-3-270M Q4_K_M, once the engine runs gemma3); kernel
+time does not depend on the weights.
 Decode is measured as the generation loop runs it: n decode steps from an empty cache, the first
 on token 1, each later one on the token sampled (on the GPU, the id copied back and waited for)
 after the one before; "step only" is llama-bench's tg (n one-token decodes, no sampling, one wait
@@ -15,7 +17,8 @@ figure is the median of --reps runs after a warm-up run.
 --config runs the benchmark once per configuration in the same process, so levers compare on the
 same card in the same run: keys pdl (0/1, programmatic dependent launch in the decode step),
 mm (prefill matmul kernel: tc32 or tcs), batched (0/1, the matvec's batched-load build), graph
-(0/1), fuse (0/1), pre (0/1, the matvec's weight preload before the PDL wait). Example: --config base:pdl=0 --config pdl:pdl=1,mm=tcs
+(0/1), fuse (0/1), pre (0/1, the matvec's weight preload before the PDL wait), attn (prefill
+attention: simt or tc). Example: --config base:pdl=0 --config pdl:pdl=1,mm=tcs
 """
 
 from __future__ import annotations
@@ -49,16 +52,18 @@ def median_time(fn, reps: int) -> float:
 def parse_config(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.partition(":")
     opts = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
-    unknown = set(opts) - {"pdl", "mm", "batched", "graph", "fuse", "pre"}
+    unknown = set(opts) - {"pdl", "mm", "batched", "graph", "fuse", "pre", "attn"}
     if unknown:
         raise SystemExit(f"unknown config keys {sorted(unknown)} in {text!r}")
     return name, opts
 
 
 def run_config(path: Path, ctx: int, reps: int, opts: dict[str, str]) -> tuple[float, list]:
+    import cuda.ops as ops
     import cuda.quant_ops as quant_ops
     from cuda.engine import CudaEngine
 
+    ops.PREFILL_ATTENTION = opts.get("attn", ops.PREFILL_ATTENTION)
     quant_ops.PREFILL_KERNEL = opts.get("mm", quant_ops.PREFILL_KERNEL)
     quant_ops.BATCHED_LOADS = opts.get("batched", str(int(quant_ops.BATCHED_LOADS))) == "1"
     quant_ops.PRELOAD = opts.get("pre", str(int(quant_ops.PRELOAD))) == "1"
@@ -120,6 +125,7 @@ def run_config(path: Path, ctx: int, reps: int, opts: dict[str, str]) -> tuple[f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=os.environ.get("WORKER_ORCD_MODEL"))
+    ap.add_argument("--family", default="smollm2", help="synthetic model without --model")
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-graph", action="store_true")
@@ -131,7 +137,9 @@ def main() -> None:
     if path is None or not Path(path).is_file():
         from tools.make_synthetic_gguf import write_synthetic_model
 
-        path = write_synthetic_model(Path(tempfile.mkdtemp()) / "synthetic.gguf", seed=1)
+        path = write_synthetic_model(
+            Path(tempfile.mkdtemp()) / f"synthetic-{args.family}.gguf", seed=1, family=args.family
+        )
     configs = [parse_config(c) for c in args.config] or [
         ("default", {"graph": "0"} if args.no_graph else {})
     ]

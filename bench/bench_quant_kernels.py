@@ -123,7 +123,7 @@ def main() -> None:
                     "attn_qkv": lambda i, k=k, ws=ws: k.matvec_norm(
                         Q.Q4_1, ws[i % len(ws)], 960, 576, x, g, 1e-5, y, stream
                     ),
-                    "ffn_gate_up": lambda i, k=k, ws=ws: k.matvec_norm_swiglu(
+                    "ffn_gate_up": lambda i, k=k, ws=ws: k.matvec_norm_glu(
                         Q.Q4_1, ws[i % len(ws)], 1536, 576, x, g, 1e-5, y, stream
                     ),
                     "output": lambda i, k=k, ws=ws: k.matvec_norm(

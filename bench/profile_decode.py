@@ -1,6 +1,7 @@
 """Where a decode step's (or a prefill pass's) GPU time goes: every launch, timed alone in a graph.
 
-    python bench/profile_decode.py [--model PATH] [--ctx 2048] [--pos 256] [--prefill N]
+    python bench/profile_decode.py [--model PATH | --family qwen2] [--ctx 2048] [--pos 256]
+                                   [--prefill N]
 
 Records the launches of one eager decode step (PyCUDA's and cuda.launch's prepared_async_call
 are wrapped), then for each launch captures a graph of REPEAT copies (launched without PDL) and
@@ -46,6 +47,7 @@ def time_graph(drv, stream, g) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=os.environ.get("WORKER_ORCD_MODEL"))
+    ap.add_argument("--family", default="smollm2", help="synthetic model without --model")
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--pos", type=int, default=256)
     ap.add_argument("--prefill", type=int, default=0, help="profile a prefill pass of N tokens")
@@ -59,7 +61,9 @@ def main() -> None:
     if path is None or not Path(path).is_file():
         from tools.make_synthetic_gguf import write_synthetic_model
 
-        path = write_synthetic_model(Path(tempfile.mkdtemp()) / "synthetic.gguf", seed=1)
+        path = write_synthetic_model(
+            Path(tempfile.mkdtemp()) / f"synthetic-{args.family}.gguf", seed=1, family=args.family
+        )
     with open_gguf(path) as model:
         engine = CudaEngine.load(model, max_context=args.ctx)
     s = engine.stream

@@ -11,6 +11,10 @@ the engine captures it once as a CUDA graph. Per layer of a decode step:
     -> down matvec accumulated into the residual
 
 Prefill runs the same sequence with matrix-matrix products over the chunk and causal attention.
+A projection group whose matrices differ in type (q | k | v of a mixed-quant file) runs one
+product per matrix for all the chunk's tokens, each into its columns of the group's output, with
+qwen2's bias added in the product's epilogue; in the decode step such a group (or any biased one)
+is one segmented matvec launch with the RMSNorm and the bias fused. No launch is made per token.
 """
 
 from __future__ import annotations
@@ -126,22 +130,50 @@ class Forward:
         self._layer_kv = c.n_kv_heads * max_context * c.head_dim * 2  # bytes per layer
         # fused decode kernels, where the layout and the quant kernels allow them
         self.fuse_norm = fuse and hasattr(quant, "matvec_norm")
-        self.fuse_swiglu = fuse and hasattr(quant, "matvec_norm_swiglu")
+        self.fuse_glu = fuse and hasattr(quant, "matvec_norm_glu")
         self.fuse_rope = fuse and ops.rope_fusable(c.rope_dim // 2, c.rope_style == "neox")
         # programmatic dependent launch for the decode step's kernels after the first
         self.pdl = pdl
 
     # -- pieces ----------------------------------------------------------------------------------
 
-    def _project(self, segs: tuple[Segment, ...], x: int, y: int, n: int, y_width: int) -> None:
-        """y (n, y_width)[:, seg rows] = x (n, cols) @ W.T for each segment."""
-        for s in segs:
+    def _project(
+        self, segs: tuple[Segment, ...], x: int, y: int, n: int, width: int, bias: int | None
+    ) -> None:
+        """y (n, width) = x (n, cols) @ W.T (+ bias), one product per segment, each writing its
+        column slice [row0, row0 + rows) of y for all n rows at once (no launch per token)."""
+        for sg in segs:
+            b = None if bias is None else bias + 4 * sg.row0
             if n == 1:
                 self.q.matvec(
-                    s.qtype, s.ptr, s.rows, s.cols, x, y + 4 * s.row0, self.stream, pdl=self.pdl
-                )
-            else:  # one segment (row0 = 0) covering all y_width rows
-                self.q.matmul(s.qtype, s.ptr, s.rows, s.cols, x, n, y, self.stream)
+                    sg.qtype, sg.ptr, sg.rows, sg.cols, x, y + 4 * sg.row0, self.stream,
+                    pdl=self.pdl,
+                )  # fmt: skip
+                if b is not None:  # the unfused decode step only: the fused one has it in
+                    self.ops.add(y + 4 * sg.row0, b, sg.rows, self.stream, pdl=self.pdl)
+            else:
+                self.q.matmul(
+                    sg.qtype, sg.ptr, sg.rows, sg.cols, x, n, y, self.stream, ldy=width,
+                    col0=sg.row0, bias_ptr=b,
+                )  # fmt: skip
+
+    def _project_normed(
+        self, segs: tuple[Segment, ...], norm_w: int, y: int, bias: int | None
+    ) -> None:
+        """Decode: y = W @ (rmsnorm(x) * norm_w) (+ bias) in one launch: the plain fused kernel
+        for one segment without bias, else the segmented one (mixed types, qwen2's bias)."""
+        c, x = self.c, self.b["act.x"]
+        if len(segs) == 1 and bias is None:
+            g = segs[0]
+            self.q.matvec_norm(
+                g.qtype, g.ptr, g.rows, g.cols, x, norm_w, c.norm_eps, y, self.stream,
+                pdl=self.pdl,
+            )  # fmt: skip
+            return
+        self.q.matvec_seg(
+            [(g.qtype, g.ptr, g.rows) for g in segs], segs[0].cols, x, y, self.stream,
+            norm_w_ptr=norm_w, eps=c.norm_eps, bias_ptr=bias, pdl=self.pdl,
+        )  # fmt: skip
 
     def _residual(self, seg: Segment, x: int, n: int) -> None:
         """residual (n, d_model) += x (n, cols) @ W.T: the residual add fused into the product."""
@@ -166,10 +198,7 @@ class Forward:
             ops.rms_norm(
                 b["act.x"], lw.attn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s, pdl=pdl
             )
-            self._project_group(lw.qkv, b["act.xn"], b["act.qkv"], n, qkv_dim)
-            if lw.qkv_bias is not None:
-                for t in range(n):  # prefill only pays this per token; decode once
-                    ops.add(b["act.qkv"] + 4 * t * qkv_dim, lw.qkv_bias, qkv_dim, s, pdl=pdl)
+            self._project(lw.qkv, b["act.xn"], b["act.qkv"], n, qkv_dim, lw.qkv_bias)
             ops.rope_kv_write(
                 b["act.qkv"], n, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
                 n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
@@ -189,29 +218,23 @@ class Forward:
                 )  # fmt: skip
             self._residual(lw.attn_output, b["act.attn"], n)
             ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s, pdl=pdl)
-            self._project_group(lw.gate_up, b["act.xn"], b["act.gate_up"], n, 2 * c.d_ff)
-            ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, n, s, pdl=pdl)
+            self._project(lw.gate_up, b["act.xn"], b["act.gate_up"], n, 2 * c.d_ff, None)
+            ops.glu(b["act.gate_up"], b["act.h"], c.d_ff, n, s, pdl=pdl)
             self._residual(lw.down, b["act.h"], n)
 
     def _decode_layers(self, splits: int) -> None:
-        """The decode step's layers with the fused kernels (5 launches per llama layer)."""
+        """The decode step's layers with the fused kernels (5 launches per llama / qwen2 layer)."""
         c, b, ops, s, q, pdl = self.c, self.b, self.ops, self.stream, self.q, self.pdl
         qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
         for i, lw in enumerate(self.w.layers):
             kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
-            if self.fuse_norm and len(lw.qkv) == 1:
-                g = lw.qkv[0]
-                q.matvec_norm(
-                    g.qtype, g.ptr, g.rows, g.cols, b["act.x"], lw.attn_norm, c.norm_eps,
-                    b["act.qkv"], s, pdl=pdl,
-                )  # fmt: skip
+            if self.fuse_norm:
+                self._project_normed(lw.qkv, lw.attn_norm, b["act.qkv"], lw.qkv_bias)
             else:
                 ops.rms_norm(
                     b["act.x"], lw.attn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=pdl
                 )
-                self._project_group(lw.qkv, b["act.xn"], b["act.qkv"], 1, qkv_dim)
-            if lw.qkv_bias is not None:
-                ops.add(b["act.qkv"], lw.qkv_bias, qkv_dim, s, pdl=pdl)
+                self._project(lw.qkv, b["act.xn"], b["act.qkv"], 1, qkv_dim, lw.qkv_bias)
             geometry = dict(n_heads=c.n_heads, n_kv=c.n_kv_heads, max_ctx=self.max_context)
             if self.fuse_rope:
                 ops.attn_decode_rope(
@@ -231,9 +254,9 @@ class Forward:
                     b["attn.counters"], **geometry, n_splits=splits, stream=s, pdl=pdl,
                 )  # fmt: skip
             self._residual(lw.attn_output, b["act.attn"], 1)
-            if self.fuse_swiglu and len(lw.gate_up) == 1:
+            if self.fuse_glu and len(lw.gate_up) == 1:
                 g = lw.gate_up[0]
-                q.matvec_norm_swiglu(
+                q.matvec_norm_glu(
                     g.qtype, g.ptr, c.d_ff, g.cols, b["act.x"], lw.ffn_norm, c.norm_eps,
                     b["act.h"], s, pdl=pdl,
                 )  # fmt: skip
@@ -241,16 +264,9 @@ class Forward:
                 ops.rms_norm(
                     b["act.x"], lw.ffn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=pdl
                 )
-                self._project_group(lw.gate_up, b["act.xn"], b["act.gate_up"], 1, 2 * c.d_ff)
-                ops.swiglu(b["act.gate_up"], b["act.h"], c.d_ff, 1, s, pdl=pdl)
+                self._project(lw.gate_up, b["act.xn"], b["act.gate_up"], 1, 2 * c.d_ff, None)
+                ops.glu(b["act.gate_up"], b["act.h"], c.d_ff, 1, s, pdl=pdl)
             self._residual(lw.down, b["act.h"], 1)
-
-    def _project_group(self, segs: tuple[Segment, ...], x: int, y: int, n: int, width: int):
-        if n == 1 or len(segs) == 1:
-            self._project(segs, x, y, n, width)
-            return
-        for t in range(n):  # mixed types in one group: row by row keeps the output layout
-            self._project(segs, x + 4 * t * segs[0].cols, y + 4 * t * width, 1, width)
 
     def _head(self, row: int) -> None:
         """logits = output @ rmsnorm(x[row]) for one row of the residual stream."""
@@ -285,7 +301,7 @@ class Forward:
         self.q.embed_rows(
             e.qtype, e.ptr, e.cols, self.b["state.ids"], 1, self.b["act.x"], self.stream
         )
-        if self.fuse_norm or self.fuse_swiglu or self.fuse_rope:
+        if self.fuse_norm or self.fuse_glu or self.fuse_rope:
             self._decode_layers(splits)
         else:
             self._layers(1, splits)

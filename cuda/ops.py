@@ -1,5 +1,6 @@
-"""Launchers for the engine's own (non-quantized) kernels: RMSNorm, rotary + KV write,
-attention, SwiGLU, adds, sampling, checksums.
+"""Launchers for the engine's own (non-quantized) kernels: RMSNorm (plain and gemma3's post-norm
+residual add), rotary + KV write (with optional per-head q/k RMSNorm), attention (optional
+sliding window and scale), the gated activations, adds, sampling, checksums.
 
 Like `cuda.quant_ops`, every launch is a `prepared_async_call` on the caller's stream with no
 host sync and no allocation, and no argument that changes from one decode step to the next
@@ -20,6 +21,7 @@ import warnings
 from typing import Any
 
 from cuda.compile import load_driver_module, load_module
+from cuda.quant_ops import GLU_KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,12 @@ ARGMAX_BLOCKS = 64  # blocks of the multi-block greedy argmax (its scratch has t
 _EW_THREADS = 256
 #: decode attention loads its first keys before the PDL wait (ATTN_PRE in attention.cu)
 ATTN_PRELOAD = True
+#: prefill attention: "simt" (attn_prefill.cu, fp32, a block per query and head: the validated
+#: default) or "tc" (attn_prefill_tc.cu, tensor cores, 64 queries of a head per block, head_dim
+#: <= 128; written for qwen2's pp512, decision 0012). "tc" becomes the default once its tests
+#: and bench_cuda's pp512 have run on a GPU.
+PREFILL_ATTENTION = "simt"
+_TC_QUERIES = 64  # QT in attn_prefill_tc.cu
 
 
 def _module(filename: str, defines: dict[str, Any] | None = None):
@@ -75,11 +83,19 @@ def head_dim_supported(head_dim: int) -> bool:
     return 0 < head_dim <= 256 and head_dim % 32 == 0
 
 
+def tc_attention_supported(head_dim: int) -> bool:
+    """Whether the tensor-core prefill attention builds for this head size."""
+    return head_dim_supported(head_dim) and head_dim <= 128
+
+
 def sources(head_dim: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """Ops' modules: key -> (file in cuda/kernels, defines); for cuda.compile.prefetch too."""
     files = {"norm": ("norm.cu", None), "rope": ("rope.cu", None)}
     files |= {"ew": ("elementwise.cu", None), "smp": ("sampling.cu", None)}
     files["attn"] = ("attention.cu", {"HEAD_DIM": head_dim, "ATTN_PRE": int(ATTN_PRELOAD)})
+    files["attn_pre"] = ("attn_prefill.cu", {"HEAD_DIM": head_dim})
+    if tc_attention_supported(head_dim):
+        files["attn_tc"] = ("attn_prefill_tc.cu", {"HEAD_DIM": head_dim})
     return files
 
 
@@ -96,16 +112,20 @@ class Ops:
         def pair(key: str, name: str, arg_types: str) -> _Pair:
             return _Pair(mods[key], dmods[key], name, arg_types)
 
-        ew, attn, smp = mods["ew"], mods["attn"], mods["smp"]
+        ew, smp = mods["ew"], mods["smp"]
         self._rms = pair("norm", "rms_norm", "PPPif")
-        self._rope = pair("rope", "rope_kv_write", "PiPPPPPiiiiii")
+        self._add_rms = pair("norm", "add_rms_norm", "PPPPPif")
+        self._rope = pair("rope", "rope_kv_write", "PiPPPPPiiiiiiPPf")
         self._advance = pair("rope", "advance_position", "Pi")
-        self._swiglu = pair("ew", "swiglu", "PPii")
+        self._glu = {act: pair("ew", name, "PPii") for act, name in GLU_KERNELS.items()}
         self._add = pair("ew", "add_inplace", "PPi")
         self._checksum = ew.get_function("checksum_words").prepare("PlP")
-        self._attn_dec = pair("attn", "attn_decode", "PPPPPPPiiif")
-        self._attn_pre = attn.get_function("attn_prefill").prepare("PPPPPiiif")
-        self._attn_rope = pair("attn", "attn_decode_rope", "PPPPPPPPPiiiiif")
+        self._attn_dec = pair("attn", "attn_decode", "PPPPPPPiiifi")
+        self._attn_pre = mods["attn_pre"].get_function("attn_prefill").prepare("PPPPPiiifi")
+        self._attn_tc = None
+        if "attn_tc" in mods:
+            self._attn_tc = mods["attn_tc"].get_function("attn_prefill_tc").prepare("PPPPPiiiifi")
+        self._attn_rope = pair("attn", "attn_decode_rope", "PPPPPPPPPPPfiiiiifi")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
         self._argmax = pair("smp", "argmax_multi", "PiPPPPPi")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
@@ -117,14 +137,31 @@ class Ops:
         self._rms((n_rows, 1), (_NORM_THREADS, 1, 1), stream, x, w, y, n_cols, eps, pdl=pdl)
         self.launches += 1
 
+    def add_rms_norm(
+        self, y, w_post, x, n_rows: int, n_cols: int, eps: float, stream, *, w_next=None,
+        xn=None, pdl=False,
+    ) -> None:  # fmt: skip
+        """x (n_rows, n_cols) += rmsnorm(y) * w_post (gemma3's post-attention / post-FFN norm);
+        with `xn`, also xn = rmsnorm(x) * w_next (the next projection's input, same launch).
+        xn may be y; x may not."""
+        if (xn is None) != (w_next is None):
+            raise ValueError("xn and w_next go together")
+        self._add_rms(
+            (n_rows, 1), (_NORM_THREADS, 1, 1), stream, y, w_post, x, w_next or 0, xn or 0,
+            n_cols, eps, pdl=pdl,
+        )  # fmt: skip
+        self.launches += 1
+
     def rope_kv_write(
         self, qkv, n_tokens, pos, cos, sin, k_cache, v_cache, *, n_heads, n_kv, rope_half,
-        max_ctx, neox, stream, pdl=False,
+        max_ctx, neox, stream, q_norm=None, k_norm=None, norm_eps=0.0, pdl=False,
     ) -> None:  # fmt: skip
-        """Rotate q, k of qkv (n_tokens, q|k|v) in place; k, v -> fp16 cache at *pos + t."""
+        """Rotate q, k of qkv (n_tokens, q|k|v) in place; k, v -> fp16 cache at *pos + t.
+        q_norm / k_norm (head_dim floats each, gemma3): RMSNorm of every head first."""
         self._rope(
             (n_tokens, 1), (_ROPE_THREADS, 1, 1), stream, qkv, n_tokens, pos, cos, sin,
-            k_cache, v_cache, n_heads, n_kv, self.head_dim, rope_half, max_ctx, int(neox), pdl=pdl,
+            k_cache, v_cache, n_heads, n_kv, self.head_dim, rope_half, max_ctx, int(neox),
+            q_norm or 0, k_norm or 0, float(norm_eps), pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
@@ -132,27 +169,33 @@ class Ops:
         self._advance((1, 1), (32, 1, 1), stream, pos, by)
         self.launches += 1
 
+    def _scale(self, scale: float | None) -> float:
+        return self.head_dim**-0.5 if scale is None else float(scale)
+
     def attn_decode(
         self, qkv, k_cache, v_cache, out, pos, part, counters, *, n_heads, n_kv, max_ctx,
-        n_splits, stream, pdl=False,
+        n_splits, stream, scale=None, window=0, pdl=False,
     ) -> None:  # fmt: skip
-        """out (n_heads * head_dim) for the one query of qkv over *pos + 1 cached keys."""
+        """out (n_heads * head_dim) for the one query of qkv over the keys it sees: *pos + 1
+        cached keys, the last `window` of them when window > 0. scale: 1/sqrt(head_dim) if None."""
         self._attn_dec(
             (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
-            part, counters, n_heads, n_kv, max_ctx, self.head_dim ** -0.5, pdl=pdl,
+            part, counters, n_heads, n_kv, max_ctx, self._scale(scale), int(window), pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
     def attn_decode_rope(
         self, qkv, k_cache, v_cache, out, pos, part, counters, cos, sin, *, n_heads, n_kv,
-        max_ctx, rope_half, neox, n_splits, stream, pdl=False,
+        max_ctx, rope_half, neox, n_splits, stream, q_norm=None, k_norm=None, norm_eps=0.0,
+        scale=None, window=0, pdl=False,
     ) -> None:  # fmt: skip
-        """The fused decode attention: rope of q and the new k, KV write, attention (qkv is
-        pre-rope). neox needs rope_half % (head_dim / 32) == 0 (see `rope_fusable`)."""
+        """The fused decode attention: (per-head q/k RMSNorm,) rope of q and the new k, KV write,
+        attention (qkv is pre-rope). neox needs rope_half % (head_dim / 32) == 0 (see
+        `rope_fusable`). window, scale: as `attn_decode`."""
         self._attn_rope(
             (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
-            part, counters, cos, sin, n_heads, n_kv, max_ctx, rope_half, int(neox),
-            self.head_dim ** -0.5, pdl=pdl,
+            part, counters, cos, sin, q_norm or 0, k_norm or 0, float(norm_eps), n_heads, n_kv,
+            max_ctx, rope_half, int(neox), self._scale(scale), int(window), pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
@@ -160,19 +203,35 @@ class Ops:
         return not neox or rope_half % (self.head_dim // 32) == 0
 
     def attn_prefill(
-        self, qkv, k_cache, v_cache, out, pos, n_tokens, *, n_heads, n_kv, max_ctx, stream
-    ) -> None:
-        """out (n_tokens, n_heads * head_dim): causal attention of the chunk over the cache."""
-        self._attn_pre.prepared_async_call(
-            (n_tokens, n_heads), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
-            n_heads, n_kv, max_ctx, self.head_dim ** -0.5,
-        )  # fmt: skip
+        self, qkv, k_cache, v_cache, out, pos, n_tokens, *, n_heads, n_kv, max_ctx, stream,
+        scale=None, window=0, kernel: str | None = None,
+    ) -> None:  # fmt: skip
+        """out (n_tokens, n_heads * head_dim): causal attention of the chunk over the cache
+        (query at position p sees keys p - window + 1 .. p when window > 0, else 0 .. p).
+        `kernel`: "simt" or "tc" (tests, benchmarks); default PREFILL_ATTENTION where it builds."""
+        kernel = kernel or PREFILL_ATTENTION
+        if kernel == "tc" and self._attn_tc is not None:
+            self._attn_tc.prepared_async_call(
+                ((n_tokens + _TC_QUERIES - 1) // _TC_QUERIES, n_heads), (_ATTN_THREADS, 1, 1),
+                stream, qkv, k_cache, v_cache, out, pos, n_tokens, n_heads, n_kv, max_ctx,
+                self._scale(scale), int(window),
+            )  # fmt: skip
+        elif kernel in ("simt", "tc"):  # tc falls back where it does not build (head_dim 256)
+            self._attn_pre.prepared_async_call(
+                (n_tokens, n_heads), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out,
+                pos, n_heads, n_kv, max_ctx, self._scale(scale), int(window),
+            )  # fmt: skip
+        else:
+            raise ValueError(f"unknown prefill attention kernel {kernel!r}")
         self.launches += 1
 
-    def swiglu(self, gate_up, h, d_ff: int, n: int, stream, pdl=False) -> None:
-        """h (n, d_ff) = silu(gate) * up of gate_up (n, 2 d_ff)."""
+    def glu(self, gate_up, h, d_ff: int, n: int, stream, *, act: str = "silu", pdl=False) -> None:
+        """h (n, d_ff) = act(gate) * up of gate_up (n, 2 d_ff); act "silu" (SwiGLU) or
+        "gelu_tanh" (gemma3)."""
+        if act not in self._glu:
+            raise ValueError(f"unknown activation {act!r} (one of {sorted(self._glu)})")
         grid = (_blocks(n * d_ff, _EW_THREADS), 1)
-        self._swiglu(grid, (_EW_THREADS, 1, 1), stream, gate_up, h, d_ff, n, pdl=pdl)
+        self._glu[act](grid, (_EW_THREADS, 1, 1), stream, gate_up, h, d_ff, n, pdl=pdl)
         self.launches += 1
 
     def add(self, x, y, n: int, stream, pdl=False) -> None:

@@ -43,9 +43,16 @@ _TYPES: dict[Q, tuple[str, int]] = {
     Q.Q4_K: ("q4_k", 256),
     Q.Q6_K: ("q6_k", 256),
 }
+#: the segmented matvec's type codes: the order of _TYPES (GGML_FOR_EACH_TYPE in the kernels)
+_TYPE_CODES = {qtype: code for code, qtype in enumerate(_TYPES)}
 _ARGS = "PiiPPi"  # W, rows, cols, x, y, accumulate
+MAX_SEGMENTS = 3  # matrices per segmented matvec launch (q | k | v)
+#: cols, x, g, eps, y, bias, accumulate, then (W, type code, rows) of each segment
+_SEG_ARGS = "iPPfPPi" + "Pii" * MAX_SEGMENTS
+#: activation of the fused gated FFN -> kernel name part (cuda/kernels/activations.cuh)
+GLU_KERNELS = {"silu": "swiglu", "gelu_tanh": "geglu"}
 _NORM_ARGS = "PiiPPfPi"  # W, rows, cols, x, g, eps, y, accumulate
-_MM_ARGS = "PiiPiPi"  # W, rows, cols, X, n, Y, accumulate
+_MM_ARGS = "PiiPiPiPi"  # W, rows, cols, X, n, Y, ldy, bias, accumulate
 #: matmul variant -> (tokens per tile, threads per block); "tcs*" stage 128 columns at a time
 _MM_SHAPES = {
     "simt": (64, 256),
@@ -65,11 +72,16 @@ PRELOAD = True
 _MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
 #: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
 #: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
-_MV_ROWS = {"plain": _MV_WARPS, "tall": 4 * _MV_WARPS, "wide": _MV_WARPS // 2}
-_MV_KERNEL = {"plain": "matvec", "tall": "matvec_tall", "wide": "matvec_wide"}
+_MV_ROWS = {"plain": _MV_WARPS, "tall": 4 * _MV_WARPS, "wide": _MV_WARPS // 2, "wide4": 1}
+_MV_KERNEL = {
+    "plain": "matvec", "tall": "matvec_tall", "wide": "matvec_wide", "wide4": "matvec_wide4",
+}  # fmt: skip
 _MV_NORM_KERNEL = {"plain": "matvec_norm", "tall": "matvec_norm_tall"}
 _TALL_ROWS = 4096  # from here on, the output head's shape: x traffic dominates
 _WIDE_SLOTS = 96  # rows of more 8-value slots than this (768+ cols) get 2 warps
+#: ... and of more than this (3072+ cols: qwen2's ffn_down, 4864) 4 warps, a block per row:
+#: 2 warps would leave a lane ~10 sequential slot rounds. Not yet timed on a GPU (0012).
+_WIDE4_SLOTS = 384
 _EMBED_THREADS = 128
 
 
@@ -112,7 +124,7 @@ class QuantKernels:
         emb, mm = _module("quant_embed.cu", driver=True), _module("quant_matmul.cu")
         self._matvec: dict[tuple[str, Q], Any] = {}
         self._matvec_norm: dict[tuple[str, Q], Any] = {}
-        self._matvec_swiglu: dict[Q, Any] = {}
+        self._matvec_glu: dict[tuple[str, Q], Any] = {}
         self._embed: dict[Q, Any] = {}
         self._mm: dict[tuple[str, Q], Any] = {}
         for qtype, (suffix, _) in _TYPES.items():
@@ -122,15 +134,20 @@ class QuantKernels:
             for variant, kernel in _MV_NORM_KERNEL.items():
                 fn = mv.get_function(f"{kernel}_{suffix}")
                 self._matvec_norm[variant, qtype] = fn.prepare(_NORM_ARGS)
-            fn = mv.get_function(f"matvec_norm_swiglu_{suffix}")
-            self._matvec_swiglu[qtype] = fn.prepare(_NORM_ARGS)
-            self._embed[qtype] = emb.get_function(f"embed_{suffix}").prepare("PiPP")
+            for act, kernel in GLU_KERNELS.items():
+                fn = mv.get_function(f"matvec_norm_{kernel}_{suffix}")
+                self._matvec_glu[act, qtype] = fn.prepare(_NORM_ARGS)
+            self._embed[qtype] = emb.get_function(f"embed_{suffix}").prepare("PiPPf")
             for variant in _MM_SHAPES:
                 fn = mm.get_function(f"matmul_{variant}_{suffix}")
                 self._mm[variant, qtype] = fn.prepare(_MM_ARGS)
+        self._matvec_seg = {
+            norm: mv.get_function("matvec_seg_norm" if norm else "matvec_seg").prepare(_SEG_ARGS)
+            for norm in (False, True)
+        }
         self._embed_plain = {
-            Q.F32: emb.get_function("embed_plain_f32").prepare("PiPP"),
-            Q.F16: emb.get_function("embed_plain_f16").prepare("PiPP"),
+            Q.F32: emb.get_function("embed_plain_f32").prepare("PiPPf"),
+            Q.F16: emb.get_function("embed_plain_f16").prepare("PiPPf"),
         }
         dev = drv.Context.get_device()
         self.num_sms = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
@@ -164,9 +181,10 @@ class QuantKernels:
 
     def embed_rows(
         self, qtype, w_ptr: int, n_cols: int, ids_ptr: int, n_tokens: int, out_ptr: int, stream,
-        *, pdl: bool = False,
+        *, scale: float = 1.0, pdl: bool = False,
     ) -> None:  # fmt: skip
-        """out (n_tokens, n_cols) float32 = dequantized rows ids[0..n_tokens) (int32, device)."""
+        """out (n_tokens, n_cols) float32 = dequantized rows ids[0..n_tokens) (int32, device)
+        times `scale` (gemma3: sqrt(d_model); exact for the default 1)."""
         qtype, _, qk = self._block(qtype)
         if n_tokens <= 0:
             return
@@ -180,7 +198,7 @@ class QuantKernels:
             fn = self._embed[qtype]
         fn.prepared_async_call(
             grid, (_EMBED_THREADS, 1, 1), stream, int(w_ptr), n_cols, int(ids_ptr), int(out_ptr),
-            pdl=pdl,
+            float(scale), pdl=pdl,
         )  # fmt: skip
 
     def matvec(
@@ -189,7 +207,7 @@ class QuantKernels:
     ) -> None:  # fmt: skip
         """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`.
 
-        `variant` forces a kernel ("plain", "tall", "wide"; for tests and benchmarks).
+        `variant` forces a kernel ("plain", "tall", "wide", "wide4"; for tests and benchmarks).
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
@@ -198,6 +216,8 @@ class QuantKernels:
         if variant is None:
             if rows >= _TALL_ROWS:
                 variant = "tall"
+            elif cols // 8 > _WIDE4_SLOTS:
+                variant = "wide4"
             elif cols // 8 > _WIDE_SLOTS:
                 variant = "wide"
             else:
@@ -232,36 +252,79 @@ class QuantKernels:
             int(accumulate), pdl=pdl,
         )  # fmt: skip
 
-    def matvec_norm_swiglu(
+    def matvec_norm_glu(
         self, qtype, w_ptr: int, d_ff: int, cols: int, x_ptr: int, norm_w_ptr: int, eps: float,
-        h_ptr: int, stream, *, accumulate: bool = False, pdl: bool = False,
+        h_ptr: int, stream, *, act: str = "silu", accumulate: bool = False, pdl: bool = False,
     ) -> None:  # fmt: skip
-        """h (d_ff,) = silu(W_gate @ xn) * (W_up @ xn), xn = rmsnorm(x) * norm_w (+ the old h).
+        """h (d_ff,) = act(W_gate @ xn) * (W_up @ xn), xn = rmsnorm(x) * norm_w (+ the old h).
 
+        act: "silu" (SwiGLU: llama, qwen2) or "gelu_tanh" (gemma3's GELU, tanh approximation).
         W is gate | up stacked: (2 * d_ff, cols) raw blocks, gate rows first (the engine's
-        ffn_gate_up layout). One launch replaces norm, gate|up product and SwiGLU.
+        ffn_gate_up layout). One launch replaces norm, gate|up product and the activation.
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
+        if act not in GLU_KERNELS:
+            raise ValueError(f"unknown activation {act!r} (one of {sorted(GLU_KERNELS)})")
         if d_ff <= 0:
             return
-        self._matvec_swiglu[qtype].prepared_async_call(
+        self._matvec_glu[act, qtype].prepared_async_call(
             ((d_ff + _MV_WARPS - 1) // _MV_WARPS, 1), (32 * _MV_WARPS, 1, 1), stream,
             int(w_ptr), d_ff, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(h_ptr),
             int(accumulate), pdl=pdl,
         )  # fmt: skip
 
+    def matvec_seg(
+        self, segments, cols: int, x_ptr: int, y_ptr: int, stream, *, norm_w_ptr: int | None = None,
+        eps: float = 0.0, bias_ptr: int | None = None, accumulate: bool = False, pdl: bool = False,
+    ) -> None:  # fmt: skip
+        """y = concat_s(W_s @ xn) (+ bias) (+ the old y) in one launch: the segmented product.
+
+        `segments`: up to MAX_SEGMENTS (qtype, w_ptr, rows) of matrices that read the same x and
+        fill consecutive output rows (q | k | v of a mixed-quant file), each of its own type.
+        xn = rmsnorm(x) * norm_w when `norm_w_ptr` is given (the fused decode RMSNorm), else x.
+        `bias_ptr`: one float per output row (sum of the segments' rows), added at the end.
+        """
+        segments = list(segments)
+        if not 0 < len(segments) <= MAX_SEGMENTS:
+            raise ValueError(f"1 to {MAX_SEGMENTS} segments, got {len(segments)}")
+        args: list[int] = []
+        for qtype, w_ptr, rows in segments:
+            qtype, _, qk = self._block(qtype)
+            _check_cols(qtype, cols, qk)
+            if rows < 0:
+                raise ValueError(f"negative rows {rows}")
+            args += [int(w_ptr), _TYPE_CODES[qtype], int(rows)]
+        args += [0, 0, 0] * (MAX_SEGMENTS - len(segments))
+        total = sum(r for _, _, r in segments)
+        if total <= 0:
+            return
+        norm = norm_w_ptr is not None
+        self._matvec_seg[norm].prepared_async_call(
+            ((total + _MV_WARPS - 1) // _MV_WARPS, 1), (32 * _MV_WARPS, 1, 1), stream,
+            cols, int(x_ptr), int(norm_w_ptr or 0), float(eps), int(y_ptr), int(bias_ptr or 0),
+            int(accumulate), *args, pdl=pdl,
+        )  # fmt: skip
+
     def matmul(
         self, qtype, w_ptr: int, rows: int, cols: int, x_ptr: int, n: int, y_ptr: int, stream,
         *, accumulate: bool = False, tensor_cores: bool = True, variant: str | None = None,
+        ldy: int | None = None, col0: int = 0, bias_ptr: int | None = None,
     ) -> None:  # fmt: skip
-        """Y (n, rows) = X (n, cols) @ W (rows, cols).T, plus the old Y when `accumulate`.
+        """Y[:, col0 : col0 + rows] = X (n, cols) @ W (rows, cols).T (+ bias) (+ the old values
+        when `accumulate`), Y being (n, ldy) floats (ldy defaults to rows).
 
+        `col0` / `ldy` let a projection group of mixed types write each matrix's output into its
+        column slice of the group's output, one launch per matrix for all n tokens. `bias_ptr`:
+        `rows` floats added to every output row (in the epilogue, no extra launch).
         `variant` forces a kernel ("simt", "tc32", "tcs32", "tcs64"; for tests and benchmarks);
         by default PREFILL_KERNEL with tensor cores, "simt" (fp32) without.
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, max(qk, 32))
+        ldy = rows if ldy is None else ldy
+        if col0 < 0 or ldy < col0 + rows:
+            raise ValueError(f"columns {col0}..{col0 + rows} do not fit an output row of {ldy}")
         if rows <= 0 or n <= 0:
             return
         col_tiles = (rows + 63) // 64
@@ -278,7 +341,8 @@ class QuantKernels:
         grid = (col_tiles, (n + bm - 1) // bm)
         self._mm[variant, qtype].prepared_async_call(
             grid, (threads, 1, 1), stream,
-            int(w_ptr), rows, cols, int(x_ptr), n, int(y_ptr), int(accumulate),
+            int(w_ptr), rows, cols, int(x_ptr), n, int(y_ptr) + 4 * col0, ldy,
+            int(bias_ptr or 0), int(accumulate),
         )  # fmt: skip
 
 

@@ -9,14 +9,8 @@ out=${OUT:-/tmp/gpu-verify}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKER_ORCD_MODEL="$model" WORKER_ORCD_TEST_MODEL="$model" \
     WORKER_ORCD_TEST_BACKEND=cuda
-step() {  # step NAME SECONDS CMD...: run bounded, keep the whole log, show its tail
-    local name=$1 limit=$2
-    shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
-    echo "== $name: exit $? in $((SECONDS - t0)) s"
-    tail -n 25 "$out/$name.txt"
-}
+# shellcheck source=tools/gpu_steps.sh
+. "$(dirname "$0")/gpu_steps.sh"
 # The GPU machine sets PYTHONDONTWRITEBYTECODE and the kit installs with --no-compile; a normal
 # pip install leaves bytecode, so compile once (0.6 s) before anything measures start-up time.
 python3 -m compileall -q -j0 /tmp/site . >/dev/null 2>&1 || true

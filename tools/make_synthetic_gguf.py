@@ -2,20 +2,23 @@
 
 Speed work on the GPU machine needs a model of the right size and weight types, not the right
 numbers, and that machine has no model file. With `like=PATH` the metadata (tokenizer included)
-is copied key for key with its original value types; without it, a built-in spec of
-SmolLM2-135M-Instruct Q4_1 is used, with a small self-consistent byte-level BPE vocabulary.
+is copied key for key with its original value types; without it, a built-in spec: `family`
+"smollm2" (SmolLM2-135M-Instruct Q4_1, the default), "qwen2" (Qwen2.5-Coder-0.5B-Instruct
+Q4_K_M) or "gemma3" (Gemma-3-270M Q4_K_M) (tools/synthetic_families.py), with a small
+self-consistent vocabulary.
 
 Weights are built directly as quantized blocks: random payload bytes with explicit small fp16
 scales chosen so every decoded weight is finite with a standard deviation near 0.02 (norm weights
 near 1), which keeps activations of a random deep model in range.
 
-    python -m tools.make_synthetic_gguf OUT.gguf [--like REAL.gguf] [--layers N] [--seed S]
-                                        [--matrix-type Q4_K]
+    python -m tools.make_synthetic_gguf OUT.gguf [--like REAL.gguf | --family qwen2]
+                                        [--layers N] [--vocab N] [--seed S] [--matrix-type Q4_K]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from gguf import GGUFWriter
 from runtime.architectures import get_architecture
 from runtime.gguf_header import read_header
 from runtime.quants import BLOCK_SIZES
+from tools import synthetic_families as fam
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
@@ -73,15 +77,20 @@ def byte_chars() -> list[str]:
 
 
 def synthetic_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
-    """tokens, token types, merges: specials, the 256 byte tokens, then two-byte merges."""
+    """tokens, token types, merges: specials, the 256 byte tokens, then two-byte merges and,
+    past those (vocabularies the size of qwen2's), three-byte merges of a pair and a byte."""
     chars = byte_chars()
-    n_pairs = vocab_size - len(SPECIALS) - 256
-    if not 0 <= n_pairs <= 256 * 256:
-        raise ValueError(f"vocab_size must be in {len(SPECIALS) + 256}..{256 * 257 + 3}")
+    n_merges = vocab_size - len(SPECIALS) - 256
+    n_pairs = min(max(n_merges, 0), 256 * 256)
+    n_triples = n_merges - n_pairs
+    if n_merges < 0 or n_triples > 256 * 256 * 256:
+        raise ValueError(f"vocab_size must be in {len(SPECIALS) + 256}..{256**3 + 256**2 + 259}")
     pairs = [(a, b) for a in chars for b in chars][:n_pairs]
-    tokens = SPECIALS + chars + [a + b for a, b in pairs]
-    types = [3] * len(SPECIALS) + [1] * (256 + n_pairs)  # 3 = control, 1 = normal
-    return tokens, types, [f"{a} {b}" for a, b in pairs]
+    triples = list(itertools.islice(((a + b, c) for a, b in pairs for c in chars), n_triples))
+    merged = pairs + triples
+    tokens = SPECIALS + chars + [a + b for a, b in merged]
+    types = [3] * len(SPECIALS) + [1] * (256 + n_merges)  # 3 = control, 1 = normal
+    return tokens, types, [f"{a} {b}" for a, b in merged]
 
 
 def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarray:
@@ -137,6 +146,44 @@ def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str,
     return meta, plan
 
 
+FAMILIES = ("smollm2", "qwen2", "gemma3")
+
+
+def _family_plan(
+    family: str, n_layers: int | None, vocab_size: int | None
+) -> tuple[dict, list[tuple[str, Q, tuple]]]:
+    """The built-in spec of `family` (FAMILIES), its real layer count and vocabulary size unless
+    given."""
+    if family == "smollm2":
+        return _builtin_plan(30 if n_layers is None else n_layers, vocab_size or 49152)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r} (one of {', '.join(FAMILIES)})")
+    n_layers = fam.REAL_LAYERS[family] if n_layers is None else n_layers
+    vocab = vocab_size or fam.REAL_VOCAB[family]
+    if family == "qwen2":
+        meta = dict(fam.QWEN2_META)
+        tokens, types, merges = synthetic_vocab(vocab)
+        meta["tokenizer.ggml.merges"] = (merges, V.STRING)
+        for key, token in (
+            ("bos", "<|endoftext|>"),
+            ("eos", "<|im_end|>"),
+            ("padding", "<|endoftext|>"),
+        ):
+            meta[f"tokenizer.ggml.{key}_token_id"] = (tokens.index(token), V.UINT32)
+        meta["tokenizer.chat_template"] = (CHATML, V.STRING)
+        plan = fam.qwen2_tensors(n_layers, vocab)
+    else:
+        meta = dict(fam.GEMMA3_META)
+        tokens, scores, types = fam.sentencepiece_vocab(vocab)
+        meta["tokenizer.ggml.scores"] = (scores, V.FLOAT32)
+        plan = fam.gemma3_tensors(n_layers, vocab)
+    meta["tokenizer.ggml.tokens"] = (tokens, V.STRING)
+    meta["tokenizer.ggml.token_type"] = (types, V.INT32)
+    meta[f"{family}.block_count"] = (n_layers, V.UINT32)
+    meta["general.architecture"] = (family, V.STRING)
+    return meta, plan
+
+
 def _like_plan(like: Path, n_layers: int | None) -> tuple[dict, list[tuple[str, Q, tuple]]]:
     header = read_header(like)
     meta = {}
@@ -160,11 +207,14 @@ def write_synthetic_model(
     *,
     seed: int = 0,
     n_layers: int | None = None,
-    vocab_size: int = 49152,
+    vocab_size: int | None = None,
     matrix_type: str | None = None,
+    family: str = "smollm2",
 ) -> Path:
     """Write the synthetic GGUF to `out_path` and return it. See the module docstring.
 
+    `family` picks the built-in spec (without `like`); `n_layers` and `vocab_size` default to
+    the real model's.
     `matrix_type` (e.g. "Q4_K") replaces the type of every per-layer matrix, to time kernels of
     each weight type at real shapes; rows must be whole blocks of that type.
     """
@@ -172,7 +222,7 @@ def write_synthetic_model(
     if like is not None:
         meta, plan = _like_plan(Path(like), n_layers)
     else:
-        meta, plan = _builtin_plan(30 if n_layers is None else n_layers, vocab_size)
+        meta, plan = _family_plan(family, n_layers, vocab_size)
     for name, qtype, _ in plan:  # e.g. a --like file with IQ or Q2_K tensors
         if qtype not in BLOCK_SIZES:
             supported = ", ".join(q.name for q in BLOCK_SIZES)
@@ -220,13 +270,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="where to write the .gguf")
     p.add_argument("--like", type=Path, help="real GGUF to copy metadata, shapes and types from")
+    p.add_argument("--family", choices=FAMILIES, default="smollm2", help="built-in spec")
     p.add_argument("--layers", type=int, help="keep only this many layers (default: all)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: the real model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--matrix-type", help="give every per-layer matrix this type, e.g. Q4_K")
     args = p.parse_args(argv)
     path = write_synthetic_model(
-        args.out, args.like, seed=args.seed, n_layers=args.layers, matrix_type=args.matrix_type
-    )
+        args.out, args.like, seed=args.seed, n_layers=args.layers, matrix_type=args.matrix_type,
+        family=args.family, vocab_size=args.vocab,
+    )  # fmt: skip
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

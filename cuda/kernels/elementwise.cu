@@ -1,13 +1,17 @@
-// Small element-wise kernels: SwiGLU, in-place add, and the residency checksum.
+// Small element-wise kernels: the gated activations (SwiGLU, GELU-tanh GLU), in-place add, and
+// the residency checksum.
 //
 // All take sizes as arguments and device pointers only, so they are graph capturable.
 #include <stdint.h>
 
+#include "activations.cuh"
 #include "pdl.cuh"  // swiglu and add_inplace may run in a PDL decode step
 
-// gate_up (n, 2 * d_ff) = [gate | up] -> h (n, d_ff) = silu(gate) * up. Grid-stride, any sizes.
-extern "C" __global__ void swiglu(const float *__restrict__ gate_up, float *__restrict__ h,
-                                  int d_ff, int n) {
+// gate_up (n, 2 * d_ff) = [gate | up] -> h (n, d_ff) = act(gate) * up (activations.cuh: the
+// same function as the fused decode matvec). Grid-stride, any sizes.
+template <int GLU>
+__device__ __forceinline__ void glu_impl(const float *__restrict__ gate_up, float *__restrict__ h,
+                                         int d_ff, int n) {
     pdl_wait();
     const long total = (long)n * d_ff;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
@@ -15,9 +19,18 @@ extern "C" __global__ void swiglu(const float *__restrict__ gate_up, float *__re
         const long t = i / d_ff, j = i - t * d_ff;
         const float g = __ldcg(gate_up + t * 2 * d_ff + j);
         const float u = __ldcg(gate_up + t * 2 * d_ff + d_ff + j);
-        // g / (1 + exp(-g)); for g < -88 expf overflows to inf and g / inf = -0, the right limit
-        h[i] = g / (1.f + expf(-g)) * u;
+        h[i] = glu_act<GLU>(g) * u;
     }
+}
+
+extern "C" __global__ void swiglu(const float *__restrict__ gate_up, float *__restrict__ h,
+                                  int d_ff, int n) {
+    glu_impl<GLU_SILU>(gate_up, h, d_ff, n);
+}
+
+extern "C" __global__ void geglu(const float *__restrict__ gate_up, float *__restrict__ h,
+                                 int d_ff, int n) {
+    glu_impl<GLU_GELU>(gate_up, h, d_ff, n);
 }
 
 // x[i] += y[i] for i < n.

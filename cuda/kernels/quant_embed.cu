@@ -1,4 +1,5 @@
-// Embedding gather: out[t, :] = dequantized row ids[t] of W (n_tokens x n_cols float32).
+// Embedding gather: out[t, :] = dequantized row ids[t] of W times scale (n_tokens x n_cols
+// float32). scale is 1 for most models; gemma3 multiplies its embeddings by sqrt(d_model).
 //
 // Grid (ceil(slots / threads), n_tokens): each thread decodes one 8-value slot of the row and
 // writes two float4. ids live in device memory (int32), so a decode step's launch is graph
@@ -9,7 +10,8 @@
 
 template <class T>
 __device__ __forceinline__ void embed_impl(const uint8_t *__restrict__ W, int n_cols,
-                                           const int *__restrict__ ids, float *__restrict__ out) {
+                                           const int *__restrict__ ids, float *__restrict__ out,
+                                           float scale) {
     constexpr int NS = T::QK / 8;
     const int t = blockIdx.y;
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
@@ -22,28 +24,33 @@ __device__ __forceinline__ void embed_impl(const uint8_t *__restrict__ W, int n_
     float4 a, c;
     T::slot8(blk, k, a, c);
     float *o = out + (size_t)t * n_cols + b * T::QK;
-    *reinterpret_cast<float4 *>(o + T::P0(k)) = a;
-    *reinterpret_cast<float4 *>(o + T::P1(k)) = c;
+    *reinterpret_cast<float4 *>(o + T::P0(k)) =
+        make_float4(a.x * scale, a.y * scale, a.z * scale, a.w * scale);
+    *reinterpret_cast<float4 *>(o + T::P1(k)) =
+        make_float4(c.x * scale, c.y * scale, c.z * scale, c.w * scale);
 }
 
 #define EMBED_KERNEL(T, name)                                                                  \
     extern "C" __global__ void embed_##name(const uint8_t *__restrict__ W, int n_cols,         \
                                             const int *__restrict__ ids,                       \
-                                            float *__restrict__ out) {                         \
-        embed_impl<ggml::T>(W, n_cols, ids, out);                                              \
+                                            float *__restrict__ out, float scale) {            \
+        embed_impl<ggml::T>(W, n_cols, ids, out, scale);                                       \
     }
 GGML_FOR_EACH_TYPE(EMBED_KERNEL)
 
 // Any n_cols for plain float rows: one thread per value.
 extern "C" __global__ void embed_plain_f32(const float *__restrict__ W, int n_cols,
-                                           const int *__restrict__ ids, float *__restrict__ out) {
+                                           const int *__restrict__ ids, float *__restrict__ out,
+                                           float scale) {
     const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     pdl_wait();
-    if (c < n_cols) out[(size_t)t * n_cols + c] = W[(size_t)ids[t] * n_cols + c];
+    if (c < n_cols) out[(size_t)t * n_cols + c] = W[(size_t)ids[t] * n_cols + c] * scale;
 }
 extern "C" __global__ void embed_plain_f16(const __half *__restrict__ W, int n_cols,
-                                           const int *__restrict__ ids, float *__restrict__ out) {
+                                           const int *__restrict__ ids, float *__restrict__ out,
+                                           float scale) {
     const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     pdl_wait();
-    if (c < n_cols) out[(size_t)t * n_cols + c] = __half2float(W[(size_t)ids[t] * n_cols + c]);
+    if (c < n_cols)
+        out[(size_t)t * n_cols + c] = __half2float(W[(size_t)ids[t] * n_cols + c]) * scale;
 }

@@ -1,6 +1,11 @@
-// Matrix-matrix product for prefill: Y[t, r] = sum_c X[t, c] * W[r, c]  (+ Y[t, r] when accumulate).
+// Matrix-matrix product for prefill: Y[t, r] = sum_c X[t, c] * W[r, c] (+ bias[r]) (+ Y[t, r] when
+// accumulate).
 //
-// X: n x cols float32 (row-major), W: rows x cols raw GGML blocks, Y: n x rows float32.
+// X: n x cols float32 (row-major), W: rows x cols raw GGML blocks, Y: n rows of ldy floats of which
+// this product writes the first `rows` (ldy >= rows): a projection group whose matrices have
+// different types (q | k | v of a mixed-quant file) runs one product per matrix, each into its own
+// column slice of the group's output (the caller offsets Y by the slice's first column). bias:
+// null, or `rows` floats added in the epilogue (qwen2's q/k/v bias).
 // Both kernels tile the output (tokens x weight rows) and walk cols in steps of BK = 32: each step
 // dequantizes a BN x 32 weight tile into shared memory once and reuses it for BM tokens.
 //   matmul_simt_*:   fp32 FMA, 64 x 64 tile, 256 threads with 4 x 4 outputs each (exact path).
@@ -14,6 +19,15 @@
 #include "ggml_blocks.cuh"
 
 #define BK 32
+
+// The epilogue's store of one output: y = v (+ bias) (+ the old y).
+__device__ __forceinline__ void store_out(float *__restrict__ Y, int ldy,
+                                          const float *__restrict__ bias, int t, int r, float v,
+                                          int accumulate) {
+    float *y = Y + (size_t)t * ldy + r;
+    if (bias != nullptr) v += bias[r];
+    *y = accumulate ? *y + v : v;
+}
 
 // Dequantize quad q (4 values) of tile row r: weights at cols k0 + 4q .. +3 of weight row `row`.
 template <class T>
@@ -36,7 +50,8 @@ __device__ __forceinline__ float4 x_quad(const float *__restrict__ X, int cols, 
 template <class T>
 __device__ __forceinline__ void matmul_simt_impl(const uint8_t *__restrict__ W, int rows, int cols,
                                                  const float *__restrict__ X, int n,
-                                                 float *__restrict__ Y, int accumulate) {
+                                                 float *__restrict__ Y, int ldy,
+                                                 const float *__restrict__ bias, int accumulate) {
     constexpr int BM = 64, BN = 64;
     __shared__ __align__(16) float Xs[BK][BM + 4];  // transposed tiles: [k][token], [k][row]
     __shared__ __align__(16) float Ws[BK][BN + 4];
@@ -74,10 +89,7 @@ __device__ __forceinline__ void matmul_simt_impl(const uint8_t *__restrict__ W, 
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int r = r0 + 4 * tx + j;
-            if (r < rows) {
-                float *y = Y + (size_t)t * rows + r;
-                *y = accumulate ? *y + acc[i][j] : acc[i][j];
-            }
+            if (r < rows) store_out(Y, ldy, bias, t, r, acc[i][j], accumulate);
         }
     }
 }
@@ -91,7 +103,8 @@ __device__ __forceinline__ uint2 half4(float4 v) {  // 4 floats -> 4 halves (rou
 template <class T, int BM>
 __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, int rows, int cols,
                                                const float *__restrict__ X, int n,
-                                               float *__restrict__ Y, int accumulate) {
+                                               float *__restrict__ Y, int ldy,
+                                               const float *__restrict__ bias, int accumulate) {
     using namespace nvcuda;
     constexpr int BN = 64, LD = BK + 8, LDC = BN + 4;
     constexpr int FM = BM / 32, FN = 2;  // 16x16 fragments per warp: warps tile 2 x 2
@@ -145,11 +158,7 @@ __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, in
     __syncthreads();
     for (int idx = tid; idx < BM * BN; idx += 128) {  // consecutive threads: consecutive rows of Y
         const int t = t0 + idx / BN, r = r0 + idx % BN;
-        if (t < n && r < rows) {
-            float *y = Y + (size_t)t * rows + r;
-            const float v = Cs[idx / BN][idx % BN];
-            *y = accumulate ? *y + v : v;
-        }
+        if (t < n && r < rows) store_out(Y, ldy, bias, t, r, Cs[idx / BN][idx % BN], accumulate);
     }
 }
 
@@ -162,7 +171,8 @@ __device__ __forceinline__ void matmul_tc_impl(const uint8_t *__restrict__ W, in
 template <class T, int BM>
 __device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, int rows, int cols,
                                                 const float *__restrict__ X, int n,
-                                                float *__restrict__ Y, int accumulate) {
+                                                float *__restrict__ Y, int ldy,
+                                                const float *__restrict__ bias, int accumulate) {
     using namespace nvcuda;
     constexpr int BN = 64, BKS = 128, LD = BKS + 8, LDC = BN + 4;
     constexpr int FM = BM / 32, FN = 2;
@@ -242,37 +252,26 @@ __device__ __forceinline__ void matmul_tcs_impl(const uint8_t *__restrict__ W, i
     __syncthreads();
     for (int idx = tid; idx < BM * BN; idx += 128) {
         const int t = t0 + idx / BN, r = r0 + idx % BN;
-        if (t < n && r < rows) {
-            float *y = Y + (size_t)t * rows + r;
-            const float v = Cs[idx / BN][idx % BN];
-            *y = accumulate ? *y + v : v;
-        }
+        if (t < n && r < rows) store_out(Y, ldy, bias, t, r, Cs[idx / BN][idx % BN], accumulate);
     }
 }
 
+#define MM_SIG(kname, threads)                                                                 \
+    extern "C" __global__ void __launch_bounds__(threads)                                      \
+        kname(const uint8_t *__restrict__ W, int rows, int cols, const float *__restrict__ X,  \
+              int n, float *__restrict__ Y, int ldy, const float *__restrict__ bias,           \
+              int accumulate)
 #define MATMUL_KERNELS(T, name)                                                                \
-    extern "C" __global__ void __launch_bounds__(256)                                          \
-        matmul_simt_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
-                           const float *__restrict__ X, int n, float *__restrict__ Y,          \
-                           int accumulate) {                                                   \
-        matmul_simt_impl<ggml::T>(W, rows, cols, X, n, Y, accumulate);                         \
+    MM_SIG(matmul_simt_##name, 256) {                                                          \
+        matmul_simt_impl<ggml::T>(W, rows, cols, X, n, Y, ldy, bias, accumulate);              \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
-        matmul_tc32_##name(const uint8_t *__restrict__ W, int rows, int cols,                  \
-                           const float *__restrict__ X, int n, float *__restrict__ Y,          \
-                           int accumulate) {                                                   \
-        matmul_tc_impl<ggml::T, 32>(W, rows, cols, X, n, Y, accumulate);                       \
+    MM_SIG(matmul_tc32_##name, 128) {                                                          \
+        matmul_tc_impl<ggml::T, 32>(W, rows, cols, X, n, Y, ldy, bias, accumulate);            \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
-        matmul_tcs32_##name(const uint8_t *__restrict__ W, int rows, int cols,                 \
-                            const float *__restrict__ X, int n, float *__restrict__ Y,         \
-                            int accumulate) {                                                  \
-        matmul_tcs_impl<ggml::T, 32>(W, rows, cols, X, n, Y, accumulate);                      \
+    MM_SIG(matmul_tcs32_##name, 128) {                                                         \
+        matmul_tcs_impl<ggml::T, 32>(W, rows, cols, X, n, Y, ldy, bias, accumulate);           \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
-        matmul_tcs64_##name(const uint8_t *__restrict__ W, int rows, int cols,                 \
-                            const float *__restrict__ X, int n, float *__restrict__ Y,         \
-                            int accumulate) {                                                  \
-        matmul_tcs_impl<ggml::T, 64>(W, rows, cols, X, n, Y, accumulate);                      \
+    MM_SIG(matmul_tcs64_##name, 128) {                                                         \
+        matmul_tcs_impl<ggml::T, 64>(W, rows, cols, X, n, Y, ldy, bias, accumulate);           \
     }
 GGML_FOR_EACH_TYPE(MATMUL_KERNELS)

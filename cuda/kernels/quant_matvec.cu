@@ -10,6 +10,7 @@
 // slots (MV_PRE) and prefetches the rest of its weight rows into L2 (weights never change), and
 // only then waits for the kernel before it to finish, so the weights' DRAM round trip overlaps
 // the previous kernel.
+#include "activations.cuh"
 #include "ggml_blocks.cuh"
 #include "pdl.cuh"
 
@@ -57,26 +58,30 @@ __device__ __forceinline__ float dot8(float4 a, float4 c, float4 xa, float4 xc) 
 //   NORM:   the input is rmsnorm(x) * g: every warp computes the sum of squares of x itself
 //           (x is a few KB, L1-resident), the dot products use x * g, and the result is scaled
 //           by 1 / sqrt(mean(x^2) + eps) at the end.
-//   SWIGLU: W is gate | up stacked (2 * rows rows); output i is silu(gate_i . x) * (up_i . x),
-//           the two rows computed by one warp (R = 2) sharing their x loads.
+//   GLU:    W is gate | up stacked (2 * rows rows); output i is act(gate_i . x) * (up_i . x),
+//           the two rows computed by one warp (R = 2) sharing their x loads; act is SiLU
+//           (GLU_SILU: SwiGLU, llama / qwen2) or GELU-tanh (GLU_GELU: gemma3).
+//   bias:   null, or one float per output row added at the end (qwen2's q/k/v bias).
+// row0 is this row group's first output (the callers below derive it from the block index).
 // Partial sums of a row's warps meet in shared memory. Rows past the end are clamped for
 // loading and never stored.
-template <class T, int R, int WPR, bool NORM, bool SWIGLU>
+template <class T, int R, int WPR, bool NORM, int GLU>
 __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int rows, int cols,
                                            const float *__restrict__ x,
                                            const float *__restrict__ g, float eps,
-                                           float *__restrict__ y, int accumulate) {
-    static_assert(!SWIGLU || R == 2, "SwiGLU pairs a gate row with an up row");
-    constexpr int NS = T::QK / 8, GROUPS = MV_WARPS / WPR, OUT = SWIGLU ? 1 : R;
+                                           float *__restrict__ y,
+                                           const float *__restrict__ bias, int accumulate,
+                                           int row0) {
+    static_assert(GLU == GLU_NONE || R == 2, "a GLU pairs a gate row with an up row");
+    constexpr int NS = T::QK / 8;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = warp / WPR, sub = warp % WPR;
-    const int row0 = (blockIdx.x * GROUPS + group) * OUT;  // first output of this group
+    const int sub = warp % WPR;
     const int nblk = cols / T::QK, nslot = nblk * NS;
     const size_t row_bytes = (size_t)nblk * T::BYTES;
     const uint8_t *wr[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const int wrow = SWIGLU ? min(row0, rows - 1) + r * rows : min(row0 + r, rows - 1);
+        const int wrow = GLU ? min(row0, rows - 1) + r * rows : min(row0 + r, rows - 1);
         wr[r] = W + (size_t)wrow * row_bytes;
     }
     pdl_trigger();
@@ -180,18 +185,32 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
                 for (int j = 1; j < WPR; ++j) acc[r] += part[warp + j][r];
     }
     if (sub != 0 || lane != 0) return;
-    if constexpr (SWIGLU) {
+    if constexpr (GLU != GLU_NONE) {
         if (row0 < rows) {
-            const float gate = acc[0] * inv, up = acc[1] * inv;
-            const float h = gate / (1.f + expf(-gate)) * up;
+            const float h = glu_act<GLU>(acc[0] * inv) * (acc[1] * inv);
             y[row0] = accumulate ? __ldcg(y + row0) + h : h;
         }
     } else {
 #pragma unroll
         for (int r = 0; r < R; ++r)
-            if (row0 + r < rows)
-                y[row0 + r] = accumulate ? __ldcg(y + row0 + r) + acc[r] * inv : acc[r] * inv;
+            if (row0 + r < rows) {
+                float v = acc[r] * inv;
+                if (bias != nullptr) v += bias[row0 + r];  // a weight: never written by a kernel
+                y[row0 + r] = accumulate ? __ldcg(y + row0 + r) + v : v;
+            }
     }
+}
+
+// The plain kernels' row groups: WPR warps per group, R rows each (one output for a GLU).
+template <class T, int R, int WPR, bool NORM, int GLU>
+__device__ __forceinline__ void matvec_grid(const uint8_t *__restrict__ W, int rows, int cols,
+                                            const float *__restrict__ x,
+                                            const float *__restrict__ g, float eps,
+                                            float *__restrict__ y, int accumulate) {
+    constexpr int GROUPS = MV_WARPS / WPR, OUT = GLU ? 1 : R;
+    const int group = (threadIdx.x >> 5) / WPR;
+    matvec_gen<T, R, WPR, NORM, GLU>(W, rows, cols, x, g, eps, y, nullptr, accumulate,
+                                     (blockIdx.x * GROUPS + group) * OUT);
 }
 
 // Arguments of every kernel: W, rows, cols, x, y, accumulate; the fused ones add g, eps after x.
@@ -200,24 +219,96 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
 #define MV_NORM const float *__restrict__ g, float eps
 #define MV_SIG(kname, ...) \
     extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) kname(__VA_ARGS__)
+#define MV_CALL(T, R, WPR, NORM, GLU) \
+    matvec_grid<ggml::T, R, WPR, NORM, GLU>(W, rows, cols, x, g, eps, y, accumulate)
 
 #define MATVEC_KERNEL(T, name)                                                                  \
     MV_SIG(matvec_##name, MV_ARGS, MV_OUT) {                                                    \
-        matvec_gen<ggml::T, 1, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \
+        const float *g = nullptr;                                                               \
+        const float eps = 0.f;                                                                  \
+        MV_CALL(T, 1, 1, false, GLU_NONE);                                                      \
     }                                                                                           \
     MV_SIG(matvec_tall_##name, MV_ARGS, MV_OUT) {                                               \
-        matvec_gen<ggml::T, 4, 1, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \
+        const float *g = nullptr;                                                               \
+        const float eps = 0.f;                                                                  \
+        MV_CALL(T, 4, 1, false, GLU_NONE);                                                      \
     }                                                                                           \
     MV_SIG(matvec_wide_##name, MV_ARGS, MV_OUT) {                                               \
-        matvec_gen<ggml::T, 1, 2, false, false>(W, rows, cols, x, nullptr, 0.f, y, accumulate);  \
+        const float *g = nullptr;                                                               \
+        const float eps = 0.f;                                                                  \
+        MV_CALL(T, 1, 2, false, GLU_NONE);                                                      \
     }                                                                                           \
-    MV_SIG(matvec_norm_##name, MV_ARGS, MV_NORM, MV_OUT) {                                      \
-        matvec_gen<ggml::T, 1, 1, true, false>(W, rows, cols, x, g, eps, y, accumulate);         \
+    MV_SIG(matvec_wide4_##name, MV_ARGS, MV_OUT) {                                              \
+        const float *g = nullptr;                                                               \
+        const float eps = 0.f;                                                                  \
+        MV_CALL(T, 1, 4, false, GLU_NONE);                                                      \
     }                                                                                           \
+    MV_SIG(matvec_norm_##name, MV_ARGS, MV_NORM, MV_OUT) { MV_CALL(T, 1, 1, true, GLU_NONE); }  \
     MV_SIG(matvec_norm_tall_##name, MV_ARGS, MV_NORM, MV_OUT) {                                 \
-        matvec_gen<ggml::T, 4, 1, true, false>(W, rows, cols, x, g, eps, y, accumulate);         \
+        MV_CALL(T, 4, 1, true, GLU_NONE);                                                       \
     }                                                                                           \
     MV_SIG(matvec_norm_swiglu_##name, MV_ARGS, MV_NORM, MV_OUT) {                               \
-        matvec_gen<ggml::T, 2, 1, true, true>(W, rows, cols, x, g, eps, y, accumulate);          \
+        MV_CALL(T, 2, 1, true, GLU_SILU);                                                       \
+    }                                                                                           \
+    MV_SIG(matvec_norm_geglu_##name, MV_ARGS, MV_NORM, MV_OUT) {                                \
+        MV_CALL(T, 2, 1, true, GLU_GELU);                                                       \
     }
 GGML_FOR_EACH_TYPE(MATVEC_KERNEL)
+
+// Segmented matrix-vector product: up to three matrices of different types that read the same
+// x and write consecutive outputs (q | k | v of a mixed-quant file) in one launch, with an
+// optional bias per output (qwen2). Output rows [0, n0) come from W0 (type t0), the next n1
+// from W1, the next n2 from W2 (n = 0: unused); a warp per row, as the plain kernel. A warp's
+// segment is warp-uniform, so the switch over the type codes costs no divergence; the codes
+// are the order of GGML_FOR_EACH_TYPE (cuda/quant_ops.py's _TYPES).
+template <bool NORM>
+__device__ __forceinline__ void matvec_seg_row(int type, const uint8_t *__restrict__ W, int rows,
+                                               int cols, const float *__restrict__ x,
+                                               const float *__restrict__ g, float eps,
+                                               float *__restrict__ y,
+                                               const float *__restrict__ bias, int accumulate,
+                                               int row) {
+#define MV_SEG_CASE(code, T)                                                                   \
+    case code:                                                                                 \
+        matvec_gen<ggml::T, 1, 1, NORM, GLU_NONE>(W, rows, cols, x, g, eps, y, bias,            \
+                                                   accumulate, row);                            \
+        break;
+    switch (type) {
+        MV_SEG_CASE(0, F32)
+        MV_SEG_CASE(1, F16)
+        MV_SEG_CASE(2, Q8_0)
+        MV_SEG_CASE(3, Q4_0)
+        MV_SEG_CASE(4, Q4_1)
+        MV_SEG_CASE(5, Q5_0)
+        MV_SEG_CASE(6, Q4_K)
+        MV_SEG_CASE(7, Q6_K)
+        default:
+            break;
+    }
+#undef MV_SEG_CASE
+}
+
+#define MV_SEG_ARGS                                                                            \
+    int cols, const float *__restrict__ x, const float *__restrict__ g, float eps,             \
+        float *__restrict__ y, const float *__restrict__ bias, int accumulate,                 \
+        const uint8_t *__restrict__ W0, int t0, int n0, const uint8_t *__restrict__ W1, int t1, \
+        int n1, const uint8_t *__restrict__ W2, int t2, int n2
+
+template <bool NORM>
+__device__ __forceinline__ void matvec_seg_impl(MV_SEG_ARGS) {
+    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);  // of the whole group
+    // A warp past the group's end has nothing to do; returning here (not idling inside
+    // matvec_gen) matters: an empty segment has no row for matvec_gen's clamped preload to
+    // read. (A PDL dependent may start once every block has triggered or exited.)
+    if (row >= n0 + n1 + n2) return;
+    const int s = row < n0 ? 0 : row < n0 + n1 ? 1 : 2;
+    const int first = s == 0 ? 0 : s == 1 ? n0 : n0 + n1;  // the segment's first output
+    const uint8_t *W = s == 0 ? W0 : s == 1 ? W1 : W2;
+    const int type = s == 0 ? t0 : s == 1 ? t1 : t2, rows = s == 0 ? n0 : s == 1 ? n1 : n2;
+    matvec_seg_row<NORM>(type, W, rows, cols, x, g, eps, y + first,
+                         bias == nullptr ? nullptr : bias + first, accumulate, row - first);
+}
+
+#define MV_SEG_PASS cols, x, g, eps, y, bias, accumulate, W0, t0, n0, W1, t1, n1, W2, t2, n2
+MV_SIG(matvec_seg, MV_SEG_ARGS) { matvec_seg_impl<false>(MV_SEG_PASS); }
+MV_SIG(matvec_seg_norm, MV_SEG_ARGS) { matvec_seg_impl<true>(MV_SEG_PASS); }

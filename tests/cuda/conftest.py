@@ -2,20 +2,25 @@
 
 Every test in this folder is marked `gpu` except those of the files in _NO_GPU_MARK.
 `cuda_ctx` (session) makes device 0's primary context current on the test thread and pops it at
-the end; tests that need the GPU take it as an argument.
+the end; tests that need the GPU take it as an argument. `kq` / `kq_mv` are the quant kernels
+(every matvec build for `kq_mv`), `gpu` uploads arrays and checks guarded outputs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from tests.cuda.checks import GUARD, SENTINEL
 
 _NO_GPU_MARK = {
     "test_nvcc_compile.py",  # needs only nvcc
     "test_kernel_cache.py",  # pure Python; its one GPU test is marked by hand
     "test_cuda_errors.py",  # a stand-in driver
     "test_load_checks.py",  # checks made before PyCUDA is imported
+    "test_launcher_signatures.py",  # nvcc's PTX against recording stand-ins of the loaders
 }
 
 
@@ -46,3 +51,54 @@ def cuda_ctx():
     finally:
         drv.Context.synchronize()
         drv.Context.pop()
+
+
+@pytest.fixture(scope="session")
+def kq(cuda_ctx):
+    from cuda.quant_ops import QuantKernels
+
+    return QuantKernels()
+
+
+@pytest.fixture(
+    scope="session",
+    params=[(False, True), (True, True), (False, False)],
+    ids=["guarded", "batched", "no-preload"],
+)
+def kq_mv(request, cuda_ctx):
+    """The builds of the matvec kernels: guarded slot loop (with the first slots loaded before
+    the PDL wait, the default; and without), batched branch-free loop."""
+    from cuda.quant_ops import QuantKernels
+
+    batched, preload = request.param
+    return QuantKernels(batched_loads=batched, preload=preload)
+
+
+@pytest.fixture(scope="session")
+def gpu(cuda_ctx):
+    """Helpers bound to one stream: upload, guarded output buffers, download after sync."""
+    import pycuda.driver as drv
+    import pycuda.gpuarray as gpuarray
+
+    class Gpu:
+        stream = drv.Stream()
+
+        @staticmethod
+        def put(a: np.ndarray):
+            return gpuarray.to_gpu(np.ascontiguousarray(a))
+
+        @staticmethod
+        def out(n_values: int, init: np.ndarray | None = None):
+            host = np.full(n_values + GUARD, SENTINEL, np.float32)
+            if init is not None:
+                host[:n_values] = init.reshape(-1)
+            return gpuarray.to_gpu(host)
+
+        def get(self, buf, shape) -> np.ndarray:
+            self.stream.synchronize()
+            host = buf.get()
+            n_values = int(np.prod(shape))
+            assert np.all(host[n_values:] == SENTINEL), "kernel wrote past the end of its output"
+            return host[:n_values].reshape(shape)
+
+    return Gpu()

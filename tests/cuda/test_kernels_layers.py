@@ -1,5 +1,6 @@
 """The engine's own kernels on the GPU against numpy: RMSNorm, rotary + KV write, attention
-(decode with and without split-K, prefill), SwiGLU, add, residency checksum.
+(fused decode, prefill; plain split-K decode of every head size: test_kernels_gemma.py), SwiGLU,
+add, residency checksum.
 
 References are runtime.numpy_layers (the reference engine's own functions) on random data, with
 sizes that are not multiples of the thread or warp counts. Tolerances: 1e-5 relative for fp32
@@ -83,32 +84,6 @@ def _attention_case(rng, H, KV, D, ctx, L):
     return kc, vc
 
 
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("splits", [1, 5, 16, 32])
-@pytest.mark.parametrize("L", [1, 37, 300])
-def test_attention_decode(gpu, D, splits, L):
-    drv, ga, s, ops = gpu
-    rng = np.random.default_rng(3 + L)
-    H, KV, ctx = 6, 2, 301
-    kc, vc = _attention_case(rng, H, KV, D, ctx, L)
-    qkv = rng.standard_normal((1, (H + 2 * KV) * D)).astype(np.float32) * 2
-    out = ga.to_gpu(np.full(H * D, np.nan, np.float32))
-    part = ga.zeros(H * splits * (D + 2), np.float32)
-    counters = ga.zeros(H, np.uint32)
-    pos = ga.to_gpu(np.array([L - 1], np.int32))
-    kd, vd, qd = ga.to_gpu(kc), ga.to_gpu(vc), ga.to_gpu(qkv)
-    for _ in range(2):  # twice: the split counters must have reset themselves
-        ops[D].attn_decode(
-            qd.gpudata, kd.gpudata, vd.gpudata, out.gpudata, pos.gpudata, part.gpudata,
-            counters.gpudata, n_heads=H, n_kv=KV, max_ctx=ctx, n_splits=splits, stream=s,
-        )  # fmt: skip
-        s.synchronize()
-        q = qkv[:, : H * D].reshape(1, H, D)
-        ref = nl.attention(q, kc.astype(np.float32), vc.astype(np.float32), L - 1, D**-0.5)
-        assert rel(out.get(), ref.reshape(-1)) < RTOL
-        assert (counters.get() == 0).all()
-
-
 @pytest.mark.parametrize("style", ["norm", "neox"])
 @pytest.mark.parametrize("splits", [1, 5])
 @pytest.mark.parametrize("pos", [0, 57])
@@ -169,7 +144,7 @@ def test_swiglu_and_add(gpu):
     n, d_ff = 3, 1537
     gu = (rng.standard_normal((n, 2 * d_ff)) * 30).astype(np.float32)  # reaches exp overflow
     h = ga.empty((n, d_ff), np.float32)
-    ops[64].swiglu(ga.to_gpu(gu).gpudata, h.gpudata, d_ff, n, s)
+    ops[64].glu(ga.to_gpu(gu).gpudata, h.gpudata, d_ff, n, s)
     x = rng.standard_normal(1001).astype(np.float32)
     y = rng.standard_normal(1001).astype(np.float32)
     xd = ga.to_gpu(x)

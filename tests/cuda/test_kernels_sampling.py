@@ -15,6 +15,8 @@ import pytest
 from runtime.sampling import SamplingParams, sample_from_logits, uniform
 
 VOCAB = 49_157  # not a multiple of the block
+#: qwen2's and gemma3's vocabularies (the sampler's buffers are sized for the largest)
+MODEL_VOCABS = [151_936, 262_144]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,10 @@ def smp(cuda_ctx):
 
     ops = Ops(64)
     s = drv.Stream()
-    marks = ga.zeros(VOCAB, np.uint8)
-    xs = ga.empty(VOCAB, np.float64)
-    pen = ga.empty(VOCAB, np.int32)
+    most = max(VOCAB, *MODEL_VOCABS)
+    marks = ga.zeros(most, np.uint8)
+    xs = ga.empty(most, np.float64)
+    pen = ga.empty(most, np.int32)
     out = ga.empty(1, np.int32)
 
     def run(logits: np.ndarray, p: SamplingParams, history, draw: int) -> int:
@@ -55,14 +58,14 @@ def smp(cuda_ctx):
     return run
 
 
-def _logits(kind: str, rng) -> np.ndarray:
+def _logits(kind: str, rng, vocab: int = VOCAB) -> np.ndarray:
     if kind == "peaked":  # like a language model: a few strong candidates
-        x = rng.standard_normal(VOCAB) * 2.0
-        x[rng.integers(0, VOCAB, 5)] += 12.0
+        x = rng.standard_normal(vocab) * 2.0
+        x[rng.integers(0, vocab, 5)] += 12.0
     elif kind == "flat":  # thousands of near-equal candidates: multi-chunk walks
-        x = rng.standard_normal(VOCAB) * 0.05
+        x = rng.standard_normal(vocab) * 0.05
     else:  # "ties": few distinct values, so the id order decides
-        x = rng.integers(0, 4, VOCAB).astype(np.float64)
+        x = rng.integers(0, 4, vocab).astype(np.float64)
     return x.astype(np.float32)
 
 
@@ -95,7 +98,27 @@ def test_gpu_sampler_equals_host_chain(smp, kind, p):
     assert not mismatches
 
 
-@pytest.mark.parametrize("vocab", [49_152, 50_001, 1000, 70])
+@pytest.mark.parametrize("vocab", MODEL_VOCABS)
+@pytest.mark.parametrize("kind", ["peaked", "flat", "ties"])
+@pytest.mark.parametrize("p", PARAMS[::2], ids=lambda p: repr(p)[15:60])
+def test_gpu_sampler_at_the_new_models_vocabularies(smp, vocab, kind, p):
+    """qwen2 (151,936) and gemma3 (262,144 ids): the same token as the host chain, with the
+    maximum placed near the end of the vocabulary too (the last blocks' ids)."""
+    rng = np.random.default_rng([vocab, len(kind), p.seed])
+    history = list(rng.integers(0, vocab, 30)) + [vocab - 1]
+    mismatches = []
+    for draw in range(4):
+        logits = _logits(kind, rng, vocab)
+        if draw % 2:
+            logits[vocab - 1 - draw] = logits.max() + 1.0
+        want = sample_from_logits(logits, p, history, draw)
+        got = smp(logits, p, history, draw)
+        if got != want:
+            mismatches.append((draw, got, want))
+    assert not mismatches
+
+
+@pytest.mark.parametrize("vocab", [49_152, 50_001, 1000, 70, *MODEL_VOCABS])
 def test_multi_block_argmax(cuda_ctx, vocab):
     import pycuda.driver as drv
     import pycuda.gpuarray as ga

@@ -25,9 +25,11 @@ ARCHS = ("80", "90")
 #: builds beyond the default one: file name -> extra -D options of each
 EXTRA_BUILDS = {
     "quant_matvec.cu": [["-DMV_BATCH=1"], ["-DMV_PRE=0"]],
-    # the engine builds attention for the model's head size: 64 by default, 128 for most
-    # larger models, up to 256 (cuda.ops.head_dim_supported)
+    # the engine builds attention for the model's head size: 64 by default (and qwen2), 128
+    # for most larger models, 256 for gemma3 (cuda.ops.head_dim_supported)
     "attention.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=256"], ["-DHEAD_DIM=32", "-DATTN_PRE=0"]],
+    "attn_prefill.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=256"], ["-DHEAD_DIM=32"]],
+    "attn_prefill_tc.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=32"]],  # head_dim <= 128 only
 }
 
 

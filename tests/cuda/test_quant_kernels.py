@@ -6,7 +6,8 @@ Tolerances are bounds on the error relative to sum |w x| of each output (the siz
 1e-5 for the fp32 paths, 2e-3 for the tensor-core matmul that rounds X and W to fp16 (each
 rounding is at most 2^-11 relative). Sizes include rows that are not multiples of the warps or
 tiles, token counts that are not multiples of the tile, and multi-block rows. A guard region
-after every output checks that nothing is written out of bounds.
+after every output checks that nothing is written out of bounds (fixtures `kq`, `kq_mv`, `gpu`:
+tests/cuda/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,82 +17,16 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from runtime.quants import dequantize
+from tests.cuda.checks import EXACT_TOL, GLU_REFS, TC_TOL, assert_close, glu_ref
 from tests.cuda.ggml_random import TYPES, block_cols, random_weights
-
-GUARD = 37  # floats of sentinel after each output
-SENTINEL = np.float32(-12345.0)
-EXACT_TOL = 1e-5
-TC_TOL = 2e-3
-
-
-@pytest.fixture(scope="session")
-def kq(cuda_ctx):
-    from cuda.quant_ops import QuantKernels
-
-    return QuantKernels()
-
-
-@pytest.fixture(
-    scope="session",
-    params=[(False, True), (True, True), (False, False)],
-    ids=["guarded", "batched", "no-preload"],
-)
-def kq_mv(request, cuda_ctx):
-    """The builds of the matvec kernels: guarded slot loop (with the first slots loaded before
-    the PDL wait, the default; and without), batched branch-free loop."""
-    from cuda.quant_ops import QuantKernels
-
-    batched, preload = request.param
-    return QuantKernels(batched_loads=batched, preload=preload)
-
-
-@pytest.fixture(scope="session")
-def gpu(cuda_ctx):
-    """Helpers bound to one stream: upload, guarded output buffers, download after sync."""
-    import pycuda.driver as drv
-    import pycuda.gpuarray as gpuarray
-
-    class Gpu:
-        stream = drv.Stream()
-
-        @staticmethod
-        def put(a: np.ndarray):
-            return gpuarray.to_gpu(np.ascontiguousarray(a))
-
-        @staticmethod
-        def out(n_values: int, init: np.ndarray | None = None):
-            host = np.full(n_values + GUARD, SENTINEL, np.float32)
-            if init is not None:
-                host[:n_values] = init.reshape(-1)
-            return gpuarray.to_gpu(host)
-
-        def get(self, buf, shape) -> np.ndarray:
-            self.stream.synchronize()
-            host = buf.get()
-            n_values = int(np.prod(shape))
-            assert np.all(host[n_values:] == SENTINEL), "kernel wrote past the end of its output"
-            return host[:n_values].reshape(shape)
-
-    return Gpu()
-
-
-def assert_close(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, tol: float) -> None:
-    """|got - ref| <= tol * magnitude (+ a floor for outputs whose terms are all ~0)."""
-    assert np.all(np.isfinite(got))
-    bound = tol * magnitude + 1e-30
-    err = np.abs(got.astype(np.float64) - ref)
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert np.all(err <= bound), (
-        f"max err/bound {float((err / bound)[worst]):.3g} at {worst}: got {got[worst]}, ref {ref[worst]}"
-    )
-
 
 # ---------------------------------------------------------------------------- embedding
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_tokens", [1, 5, 130])
-def test_embed_rows_match_numpy(kq, gpu, qtype, n_tokens):
+@pytest.mark.parametrize("scale", [1.0, float(np.sqrt(640.0))], ids=["plain", "gemma-scale"])
+def test_embed_rows_match_numpy(kq, gpu, qtype, n_tokens, scale):
     rng = np.random.default_rng(1000 + n_tokens)
     vocab, cols = 61, block_cols(qtype) * 3
     raw = random_weights(qtype, vocab, cols, rng)
@@ -99,10 +34,12 @@ def test_embed_rows_match_numpy(kq, gpu, qtype, n_tokens):
     ids[0] = vocab - 1  # the last row too
     out = gpu.out(n_tokens * cols)
     kq.embed_rows(
-        qtype, gpu.put(raw).gpudata, cols, gpu.put(ids).gpudata, n_tokens, out.gpudata, gpu.stream
-    )
+        qtype, gpu.put(raw).gpudata, cols, gpu.put(ids).gpudata, n_tokens, out.gpudata, gpu.stream,
+        scale=scale,
+    )  # fmt: skip
     got = gpu.get(out, (n_tokens, cols))
-    ref = dequantize(raw, qtype, (vocab, cols))[ids]
+    # gemma3 scales in fp32 after the dequantization, as llama.cpp's ggml_scale does
+    ref = dequantize(raw, qtype, (vocab, cols))[ids] * np.float32(scale)
     # one rounding apart at most (the GPU may fuse d * q + m into one FMA)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
 
@@ -115,10 +52,11 @@ def test_embed_rows_of_any_width_for_plain_floats(kq, gpu, qtype):
     ids = np.array([8, 0, 3, 3], np.int32)
     out = gpu.out(n_tokens * cols)
     kq.embed_rows(
-        qtype, gpu.put(raw).gpudata, cols, gpu.put(ids).gpudata, n_tokens, out.gpudata, gpu.stream
-    )
-    got = gpu.get(out, (n_tokens, cols))
-    np.testing.assert_array_equal(got, dequantize(raw, qtype, (vocab, cols))[ids])
+        qtype, gpu.put(raw).gpudata, cols, gpu.put(ids).gpudata, n_tokens, out.gpudata, gpu.stream,
+        scale=0.5,
+    )  # fmt: skip
+    got = gpu.get(out, (n_tokens, cols))  # a power of two: the scaling is exact
+    np.testing.assert_array_equal(got, dequantize(raw, qtype, (vocab, cols))[ids] * 0.5)
 
 
 # ---------------------------------------------------------------------------- matvec
@@ -148,7 +86,7 @@ def _matvec_case(kq, gpu, qtype, rows, cols, *, accumulate, seed, variant=None):
     assert_close(got, ref, magnitude, EXACT_TOL)
 
 
-MATVEC_VARIANTS = ["plain", "tall", "wide"]
+MATVEC_VARIANTS = ["plain", "tall", "wide", "wide4"]
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -207,68 +145,70 @@ def test_matvec_with_fused_rmsnorm(kq_mv, gpu, qtype, rows, variant):
     assert_close(got, ref, magnitude, EXACT_TOL)
 
 
+def _assert_glu(got, w, xn, d_ff, act) -> None:
+    """got = act(W_gate @ xn) * (W_up @ xn) within the fp32 bound of both factors."""
+    gate, up = w[:d_ff] @ xn, w[d_ff:] @ xn
+    fn, slope = GLU_REFS[act]
+    mag = np.abs(w) @ np.abs(xn)
+    # an error e in gate moves act by at most slope * e: bound both factors' errors
+    magnitude = (
+        slope * mag[:d_ff] * np.abs(up)
+        + mag[d_ff:] * np.abs(fn(gate))
+        + mag[:d_ff] * mag[d_ff:] * EXACT_TOL
+    )
+    assert_close(got, glu_ref(gate, up, act), magnitude, EXACT_TOL)
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("d_ff", [5, 70])
-def test_matvec_with_fused_rmsnorm_and_swiglu(kq_mv, gpu, qtype, d_ff):
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_matvec_with_fused_rmsnorm_and_glu(kq_mv, gpu, qtype, d_ff, act):
     rng = np.random.default_rng(d_ff)
     cols, eps = block_cols(qtype) * 2, 1e-6
     raw = random_weights(qtype, 2 * d_ff, cols, rng)  # gate rows, then up rows
     x = rng.standard_normal(cols).astype(np.float32)
     g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
     h = gpu.out(d_ff)
-    kq_mv.matvec_norm_swiglu(
+    kq_mv.matvec_norm_glu(
         qtype, gpu.put(raw).gpudata, d_ff, cols, gpu.put(x).gpudata, gpu.put(g).gpudata, eps,
-        h.gpudata, gpu.stream,
+        h.gpudata, gpu.stream, act=act,
     )  # fmt: skip
     got = gpu.get(h, (d_ff,))
     w = dequantize(raw, qtype, (2 * d_ff, cols)).astype(np.float64)
-    xn = _rms(x, g, eps)
-    gate, up = w[:d_ff] @ xn, w[d_ff:] @ xn
-    with np.errstate(over="ignore"):  # exp(-gate) = inf for very negative gates: silu -> -0
-        silu = gate / (1.0 + np.exp(-gate))
-    mag = np.abs(w) @ np.abs(xn)
-    # an error e in gate moves silu by at most 1.1 e: bound both factors' errors
-    magnitude = (
-        1.1 * mag[:d_ff] * np.abs(up)
-        + mag[d_ff:] * np.abs(silu)
-        + mag[:d_ff] * mag[d_ff:] * EXACT_TOL
-    )
-    assert_close(got, silu * up, magnitude, EXACT_TOL)
+    _assert_glu(got, w, _rms(x, g, eps), d_ff, act)
 
 
 @pytest.mark.parametrize("qtype", [Q.F16, Q.Q8_0, Q.Q4_1, Q.Q4_K], ids=lambda t: t.name)
-@pytest.mark.parametrize("kernel", ["plain", "tall", "wide", "norm", "norm-tall", "swiglu"])
+@pytest.mark.parametrize(
+    "kernel", ["plain", "tall", "wide", "wide4", "norm", "norm-tall", "swiglu", "geglu"]
+)
 def test_matvec_long_rows(kq_mv, gpu, qtype, kernel):
     """Rows long enough to run past the slots a lane loads before the PDL wait (MV_PRE)."""
     rng = np.random.default_rng(11)
     rows, cols, eps = 37, 2304, 1e-5
-    n_w = 2 * rows if kernel == "swiglu" else rows
+    glu = {"swiglu": "silu", "geglu": "gelu_tanh"}.get(kernel)
+    n_w = 2 * rows if glu else rows
     raw = random_weights(qtype, n_w, cols, rng)
     x = rng.standard_normal(cols).astype(np.float32)
     g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
     y = gpu.out(rows)
     args = (qtype, gpu.put(raw).gpudata, rows, cols, gpu.put(x).gpudata)
     w = dequantize(raw, qtype, (n_w, cols)).astype(np.float64)
-    if kernel in ("plain", "tall", "wide"):
+    if kernel in ("plain", "tall", "wide", "wide4"):
         kq_mv.matvec(*args, y.gpudata, gpu.stream, variant=kernel)
         xn = x.astype(np.float64)
-    elif kernel == "swiglu":
-        kq_mv.matvec_norm_swiglu(*args, gpu.put(g).gpudata, eps, y.gpudata, gpu.stream)
+    elif glu:
+        kq_mv.matvec_norm_glu(*args, gpu.put(g).gpudata, eps, y.gpudata, gpu.stream, act=glu)
         xn = _rms(x, g, eps)
     else:
         variant = "tall" if kernel == "norm-tall" else "plain"
         kq_mv.matvec_norm(*args, gpu.put(g).gpudata, eps, y.gpudata, gpu.stream, variant=variant)
         xn = _rms(x, g, eps)
     got = gpu.get(y, (rows,))
-    if kernel != "swiglu":
+    if glu:
+        _assert_glu(got, w, xn, rows, glu)
+    else:
         assert_close(got, w @ xn, np.abs(w) @ np.abs(xn), EXACT_TOL)
-        return
-    gate, up = w[:rows] @ xn, w[rows:] @ xn
-    with np.errstate(over="ignore"):
-        silu = gate / (1.0 + np.exp(-gate))
-    mag = np.abs(w) @ np.abs(xn)
-    magnitude = 1.1 * mag[:rows] * np.abs(up) + mag[rows:] * np.abs(silu)
-    assert_close(got, silu * up, magnitude + mag[:rows] * mag[rows:] * EXACT_TOL, EXACT_TOL)
 
 
 # ---------------------------------------------------------------------------- matmul

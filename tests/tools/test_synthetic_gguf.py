@@ -129,3 +129,74 @@ def test_like_a_file_of_an_unsupported_type_names_the_tensor(tmp_path: Path, mon
     with pytest.raises(ValueError, match=r"blk\.0\.ffn_down\.weight: weight type IQ4_NL"):
         syn.write_synthetic_model(tmp_path / "out.gguf", like)
     assert not (tmp_path / "out.gguf").exists()
+
+
+REAL_FILES = {
+    "qwen2": Path("/work/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    "gemma3": Path("/work/models/gemma-3-270m-q4_k_m.gguf"),
+}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])
+def test_family_plan_is_the_real_files_table(family: str):
+    real_path = REAL_FILES[family]
+    if not real_path.is_file():
+        pytest.skip(f"{real_path} is not on this machine")
+    real = read_header(real_path)
+    meta, plan = syn._family_plan(family, None, None)
+    assert {n: (q, s) for n, q, s in plan} == {t.name: (t.qtype, t.shape) for t in real.tensors}
+    for key, (value, vtype) in meta.items():
+        if key.startswith("tokenizer.ggml.") and isinstance(value, list):
+            assert len(value) == len(real.metadata[key]) or key == "tokenizer.ggml.merges", key
+            continue  # the vocabulary itself is synthetic
+        if key in ("general.name", "tokenizer.chat_template") or key.endswith("_token_id"):
+            continue  # synthetic ids for qwen2's specials, which sit first in our vocabulary
+        stored = float(np.float32(value)) if isinstance(value, float) else value
+        assert real.metadata[key] == stored, key
+        assert real.value_types[key] == (vtype, None), key
+
+
+def test_qwen2_family_small_variant_opens_with_the_mixed_types(tmp_path: Path):
+    path = syn.write_synthetic_model(
+        tmp_path / "q.gguf", family="qwen2", n_layers=3, vocab_size=700
+    )
+    model = open_gguf(path)
+    c = model.config
+    assert (c.arch, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_ff) == (
+        "qwen2", 3, 896, 14, 2, 4864,
+    )  # fmt: skip
+    assert c.qkv_bias and not c.tied_output and c.vocab_size == 700
+    types = [model.weight("attn_v", i).qtype for i in range(3)]
+    assert types == [Q.Q8_0, Q.Q8_0, Q.Q5_0]  # layers 0 and 1 get more bits, as in the file
+    assert model.weight("attn_q", 2).qtype == Q.Q5_0
+    assert [model.weight("ffn_down", i).qtype for i in range(3)] == [Q.Q6_K, Q.Q6_K, Q.Q4_K]
+    for rec in model.tensors.values():
+        assert np.isfinite(rec.dequantize()).all(), rec.name
+    tokens = model.metadata["tokenizer.ggml.tokens"]
+    assert tokens[model.metadata["tokenizer.ggml.eos_token_id"]] == "<|im_end|>"
+
+
+def test_gemma3_family_small_variant(tmp_path: Path):
+    path = syn.write_synthetic_model(
+        tmp_path / "g.gguf", family="gemma3", n_layers=2, vocab_size=900
+    )
+    header = read_header(path)
+    md = header.metadata
+    assert md["general.architecture"] == "gemma3" and md["gemma3.block_count"] == 2
+    assert md["gemma3.attention.sliding_window"] == 512 and md["gemma3.attention.key_length"] == 256
+    tokens, scores = md["tokenizer.ggml.tokens"], md["tokenizer.ggml.scores"]
+    assert len(tokens) == len(set(tokens)) == len(scores) == 900
+    assert tokens[:4] == ["<pad>", "<eos>", "<bos>", "<unk>"] and tokens[4 + 0x41] == "<0x41>"
+    shapes = {t.name: (t.qtype, t.shape) for t in header.tensors}
+    assert shapes["blk.1.attn_q.weight"] == (Q.Q5_0, (1024, 640))
+    assert shapes["blk.1.attn_output.weight"] == (Q.Q4_K, (640, 1024))
+    assert shapes["blk.1.attn_q_norm.weight"] == (Q.F32, (256,))
+    assert "output.weight" not in shapes  # tied to token_embd
+
+
+def test_bpe_vocabulary_past_the_two_byte_merges_stays_consistent():
+    tokens, types, merges = syn.synthetic_vocab(151936)
+    assert len(tokens) == len(set(tokens)) == len(types) == 151936
+    known = set(tokens)
+    assert all(a in known and b in known and a + b in known for a, b in map(str.split, merges))
+    assert len(max(tokens[len(syn.SPECIALS) :], key=len)) == 3
