@@ -26,6 +26,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     NON_FINITE_LOGITS = "NON_FINITE_LOGITS"
+    MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"  # pool preflight: a file no worker here can serve
 
 
 #: Codes after which the same request may succeed if simply sent again.

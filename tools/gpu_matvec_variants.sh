@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine: the decode matvec variants of decision 0015 in one go (~3 minutes on an
+# On the GPU machine: the decode matvec variants of decision 0021 in one go (~3 minutes on an
 # H200 from a cold kernel cache). Logs into $OUT, each step bounded; no model file needed.
 #   1. the variants' GPU tests against numpy and bitwise against each other, and the quant
 #      kernel tests whose decoders they share (builds every kernel once: ~26 nvcc runs in
