@@ -84,6 +84,13 @@ def host_checksum(data: np.ndarray) -> int:
         return int(np.sum(words * weights, dtype=np.uint64))
 
 
+def window_checksum(data: np.ndarray) -> int | None:
+    """The checksum of the window of an allocation holding exactly `data` (None: too small)."""
+    flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    off, length = window(flat.size)
+    return host_checksum(flat[off : off + length]) if length else None
+
+
 def run_check(
     entries: Iterable[Entry],
     *,

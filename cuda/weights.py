@@ -115,10 +115,9 @@ class _Uploader:
             self.drv.memcpy_htod(ptr + offset, p)
             offset += p.nbytes
         self.reporter.advance(advance)
-        off, length = residency.window(nbytes)
-        if length:
-            whole = flat[0] if len(flat) == 1 else np.concatenate(flat)
-            self.checksums[name] = residency.host_checksum(whole[off : off + length])
+        checksum = residency.window_checksum(flat[0] if len(flat) == 1 else np.concatenate(flat))
+        if checksum is not None:
+            self.checksums[name] = checksum
         return ptr
 
     def matrices(self, name: str, recs: Sequence[TensorRecord]) -> tuple[Segment, ...]:

@@ -213,6 +213,7 @@ def write_synthetic_model(
     vocab_size: int | None = None,
     matrix_type: str | None = None,
     family: str = "smollm2",
+    metadata: dict[str, tuple[Any, V]] | None = None,
 ) -> Path:
     """Write the synthetic GGUF to `out_path` and return it. See the module docstring.
 
@@ -220,12 +221,14 @@ def write_synthetic_model(
     the real model's.
     `matrix_type` (e.g. "Q4_K") replaces the type of every per-layer matrix, to time kernels of
     each weight type at real shapes; rows must be whole blocks of that type.
+    `metadata`: keys to set or replace, key -> (value, GGUF type) (e.g. a short sliding window).
     """
     out_path = Path(out_path)
     if like is not None:
         meta, plan = _like_plan(Path(like), n_layers)
     else:
         meta, plan = _family_plan(family, n_layers, vocab_size)
+    meta |= metadata or {}
     for name, qtype, _ in plan:  # e.g. a --like file with IQ or Q2_K tensors
         if qtype not in BLOCK_SIZES:
             supported = ", ".join(q.name for q in BLOCK_SIZES)

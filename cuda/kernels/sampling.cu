@@ -380,3 +380,18 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
         if (pos_dev != nullptr) *pos_dev += advance;  // the step's last kernel moves it on
     }
 }
+
+// The sampling mask for ids that are no token (runtime/models/vocab.py), where they are not a
+// suffix of the vocabulary (a suffix is cut off by sampling over the first n logits instead):
+// logits[ids[j]] = -inf for j < n, the head's values kept in saved[j] so that the engine can
+// report the logits unmasked. ids are distinct and written once at load; the logits come from
+// the head, the kernel before this one (PDL: read after the wait, not with .nc loads).
+extern "C" __global__ void mask_logits(float *logits, const int *__restrict__ ids, float *saved,
+                                       int n) {
+    pdl_wait();
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+        const int i = ids[j];
+        saved[j] = __ldcg(logits + i);
+        logits[i] = -INFINITY;
+    }
+}
