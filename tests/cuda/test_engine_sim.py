@@ -73,14 +73,19 @@ def record_launches(sim, family: str, path: Path) -> dict:
     """Decode graphs (fused and unfused) and a two-chunk prefill, as the golden file was made:
     2 layers, seed 3, vocabulary 1200, context 128, chunks of 48, prompt ids 5..59."""
     write_synthetic_model(
-        path, n_layers=2, seed=3, vocab_size=1200, **({} if family == "smollm2" else {"family": family})
+        path,
+        n_layers=2,
+        seed=3,
+        vocab_size=1200,
+        **({} if family == "smollm2" else {"family": family}),
     )
     runs = {}
     with open_gguf(path) as m:
         for label, opts in {"fused": {}, "unfused": {"fuse": False}}.items():
             e = _load(m, max_context=128, max_chunk=48, **opts)
             runs[label] = {
-                f"decode/{k}": [ln.describe(e.ledger) for ln in g.trace] for k, g in e._graphs.items()
+                f"decode/{k}": [ln.describe(e.ledger) for ln in g.trace]
+                for k, g in e._graphs.items()
             }
             first = len(sim.trace)
             e.prefill(list(range(5, 60)))
