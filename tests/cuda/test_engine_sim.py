@@ -28,20 +28,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFValueType as V
 
 from runtime.errors import ModelLoadError
 from runtime.gguf_file import open_gguf
 from runtime.numpy_engine import NumpyEngine
-from runtime.sampling import SamplingParams
+from tests.cuda.engine_checks import (
+    SYNTHETIC_TOL,
+    banning_file,
+    check_banned_never_sampled,
+    compare_with_numpy,
+    gemma3_file,
+    rel,
+)
 from tests.cuda.sim_gpu import kernel_kind, simulated_gpu
 from tests.reference_data import catalog_model_file
 from tools.make_synthetic_gguf import write_synthetic_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "cuda_launches" / "main-215c734.json"
-TOL = 3e-3  # as the GPU tests: fp16 KV cache, fp16 tensor-core prefill products
-GREEDY = SamplingParams(temperature=0.0)
-UNUSED = 5  # token type of the ids that are no token (runtime.models.vocab)
 
 
 @pytest.fixture
@@ -53,11 +56,6 @@ def sim(monkeypatch):
 def sim_module():
     with pytest.MonkeyPatch.context() as mp:
         yield simulated_gpu(mp)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _load(model, **kw):
@@ -120,14 +118,6 @@ GEMMA3_LAYER = ["attn_decode_rope", "matvec", "add_rms_norm", "matvec_norm_geglu
                 "add_rms_norm"]  # fmt: skip
 
 
-def _gemma3_file(path: Path, n_layers: int = 7, window: int = 16, **kw) -> Path:
-    return write_synthetic_model(
-        path, family="gemma3", n_layers=n_layers, vocab_size=kw.pop("vocab_size", 1400),
-        metadata={"gemma3.attention.sliding_window": (window, V.UINT32), **kw.pop("metadata", {})},
-        seed=kw.pop("seed", 11), **kw,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("family", "layer", "mixed"),
     [("smollm2", LLAMA_LAYER, ()), ("qwen2", QWEN2_LAYER, ()), ("gemma3", GEMMA3_LAYER, (0, 1, 4))],
@@ -157,7 +147,7 @@ def test_gemma3_decode_reads_each_layers_values(sim, tmp_path):
     """Layer i slides iff i % 6 < 5: window 16 and the base-10,000 table (rope.0); layer 5 sees
     everything with the rope.freq_base table (rope.1); every layer norms q and k with its own
     weights and scales scores by 1/sqrt(256); the embedding is scaled by sqrt(640)."""
-    with open_gguf(_gemma3_file(tmp_path / "g.gguf")) as m:
+    with open_gguf(gemma3_file(tmp_path / "g.gguf")) as m:
         assert m.config.rope_bases == (10000.0, 1000000.0)
         e = _load(m, max_context=256)
         rows = [ln.describe(e.ledger) for ln in e._graphs[1].trace]
@@ -184,10 +174,11 @@ def test_gemma3_decode_reads_each_layers_values(sim, tmp_path):
 
 @pytest.fixture(scope="module")
 def gemma3(sim_module, tmp_path_factory):
-    path = _gemma3_file(tmp_path_factory.mktemp("g") / "gemma3.gguf")
+    path = gemma3_file(tmp_path_factory.mktemp("g") / "gemma3.gguf")
     m = open_gguf(path)
     engines = {
         "graph": _load(m, max_context=128, max_chunk=16),
+        "fused_eager": _load(m, max_context=128, max_chunk=16, use_graph=False),
         "eager": _load(m, max_context=128, max_chunk=16, use_graph=False, fuse=False),
         "one_chunk": _load(m, max_context=128, use_graph=False),
     }
@@ -198,27 +189,14 @@ def gemma3(sim_module, tmp_path_factory):
 
 
 def test_gemma3_matches_the_numpy_engine(gemma3):
-    """A 40-token prompt (past the 16-token window; chunks of 16 for two engines, one pass for
-    the third) then 30 decode steps: every engine within TOL of numpy at every step, the graph
-    and the unfused eager step within 1e-4 of each other (other kernels, the same function)."""
+    """A 40-token prompt (past the 16-token window; chunks of 16, or one pass for "one_chunk")
+    then 30 decode steps: every engine within SYNTHETIC_TOL of numpy at every step."""
     m, engines, ref = gemma3
     rng = np.random.default_rng(3)
-    prompt = [int(t) for t in rng.integers(0, m.config.vocab_size, 40)]
-    for e in (*engines.values(), ref):
-        e.reset()
-        e.prefill(prompt)
-    worst = {name: rel(e.logits(), ref.logits()) for name, e in engines.items()}
-    for t in rng.integers(0, m.config.vocab_size, 30):
-        for e in (*engines.values(), ref):
-            e.step(int(t))
-        want = ref.logits()
-        got = {name: e.logits() for name, e in engines.items()}
-        for name, logits in got.items():
-            worst[name] = max(worst[name], rel(logits, want))
-        assert rel(got["eager"], got["graph"]) < 1e-4
+    prompt = rng.integers(0, m.config.vocab_size, 40)
+    worst = compare_with_numpy(engines, ref, prompt, rng.integers(0, m.config.vocab_size, 30))
     print(f"gemma3 on the simulated GPU: worst relative logit error vs numpy {worst}")
-    assert max(worst.values()) < TOL
-    assert all(e.position == 70 for e in engines.values())
+    assert max(worst.values()) < SYNTHETIC_TOL
 
 
 def test_gemma3_prefill_then_decode_is_one_pass(gemma3):
@@ -232,72 +210,27 @@ def test_gemma3_prefill_then_decode_is_one_pass(gemma3):
     e.prefill(prompt[:20])
     for t in prompt[20:]:
         e.step(t)
-    assert rel(e.logits(), whole) < TOL  # decode: fp32 products; prefill: fp16-rounded ones
+    assert rel(e.logits(), whole) < SYNTHETIC_TOL  # decode's products fp32, prefill's fp16
 
 
 # -- the sampling mask ---------------------------------------------------------------------------
 
 
-def _banning(path: Path, family: str, banned, vocab: int) -> Path:
-    """The synthetic model of `family` with token type UNUSED for `banned` (same weights)."""
-    kw = {"n_layers": 2, "vocab_size": vocab, "seed": 21}
-    if family == "gemma3":
-        from tools.synthetic_families import sentencepiece_vocab
-
-        types = sentencepiece_vocab(vocab)[2]
-        make = lambda meta: _gemma3_file(path, metadata=meta, **kw)  # noqa: E731
-    else:
-        from tools.make_synthetic_gguf import synthetic_vocab
-
-        types = synthetic_vocab(vocab)[1]
-        make = lambda meta: write_synthetic_model(path, family=family, metadata=meta, **kw)  # noqa: E731
-    types = list(types)
-    for i in banned:
-        types[i] = UNUSED
-    return make({"tokenizer.ggml.token_type": (types, V.INT32)})
-
-
 @pytest.mark.parametrize(("family", "suffix"), [("qwen2", True), ("gemma3", False)])
 def test_a_banned_id_is_never_sampled_even_when_largest(sim, tmp_path, family, suffix):
-    vocab, prompt = 1300, [7, 300, 41, 999, 5]
-    with open_gguf(_banning(tmp_path / "free.gguf", family, [], vocab)) as m:
-        ref = NumpyEngine.load(m, max_context=64)
-        ref.prefill(prompt)
-        top = int(np.argmax(ref.logits()))  # the id the unmasked model prefers
-    banned = list(range(top, vocab)) if suffix else [top, 3, vocab - 1]
-    with open_gguf(_banning(tmp_path / "banned.gguf", family, banned, vocab)) as m:
+    check_banned_never_sampled(_load, tmp_path, family, suffix)
+
+
+def test_the_scattered_mask_is_one_launch_in_the_graph(sim, tmp_path):
+    with open_gguf(banning_file(tmp_path / "m.gguf", "gemma3", [4, 700], 1300)) as m:
         e = _load(m, max_context=64)
-        ref = NumpyEngine.load(m, max_context=64)
-        assert ref.banned_ids.tolist() == sorted(set(banned))
-        if suffix:  # the argmax and the sampler read only the logits before the suffix
-            assert (e.fwd.mask.n_sampled, e.fwd.mask.ids.size, e.sampler.vocab) == (top, 0, top)
-            assert "mask.ids" not in e.fwd.b
-        else:
-            assert e.fwd.mask.ids.tolist() == sorted(banned) and e.sampler.vocab == vocab
-        for x in (e, ref):
-            x.prefill(prompt)
-        logits = e.logits()
-        assert int(np.argmax(logits)) == top  # logits() is not masked
-        assert rel(logits, ref.logits()) < TOL
-        want = ref.sample(GREEDY, prompt, 0)
-        assert want != top and e.sample(GREEDY, prompt, 0) == want
-        hot = SamplingParams(temperature=1.5, seed=9)
-        picks = {e.sample(hot, prompt, d) for d in range(40)}
-        assert picks.isdisjoint(banned) and len(picks) > 3
-        tok = want
-        for i in range(20):  # decode: the step's own argmax honours the mask too
-            e.step(tok)
-            ref.step(tok)
-            tok = e.sample(GREEDY, (), i)
-            assert tok not in banned
-            assert tok == ref.sample(GREEDY, (), i) or np.ptp(np.sort(ref.logits())[-2:]) < 1e-2
-        if not suffix:
-            assert {ln.name for ln in e._graphs[1].trace} >= {"mask_logits"}
+        kinds = [kernel_kind(ln.name) for ln in e._graphs[1].trace]
+        assert kinds[-3:] == ["matvec_norm", "mask_logits", "argmax_multi"]
         e.close()
 
 
 def test_a_vocabulary_without_any_sampleable_id_is_refused(sim, tmp_path):
-    path = _banning(tmp_path / "none.gguf", "qwen2", range(300), 300)
+    path = banning_file(tmp_path / "none.gguf", "qwen2", range(300), 300)
     with open_gguf(path) as m, pytest.raises(ModelLoadError, match="none of the 300 logits"):
         _load(m, max_context=64)
 
@@ -344,7 +277,7 @@ def test_real_files_allocate_what_the_estimate_says(sim, name):
 def test_residency_covers_the_rotary_tables_and_the_new_norms(sim, tmp_path):
     from cuda import residency
 
-    with open_gguf(_gemma3_file(tmp_path / "g.gguf", n_layers=6)) as m:
+    with open_gguf(gemma3_file(tmp_path / "g.gguf", n_layers=6)) as m:
         e = _load(m, max_context=512)
         _accounting(e, m)
         report = e.check_residency()
@@ -365,7 +298,7 @@ def test_residency_covers_the_rotary_tables_and_the_new_norms(sim, tmp_path):
 def test_a_block_the_cuda_engine_lacks_is_a_model_load_error(sim, tmp_path):
     import attrs
 
-    with open_gguf(_gemma3_file(tmp_path / "g.gguf", n_layers=1)) as m:
+    with open_gguf(gemma3_file(tmp_path / "g.gguf", n_layers=1)) as m:
         m.family = attrs.evolve(m.family, block="mamba")
         with pytest.raises(ModelLoadError, match="no 'mamba' block"):
             _load(m, max_context=64)
