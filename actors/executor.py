@@ -22,11 +22,12 @@ from typing import Any
 import attrs
 import trio
 
+from actors import job_log
 from actors.jobs import End, Failed, JobHandle, Started, Token
 from runtime.engine_api import Engine, ProgressCallback, ResidencyReport
 from runtime.errors import Cancelled, ErrorCode, WorkerError
 from runtime.generate import Finished, TokenOut, generate
-from runtime.narration import Narrator, fingerprint
+from runtime.narration import Narrator
 
 ACTOR = "executor"
 CONTROL_SLACK = 4  # channel slots beyond the job queue: load, stop, one wake per pending check
@@ -89,6 +90,7 @@ class Executor:
         self._token: trio.lowlevel.TrioToken | None = None
         self._narrator = narrator.child(actor=ACTOR)
         self._engine: Engine | None = None  # touched only on the executor thread
+        self._finished = trio.Event()  # the thread has returned: the engine is closed
 
     # ------------------------------------------------------------------ trio side
 
@@ -97,10 +99,13 @@ class Executor:
     ) -> None:
         """The actor: returns after `stop()`; an engine bug propagates (the worker then exits)."""
         self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._stop_when_cancelled)
-            await trio.to_thread.run_sync(self._thread_main, task_status.started)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stop_when_cancelled)
+                await trio.to_thread.run_sync(self._thread_main, task_status.started)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._finished.set()
 
     async def _stop_when_cancelled(self) -> None:
         try:
@@ -165,9 +170,12 @@ class Executor:
         return check.report
 
     async def stop(self) -> None:
-        """Finish the running job at its next step, close the engine, end the thread."""
+        """Finish the running job at its next step, close the engine, end the thread; returns
+        once the thread has (at once when it never started)."""
         self._stopping = True
         await self._send.send(_STOP)
+        if self._token is not None:
+            await self._finished.wait()
 
     def _take(self, handle: JobHandle) -> bool:
         self.release(handle)  # a no-op when it ended while queued (released then)
@@ -201,8 +209,14 @@ class Executor:
                     self._run_job(command)
         finally:
             if self._engine is not None:
+                freed = self._engine.memory_bytes()
                 self._engine.close()
                 self._engine = None
+                self._narrator.emit(
+                    "engine_closed",
+                    human=f"Engine closed: {freed} bytes of model memory released.",
+                    freed_bytes=freed,
+                )
 
     def _load(self, command: _Load) -> None:
         def progress(done: int, total: int) -> None:
@@ -244,16 +258,8 @@ class Executor:
         request = job.request
         narrator = self._narrator.child(job_id=job.job_id, correlation_id=job.correlation_id)
         self._post(handle.deliver, Started(len(job.prompt_ids), request.params.seed, _utc_now()))
-        narrator.emit(
-            "execute_start",
-            target=job.job_id,
-            human=f"Started job {job.job_id}: {len(job.prompt_ids)} prompt tokens, up to {request.max_tokens} new.",
-            prompt_tokens=len(job.prompt_ids),
-            max_tokens=request.max_tokens,
-            seed=request.params.seed,
-            prompt=job.prompt_fingerprint or fingerprint(""),
-        )
-        output: list[str] = []  # only for the fingerprint in execute_end; never logged as text
+        job_log.started(narrator, job)
+        output: list[str] = []  # for the fingerprint in execute_end (text: --log-prompts only)
 
         def should_cancel() -> bool:
             self._service_checks()
@@ -299,34 +305,4 @@ class Executor:
         self, handle: JobHandle, narrator: Narrator, final: End | Failed, output: list[str]
     ) -> None:
         self._post(handle.deliver, final)
-        output_fp = fingerprint("".join(output))
-        if isinstance(final, End):
-            narrator.emit(
-                "execute_end",
-                target=handle.job_id,
-                human=f"Finished job {handle.job_id}: {final.tokens_out} tokens ({final.stop_reason}).",
-                outcome="end",
-                output=output_fp,
-                tokens_out=final.tokens_out,
-                decode_time_ms=final.decode_time_ms,
-                stop_reason=final.stop_reason,
-            )
-        else:
-            if final.code is not ErrorCode.CANCELLED:
-                narrator.emit(
-                    "error",
-                    level="error",
-                    target=handle.job_id,
-                    human=f"Job {handle.job_id} failed: {final.code} {final.message}.",
-                    code=str(final.code),
-                )
-            narrator.emit(
-                "execute_end",
-                level="info" if final.code is ErrorCode.CANCELLED else "error",
-                target=handle.job_id,
-                human=f"Job {handle.job_id} ended with {final.code}: {final.message}.",
-                outcome="error",
-                output=output_fp,
-                code=str(final.code),
-                detail=final.message,
-            )
+        job_log.ended(narrator, handle.job, final, "".join(output))

@@ -1,8 +1,9 @@
 """The HTTP front-end actor: hypercorn serving the quart-trio app inside the worker's nursery.
 
 `started(binds)` comes as soon as the socket listens, long before the model is loaded, so
-`/health` can say `loading`. Hypercorn's own log lines are turned into narration events, so
-stderr stays one JSON object per line.
+`/health` can say `loading`. Hypercorn's own log lines are turned into narration events
+(`NarrationHandler`), so stderr keeps one format (`--log-format`) and passes redaction; the
+boot routes the `hypercorn` command's loggers and Python's root logger the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ ACTOR = "http"
 GRACEFUL_TIMEOUT_S = 1.0  # after our own drain, connections still open get this long
 
 
-class _NarrationHandler(logging.Handler):
+class NarrationHandler(logging.Handler):
+    """A `logging` handler whose records become narration events (`server_log`)."""
+
     def __init__(self, narrator: Narrator):
         super().__init__()
         self.narrator = narrator
@@ -34,16 +37,46 @@ class _NarrationHandler(logging.Handler):
             if record.levelno >= logging.WARNING
             else "debug"
         )
-        self.narrator.emit("server_log", level=level, human=record.getMessage()[:500])
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            message += f" ({type(error).__name__}: {error})"
+        self.narrator.emit("server_log", level=level, human=message[:500], logger=record.name)
+
+
+class _Forward(logging.Filter):
+    """A logger filter that narrates each record and drops it for the logger's own handlers."""
+
+    def __init__(self, handler: NarrationHandler):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.handler.handle(record)
+        return False
+
+
+def route_logger(logger: logging.Logger, narrator: Narrator, actor: str = ACTOR) -> logging.Logger:
+    """Make everything `logger` writes narration, and only narration.
+
+    Its handlers are replaced (for records propagated from child loggers) and a filter on the
+    logger itself forwards its own records: the filter survives a later `logger.handlers = ...`
+    (the `hypercorn` command configures its loggers again when it first logs).
+    """
+    handler = NarrationHandler(narrator.child(actor=actor))
+    logger.handlers = [handler]
+    logger.propagate = False
+    for old in [f for f in logger.filters if isinstance(f, _Forward)]:
+        logger.removeFilter(old)
+    logger.addFilter(_Forward(handler))
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return logger
 
 
 def narrated_logger(narrator: Narrator) -> logging.Logger:
-    logger = logging.getLogger(f"worker_orcd.hypercorn.{narrator.worker_id}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        logger.addHandler(_NarrationHandler(narrator.child(actor=ACTOR)))
-    return logger
+    """A logger of this worker's own (not in `logging`'s registry, so workers never share one)."""
+    return route_logger(logging.Logger(f"worker_orcd.hypercorn.{narrator.worker_id}"), narrator)
 
 
 def hypercorn_config(host: str, port: int, narrator: Narrator) -> Config:

@@ -5,6 +5,8 @@ blocking call (`try_start`), and reports events with fire-and-forget callbacks r
 thread (`deliver`), so "cancel while queued" and "the executor picks it up" can never both win:
 whichever runs first on the trio thread decides. The cancel *flag* is the one thing the executor
 thread reads directly (between prefill chunks and decode steps); a bool write is atomic.
+Every event passes `on_event` on its way to the stream (on the trio thread), which is where the
+service's counters and latency histograms learn of it: never inside the decode loop.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from api.validation import ExecuteRequest
 from runtime.errors import RETRIABLE, ErrorCode
+from runtime.request import GenerationRequest
 
 
 @attrs.frozen
@@ -65,9 +67,11 @@ class Job:
 
     job_id: str
     prompt_ids: tuple[int, ...]
-    request: ExecuteRequest
+    request: GenerationRequest
     correlation_id: str
     prompt_fingerprint: dict | None = None  # runtime.narration.fingerprint of the prompt text
+    prompt_text: str | None = None  # set only with --log-prompts (then logged, and says so)
+    received_at: float = 0.0  # time.perf_counter() when the service got it (time to first token)
 
 
 class JobHandle:
@@ -77,9 +81,15 @@ class JobHandle:
     one terminal), so `deliver` never blocks and never drops.
     """
 
-    def __init__(self, job: Job, on_done: Callable[[JobHandle], None] | None = None):
+    def __init__(
+        self,
+        job: Job,
+        on_done: Callable[[JobHandle], None] | None = None,
+        on_event: Callable[[JobHandle, JobEvent], None] | None = None,
+    ):
         self.job = job
         self._on_done = on_done
+        self._on_event = on_event
         self.state = JobState.QUEUED
         self.cancel_requested = False  # read by the executor thread between steps
         self.cancel_reason = "the job was cancelled"
@@ -118,6 +128,8 @@ class JobHandle:
             self.state = JobState.DONE
             self.outcome = event
             self.done.set()
+        if self._on_event is not None:
+            self._on_event(self, event)
         try:
             self._send.send_nowait(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -131,35 +131,46 @@ def default_engine_loader(
     max_context: int,
     gpu_device: int,
     progress,
+    check_tensors: bool = False,
     **opts,
 ):
-    """Open the file (or take the shared one), clamp `max_context` to its trained context, load."""
+    """Open the file (or take the shared one), clamp `max_context` to its trained context, load,
+    probe (a few tokens must give finite logits: runtime.model_checks). `check_tensors` first
+    scans every weight for NaN and infinity."""
     from runtime.backends import load_engine
+    from runtime.model_checks import probed, scan_tensors
 
     shared = _opened(path)
     try:
         model = shared.acquire()  # every engine keeps its own copy of the weights
-        return load_engine(
-            model,
-            backend,
-            max_context=min(max_context, model.config.context_length),
-            progress=progress,
-            gpu_device=gpu_device,
-            **opts,
+        if check_tensors:
+            scan_tensors(model)
+        return probed(
+            load_engine(
+                model,
+                backend,
+                max_context=min(max_context, model.config.context_length),
+                progress=progress,
+                gpu_device=gpu_device,
+                **opts,
+            ),
+            str(model.path),
         )
     finally:
         shared.release()
 
 
 def engine_options(config: WorkerConfig, backend: str) -> dict[str, Any]:
-    """Backend-specific load options from the config.
+    """Load options from the config, each passed only when set, so engine loaders that know
+    nothing of them (test fakes) keep their signature.
 
-    Only the cuda backend understands the VRAM cap; it is passed only there and only when set, so
-    engine loaders that know nothing of VRAM (cpu, test fakes) keep their signature.
+    Only the cuda backend understands the VRAM cap, so it goes only there; `check_tensors` is
+    the default loader's full weight scan, on any backend.
     """
+    options: dict[str, Any] = {"check_tensors": True} if config.check_tensors else {}
     if backend == "cuda" and config.max_vram_bytes is not None:
-        return {"max_vram_bytes": config.max_vram_bytes}
-    return {}
+        options["max_vram_bytes"] = config.max_vram_bytes
+    return options
 
 
 @attrs.define
@@ -288,7 +299,7 @@ async def run_loader(
     # as the worker: move it out of the collector's view, so a full collection while streaming
     # scans only new objects instead of pausing the threads ~10-15 ms (a /health or cancel
     # latency spike). Garbage among these objects, if any, is simply kept. `worker-orcd` turns
-    # the collector off for the startup (runtime.cli); from here on it runs again.
+    # the collector off for the startup (worker_orcd.boot); from here on it runs again.
     gc.freeze()
     gc.enable()
     task_status.started(LoadedModel(info, model_facts, facts.backend))

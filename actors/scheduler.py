@@ -12,12 +12,13 @@ Runs entirely on the trio thread.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 import attrs
 import trio
 
 from actors.executor import Executor
-from actors.jobs import Job, JobHandle, JobState
+from actors.jobs import Job, JobEvent, JobHandle, JobState
 from runtime.errors import ErrorCode, WorkerError
 from runtime.narration import Narrator
 from runtime.state import Status, WorkerState
@@ -36,8 +37,16 @@ class Reservation:
 
 
 class Scheduler:
-    def __init__(self, *, executor: Executor, state: WorkerState, narrator: Narrator):
+    def __init__(
+        self,
+        *,
+        executor: Executor,
+        state: WorkerState,
+        narrator: Narrator,
+        on_event: Callable[[JobHandle, JobEvent], None] | None = None,
+    ):
         self.executor = executor
+        self._on_event = on_event  # sees every event of every job (the service's counters)
         self.state = state
         self.live: dict[str, JobHandle] = {}
         self.reserved: dict[str, Reservation] = {}
@@ -94,12 +103,12 @@ class Scheduler:
         self.check_job_id(job.job_id)
         if reservation is not None and reservation.cancel_reason is not None:
             # Cancelled while its prompt was tokenized: it ends now and never queues.
-            handle = JobHandle(job, on_done=self._retire)
+            handle = self._handle(job)
             self.live[job.job_id] = handle
             handle.request_cancel(reservation.cancel_reason)
             return handle
         self.check_room()
-        handle = JobHandle(job, on_done=self._retire)
+        handle = self._handle(job)
         try:
             self.executor.submit(handle)
         except trio.WouldBlock:  # control commands took the slack: as full as it gets
@@ -107,6 +116,9 @@ class Scheduler:
         self.live[job.job_id] = handle
         self.finished.pop(job.job_id, None)
         return handle
+
+    def _handle(self, job: Job) -> JobHandle:
+        return JobHandle(job, on_done=self._retire, on_event=self._on_event)
 
     def cancel(self, job_id: str, *, correlation_id: str | None = None) -> bool:
         """POST /cancel: True (202) for a live or recently finished job, False (404) otherwise."""

@@ -1,46 +1,43 @@
-"""The supervisor: builds the worker, starts the actors in order, drains on SIGTERM/SIGINT.
+"""The supervisor: builds the worker, starts the actors in order, drains when asked to.
 
     root nursery (run_worker)
       http      hypercorn.trio.serve            started first: /health answers "loading"
-      signals   SIGTERM/SIGINT -> drain -> stop
+      aux       shutdown requests -> drain; the ready callback (--callback-url), once ready
       core      executor thread -> loader -> residency monitor -> "ready"
 
 Every actor runs in one nursery, so an actor that raises cancels its siblings and the process
-exits non-zero (`runtime.cli`): the worker never serves HTTP with a dead executor. Under the
-`hypercorn` command (`runtime.asgi`) the core runs in the app's lifespan nursery instead and a
-crash ends the process the same way.
+exits non-zero (`worker_orcd.boot`): the worker never serves HTTP with a dead executor. Under the
+`hypercorn` command (`worker_orcd.asgi`) the core runs in the app's lifespan nursery instead and
+a crash ends the process the same way. The supervisor knows nothing of HTTP routes: the entry
+point builds the app from `worker.service` (api.app.create_app) and hands it to `run_worker`.
 
-Draining: status `draining` (new jobs 503), every queued and running job gets a terminal
-`error` CANCELLED, streams get `drain_timeout_s` to flush it, the executor closes the engine,
-hypercorn stops. All within the 5 s the protocol allows.
+Shutting down (POST /shutdown, SIGTERM/SIGINT, a test): `service.request_shutdown` marks the
+worker `draining` at once (new jobs 503); the aux task then runs `Worker.shutdown`: queued jobs
+cancelled, the running one may finish until `--shutdown-deadline` (then CANCELLED), streams get
+`drain_timeout_s` to flush, the executor closes the engine, hypercorn stops.
 """
 
 from __future__ import annotations
 
 import functools
-import signal
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from actors.callback import announce_ready
 from actors.executor import Executor
 from actors.http import run_http
-from actors.jobs import Failed
 from actors.loader import ModelInfo, default_engine_loader, open_model_info, run_loader
 from actors.residency import run_residency_monitor
-from actors.scheduler import Scheduler
-from api.app import create_app
-from api.fast_health import HealthFastPath
-from api.prompt import chat_template_problem
-from runtime.cli import first_error
+from actors.service import WorkerService
 from runtime.config import WorkerConfig
-from runtime.errors import ErrorCode
+from runtime.errors import ErrorCode, first_error
 from runtime.narration import Narrator
-from runtime.state import Status, WorkerState
+from runtime.prompt import chat_template_problem
+from runtime.state import WorkerState
 
 ACTOR = "supervisor"
-EXECUTOR_STOP_TIMEOUT_S = 1.0
 
 
 def model_name(path: Path) -> str:
@@ -85,9 +82,11 @@ class Worker:
         self.narrator = narrator or Narrator(config.worker_id, model=model_name(self.path))
         self.state = WorkerState(config.worker_id, model_name(self.path), backend)
         self.executor = Executor(narrator=self.narrator, queue_size=config.queue_size)
-        self.scheduler = Scheduler(executor=self.executor, state=self.state, narrator=self.narrator)
-        self.info: ModelInfo | None = None
-        self.open_streams = 0  # SSE responses still being written (the drain waits for them)
+        self.service = WorkerService(
+            config=config, state=self.state, executor=self.executor, narrator=self.narrator
+        )
+        self.scheduler = self.service.scheduler
+        self.binds: list[str] = []  # the URLs HTTP listens on, once it does (port 0 resolved)
         self._info_loader = info_loader
         self._engine_loader = engine_loader
         # None: max(5 s, 3 residency intervals); a check slower than this means a stuck executor
@@ -99,8 +98,11 @@ class Worker:
         self._core_scope = trio.CancelScope()
         self.ready = trio.Event()  # set once the model is resident and jobs are admitted
         self.stopped = trio.Event()  # set once drained: the HTTP server may stop
-        self.quart = create_app(self)  # routes; hooks are registered on this one
-        self.app = HealthFastPath(self.quart, self.state)  # what hypercorn serves
+        self._shutting_down = False
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self.service.info
 
     def narrate(self, action: str, *, level: str = "info", human: str, **fields: Any) -> None:
         self.narrator.emit(
@@ -128,13 +130,10 @@ class Worker:
         code = getattr(error, "code", ErrorCode.INTERNAL)
         message = getattr(error, "message", None) or f"internal error: {type(error).__name__}"
         self.state.mark_unhealthy(f"an actor crashed: {message}")
-        for handle in list(self.scheduler.live.values()):
-            # A job that already ended (the one that hit the error) keeps its own outcome.
-            handle.deliver(Failed(ErrorCode(code), f"the worker is stopping: {message}"))
+        self.service.end_all_after_crash(ErrorCode(code), message)
         # Shielded: the crash is already cancelling this scope; bounded: never hang an exit.
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.drain_timeout_s):
-            while self.scheduler.live or self.open_streams:
-                await trio.sleep(0.01)
+        with trio.CancelScope(shield=True):
+            await self.service.wait_quiet(self.config.drain_timeout_s)
 
     async def _run_core(self, *, task_status: trio.TaskStatus[None]) -> None:
         with self._core_scope:
@@ -154,7 +153,7 @@ class Worker:
                     )
                 )
                 # The tokenizer before the status: a request admitted as "ready" finds it.
-                self.info = loaded.info
+                self.service.info = loaded.info
                 problem = await trio.to_thread.run_sync(
                     chat_template_problem, loaded.info.chat_template
                 )
@@ -167,6 +166,7 @@ class Worker:
                         detail=problem,
                     )
                 self.state.mark_ready(loaded.facts, loaded.backend)
+                self.service.metrics.model_ready(loaded.facts.quant_kind)
                 await nursery.start(
                     functools.partial(
                         run_residency_monitor,
@@ -185,26 +185,37 @@ class Worker:
                 self.ready.set()
                 task_status.started()
 
-    async def drain(self, reason: str) -> None:
-        """Refuse new jobs, end every live stream with a terminal event, stop the executor."""
-        self.state.mark_draining(reason)
-        cancelled = self.scheduler.cancel_all("the worker is shutting down")
-        self.narrate(
-            "shutdown", human=f"Draining ({reason}): cancelling {cancelled} job(s).", jobs=cancelled
-        )
-        with trio.move_on_after(self.config.drain_timeout_s):
-            while self.scheduler.live or self.open_streams:
-                await trio.sleep(0.01)
-        with trio.move_on_after(EXECUTOR_STOP_TIMEOUT_S):
-            await self.executor.stop()
-        self._core_scope.cancel()
-
     async def shutdown(self, reason: str) -> None:
-        """Drain, then let the HTTP server stop (SIGTERM/SIGINT, or a test)."""
-        if self.stopped.is_set():
+        """Drain (see the module docstring), then let the HTTP server stop; idempotent."""
+        self.service.request_shutdown(reason)
+        if self._shutting_down:
+            await self.stopped.wait()
             return
-        await self.drain(reason)
+        self._shutting_down = True
+        await self.service.drain(reason, self.config.shutdown_deadline_s)
+        self._core_scope.cancel()
         self.stopped.set()
+
+    async def run(self, binds: list[str]) -> None:
+        """Core, shutdown requests and the ready callback; returns once drained, raises on a
+        crash. `binds`: the URLs HTTP listens on (the first one goes into the ready callback)."""
+        self.binds = list(binds)
+        async with trio.open_nursery() as aux:
+            aux.start_soon(self._shutdown_when_requested)
+            if self.config.callback_url:
+                aux.start_soon(self._announce_when_ready)
+            await self.run_core()
+            # The core ends only when drained (or crashed, which cancels everything anyway).
+            await self.stopped.wait()
+            aux.cancel_scope.cancel()
+
+    async def _shutdown_when_requested(self) -> None:
+        await self.service.shutdown_requested.wait()
+        await self.shutdown(self.service.shutdown_reason)
+
+    async def _announce_when_ready(self) -> None:
+        await self.ready.wait()
+        await announce_ready(self.config, self.state, uri=self.binds[0], narrator=self.narrator)
 
 
 def _only_cancellation(error: BaseException) -> bool:
@@ -213,62 +224,23 @@ def _only_cancellation(error: BaseException) -> bool:
     return isinstance(error, trio.Cancelled)
 
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-async def _watch_signals(worker: Worker, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """The first SIGTERM/SIGINT drains the worker; repeats are narrated and ignored.
-
-    The signals are set to "ignore" before the receiver opens, so that is what they fall back
-    to when it closes (trio restores the handler found on entry and re-raises signals it had
-    not read yet): a second Ctrl-C or `kill` during the final second of the shutdown, or after
-    `trio.run` returned, can neither kill the process nor turn exit 0 into a KeyboardInterrupt.
-    This leaves SIGTERM/SIGINT ignored after `run_worker` returns: the process is exiting.
-    """
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    with trio.open_signal_receiver(*SIGNALS) as signals:
-        task_status.started()
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if worker.state.status is Status.DRAINING or worker.stopped.is_set():
-                worker.narrate(
-                    "signal_ignored",
-                    level="warning",
-                    human=f"Received {name} again; already shutting down.",
-                    signal=name,
-                )
-                continue
-            worker.narrate("signal", human=f"Received {name}; shutting down.", signal=name)
-            await worker.shutdown(f"received {name}")
-
-
-async def run_worker(
-    worker: Worker, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED
-) -> None:
-    """The whole worker under one root nursery; returns after a clean drain, raises on a crash.
+async def run_worker(worker: Worker, app, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The whole worker under one root nursery, serving the ASGI `app` (api.app.create_app).
 
     `started(binds)` as soon as HTTP listens; `worker.ready` tells when the model is loaded.
-    The signal watcher lives in a nursery around the root one, so it keeps receiving (and
-    ignoring repeats) until HTTP has stopped too.
+    Returns after a clean drain, raises on a crash (and on a refused ready callback).
     """
-    async with trio.open_nursery() as outer:
-        if handle_signals:
-            await outer.start(_watch_signals, worker)
-        async with trio.open_nursery() as root:
-            binds = await root.start(
-                functools.partial(
-                    run_http,
-                    worker.app,
-                    host=worker.config.host,
-                    port=worker.config.port,
-                    narrator=worker.narrator,
-                    shutdown_trigger=worker.stopped.wait,
-                )
+    async with trio.open_nursery() as root:
+        binds = await root.start(
+            functools.partial(
+                run_http,
+                app,
+                host=worker.config.host,
+                port=worker.config.port,
+                narrator=worker.narrator,
+                shutdown_trigger=worker.stopped.wait,
             )
-            task_status.started(binds)
-            await worker.run_core()
-            # The core ends only when drained (or crashed, which cancels everything anyway).
-            await worker.stopped.wait()
-        # Hypercorn stopped by itself once `stopped` was set; only the signal watcher is left.
-        outer.cancel_scope.cancel()
+        )
+        task_status.started(binds)
+        await worker.run(binds)
+        # Hypercorn stops by itself once `stopped` is set.

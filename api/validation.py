@@ -1,4 +1,6 @@
-"""Validation of POST /execute and /cancel bodies: bad input stops here, with the field named.
+"""Validation of the native POST /execute and /cancel bodies into the core's `GenerationRequest`.
+
+Bad input stops here, with the field named.
 
 Everything is checked before a job exists: types (a bool is not a number), ranges, lengths,
 unknown fields (a misspelt "max_token" would otherwise silently mean the default). What needs
@@ -13,9 +15,9 @@ import math
 import re
 import secrets
 
-import attrs
-
+from runtime.chat import MAX_MESSAGES
 from runtime.errors import InvalidRequest
+from runtime.request import ChatMessage, GenerationRequest
 from runtime.sampling import SamplingParams
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -24,7 +26,6 @@ MAX_TOKENS_LIMIT = 2048
 DEFAULT_MAX_TOKENS = 256
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 100
-MAX_MESSAGES = 256
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 SEED_LIMIT = 2**64 - 1
 # top_k travels to the GPU kernels as an int32; any value above the vocabulary size already
@@ -46,16 +47,6 @@ EXECUTE_FIELDS = frozenset(
         "seed",
     }
 )
-
-
-@attrs.frozen
-class ExecuteRequest:
-    job_id: str
-    prompt: str | None  # exactly one of prompt / messages is set
-    messages: tuple[dict, ...] | None
-    max_tokens: int
-    stop: tuple[str, ...]
-    params: SamplingParams  # carries the seed (given or generated)
 
 
 def parse_json_object(body: bytes) -> dict:
@@ -129,7 +120,7 @@ def validate_job_id(body: dict) -> str:
     return job_id
 
 
-def _messages(value: object) -> tuple[dict, ...]:
+def _messages(value: object) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_MESSAGES:
         raise InvalidRequest(
             f"messages must be a list of 1-{MAX_MESSAGES} messages", field="messages"
@@ -141,7 +132,7 @@ def _messages(value: object) -> tuple[dict, ...]:
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise InvalidRequest(f"{where} must be an object with role and content", field=where)
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
             raise InvalidRequest(
                 f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role"
             )
@@ -149,7 +140,7 @@ def _messages(value: object) -> tuple[dict, ...]:
             raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
         _utf8(content, f"{where}.content")
         total += len(content)
-        out.append({"role": role, "content": content})
+        out.append(ChatMessage(role, content))
     if total == 0 or total > MAX_PROMPT_CHARS:
         raise InvalidRequest(
             f"messages must hold 1-{MAX_PROMPT_CHARS} characters of content in all",
@@ -158,7 +149,7 @@ def _messages(value: object) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def validate_execute(body: dict) -> ExecuteRequest:
+def validate_execute(body: dict) -> GenerationRequest:
     """Check an /execute body; raises `InvalidRequest` naming the first field at fault."""
     unknown = sorted(set(body) - EXECUTE_FIELDS)
     if unknown:
@@ -210,7 +201,7 @@ def validate_execute(body: dict) -> ExecuteRequest:
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-    return ExecuteRequest(job_id, prompt, messages, max_tokens, tuple(stop), params)
+    return GenerationRequest(job_id, prompt, messages, max_tokens, params, tuple(stop))
 
 
 def validate_cancel(body: dict) -> str:

@@ -9,7 +9,7 @@
 2. With --llama-cpp: llama-bench (tg128, tg512, pp512, -fa 1, -ngl 99) on the same file, on the
    same card, in the same run, and the ratios. DIR is a build (`bench/llama_cpp.py build`) or
    the packed source (`tools/pack_llama_cpp.sh`), built first into /tmp/llama-cpp-build.
-3. A real worker subprocess (`python -m runtime.cli`): load time to ready (process start ->
+3. A real worker subprocess (`python -m worker_orcd`): load time to ready (process start ->
    /health "ready", polled every 5 ms), TTFT for a 32-token prompt (max_tokens 1; request sent ->
    first token event parsed), decode tokens/s through HTTP/SSE vs the engine alone (same prompt,
    greedy, interleaved repeats; bench_http.py's code), /health latency idle and while another
@@ -81,13 +81,13 @@ def engine_figures(engine, decode_ns: list[int], prefill_n: int, reps: int) -> d
 # ----------------------------------------------------------------------------- worker and probes
 
 
-def launch(harness, args, worker_id: str):
+def launch(harness, args, worker_id: str, extra: tuple[str, ...] = ()):
     """Start a worker; (WorkerProcess, seconds from Popen to /health "ready", Popen's time())."""
     port = harness.free_port()
     log = Path(args.log_dir) / f"worker-{worker_id}.log"
-    cmd = [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", args.backend,
+    cmd = [sys.executable, "-m", "worker_orcd", "--port", str(port), "--backend", args.backend,
            "--worker-id", worker_id, "--model", str(args.model),
-           "--max-context", str(args.max_context)]  # fmt: skip
+           "--max-context", str(args.max_context), *extra]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0, wall0 = time.perf_counter(), time.time()
     with open(log, "wb") as f:

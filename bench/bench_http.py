@@ -4,7 +4,7 @@
 
 1. Engine alone, in this process: `load_engine` + `runtime.generate.generate`, greedy, the same
    prompt tokens and max_tokens as the HTTP run; token times taken as the generator yields.
-2. A real worker subprocess (`python -m runtime.cli`, started by the e2e harness): the same
+2. A real worker subprocess (`python -m worker_orcd`, started by the e2e harness): the same
    request through `POST /execute`; token times taken as each SSE event is parsed.
 3. The same request again while another thread samples `GET /health` every `--health-every-ms`;
    and /health alone on the idle worker, for comparison.
@@ -66,6 +66,9 @@ class EngineAlone:
         from runtime.backends import load_engine
         from runtime.gguf_file import open_gguf
         from runtime.tokenizer import Tokenizer
+        from worker_orcd import engines
+
+        engines.register()  # the cuda engine is found by name, as in the worker
 
         model_path = Path(args.model) if args.model else _default_model()
         self.model = open_gguf(model_path)

@@ -8,7 +8,7 @@ at once after a GIL-releasing call (a graph launch is a ctypes call), `sample()`
 GIL released until `--step-ms` after the last step (a stream synchronize) and returns the next
 id of a fixed text ("9, 10, 11, ..." encoded with the model's tokenizer). The rest is real: the
 model's tokenizer and incremental decoder, `runtime.generate`, and a worker subprocess
-(`runtime.cli`, with only `runtime.backends.load_engine` replaced) serving `POST /execute`.
+(`worker_orcd`, with the stand-in registered as the "cpu" engine) serving `POST /execute`.
 Compare the ratio across tokenizers (e.g. SmolLM2's against Qwen2.5's 151,936 ids) and step
 times: a host-side cost that grows with the vocabulary shows up here; one that does not, and
 still shows on the GPU, lives on the GPU side. Numbers are printed, never asserted.
@@ -82,27 +82,27 @@ class FixedStepEngine:
         pass
 
 
-def _engine_loader(step_s: float):
-    def load_engine(model, backend="cpu", *, max_context, progress=None, **opts):
-        from runtime.gguf_file import GGUFModel, open_gguf
+def _register_stand_in(step_s: float) -> None:
+    """The stand-in becomes the "cpu" engine of runtime.backends' registry (this process)."""
+    from runtime.backends import register_engine
+
+    def load_engine(gguf, *, max_context, progress=None, **opts):
         from runtime.tokenizer import Tokenizer
 
-        gguf = model if isinstance(model, GGUFModel) else open_gguf(model)
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
         ids = tokenizer.encode(", ".join(str(i) for i in range(9, 3000)), parse_special=False)
         if progress is not None:
             progress(1, 1)
         return FixedStepEngine(max_context, ids, step_s)
 
-    return load_engine
+    register_engine("cpu", load_engine)
 
 
 def worker_main(step_ms: float, cli_args: list[str]) -> int:
     """Hidden mode: a real worker whose backend loader returns the stand-in engine."""
-    import runtime.backends
-    from runtime.cli import main as cli_main
+    from worker_orcd.cli import main as cli_main
 
-    runtime.backends.load_engine = _engine_loader(step_ms / 1e3)
+    _register_stand_in(step_ms / 1e3)
     return cli_main(cli_args)
 
 
@@ -116,9 +116,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker is not None:
         return worker_main(args.step_ms, args.worker)
-    import runtime.backends
-
-    runtime.backends.load_engine = _engine_loader(args.step_ms / 1e3)
+    _register_stand_in(args.step_ms / 1e3)
     model = args.model or str(bench_http._default_model())
     alone = bench_http.EngineAlone(argparse.Namespace(model=model, backend="cpu", max_context=2048))
     harness = bench_http._load_harness()

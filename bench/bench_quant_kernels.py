@@ -41,8 +41,9 @@ def _check(rc: int, what: str) -> None:
         raise RuntimeError(f"{what} failed: CUresult {rc}")
 
 
-def time_graph(stream: drv.Stream, launch, reps: int = REPS) -> float:
-    """Seconds per launch: `launch(i)` for i < reps captured as one graph, replayed and timed."""
+def time_graph(stream: drv.Stream, launch, reps: int = REPS, replays: int = 5, stat=min) -> float:
+    """Seconds per launch: `launch(i)` for i < reps captured as one graph, replayed `replays`
+    times, each replay timed with events; `stat` (min, or e.g. statistics.median) of them."""
     handle = ctypes.c_void_p(stream.handle)
     _check(_cu.cuStreamBeginCapture_v2(handle, ctypes.c_int(2)), "cuStreamBeginCapture")  # relaxed
     for i in range(reps):
@@ -53,19 +54,23 @@ def time_graph(stream: drv.Stream, launch, reps: int = REPS) -> float:
     for _ in range(3):  # warm up
         _check(_cu.cuGraphLaunch(exe, handle), "cuGraphLaunch")
     start, stop = drv.Event(), drv.Event()
-    best = float("inf")
-    for _ in range(5):
+    times = []
+    for _ in range(replays):
         start.record(stream)
         _check(_cu.cuGraphLaunch(exe, handle), "cuGraphLaunch")
         stop.record(stream)
         stop.synchronize()
-        best = min(best, stop.time_since(start) * 1e-3 / reps)
+        times.append(stop.time_since(start) * 1e-3 / reps)
     _cu.cuGraphExecDestroy(exe)
     _cu.cuGraphDestroy(graph)
-    return best
+    return stat(times)
 
 
-def weight_copies(qtype: Q, rows: int, cols: int, rng) -> tuple[list, int]:
+def weight_copies(
+    qtype: Q, rows: int, cols: int, rng, copies: int | None = None
+) -> tuple[list, int]:
+    """Device copies of one random (rows, cols) matrix of valid blocks (`copies`, by default
+    enough to exceed L2 over REPS launches), and its size in bytes."""
     qk, size = GGML_QUANT_SIZES[qtype]
     nbytes = rows * cols // qk * size
     raw = rng.integers(0, 256, nbytes, dtype=np.uint8)
@@ -73,7 +78,8 @@ def weight_copies(qtype: Q, rows: int, cols: int, rng) -> tuple[list, int]:
     scales[:, 1] &= 0x3B
     if qtype == Q.Q4_1:
         raw.reshape(-1, size)[:, 3] &= 0x3B
-    copies = max(1, min(REPS, L2_DEFEAT_BYTES // nbytes))
+    if copies is None:
+        copies = max(1, min(REPS, L2_DEFEAT_BYTES // nbytes))
     return [drv.to_device(raw) for _ in range(copies)], nbytes
 
 

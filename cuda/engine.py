@@ -33,7 +33,7 @@ from cuda.compile import prefetch
 from cuda.estimate import CHECKSUM_SLOTS, DEFAULT_MAX_CHUNK, preflight, vram_needed
 from cuda.forward import Forward, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
-from cuda.models import block_of
+from cuda.models import BLOCKS
 from cuda.ops import Ops
 from cuda.ops import sources as ops_sources
 from cuda.quant_ops import QuantKernels
@@ -41,7 +41,13 @@ from cuda.quant_ops import sources as quant_sources
 from cuda.sampler import GpuSampler, SampleMask
 from cuda.weights import check_model, file_bytes, upload_weights
 from runtime.engine_api import ProgressCallback, ResidencyReport
-from runtime.errors import CudaError, InsufficientVram, InvalidRequest, ModelLoadError
+from runtime.errors import (
+    CudaError,
+    InsufficientVram,
+    InvalidRequest,
+    ModelLoadError,
+    NonFiniteLogits,
+)
 from runtime.gguf_file import GGUFModel
 from runtime.progress import ProgressReporter
 from runtime.sampling import SamplingParams
@@ -79,7 +85,7 @@ class CudaEngine:
         pdl: bool = True,
     ) -> CudaEngine:
         check_model(model, max_context, max_chunk)  # ModelLoadError before any GPU work
-        block = block_of(model.family.block)
+        block = BLOCKS[model.family.block]
         mask = SampleMask.of(model.metadata, model.config.vocab_size)
         import pycuda.driver as drv
 
@@ -229,6 +235,10 @@ class CudaEngine:
             else:
                 token = self.sampler.sample(params, history, draw)
                 self._greedy_ready = False  # token_host now holds this choice
+        if token < 0:  # the kernels' flag (cuda/kernels/sampling.cu): a logit is NaN or inf
+            self._greedy_ready = False
+            self._last_sampled = None  # ids[0] holds the flag, not a token: never step on it
+            raise NonFiniteLogits.at(draw, "flagged by the GPU sampler")
         self._last_sampled = token
         return token
 

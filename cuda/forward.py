@@ -52,7 +52,7 @@ def buffer_shapes(
     c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0
 ) -> dict[str, tuple]:
     """name -> (numpy dtype, shape) of every non-weight model-state buffer; `n_masked`: ids the
-    sampling mask sets to -inf (`SampleMask.ids`)."""
+    sampling mask keeps from sampling (`SampleMask.ids`)."""
     qkv_dim = c.q_dim + 2 * c.kv_dim
     kv = (c.n_layers, c.n_kv_heads, max_context, c.head_dim)
     splits = splits_for(max_context)

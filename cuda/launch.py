@@ -54,6 +54,9 @@ def _driver() -> ctypes.CDLL:
         lib.cuModuleLoadData.argtypes = [pvp, ctypes.c_char_p]
         lib.cuModuleGetFunction.argtypes = [pvp, vp, ctypes.c_char_p]
         lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(_Config), vp, pvp, pvp]
+        lib.cuOccupancyMaxActiveBlocksPerMultiprocessor.argtypes = [
+            ctypes.POINTER(ctypes.c_int), vp, ctypes.c_int, ctypes.c_size_t,
+        ]  # fmt: skip
         _fns = lib
     return _fns
 
@@ -83,6 +86,18 @@ class DriverKernel:
                    for i, t in enumerate(arg_types)]  # fmt: skip
         self._params = (ctypes.c_void_p * max(len(arg_types), 1))(*(base + o for o in offsets))
         return self
+
+    def max_active_blocks(self, threads: int) -> int:
+        """Blocks of `threads` threads that fit on one SM at once (registers, shared memory):
+        the grid of a persistent kernel is this times the SM count."""
+        n = ctypes.c_int()
+        _check(
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            _driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                ctypes.byref(n), self._fn, threads, 0
+            ),
+        )
+        return max(1, n.value)
 
     def prepared_async_call(self, grid, block, stream, *args: Any, pdl: bool = False) -> None:
         if len(args) != len(self._types):

@@ -267,7 +267,9 @@ class Ops:
         self.launches += 1
 
     def mask_logits(self, logits, ids, saved, n: int, stream, pdl=False) -> None:
-        """logits[ids[j]] = -inf for j < n (distinct int32 ids), the old values into saved[j]."""
+        """logits[ids[j]] = MASKED_LOGIT (-3e38: finite, never sampled; sampling.cu) for j < n
+        (distinct int32 ids; a non-finite logit stays, for the samplers' flag), the old values
+        into saved[j]."""
         grid = (_blocks(n, _EW_THREADS), 1)
         self._mask(grid, (_EW_THREADS, 1, 1), stream, logits, ids, saved, n, pdl=pdl)
         self.launches += 1

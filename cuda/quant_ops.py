@@ -28,7 +28,8 @@ from typing import Any
 
 from gguf import GGMLQuantizationType as Q
 
-from cuda.compile import load_driver_module, load_module
+from cuda import matvec_variants as mvv
+from cuda.compile import load_driver_module, load_module, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +70,10 @@ BATCHED_LOADS = False
 PREFILL_KERNEL = "tcs"  # the staged kernel, tile height chosen by grid size; or "tc32"
 #: matvec kernels load and decode a lane's first slots before the PDL wait (MV_PRE=1)
 PRELOAD = True
-_MV_WARPS = 4  # warps per thread block of the matvec kernels (MV_WARPS in quant_matvec.cu)
-#: matvec variant -> rows per thread block: plain = a warp per row, tall = a warp per 4 rows
-#: (x loads shared by 4 rows), wide = 2 warps per row (long rows)
-_MV_ROWS = {"plain": _MV_WARPS, "tall": 4 * _MV_WARPS, "wide": _MV_WARPS // 2, "wide4": 1}
-_MV_KERNEL = {
-    "plain": "matvec", "tall": "matvec_tall", "wide": "matvec_wide", "wide4": "matvec_wide4",
-}  # fmt: skip
-_MV_NORM_KERNEL = {"plain": "matvec_norm", "tall": "matvec_norm_tall"}
-_TALL_ROWS = 4096  # from here on, the output head's shape: x traffic dominates
-_WIDE_SLOTS = 96  # rows of more 8-value slots than this (768+ cols) get 2 warps
-#: ... and of more than this (3072+ cols: qwen2's ffn_down, 4864) 4 warps, a block per row:
-#: 2 warps would leave a lane ~10 sequential slot rounds. Not yet timed on a GPU (0012).
-_WIDE4_SLOTS = 384
+#: quant_matvec.cu built with GGML_FAST_CVT=1 (exact integer->float without I2F, see
+#: ggml_blocks.cuh; the mr variants always are). Off until bench_matvec_variants.py has timed it.
+FAST_CVT = False
+#: which decode variant runs each product: cuda/matvec_variants.py (MATVEC_DEFAULTS)
 _EMBED_THREADS = 128
 
 
@@ -97,60 +89,140 @@ def _module(filename: str, defines: dict[str, Any] | None = None, *, driver: boo
     return module
 
 
-def sources(batched_loads: bool | None = None, preload: bool | None = None) -> list[tuple]:
+def _mr_types(mr) -> list[Q]:
+    """The weight types whose mr builds load: mr None (those the defaults need: every type
+    when any default names an mr variant), False / True (none / all), or some qtypes."""
+    if mr is None:
+        mr = mvv.uses_mr()
+    if mr is True:
+        return list(_TYPES)
+    if mr is False:
+        return []
+    return [Q(t) for t in mr]
+
+
+def mr_sources(qtypes) -> list[tuple]:
+    """(file, defines) of the mr builds for these types: mv, norm and glu per type, and seg
+    (every type in one build) when any type is asked for."""
+    specs = []
+    for qtype in qtypes:
+        struct, suffix = Q(qtype).name, _TYPES[Q(qtype)][0]
+        for kind in ("mv", "norm", "glu"):
+            specs.append(("quant_matvec_mr.cu", mvv.mr_defines(kind, struct, suffix)))
+    if specs:
+        specs.append(("quant_matvec_mr.cu", mvv.mr_defines("seg")))
+    return specs
+
+
+def sources(
+    batched_loads: bool | None = None, preload: bool | None = None,
+    fast_cvt: bool | None = None, mr=None,
+) -> list[tuple]:  # fmt: skip
     """(file in cuda/kernels, defines) of each module QuantKernels loads (matvec first);
-    None: the module's current BATCHED_LOADS / PRELOAD, as QuantKernels takes them."""
+    None: the module's current BATCHED_LOADS / PRELOAD / FAST_CVT and the defaults' mr builds,
+    as QuantKernels takes them."""
     batched_loads = BATCHED_LOADS if batched_loads is None else batched_loads
     preload = PRELOAD if preload is None else preload
+    fast_cvt = FAST_CVT if fast_cvt is None else fast_cvt
     matvec = {"MV_BATCH": int(batched_loads), "MV_PRE": int(preload)}
-    return [("quant_matvec.cu", matvec), ("quant_embed.cu", None), ("quant_matmul.cu", None)]
+    if fast_cvt:  # absent = 0, so the default build's cache key is the one it always had
+        matvec["GGML_FAST_CVT"] = 1
+    base = [("quant_matvec.cu", matvec), ("quant_embed.cu", None), ("quant_matmul.cu", None)]
+    return base + mr_sources(_mr_types(mr))
 
 
 class QuantKernels:
     """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init.
 
     `batched_loads` compiles the matvec kernels with their branch-free batched slot loop
-    (MV_BATCH=1); None takes the module default BATCHED_LOADS. `preload` likewise (PRELOAD).
+    (MV_BATCH=1); None takes the module default BATCHED_LOADS. `preload` likewise (PRELOAD),
+    `fast_cvt` (FAST_CVT). `mr`: which weight types get the mr variants (quant_matvec_mr.cu):
+    None those the defaults need, True every type, False none, or a list of qtypes.
     """
 
-    def __init__(self, *, batched_loads: bool | None = None, preload: bool | None = None) -> None:
+    def __init__(
+        self, *, batched_loads: bool | None = None, preload: bool | None = None,
+        fast_cvt: bool | None = None, mr=None,
+    ) -> None:  # fmt: skip
         import pycuda.driver as drv
 
         self.batched_loads = BATCHED_LOADS if batched_loads is None else bool(batched_loads)
         self.preload = PRELOAD if preload is None else bool(preload)
+        self.fast_cvt = FAST_CVT if fast_cvt is None else bool(fast_cvt)
+        self.mr_types = _mr_types(mr)
         # the decode step's kernels load through the driver API: PDL-capable (cuda/launch.py)
-        (_, defines), _, _ = sources(self.batched_loads, self.preload)
-        mv = _module("quant_matvec.cu", defines, driver=True)
+        specs = sources(self.batched_loads, self.preload, self.fast_cvt, self.mr_types)
+        if self.mr_types:  # up to 25 builds: nvcc in parallel (a no-op once cached)
+            prefetch(specs)
+        mv = _module("quant_matvec.cu", specs[0][1], driver=True)
         emb, mm = _module("quant_embed.cu", driver=True), _module("quant_matmul.cu")
-        self._matvec: dict[tuple[str, Q], Any] = {}
-        self._matvec_norm: dict[tuple[str, Q], Any] = {}
-        self._matvec_glu: dict[tuple[str, Q], Any] = {}
+        #: (kind, variant, qtype or None, act or None) -> prepared decode kernel
+        self._dec: dict[tuple, Any] = {}
+        self._resident: dict[int, int] = {}  # id(kernel) -> grid of a persistent variant
         self._embed: dict[Q, Any] = {}
         self._mm: dict[tuple[str, Q], Any] = {}
+        self._prepare_decode(mv, "base", None, None)  # matvec_seg, matvec_seg_norm
         for qtype, (suffix, _) in _TYPES.items():
-            for variant, kernel in _MV_KERNEL.items():
-                fn = mv.get_function(f"{kernel}_{suffix}")
-                self._matvec[variant, qtype] = fn.prepare(_ARGS)
-            for variant, kernel in _MV_NORM_KERNEL.items():
-                fn = mv.get_function(f"{kernel}_{suffix}")
-                self._matvec_norm[variant, qtype] = fn.prepare(_NORM_ARGS)
-            for act, kernel in GLU_KERNELS.items():
-                fn = mv.get_function(f"matvec_norm_{kernel}_{suffix}")
-                self._matvec_glu[act, qtype] = fn.prepare(_NORM_ARGS)
+            self._prepare_decode(mv, "base", qtype, suffix)
             self._embed[qtype] = emb.get_function(f"embed_{suffix}").prepare("PiPPf")
             for variant in _MM_SHAPES:
                 fn = mm.get_function(f"matmul_{variant}_{suffix}")
                 self._mm[variant, qtype] = fn.prepare(_MM_ARGS)
-        self._matvec_seg = {
-            norm: mv.get_function("matvec_seg_norm" if norm else "matvec_seg").prepare(_SEG_ARGS)
-            for norm in (False, True)
-        }
+        mr_specs = iter(specs[3:])
+        for qtype in self.mr_types:
+            for _kind in ("mv", "norm", "glu"):  # one build each, in mr_sources' order
+                module = _module(*next(mr_specs), driver=True)
+                self._prepare_decode(module, "mr", qtype, _TYPES[qtype][0], only=_kind)
+        if self.mr_types:
+            self._prepare_decode(_module(*next(mr_specs), driver=True), "mr", None, None)
         self._embed_plain = {
             Q.F32: emb.get_function("embed_plain_f32").prepare("PiPPf"),
             Q.F16: emb.get_function("embed_plain_f16").prepare("PiPPf"),
         }
         dev = drv.Context.get_device()
         self.num_sms = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+
+    def _prepare_decode(self, module, family: str, qtype, suffix, only: str | None = None):
+        """Prepare the decode kernels of `family` ("base" / "mr") that `module` holds: those of
+        every kind (or `only` one) for `qtype`, or the segmented ones (qtype None: they take
+        every type; named kernel, and kernel + "_norm" for the fused RMSNorm)."""
+        for kind in ("seg",) if qtype is None else (only,) if only else ("mv", "norm", "glu"):
+            for name, var in mvv.VARIANTS[kind].items():
+                if var.module != family:
+                    continue
+                if kind == "seg":
+                    for norm in (False, True):
+                        kname = var.kernel + ("_norm" if norm else "")
+                        self._dec[kind, name, None, norm] = module.get_function(kname).prepare(
+                            _SEG_ARGS
+                        )
+                elif kind == "glu":
+                    for act, part in GLU_KERNELS.items():
+                        fn = module.get_function(f"{var.kernel.format(act=part)}_{suffix}")
+                        self._dec[kind, name, qtype, act] = fn.prepare(_NORM_ARGS)
+                else:
+                    letters = _ARGS if kind == "mv" else _NORM_ARGS
+                    fn = module.get_function(f"{var.kernel}_{suffix}").prepare(letters)
+                    self._dec[kind, name, qtype, None] = fn
+
+    def _resident_blocks(self, fn, var) -> int:
+        """The grid of a persistent variant: as many blocks as are resident at once."""
+        key = id(fn)
+        if key not in self._resident:
+            self._resident[key] = fn.max_active_blocks(32 * var.wpb) * self.num_sms
+        return self._resident[key]
+
+    def _decode(self, kind: str, qtype, rows: int, cols: int, name: str | None, extra=None):
+        """(prepared kernel, Variant) of this product: `name`, else the default variant."""
+        name = name or mvv.default_variant(kind, qtype, rows, cols)
+        var = mvv.variant(kind, name)
+        fn = self._dec.get((kind, name, None if kind == "seg" else qtype, extra))
+        if fn is None:
+            raise ValueError(
+                f"{kind} variant {name!r} is not loaded for {Q(qtype).name}: build "
+                f"QuantKernels(mr=...) with that type (loaded: {[t.name for t in self.mr_types]})"
+            )
+        return fn, var
 
     @staticmethod
     def supports(qtype: Q | int) -> bool:
@@ -207,25 +279,16 @@ class QuantKernels:
     ) -> None:  # fmt: skip
         """y (rows,) = W (rows, cols) @ x (cols,), plus the old y when `accumulate`.
 
-        `variant` forces a kernel ("plain", "tall", "wide", "wide4"; for tests and benchmarks).
+        `variant` forces a kernel (a name of cuda.matvec_variants.VARIANTS["mv"]: "plain",
+        "tall", "wide", "wide4", "mr-..."; for tests and benchmarks), else MATVEC_DEFAULTS'.
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
         if rows <= 0:
             return
-        if variant is None:
-            if rows >= _TALL_ROWS:
-                variant = "tall"
-            elif cols // 8 > _WIDE4_SLOTS:
-                variant = "wide4"
-            elif cols // 8 > _WIDE_SLOTS:
-                variant = "wide"
-            else:
-                variant = "plain"
-        per_block = _MV_ROWS[variant]
-        grid = ((rows + per_block - 1) // per_block, 1)
-        self._matvec[variant, qtype].prepared_async_call(
-            grid, (32 * _MV_WARPS, 1, 1), stream,
+        fn, var = self._decode("mv", qtype, rows, cols, variant)
+        fn.prepared_async_call(
+            (var.blocks(rows), 1), (32 * var.wpb, 1, 1), stream,
             int(w_ptr), rows, cols, int(x_ptr), int(y_ptr), int(accumulate), pdl=pdl,
         )  # fmt: skip
 
@@ -236,18 +299,23 @@ class QuantKernels:
     ) -> None:  # fmt: skip
         """y (rows,) = W @ (rmsnorm(x) * norm_w) (+ the old y): RMSNorm fused into the product.
 
-        x, norm_w: (cols,) float32; rmsnorm(x) = x / sqrt(mean(x^2) + eps). `variant`: "plain"
-        or "tall" (default by rows, as for `matvec`).
+        x, norm_w: (cols,) float32; rmsnorm(x) = x / sqrt(mean(x^2) + eps). `variant`: "plain",
+        "tall" or "mr-..." (default: MATVEC_DEFAULTS', by shape as for `matvec`).
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
         if rows <= 0:
             return
-        if variant is None:
-            variant = "tall" if rows >= _TALL_ROWS else "plain"
-        per_block = _MV_ROWS[variant]
-        self._matvec_norm[variant, qtype].prepared_async_call(
-            ((rows + per_block - 1) // per_block, 1), (32 * _MV_WARPS, 1, 1), stream,
+        fn, var = self._decode("norm", qtype, rows, cols, variant)
+        blocks = var.blocks(rows)
+        if var.persistent:
+            if cols > var.max_cols():
+                raise ValueError(
+                    f"norm variant {variant!r} takes rows of <= {var.max_cols()} values"
+                )
+            blocks = min(blocks, self._resident_blocks(fn, var))
+        fn.prepared_async_call(
+            (blocks, 1), (32 * var.wpb, 1, 1), stream,
             int(w_ptr), rows, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(y_ptr),
             int(accumulate), pdl=pdl,
         )  # fmt: skip
@@ -255,12 +323,14 @@ class QuantKernels:
     def matvec_norm_glu(
         self, qtype, w_ptr: int, d_ff: int, cols: int, x_ptr: int, norm_w_ptr: int, eps: float,
         h_ptr: int, stream, *, act: str = "silu", accumulate: bool = False, pdl: bool = False,
+        variant: str | None = None,
     ) -> None:  # fmt: skip
         """h (d_ff,) = act(W_gate @ xn) * (W_up @ xn), xn = rmsnorm(x) * norm_w (+ the old h).
 
         act: "silu" (SwiGLU: llama, qwen2) or "gelu_tanh" (gemma3's GELU, tanh approximation).
         W is gate | up stacked: (2 * d_ff, cols) raw blocks, gate rows first (the engine's
         ffn_gate_up layout). One launch replaces norm, gate|up product and the activation.
+        `variant`: "plain" or "mr-..." (default: MATVEC_DEFAULTS').
         """
         qtype, _, qk = self._block(qtype)
         _check_cols(qtype, cols, qk)
@@ -268,8 +338,9 @@ class QuantKernels:
             raise ValueError(f"unknown activation {act!r} (one of {sorted(GLU_KERNELS)})")
         if d_ff <= 0:
             return
-        self._matvec_glu[act, qtype].prepared_async_call(
-            ((d_ff + _MV_WARPS - 1) // _MV_WARPS, 1), (32 * _MV_WARPS, 1, 1), stream,
+        fn, var = self._decode("glu", qtype, d_ff, cols, variant, act)
+        fn.prepared_async_call(
+            (var.blocks(d_ff), 1), (32 * var.wpb, 1, 1), stream,
             int(w_ptr), d_ff, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(h_ptr),
             int(accumulate), pdl=pdl,
         )  # fmt: skip
@@ -277,6 +348,7 @@ class QuantKernels:
     def matvec_seg(
         self, segments, cols: int, x_ptr: int, y_ptr: int, stream, *, norm_w_ptr: int | None = None,
         eps: float = 0.0, bias_ptr: int | None = None, accumulate: bool = False, pdl: bool = False,
+        variant: str | None = None,
     ) -> None:  # fmt: skip
         """y = concat_s(W_s @ xn) (+ bias) (+ the old y) in one launch: the segmented product.
 
@@ -284,6 +356,7 @@ class QuantKernels:
         fill consecutive output rows (q | k | v of a mixed-quant file), each of its own type.
         xn = rmsnorm(x) * norm_w when `norm_w_ptr` is given (the fused decode RMSNorm), else x.
         `bias_ptr`: one float per output row (sum of the segments' rows), added at the end.
+        `variant`: "plain" or "mr-..." (default: MATVEC_DEFAULTS', by cols).
         """
         segments = list(segments)
         if not 0 < len(segments) <= MAX_SEGMENTS:
@@ -300,8 +373,10 @@ class QuantKernels:
         if total <= 0:
             return
         norm = norm_w_ptr is not None
-        self._matvec_seg[norm].prepared_async_call(
-            ((total + _MV_WARPS - 1) // _MV_WARPS, 1), (32 * _MV_WARPS, 1, 1), stream,
+        fn, var = self._decode("seg", segments[0][0], total, cols, variant, norm)
+        groups = sum((r + var.outs - 1) // var.outs for _, _, r in segments)
+        fn.prepared_async_call(
+            ((groups + var.wpb - 1) // var.wpb, 1), (32 * var.wpb, 1, 1), stream,
             cols, int(x_ptr), int(norm_w_ptr or 0), float(eps), int(y_ptr), int(bias_ptr or 0),
             int(accumulate), *args, pdl=pdl,
         )  # fmt: skip

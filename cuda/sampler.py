@@ -16,7 +16,8 @@ fails (the engine then frees the whole "job" scope).
 Ids that are no token (padding rows of the head, runtime.models.vocab) are never sampled
 (`SampleMask`): when they are the end of the vocabulary (Qwen2.5: 151,665..151,935) the sampler
 and the decode step's argmax read only the logits before them; otherwise the forward pass sets
-them to -inf after the head (one small launch), keeping the values it overwrote for `logits()`.
+them to a finite -3e38 after the head (one small launch: `Ops.mask_logits`), keeping the values it
+overwrote for `logits()`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def workspace_bytes(vocab: int) -> int:
 class SampleMask:
     """What sampling may pick: logits [0, n_sampled) (the sampler's and the argmax's range),
     except `ids` (int32, sorted; empty when the unsampleable ids are a suffix), which the
-    forward pass sets to -inf after the head."""
+    forward pass sets to -3e38 after the head (`Ops.mask_logits`)."""
 
     n_sampled: int
     ids: np.ndarray

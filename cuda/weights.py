@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType as Q
 
 from cuda import residency
 from cuda.ledger import Ledger
+from cuda.models import BLOCKS
 from cuda.ops import head_dim_supported
 from cuda.quant_ops import QuantKernels
 from runtime.errors import ModelLoadError
@@ -143,10 +144,17 @@ class _Uploader:
 
 def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
     """ModelLoadError for what the CUDA engine cannot run, found from the file alone (no GPU):
-    sizes, rope, the head size (attention kernels) and every matrix (`check_matrices`)."""
+    the family's block, sizes, rope, the head size (attention kernels) and every matrix
+    (`check_matrices`)."""
     if max_context < 1 or max_chunk < 1:
         raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
     c = model.config
+    block = model.family.block
+    if block not in BLOCKS:  # another block's kernels on its weights: plausible wrong tokens
+        raise ModelLoadError(
+            f"{model.path}: the cuda backend does not run the {block} block ({c.arch}) yet "
+            f"(it runs {', '.join(BLOCKS)}); serve it with --backend cpu"
+        )
     if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
         raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")
     if not head_dim_supported(c.head_dim):

@@ -1,6 +1,9 @@
-"""Choose and load a backend: "cpu" (runtime.numpy_engine) or "cuda" (cuda.engine, imported lazily).
+"""Choose and load a backend: engines are found by name in a registry.
 
-The CUDA engine and PyCUDA are imported only when asked for, so the worker runs on machines
+"cpu" (runtime.numpy_engine) is registered here. "cuda" is registered by the entry points
+(`worker_orcd.engines`), because the core may not import the `cuda` package (the layering rule
+of DESIGN.md): the core knows an engine only by its name and the `Engine` protocol. The CUDA
+engine and PyCUDA are still imported only when asked for, so the worker runs on machines
 without either; asking for "cuda" there fails with a `CudaError` that says what is missing.
 
 `CudaWarmup` starts the driver and creates the device's primary context on a side thread while
@@ -19,6 +22,7 @@ import ctypes
 import importlib.util
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import CudaError, InvalidRequest, ModelLoadError
@@ -28,6 +32,35 @@ if TYPE_CHECKING:
     from runtime.gguf_file import GGUFModel
 
 BACKENDS = ("auto", "cpu", "cuda")
+
+#: loader(gguf, *, max_context, progress, device, **opts) -> Engine; `gguf` is an open GGUFModel
+EngineLoader = Callable[..., "Engine"]
+_ENGINES: dict[str, EngineLoader] = {}
+
+
+def register_engine(name: str, loader: EngineLoader) -> None:
+    """Make `load_engine(..., name)` use `loader` (the last registration of a name wins)."""
+    _ENGINES[name] = loader
+
+
+def registered_engines() -> tuple[str, ...]:
+    return tuple(_ENGINES)
+
+
+def engine_loader(name: str) -> EngineLoader | None:
+    """The loader registered under `name` (None if there is none), e.g. to wrap it."""
+    return _ENGINES.get(name)
+
+
+def _load_numpy(gguf: GGUFModel, *, max_context: int, progress, device: int, **opts) -> Engine:
+    if opts:
+        raise InvalidRequest(f"the cpu backend takes no options (got {sorted(opts)})")
+    from runtime.numpy_engine import NumpyEngine
+
+    return NumpyEngine.load(gguf, max_context=max_context, progress=progress)
+
+
+register_engine("cpu", _load_numpy)
 
 
 def cuda_available() -> bool:
@@ -122,7 +155,7 @@ def load_engine(
     """Load `model` (a path, or an already opened GGUFModel, left open) on `backend`.
 
     `max_context` (KV-cache capacity in tokens) must not exceed the model's trained context.
-    Extra keyword options go to the CUDA engine only.
+    Extra keyword options go to the engine's loader (the cpu one takes none).
     """
     from runtime.gguf_file import GGUFModel, open_gguf
 
@@ -135,27 +168,18 @@ def load_engine(
                 f"{gguf.path}: max_context {max_context} is outside 1..{gguf.config.context_length}"
                 " (the model's trained context length)"
             )
-        if backend == "cpu":
-            if opts:
-                raise InvalidRequest(f"the cpu backend takes no options (got {sorted(opts)})")
-            from runtime.numpy_engine import NumpyEngine
-
-            return NumpyEngine.load(gguf, max_context=max_context, progress=progress)
-        if not cuda_available():
+        if backend == "cuda" and not cuda_available():
             raise CudaError(
                 "the cuda backend needs PyCUDA and an NVIDIA GPU, and this machine lacks one "
                 "(pip install 'worker-orcd[cuda]' on a GPU host, or use --backend cpu)"
             )
-        try:
-            from cuda.engine import CudaEngine
-        except ImportError as e:
+        loader = _ENGINES.get(backend)
+        if loader is None:
             raise CudaError(
-                f"the cuda backend is unavailable here ({e}); install PyCUDA on a machine with "
-                "an NVIDIA GPU (pip install 'worker-orcd[cuda]') or use --backend cpu"
-            ) from e
-        return CudaEngine.load(
-            gguf, max_context=max_context, progress=progress, device=gpu_device, **opts
-        )
+                f"no {backend} engine is registered in this process (the entry points in "
+                "worker_orcd register it: worker_orcd.engines.register())"
+            )
+        return loader(gguf, max_context=max_context, progress=progress, device=gpu_device, **opts)
     finally:
         if owned:
             gguf.close()  # every engine holds its own copy of the weights after load

@@ -10,6 +10,7 @@ even vocabularies whose merge ranks are not perfectly ordered give llama.cpp's i
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 from runtime.merges import merge_pairs
@@ -59,14 +60,32 @@ def parse_merges(merges: Sequence[str]) -> dict[str, int]:
     return dict(zip(reversed(merges), range(len(merges) - 1, -1, -1), strict=True))
 
 
+#: What one cache entry costs beyond its key and value objects: the dict's hash, key and value
+#: slots with its spare room (CPython sizes a dict's table to at most 2/3 full), rounded up.
+_ENTRY_OVERHEAD = 64
+
+
+def entry_bytes(word: str, ids: tuple[int, ...]) -> int:
+    """Accounted size of caching `word` -> `ids`: both objects as CPython sizes them, plus the
+    dict entry (the ids themselves are the vocabulary's own int objects, shared, not copied)."""
+    return sys.getsizeof(word) + sys.getsizeof(ids) + _ENTRY_OVERHEAD
+
+
 class BytePairEncoder:
     """Encodes pre-token words to ids, caching the result per word (prompts repeat words a lot).
 
     `vocab` maps token text to id; `ranks` (merge line "left right" -> rank) from `parse_merges`. With `ignore_merges` a word
     that is itself a token is taken whole (llama.cpp does this for the llama3 family).
+
+    The cache is keyed by client text, so it is bounded in bytes, not entries (REL-2): a word of
+    more than `CACHE_WORD_CHARS` characters is never cached (a 32 K-character run of CJK is one
+    pre-token word, and its ~88 K ids cost ~1.5 MB), and the cache is dropped whole before its
+    accounted size (`entry_bytes`) would pass `CACHE_BYTES` (cheap; ordinary text reaches it
+    only after tens of thousands of distinct words).
     """
 
-    CACHE_LIMIT = 1 << 16  # words; the cache is dropped whole when full (cheap, rarely happens)
+    CACHE_WORD_CHARS = 64
+    CACHE_BYTES = 8 << 20
 
     def __init__(
         self,
@@ -79,6 +98,7 @@ class BytePairEncoder:
         self._ranks = ranks
         self._ignore_merges = ignore_merges
         self._cache: dict[str, tuple[int, ...]] = {}
+        self.cache_bytes = 0  # sum of entry_bytes over the cache
 
     def encode_word(self, word: str) -> tuple[int, ...]:
         """Token ids of one pre-token word (plain text, not yet byte-mapped)."""
@@ -90,10 +110,17 @@ class BytePairEncoder:
                 ids = (vocab[symbols],)
             else:
                 ids = tuple(self._ids_of(self.merge(symbols)))
-            if len(self._cache) >= self.CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[word] = ids
+            if len(word) <= self.CACHE_WORD_CHARS:
+                self._remember(word, ids)
         return ids
+
+    def _remember(self, word: str, ids: tuple[int, ...]) -> None:
+        cost = entry_bytes(word, ids)
+        if self.cache_bytes + cost > self.CACHE_BYTES:
+            self._cache.clear()
+            self.cache_bytes = 0
+        self._cache[word] = ids
+        self.cache_bytes += cost
 
     def _ids_of(self, pieces: list[str]) -> list[int]:
         vocab = self._vocab

@@ -2,10 +2,11 @@
 
 Templates come from model files, which anyone can publish, and Jinja templates have been used
 for code execution elsewhere (`''.__class__.__mro__[1].__subclasses__()` & co.). So rendering
-happens only in Jinja2's `ImmutableSandboxedEnvironment`: no attribute starting with "_", no
-unsafe callables, no mutation of the values passed in, `range` capped. A template that tries
-any of that fails with `ChatTemplateError` and runs nothing. On top of the sandbox we cap the
-size of `*` and `**` results and of the output, so a template cannot eat the worker's memory.
+happens only in our strict sandbox (runtime.chat_sandbox: Jinja2's `ImmutableSandboxedEnvironment`
+with every loop, call and value bounded). A template that breaks the sandbox rules fails with
+`ChatTemplateError` and runs nothing; one that runs past its budget (steps or time) or writes
+more than `MAX_OUTPUT_CHARS` is stopped where it is, by an exception raised inside its own code,
+and the request gets a 400 (REL-8).
 
 The environment follows Hugging Face's `apply_chat_template`, the environment templates are
 written for: `trim_blocks` and `lstrip_blocks`, the loop-controls extension, `raise_exception`
@@ -17,25 +18,28 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
+from runtime.chat_sandbox import RenderLimitExceeded, Sandbox, end_budget, render_budget
 from runtime.errors import InvalidRequest, ModelLoadError
 
-MAX_OUTPUT_CHARS = 4 << 20  # far above any real prompt; the limit only stops runaway templates
-_MAX_REPEAT = 1 << 20  # longest string/list a template may build with `*`
-_MAX_POWER_BITS = 4096  # largest integer a template may build with `**`
+#: The rendered prompt: 4 x the 32,768 characters of content a request may carry (templates add
+#: tens of characters per message); past it the text could never fit a context anyway, and
+#: tokenizing it would take seconds.
+MAX_OUTPUT_CHARS = 1 << 17
+#: Messages in one conversation (the API refuses more, naming `messages`).
+MAX_MESSAGES = 256
 
 
 class ChatTemplateError(InvalidRequest):
     """The chat template refused these messages (its own `raise_exception`), broke the sandbox
-    rules, or failed while rendering. An `InvalidRequest`: the request cannot be served as sent,
-    and nothing of the template ran beyond the failing point."""
+    rules, ran past its budget, or failed while rendering. An `InvalidRequest`: the request
+    cannot be served as sent, and nothing of the template ran beyond the failing point."""
 
 
 class _TemplateRaised(Exception):
@@ -56,34 +60,9 @@ def _tojson(value: Any, indent: int | None = None, separators=None, sort_keys: b
     )
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, made strict: reaching for an unsafe attribute raises at once
-    (Jinja's default yields an undefined value that prints as "" and lets the template go on),
-    and `*` / `**` may not build huge values."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def unsafe_undefined(self, obj: Any, attribute: Any) -> jinja2.Undefined:
-        raise SecurityError(
-            f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe"
-        )
-
-    def call_binop(self, context, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "**":
-            ints = isinstance(left, int) and isinstance(right, int)
-            if ints and right > 0 and right * abs(left).bit_length() > _MAX_POWER_BITS:
-                raise SecurityError("the template computes an oversized power")
-            return operator.pow(left, right)
-        for seq, count in ((left, right), (right, left)):
-            sized = isinstance(seq, (str, list, tuple)) and isinstance(count, int)
-            if sized and len(seq) * count > _MAX_REPEAT:
-                raise SecurityError("the template builds an oversized string or list")
-        return operator.mul(left, right)
-
-
 @functools.cache
-def _environment() -> _Sandbox:
-    env = _Sandbox(
+def _environment() -> Sandbox:
+    env = Sandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[jinja2.ext.loopcontrols],
@@ -92,7 +71,7 @@ def _environment() -> _Sandbox:
     )
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
-    env.filters["tojson"] = _tojson
+    env.add_filter("tojson", _tojson)
     return env
 
 
@@ -103,12 +82,15 @@ def compile_chat_template(template: str) -> jinja2.Template:
     The loader may call this at load time so that a broken template fails the load early."""
     if not isinstance(template, str) or not template.strip():
         raise ModelLoadError("tokenizer.chat_template is missing or empty")
+    env = _environment()
     try:
-        return _environment().from_string(template)
+        return env.from_string(env.parse_bounded(template))
     except jinja2.TemplateSyntaxError as exc:
         raise ModelLoadError(
             f"tokenizer.chat_template is not a valid Jinja template (line {exc.lineno}: {exc.message})"
         ) from None
+    except SecurityError as exc:  # a constant part already breaks a value limit
+        raise ModelLoadError(f"tokenizer.chat_template cannot be used: {exc}") from None
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -116,6 +98,8 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     message may carry `tool_calls` (a list of objects; its content may then be null); copies."""
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
         raise InvalidRequest("messages must be a non-empty list", field="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest(f"messages must hold at most {MAX_MESSAGES}", field="messages")
     clean = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -164,14 +148,15 @@ def render_chat(
 
     The result still contains special-token texts ("<|im_start|>" ...): encode it with
     `parse_special=True`. Raises `InvalidRequest` (field "messages") for malformed messages,
-    `ChatTemplateError` when the template refuses them or breaks the sandbox rules, and
-    `ModelLoadError` when the template itself does not parse.
+    `ChatTemplateError` when the template refuses them, breaks the sandbox rules or its budget,
+    and `ModelLoadError` when the template itself does not parse.
     """
     clean = validate_messages(messages)
     if tools is not None and not _objects(tools):
         raise InvalidRequest("tools must be a list of objects", field="tools")
     extra = {} if tools is None else {"tools": tools}
     compiled = compile_chat_template(template)
+    token = render_budget()
     try:
         # Streamed so that a runaway template is stopped at the size cap, not after it.
         parts, size = [], 0
@@ -185,12 +170,19 @@ def render_chat(
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise ChatTemplateError(
-                    f"the chat template produced over {MAX_OUTPUT_CHARS} characters"
+                    f"the chat template produced over {MAX_OUTPUT_CHARS} characters",
+                    field="messages",
                 )
             parts.append(chunk)
     except _TemplateRaised as exc:
         raise ChatTemplateError(
             f"the model's chat template rejected the messages: {exc}", field="messages"
+        ) from None
+    except RenderLimitExceeded as exc:
+        raise ChatTemplateError(
+            f"the model's chat template {exc} on these messages and was stopped; "
+            "send fewer messages, or a prompt",
+            field="messages",
         ) from None
     except SecurityError as exc:
         raise ChatTemplateError(
@@ -207,4 +199,6 @@ def render_chat(
             f"the model's chat template failed on these messages: {type(exc).__name__}: {exc}",
             field="messages",
         ) from None
+    finally:
+        end_budget(token)
     return "".join(parts)

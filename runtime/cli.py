@@ -1,22 +1,26 @@
-"""`worker-orcd` (and `python -m runtime.cli`): parse flags, run the actor tree, exit with a status.
+"""The `worker-orcd` command line: flags -> `WorkerConfig` (the process itself: `worker_orcd.cli`).
 
-`worker-orcd pull NAME` installs a catalog model instead (runtime.models.pull_cli).
-
-Exit status: 0 after a clean drain (SIGTERM/SIGINT), 1 when an actor crashed or the model failed
-to load, 2 for bad flags. Everything the process says goes to stderr as narration JSON lines.
+This module only describes and parses the flags, so it stays in the pure core (it imports
+nothing that runs a worker); `worker_orcd.cli.main` parses with it and boots the process.
+Exit status: 0 after a clean drain (POST /shutdown, SIGTERM/SIGINT), 1 when an actor crashed,
+the model failed to load or the ready callback was refused, 2 for bad flags. Everything the
+process says goes to stderr as narration lines (`--log-format json|text`).
+`worker-orcd pull NAME` installs a catalog model instead (`runtime.models.pull_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 
-import attrs
-
-from runtime.config import BACKENDS, DEFAULT_MAX_CONTEXT, WorkerConfig, default_worker_id
-from runtime.errors import WorkerError
-from runtime.narration import Narrator
+from runtime.config import (
+    BACKENDS,
+    DEFAULT_MAX_CONTEXT,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    WorkerConfig,
+    default_worker_id,
+)
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE = 0, 1, 2
 
@@ -69,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout",
         type=float,
         default=3.0,
-        help="on SIGTERM, seconds streams get to end (default 3)",
+        help="after the jobs ended on shutdown, seconds streams get to flush (default 3)",
+    )
+    parser.add_argument(
+        "--shutdown-deadline",
+        type=float,
+        default=5.0,
+        help="POST /shutdown or SIGTERM: seconds the running job may go on before it is "
+        "cancelled (default 5; 0 cancels at once)",
     )
     parser.add_argument(
         "--max-vram-bytes",
@@ -77,6 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cuda backend: cap on the VRAM the model may hold; over it the load fails "
         "with INSUFFICIENT_VRAM (default: no cap but the card's free memory)",
+    )
+    parser.add_argument(
+        "--check-tensors",
+        action="store_true",
+        help="before loading, check every weight for NaN and infinity (a full pass over the file)",
+    )
+    parser.add_argument(
+        "--callback-url",
+        default=None,
+        help="once ready, POST {worker_id, model_ref, vram_bytes, uri, ...} here; a refused "
+        "or failed callback (3 attempts) ends the worker with exit 1",
+    )
+    parser.add_argument(
+        "--model-ref",
+        default=None,
+        help="the model's name in the ready callback (default: file: + the model's path)",
+    )
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="json", help="stderr lines (default json)"
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="least severe level logged"
+    )
+    parser.add_argument(
+        "--log-prompts",
+        action="store_true",
+        help="DEBUGGING ONLY: log prompt and output text (every such line says so); by "
+        "default logs carry only their SHA-256 and length",
     )
     return parser
 
@@ -95,121 +134,22 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),
             "max_vram_bytes": None if args.max_vram_bytes is None else str(args.max_vram_bytes),
+            "check_tensors": "1" if args.check_tensors else None,
+            "shutdown_deadline_s": str(args.shutdown_deadline),
+            "callback_url": args.callback_url,
+            "model_ref": args.model_ref,
+            "log_format": args.log_format,
+            "log_level": args.log_level,
+            "log_prompts": str(args.log_prompts),
         }
     )
 
 
-def first_error(error: BaseException) -> BaseException:
-    """The first non-cancellation leaf of a (possibly nested) exception group."""
-    import trio  # here, not at the top: `--help` and the startup's first steps need no trio
-
-    while isinstance(error, BaseExceptionGroup):
-        leaves = [e for e in error.exceptions if not isinstance(e, trio.Cancelled)] or list(
-            error.exceptions
-        )
-        error = leaves[0]
-    return error
-
-
-def describe(error: BaseException) -> str:
-    error = first_error(error)
-    message = getattr(error, "message", None) or str(error)
-    return f"{type(error).__name__}: {message}"
-
-
-def narrate_crash(narrator: Narrator, error: BaseException) -> None:
-    """The last two lines of a worker whose actor crashed: what broke (with its code), then exit."""
-    cause = first_error(error)
-    narrator.emit(
-        "error",
-        level="error",
-        actor="supervisor",
-        human=f"An actor crashed; the worker stops: {describe(error)}",
-        code=str(getattr(cause, "code", "INTERNAL")),
-        exception=type(cause).__name__,
-    )
-    narrator.emit(
-        "shutdown",
-        level="error",
-        actor="supervisor",
-        human="Worker stopped after a crash.",
-        exit_code=EXIT_CRASH,
-    )
-
-
-def run(config: WorkerConfig) -> int:
-    """Start the worker with `config`; returns the exit status."""
-    from runtime.backends import CudaWarmup
-
-    # Load time to ready is a target (decision 0011), so the startup avoids work it can skip:
-    # - The CUDA driver and the primary context start on a side thread (GIL released) while the
-    #   actor tree is imported below, instead of after HTTP listens.
-    # - The collector is off until the loader has frozen what is alive (actors.loader turns it
-    #   back on): imports and the tokenizer's tables make ~60 K long-lived objects and hardly any
-    #   garbage (~3 K objects), yet ~230 collections passed over them (~70 ms of GIL).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    warmup = CudaWarmup.start(config.gpu_device) if config.backend != "cpu" else None
+def parse_config(argv: list[str] | None = None) -> WorkerConfig | int:
+    """The config the flags describe, or EXIT_USAGE after saying what is wrong on stderr."""
+    args = build_parser().parse_args(argv)  # exits 2 itself for unknown flags and bad choices
     try:
-        return _run(config, warmup)
-    finally:
-        if warmup is not None:
-            warmup.release()  # the engine is closed by now (trio.run has returned)
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _run(config: WorkerConfig, warmup) -> int:
-    import trio
-
-    from actors.supervisor import Worker, model_name, narrate_startup, run_worker
-    from runtime.backends import pick_backend
-
-    narrator = Narrator(config.worker_id)
-    try:
-        path = config.resolved_model_path()
-        narrator = Narrator(config.worker_id, model=model_name(path))
-        backend = pick_backend(config.backend)
-        if backend == "cpu" and warmup is not None:
-            warmup.release()  # "auto" found no usable PyCUDA: give the context back now
-    except WorkerError as error:
-        narrator.emit(
-            "error",
-            level="error",
-            actor="supervisor",
-            human=f"Cannot start: {error.message}",
-            code=str(error.code),
-        )
-        return EXIT_CRASH
-    narrate_startup(narrator, config, path, backend, via="from the command line")
-    worker = Worker(attrs.evolve(config, model=path), backend=backend, narrator=narrator)
-    try:
-        trio.run(run_worker, worker)
-    except BaseException as error:  # an actor crashed: say which and how, then exit non-zero
-        if isinstance(first_error(error), KeyboardInterrupt):
-            return EXIT_CRASH
-        narrate_crash(narrator, error)
-        return EXIT_CRASH
-    narrator.emit(
-        "shutdown", actor="supervisor", human="Worker stopped cleanly.", exit_code=EXIT_OK
-    )
-    return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pull"]:
-        from runtime.models.pull_cli import pull_main
-
-        return pull_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
+        return config_from_args(args)
     except ValueError as error:
         print(f"worker-orcd: {error}", file=sys.stderr)
         return EXIT_USAGE
-    return run(config)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

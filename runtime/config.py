@@ -1,7 +1,8 @@
 """The worker's settings: one frozen record, filled from the command line or the environment.
 
-`runtime.cli` builds it from flags, `runtime.asgi` from `WORKER_ORCD_*` environment variables;
-both go through `WorkerConfig.from_mapping` so the two entry points cannot drift apart.
+`runtime.cli` builds it from flags (for `worker-orcd`), `worker_orcd.asgi` from `WORKER_ORCD_*`
+environment variables; both go through `WorkerConfig.from_mapping` so the two entry points cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import attrs
 
 BACKENDS = ("auto", "cpu", "cuda")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_CONTEXT = 2048  # tokens of KV cache unless --max-context says otherwise
 MAX_BODY_BYTES = 1024 * 1024  # POST bodies above this answer 413
 ENV_PREFIX = "WORKER_ORCD_"
@@ -22,6 +25,26 @@ ENV_PREFIX = "WORKER_ORCD_"
 def _positive(_instance, attribute, value) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _not_negative(_instance, attribute, value) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+def _http_url(_instance, attribute, value) -> None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
+
+
+def _flag(raw: str) -> bool:
+    """A boolean setting from text: 1/true/yes/on or 0/false/no/off."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r} (use 1/0, true/false, yes/no, on/off)")
 
 
 def default_worker_id() -> str:
@@ -41,11 +64,22 @@ class WorkerConfig:
     residency_interval_s: float = attrs.field(default=30.0, validator=_positive)
     # jobs that may wait behind the running one before /execute answers 503 BUSY
     queue_size: int = attrs.field(default=16, validator=_positive)
-    # on SIGTERM, how long streams get to deliver their terminal event
+    # after the running job ended (or was cancelled), how long streams get to flush their end
     drain_timeout_s: float = attrs.field(default=3.0, validator=_positive)
+    # POST /shutdown or SIGTERM: the running job may finish for this long, then it is cancelled
+    shutdown_deadline_s: float = attrs.field(default=5.0, validator=_not_negative)
     max_body_bytes: int = MAX_BODY_BYTES
     # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
     max_vram_bytes: int | None = attrs.field(default=None, validator=_positive)
+    # before loading, dequantize every tensor and refuse the model if any holds NaN or inf
+    check_tensors: bool = False
+    # POST {worker_id, model_ref, vram_bytes, uri, ...} here once ready (pool managers)
+    callback_url: str | None = attrs.field(default=None, validator=_http_url)
+    model_ref: str | None = None  # what the callback reports; None: "file:" + the model's path
+    log_format: str = attrs.field(default="json", validator=attrs.validators.in_(LOG_FORMATS))
+    log_level: str = attrs.field(default="info", validator=attrs.validators.in_(LOG_LEVELS))
+    # debugging only: prompts and outputs in the log, every such line saying so (W-1902)
+    log_prompts: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str | None]) -> WorkerConfig:
@@ -62,6 +96,13 @@ class WorkerConfig:
             "queue_size": int,
             "drain_timeout_s": float,
             "max_vram_bytes": int,
+            "check_tensors": _flag,
+            "shutdown_deadline_s": float,
+            "callback_url": str,
+            "model_ref": str,
+            "log_format": str,
+            "log_level": str,
+            "log_prompts": _flag,
         }
         kwargs = {}
         for name, convert in converters.items():
@@ -74,13 +115,23 @@ class WorkerConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
         """WORKER_ORCD_MODEL, WORKER_ORCD_BACKEND, WORKER_ORCD_MAX_CONTEXT, ... (upper-case names)."""
         environ = os.environ if environ is None else environ
-        aliases = {"residency_interval_s": "RESIDENCY_INTERVAL", "drain_timeout_s": "DRAIN_TIMEOUT"}
+        aliases = {
+            "residency_interval_s": "RESIDENCY_INTERVAL",
+            "drain_timeout_s": "DRAIN_TIMEOUT",
+            "shutdown_deadline_s": "SHUTDOWN_DEADLINE",
+        }
         values = {}
         for name in attrs.fields_dict(cls):
             key = ENV_PREFIX + aliases.get(name, name.upper())
             if key in environ:
                 values[name] = environ[key]
         return cls.from_mapping(values)
+
+    def resolved_model_ref(self) -> str:
+        """What the ready callback names the model by: `--model-ref`, else `file:` + its path."""
+        if self.model_ref:
+            return self.model_ref
+        return "file:" + str(self.resolved_model_path().resolve())
 
     def resolved_model_path(self) -> Path:
         """The model file to load: `model` as a catalog name or a path (runtime.models.catalog:

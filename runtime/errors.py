@@ -25,6 +25,8 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "CONFLICT"
     NOT_FOUND = "NOT_FOUND"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    NON_FINITE_LOGITS = "NON_FINITE_LOGITS"
+    MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"  # pool preflight: a file no worker here can serve
 
 
 #: Codes after which the same request may succeed if simply sent again.
@@ -86,3 +88,37 @@ class CudaError(WorkerError):
 
 class Cancelled(WorkerError):
     code = ErrorCode.CANCELLED
+
+
+class NonFiniteLogits(WorkerError):
+    """The model computed a NaN or infinite logit: the job ends with this error, never with a
+    token picked from garbage (an argmax over NaN is token 0, often EOS: a silent empty answer).
+    Not retriable: the same request computes the same numbers. The worker goes on serving."""
+
+    code = ErrorCode.NON_FINITE_LOGITS
+
+    @classmethod
+    def at(cls, draw: int, detail: str) -> NonFiniteLogits:
+        return cls(
+            f"the model computed non-finite logits for output token {draw} ({detail}); "
+            "the model file or its numbers are broken, so the job is stopped"
+        )
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The first non-cancellation leaf of a (possibly nested) exception group."""
+    import trio  # here, not at the top: `--help` and the startup's first steps need no trio
+
+    while isinstance(error, BaseExceptionGroup):
+        leaves = [e for e in error.exceptions if not isinstance(e, trio.Cancelled)] or list(
+            error.exceptions
+        )
+        error = leaves[0]
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """`Type: message` of the first real error inside `error` (for crash narration)."""
+    error = first_error(error)
+    message = getattr(error, "message", None) or str(error)
+    return f"{type(error).__name__}: {message}"

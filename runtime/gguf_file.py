@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType, LlamaFileType
 from runtime import quants
 from runtime.errors import ModelLoadError
 from runtime.gguf_header import read_header
+from runtime.model_checks import check_model
 from runtime.model_config import ModelConfig
 from runtime.models import Family, get_family
 from runtime.models.plan import BoundPlan, Slot
@@ -49,9 +50,10 @@ class TensorRecord:
     def nbytes(self) -> int:
         return int(self.raw.nbytes)
 
-    def dequantize(self) -> np.ndarray:
-        """float32 array of `.shape` (a fresh copy, not memory-mapped)."""
-        return quants.dequantize(self.raw, self.qtype, self.shape)
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 array of `.shape`: a fresh copy (not memory-mapped), or written into `out`
+        (contiguous float32 of as many values)."""
+        return quants.dequantize(self.raw, self.qtype, self.shape, out)
 
 
 class GGUFModel:
@@ -183,6 +185,7 @@ def _open(path: Path) -> GGUFModel:
         tensors[info.name] = TensorRecord(info.name, info.qtype, info.shape, raw, info.offset)
     config, plan = family.open(metadata, tensors)
     _check_unused(plan, config, tensors)
+    check_model(config, tensors.values())  # parses, but is it fit to serve? (REL-7)
     return GGUFModel(path, data, metadata, tensors, family, config, plan)
 
 

@@ -1,8 +1,9 @@
 """The fp32 numpy reference engine: a model family's block on dequantized weights.
 
 The file's weight plan (`GGUFModel.plan`) says what to load: every slot is dequantized once at
-load into one contiguous fp32 array, stacked over the layers, matrices laid out for `x @ W`
-(n_layers, in_features, out_features), so each projection is one BLAS call (q|k|v and gate|up
+load into one contiguous fp32 array, stacked over the layers, matrices in the file's own
+(n_layers, out_features, in_features) order, so each tensor decodes straight into its rows (no
+temporary, no transposed copy) and each projection is one BLAS call `x @ W.T` (q|k|v and gate|up
 are one slot each). The family's block (`runtime.models.<block>.forward_layer`) runs each layer;
 this module owns what is common: embedding, KV cache, rotary tables, the output head. The KV
 cache and the rotary tables (one per distinct rope base) are allocated at load for `max_context`
@@ -38,7 +39,7 @@ class LayerPass:
     """What a family's block sees of one layer in one pass (runtime.models.<block>)."""
 
     config: ModelConfig
-    w: dict[str, np.ndarray]  # slot -> this layer's array: (in, out) matrices, (n,) vectors
+    w: dict[str, np.ndarray]  # slot -> this layer's array: (out, in) matrices, (n,) vectors
     k_cache: np.ndarray  # (KV, max_context, D) this layer's keys
     v_cache: np.ndarray  # (KV, max_context, D)
     cos: np.ndarray  # (T, rope_dim/2) rows of this pass's positions, this layer's base
@@ -110,19 +111,25 @@ class NumpyEngine:
         reporter = ProgressReporter(model.plan_bytes, progress)
         w: dict[str, np.ndarray] = {}
         for slot in model.plan.present:
-            stacked = None  # (n_layers, ...) for per-layer slots, the array itself for globals
+            if not slot.per_layer:  # token_embd, output: (vocab, d_model), rows gathered
+                recs = model.slot_records(slot, None)
+                w[slot.name] = np.concatenate([r.dequantize() for r in recs])
+                reporter.advance(sum(r.nbytes for r in recs))
+                continue
+            # (n_layers, rows, cols) in the file's own (out_features, in_features) order, the
+            # parts stacked along rows: each tensor decodes straight into its rows (no copy,
+            # no transpose; the blocks multiply by W.T, which BLAS takes as it is)
+            stacked = None
             for layer in slot.layers(c.n_layers):
                 recs = model.slot_records(slot, layer)
-                a = np.concatenate([r.dequantize() for r in recs])  # parts stacked along rows
-                reporter.advance(sum(r.nbytes for r in recs))
-                if not slot.per_layer:  # token_embd, output: (vocab, d_model), rows gathered
-                    stacked = a
-                    break
-                if slot.kind == "matrix":
-                    a = a.T  # (in, out) for x @ W
                 if stacked is None:
-                    stacked = np.empty((c.n_layers, *a.shape), np.float32)
-                stacked[layer] = a
+                    rows = sum(r.shape[0] for r in recs)
+                    stacked = np.empty((c.n_layers, rows, *recs[0].shape[1:]), np.float32)
+                row0 = 0
+                for r in recs:
+                    r.dequantize(stacked[layer, row0 : row0 + r.shape[0]])
+                    row0 += r.shape[0]
+                reporter.advance(sum(r.nbytes for r in recs))
             w[slot.name] = stacked
         for a in w.values():
             a.flags.writeable = False  # nothing may change a weight after load
@@ -198,6 +205,10 @@ class NumpyEngine:
 
     # -- the forward pass ----------------------------------------------------------------------
 
+    # A broken model (NaN or huge weights) overflows here; numpy would print a RuntimeWarning to
+    # stderr, a line that is not narration JSON. The numbers go on quietly instead, and the
+    # sampler refuses the non-finite logits they lead to (NonFiniteLogits, REL-5/REL-7).
+    @np.errstate(all="ignore")
     def _forward(self, tokens: Sequence[int], *, all_logits: bool) -> np.ndarray:
         if self._closed:
             raise RuntimeError("the engine is closed")

@@ -42,13 +42,22 @@ _ASCII_MEMBERS = {k: "".join(chr(c) for c in range(128) if _char_class(chr(c)) =
 _CLASS_BODY = {k: re.escape(_ASCII_MEMBERS[k]) + _MARK[k] for k in _MARK}
 
 
+#: Code points the collapse table keeps once looked up: the Basic Multilingual Plane, where
+#: nearly all text lives (at most 63,488 entries, ~4.6 MB). The table is shared by every request
+#: and filled from client text, so it must stay bounded (REL-2): remembering the other planes
+#: too would let clients grow it to ~1.1 M entries (~75 MB). Those are classified each time.
+_COLLAPSE_CACHED_BELOW = 0x10000
+
+
 class _Collapse(dict):
-    """`str.translate` table: ASCII maps to itself, anything else to its class marker (cached)."""
+    """`str.translate` table: ASCII maps to itself, anything else to its class marker (cached
+    below `_COLLAPSE_CACHED_BELOW`)."""
 
     def __missing__(self, code: int) -> int:
         ch = chr(code)
         value = code if code < 128 else ord(_MARK.get(_char_class(ch), _MARK_OTHER))
-        self[code] = value
+        if code < _COLLAPSE_CACHED_BELOW:
+            self[code] = value
         return value
 
 

@@ -140,8 +140,13 @@ def row_bytes(qtype: Q, n_cols: int) -> int:
     return n_cols // block * size
 
 
-def dequantize(raw: np.ndarray, qtype: Q, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode `raw` (uint8 bytes of the tensor, any shape) to a float32 array of `shape`."""
+def dequantize(
+    raw: np.ndarray, qtype: Q, shape: tuple[int, ...], out: np.ndarray | None = None
+) -> np.ndarray:
+    """Decode `raw` (uint8 bytes of the tensor, any shape) to a float32 array of `shape`.
+
+    `out`: C-contiguous float32 with as many values to decode into (say the rows of a larger
+    array: no temporary); it is returned, reshaped to `shape`."""
     qtype = Q(qtype)
     if qtype not in BLOCK_SIZES:
         raise ValueError(f"unsupported tensor type {qtype.name}")
@@ -155,13 +160,21 @@ def dequantize(raw: np.ndarray, qtype: Q, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(
             f"{qtype.name} data of {flat.size} bytes does not hold a tensor of shape {shape}"
         )
-    if qtype == Q.F32:
-        return flat.view("<f4").astype(np.float32).reshape(shape)
-    if qtype == Q.F16:
-        return flat.view("<f2").astype(np.float32).reshape(shape)
+    if out is not None and (
+        out.dtype != np.float32 or out.size != n_values or not out.flags.c_contiguous
+    ):
+        raise ValueError(f"out must hold {n_values} contiguous float32 values")
+    if qtype in (Q.F32, Q.F16):
+        values = flat.view("<f4" if qtype == Q.F32 else "<f2")
+        if out is None:
+            return values.astype(np.float32).reshape(shape)
+        out.reshape(-1)[:] = values
+        return out.reshape(shape)
     decode = _DECODERS[qtype]
     blocks = flat.reshape(-1, size)  # (n_blocks, type_size)
-    out = np.empty((blocks.shape[0], block), dtype=np.float32)  # (n_blocks, block_size)
+    if out is None:
+        out = np.empty((blocks.shape[0], block), dtype=np.float32)
+    out = out.reshape(blocks.shape[0], block)  # (n_blocks, block_size)
     # a damaged file may hold inf/nan scales: decode them to inf/nan quietly, as ggml does
     with np.errstate(all="ignore"):
         for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):

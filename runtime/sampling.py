@@ -3,8 +3,14 @@
 The chain, exactly (the CUDA sampler replicates it; see
 specs/decisions/0004-reference-engine-and-sampling.md):
 
-1. ``x = float64(logits)``; ids the model marks as no token (padding rows of the head,
-   ``runtime.models.vocab.unsampleable_ids``) get ``x = -inf``: never chosen, weight 0.
+0. The parameters are made safe when `SamplingParams` is built, so both samplers see the same
+   values: a temperature below ``MIN_TEMPERATURE`` (1e-4) *is* 0 (greedy), and a
+   repetition_penalty below ``MIN_REPETITION_PENALTY`` (1e-4) is raised to it. With those floors
+   and float32 logits (|x| < 3.5e38) nothing below can overflow float64; see REL-5.
+1. ``x = float64(logits)``; a logit that is NaN or infinite raises `NonFiniteLogits` (a broken
+   model must end the job with an error, never pass for a sampled token; REL-7). Then ids the
+   model marks as no token (padding rows of the head, ``runtime.models.vocab.unsampleable_ids``)
+   get ``x = -inf``: never chosen, weight 0.
 2. repetition_penalty ``p != 1``: for each *distinct* token id in ``history``,
    ``x[id] = x[id] / p`` if ``x[id] > 0`` else ``x[id] * p`` (llama.cpp's rule).
 3. temperature 0: return ``argmax(x)`` (the lowest id among equal maxima). Stop.
@@ -36,20 +42,44 @@ from collections.abc import Iterable
 import attrs
 import numpy as np
 
+from runtime.errors import NonFiniteLogits
+
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (odd, ~2**64 / golden ratio)
 _SEED_SALT = 0xD1B54A32D192ED03  # keeps seed 0 from mixing to the all-zero key
 #: Candidates this far below the maximum (after temperature) weigh exp(-40) < 2**-53: dropped.
 _NEGLIGIBLE = 40.0
+#: Temperatures below this are greedy. Sampling at 1e-4 already keeps only the candidates within
+#: 40 * 1e-4 = 0.004 of the best logit; below it the division overflows float64 at about 1e-270
+#: (float32's largest logit / float64's largest value), and 0 is the limit anyway.
+MIN_TEMPERATURE = 1e-4
+#: Penalties below this act as this one: x / 1e-4 already puts a penalized positive logit above
+#: every other, and x / 1e-308 would overflow.
+MIN_REPETITION_PENALTY = 1e-4
+
+
+def effective_temperature(value: float) -> float:
+    """The temperature the chain uses: 0.0 (greedy) for anything below `MIN_TEMPERATURE`."""
+    value = float(value)
+    return 0.0 if value < MIN_TEMPERATURE else value
+
+
+def effective_penalty(value: float) -> float:
+    """The repetition penalty the chain uses: at least `MIN_REPETITION_PENALTY`."""
+    return max(float(value), MIN_REPETITION_PENALTY)
 
 
 @attrs.frozen
 class SamplingParams:
-    temperature: float = 1.0  # 0.0 = greedy (argmax), up to 2.0
+    """The request's sampling settings, as every backend applies them (floors applied here)."""
+
+    # 0.0 = greedy (argmax), up to 2.0; below MIN_TEMPERATURE it becomes 0.0
+    temperature: float = attrs.field(default=1.0, converter=effective_temperature)
     top_k: int = 0  # 0 = off, and so is any k >= the vocabulary; at most 2**31-1 (int32 on the GPU)
     top_p: float = 1.0  # (0, 1]; 1 = off
     min_p: float = 0.0  # [0, 1]; 0 = off
-    repetition_penalty: float = 1.0  # (0, 2]; 1 = off
+    # (0, 2]; 1 = off; below MIN_REPETITION_PENALTY it becomes MIN_REPETITION_PENALTY
+    repetition_penalty: float = attrs.field(default=1.0, converter=effective_penalty)
     seed: int = 0  # 0 .. 2**64-1
 
     @property
@@ -89,6 +119,13 @@ def apply_repetition_penalty(x: np.ndarray, penalty: float, history: Iterable[in
     x[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
 
 
+def check_finite(x: np.ndarray, draw: int) -> None:
+    """`NonFiniteLogits` unless every logit is finite (one pass over the vocabulary, ~20 us)."""
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise NonFiniteLogits.at(draw, f"{bad} of {x.size} logits are NaN or infinite")
+
+
 def sample_from_logits(
     logits: np.ndarray,
     params: SamplingParams,
@@ -99,6 +136,7 @@ def sample_from_logits(
     """Pick the next token id from `logits` (vocab,) with the chain in this module's docstring;
     `banned` (int ids) are never picked."""
     x = np.array(logits, dtype=np.float64)  # (vocab,) a copy: the penalty writes into it
+    check_finite(x, draw)  # before the ban: its -inf are ours, not the model's
     if banned is not None and banned.size:
         x[banned] = -np.inf
     apply_repetition_penalty(x, params.repetition_penalty, history)

@@ -158,9 +158,14 @@ class Tokenizer:
         eos_id: int | None,
         add_bos: bool,
         extra_eog_ids: Iterable[int] = (),
+        rstrip_special: bool = False,
+        remove_space_prefix: bool = False,
     ):
         """`kind`: "gguf-bpe" | "gguf-spm"; `fragments(vocab)` builds the kind's encoder of
-        plain text over the text -> id map (BpeFragments or SpmFragments)."""
+        plain text over the text -> id map (BpeFragments or SpmFragments).
+        `rstrip_special`: whitespace after a special token is dropped (llama.cpp's RSTRIP
+        attribute, which it sets on the special tokens of models named Phi-3).
+        `remove_space_prefix`: `decode` drops the space the prefix put on the first token."""
         if len(token_types) != len(tokens):
             raise ModelLoadError(
                 f"tokenizer.ggml.token_type has {len(token_types)} entries for {len(tokens)} tokens"
@@ -198,6 +203,13 @@ class Tokenizer:
         special = [(i, tokens[i]) for i in marked.tolist() if tokens[i]]
         special.sort(key=lambda it: -len(it[1].encode()))
         self._special = special
+        self._rstrip = frozenset(i for i, _ in special) if rstrip_special else frozenset()
+        if rstrip_special:  # llama.cpp's Phi-3 rule: these keep the whitespace after them ...
+            keep = {self._vocab.get(t) for t in ("<unk>", "<s>", "<|endoftext|>")}
+            self._rstrip = (self._rstrip - keep) | (  # ... and </s> drops it
+                {self._vocab["</s>"]} if "</s>" in self._vocab else set()
+            )
+        self.remove_space_prefix = remove_space_prefix
         # each token's bytes, computed on first use (a decode touches few of 150-260 K tokens)
         self._token_bytes: list[bytes | None] = [None] * self.vocab_size
 
@@ -214,10 +226,13 @@ class Tokenizer:
         eog_extra = [
             _meta(metadata, f"tokenizer.ggml.{k}_token_id", int, None) for k in ("eot", "eom")
         ]
+        name = str(metadata.get("general.name", "")).lower()
         common = dict(
             bos_id=_meta(metadata, "tokenizer.ggml.bos_token_id", int, None),
             eos_id=_meta(metadata, "tokenizer.ggml.eos_token_id", int, None),
             extra_eog_ids=[i for i in eog_extra if i is not None],
+            # not in the file: llama.cpp keys this on the model's name (llama-vocab.cpp)
+            rstrip_special="phi-3" in name or "phi3" in name,
         )
         types = list(_meta(metadata, "tokenizer.ggml.token_type", list))
         if model == "llama":
@@ -237,6 +252,7 @@ class Tokenizer:
                     vocab, scores, add_space_prefix=space, unknown_id=unknown
                 ),
                 add_bos=bool(_meta(metadata, "tokenizer.ggml.add_bos_token", bool, True)),
+                remove_space_prefix=space,  # llama.cpp's detokenizer drops it again
                 **common,
             )
         pre = _meta(metadata, "tokenizer.ggml.pre", str, "default")
@@ -295,9 +311,12 @@ class Tokenizer:
                 if isinstance(fragment, int) or special not in fragment:
                     cut.append(fragment)
                     continue
+                rstrip = tid in self._rstrip
                 for n, part in enumerate(fragment.split(special)):
                     if n:
                         cut.append(tid)
+                        if rstrip:  # C isspace(), as llama.cpp strips
+                            part = part.lstrip(" \t\n\v\f\r")
                     if part:
                         cut.append(part)
             fragments = cut
@@ -332,8 +351,18 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Text of `ids`. Control tokens decode to their text unless `skip_special`; invalid
-        UTF-8 (a character cut off at either end) becomes U+FFFD."""
+        UTF-8 (a character cut off at either end) becomes U+FFFD. With a SentencePiece space
+        prefix, the first token loses one leading space, as in llama.cpp's detokenizer (not
+        when that token is a special one dropped by `skip_special`: llama.cpp then keeps it)."""
+        ids = list(ids)
         parts = [self.token_bytes(t) for t in ids if not (skip_special and self.is_special(t))]
+        if (
+            self.remove_space_prefix
+            and parts
+            and not (skip_special and self.is_special(ids[0]))
+            and parts[0].startswith(b" ")
+        ):
+            parts[0] = parts[0][1:]
         return b"".join(parts).decode("utf-8", errors="replace")
 
     def incremental_decoder(self, *, skip_special: bool = False) -> IncrementalDecoder:

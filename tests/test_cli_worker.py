@@ -1,4 +1,4 @@
-"""The real worker as a user runs it: `python -m runtime.cli` (and `hypercorn ... runtime.asgi:app`)
+"""The real worker as a user runs it: `python -m worker_orcd` (and `hypercorn ... worker_orcd.asgi:app`)
 as subprocesses on real sockets, with the real default model on the cpu backend.
 
 Each test bounds its waits; the worker loads in a few seconds on 2 cores. On a GPU machine:
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,15 @@ FLAGS = [
     "--max-context",
     "--residency-interval",
     "--queue-size",
+    "--drain-timeout",
+    "--shutdown-deadline",
+    "--max-vram-bytes",
+    "--callback-url",
+    "--model-ref",
+    "--log-format",
+    "--log-level",
+    "--log-prompts",
+    "--check-tensors",
 ]
 
 
@@ -98,7 +108,7 @@ def cli(port: int, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "runtime.cli",
+        "worker_orcd",
         "--port",
         str(port),
         "--backend",
@@ -139,7 +149,7 @@ def worker(tmp_path_factory):
 
 def test_help_lists_every_flag_and_no_hidden_backend():
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "--help"],
+        [sys.executable, "-m", "worker_orcd", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -153,7 +163,7 @@ def test_help_lists_every_flag_and_no_hidden_backend():
 
 def test_bad_flag_exits_2():
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "--backend", "tpu"],
+        [sys.executable, "-m", "worker_orcd", "--backend", "tpu"],
         cwd=REPO,
         capture_output=True,
         timeout=30,
@@ -210,8 +220,14 @@ def test_real_model_chat_through_the_template(worker):
 
 
 def test_sigterm_mid_stream_ends_the_stream_and_exits_0(tmp_path):
+    # --shutdown-deadline 0: the running job is cancelled at once (the default lets it go on
+    # for 5 s; tests/e2e/test_shutdown_process.py checks that).
     port = free_port()
-    proc = Proc(cli(port, "--max-context", "256"), port, tmp_path / "sigterm.log")
+    proc = Proc(
+        cli(port, "--max-context", "256", "--shutdown-deadline", "0"),
+        port,
+        tmp_path / "sigterm.log",
+    )
     try:
         proc.wait_ready()
         sent = {}
@@ -276,18 +292,20 @@ def hypercorn_cmd(port: int) -> list[str]:
         "0",
         "--bind",
         f"127.0.0.1:{port}",
-        "runtime.asgi:app",
+        "worker_orcd.asgi:app",
     ]
+
+
+def hypercorn_env(**settings: str) -> dict[str, str]:
+    """WORKER_ORCD_* for the hypercorn command: this run's backend and model, plus `settings`."""
+    env = {"WORKER_ORCD_BACKEND": BACKEND, **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {})}
+    return env | {f"WORKER_ORCD_{name.upper()}": value for name, value in settings.items()}
 
 
 def test_hypercorn_command_serves_the_same_app(tmp_path):
     port = free_port()
-    env = {
-        "WORKER_ORCD_BACKEND": BACKEND,
-        **({"WORKER_ORCD_MODEL": MODEL} if MODEL else {}),
-        "WORKER_ORCD_MAX_CONTEXT": "256",
-        "WORKER_ORCD_WORKER_ID": "hc",
-    }
+    # shutdown_deadline 0: SIGTERM cancels the running job at once
+    env = hypercorn_env(max_context="256", worker_id="hc", shutdown_deadline="0")
     proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc.log", env)
     try:
         health = proc.wait_ready()
@@ -332,3 +350,42 @@ def test_hypercorn_command_exits_non_zero_when_an_actor_dies(tmp_path):
     finally:
         proc.stop()
     assert any(e.get("action") == "error" and e.get("level") == "error" for e in proc.narration())
+
+
+TEXT_LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) +[a-z_]+: \S.*"
+)
+
+
+def test_text_logs_and_the_log_level(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    port = free_port()
+    cmd = cli(port, "--model", str(bad), "--log-format", "text", "--log-level", "warning")
+    proc = Proc(cmd, port, tmp_path / "text.log")
+    try:
+        assert proc.proc.wait(timeout=30) == 1
+    finally:
+        proc.stop()
+    lines = proc.log.read_text().splitlines()
+    assert lines and all(TEXT_LINE.fullmatch(line) for line in lines), lines
+    assert not any(" INFO " in line or " DEBUG " in line for line in lines)  # --log-level
+    assert any(" ERROR   loader: The model failed to load" in line for line in lines), lines
+
+
+def test_hypercorn_lines_go_through_the_same_text_formatter(tmp_path):
+    port = free_port()
+    env = hypercorn_env(max_context="128", log_format="text", log_level="debug")
+    proc = Proc(hypercorn_cmd(port), port, tmp_path / "hc-text.log", env)
+    try:
+        proc.wait_ready()
+        assert httpx.post(proc.base + "/shutdown", timeout=5).status_code == 202
+        assert proc.proc.wait(timeout=30) == 0
+    finally:
+        proc.stop()
+    lines = proc.log.read_text().splitlines()
+    assert all(TEXT_LINE.fullmatch(line) for line in lines), [
+        line for line in lines if not TEXT_LINE.fullmatch(line)
+    ]
+    assert any(f"http: Running on http://127.0.0.1:{port}" in line for line in lines), lines
+    assert any("supervisor: Worker stopped cleanly." in line for line in lines)

@@ -13,6 +13,9 @@ near 1), which keeps activations of a random deep model in range.
 
     python -m tools.make_synthetic_gguf OUT.gguf [--like REAL.gguf | --family qwen2]
                                         [--layers N] [--vocab N] [--seed S] [--matrix-type Q4_K]
+
+Tests build small or deliberately broken files with `metadata=` (values that replace or add
+keys; with the built-in SmolLM2 spec the shapes follow them, e.g. `TINY_LLAMA`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,15 @@ SMOLLM2_135M: dict[str, tuple[Any, V]] = {
     "tokenizer.ggml.padding_token_id": (2, V.UINT32),
     "tokenizer.chat_template": (CHATML, V.STRING),
     "general.quantization_version": (2, V.UINT32),
+}
+#: Overrides for a tiny llama (d_model 64, 4 heads of 16, d_ff 128): a model that loads in
+#: milliseconds, for tests that build many files.
+TINY_LLAMA: dict[str, Any] = {
+    "llama.embedding_length": 64,
+    "llama.feed_forward_length": 128,
+    "llama.attention.head_count": 4,
+    "llama.attention.head_count_kv": 2,
+    "llama.rope.dimension_count": 16,
 }
 SMOLLM2_TYPES = {"token_embd": Q.Q8_0, "norm": Q.F32, "matrix": Q.Q4_1}
 
@@ -128,7 +141,37 @@ def random_tensor(name: str, qtype: Q, shape: tuple[int, ...], rng) -> np.ndarra
     return b.reshape(*shape[:-1], -1)
 
 
-def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str, Q, tuple]]]:
+#: the metadata keys the tensor shapes follow (as suffixes of `{arch}.` keys)
+_WIDTH_KEYS = (
+    ".embedding_length",
+    ".feed_forward_length",
+    ".attention.head_count",
+    ".attention.head_count_kv",
+    ".attention.key_length",
+)
+
+
+def _override(meta: dict, overrides: Mapping[str, Any]) -> None:
+    """Replace or add keys: a known key keeps its GGUF type, a new one gets one from its value."""
+    for key, value in overrides.items():
+        if key in meta:
+            vtype = meta[key][1]
+        else:
+            vtype = V.STRING if isinstance(value, str) else V.FLOAT32
+            if isinstance(value, bool):
+                vtype = V.BOOL
+            elif isinstance(value, int):
+                vtype = V.UINT32
+        meta[key] = (value, vtype)
+
+
+def _builtin_plan(
+    n_layers: int,
+    vocab_size: int,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    tied_output: bool = True,
+) -> tuple[dict, list[tuple[str, Q, tuple]]]:
     meta = dict(SMOLLM2_135M)
     meta["llama.block_count"] = (n_layers, V.UINT32)
     meta["llama.vocab_size"] = (vocab_size, V.UINT32)
@@ -137,15 +180,21 @@ def _builtin_plan(n_layers: int, vocab_size: int) -> tuple[dict, list[tuple[str,
     meta["tokenizer.ggml.token_type"] = (types, V.INT32)
     meta["tokenizer.ggml.merges"] = (merges, V.STRING)
     family = get_family("llama")
-    config = family.config_from_metadata({k: v for k, (v, _) in meta.items()})
-    plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, 576))]
+    # shapes follow the overridden widths; the other overrides may be deliberately broken
+    widths = {k: v for k, v in (overrides or {}).items() if k.endswith(_WIDTH_KEYS)}
+    config = family.config_from_metadata({**{k: v for k, (v, _) in meta.items()}, **widths})
+    _override(meta, overrides or {})
+    d_model = config.d_model
+    plan = [("token_embd.weight", SMOLLM2_TYPES["token_embd"], (vocab_size, d_model))]
     layer_slots = [s for s in family.plan.layer_slots if s.required]  # no bias; tied head
     for i in range(n_layers):
         for slot in layer_slots:
             for part in slot.parts:
                 kind = "norm" if slot.kind == "vector" else "matrix"
                 plan.append((part.tensor_name(i), SMOLLM2_TYPES[kind], part.shape(config)))
-    plan.append(("output_norm.weight", Q.F32, (576,)))
+    plan.append(("output_norm.weight", Q.F32, (d_model,)))
+    if not tied_output:  # a head of its own, as most models have (SmolLM2 reuses token_embd)
+        plan.append(("output.weight", SMOLLM2_TYPES["matrix"], (vocab_size, d_model)))
     return meta, plan
 
 
@@ -153,12 +202,21 @@ FAMILIES = ("smollm2", "qwen2", "gemma3")
 
 
 def _family_plan(
-    family: str, n_layers: int | None, vocab_size: int | None
+    family: str,
+    n_layers: int | None,
+    vocab_size: int | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    tied_output: bool = True,
 ) -> tuple[dict, list[tuple[str, Q, tuple]]]:
     """The built-in spec of `family` (FAMILIES), its real layer count and vocabulary size unless
-    given."""
+    given. `overrides` and `tied_output` shape the smollm2 spec; other families take only the
+    override values (their shapes are fixed)."""
     if family == "smollm2":
-        return _builtin_plan(30 if n_layers is None else n_layers, vocab_size or 49152)
+        layers, vocab = 30 if n_layers is None else n_layers, vocab_size or 49152
+        return _builtin_plan(layers, vocab, overrides, tied_output=tied_output)
+    if not tied_output:
+        raise ValueError(f"tied_output=False is only for the smollm2 spec, not {family}")
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r} (one of {', '.join(FAMILIES)})")
     n_layers = fam.REAL_LAYERS[family] if n_layers is None else n_layers
@@ -184,6 +242,7 @@ def _family_plan(
     meta["tokenizer.ggml.token_type"] = (types, V.INT32)
     meta[f"{family}.block_count"] = (n_layers, V.UINT32)
     meta["general.architecture"] = (family, V.STRING)
+    _override(meta, overrides or {})
     return meta, plan
 
 
@@ -213,22 +272,24 @@ def write_synthetic_model(
     vocab_size: int | None = None,
     matrix_type: str | None = None,
     family: str = "smollm2",
-    metadata: dict[str, tuple[Any, V]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    tied_output: bool = True,
 ) -> Path:
     """Write the synthetic GGUF to `out_path` and return it. See the module docstring.
 
     `family` picks the built-in spec (without `like`); `n_layers` and `vocab_size` default to
     the real model's.
     `matrix_type` (e.g. "Q4_K") replaces the type of every per-layer matrix, to time kernels of
-    each weight type at real shapes; rows must be whole blocks of that type.
-    `metadata`: keys to set or replace, key -> (value, GGUF type) (e.g. a short sliding window).
+    each weight type at real shapes; rows must be whole blocks of that type. `metadata`
+    replaces or adds keys (see `_override`); with the built-in spec the shapes follow it, and
+    `tied_output=False` adds an `output.weight` head of its own.
     """
     out_path = Path(out_path)
     if like is not None:
         meta, plan = _like_plan(Path(like), n_layers)
+        _override(meta, metadata or {})  # values only: the shapes stay those of the `like` file
     else:
-        meta, plan = _family_plan(family, n_layers, vocab_size)
-    meta |= metadata or {}
+        meta, plan = _family_plan(family, n_layers, vocab_size, metadata, tied_output=tied_output)
     for name, qtype, _ in plan:  # e.g. a --like file with IQ or Q2_K tensors
         if qtype not in BLOCK_SIZES:
             supported = ", ".join(q.name for q in BLOCK_SIZES)

@@ -11,9 +11,25 @@
 // Alignment: a row of blocks starts at row * row_bytes, so only the block size's own alignment
 // holds: Q4_1 (20 B) and Q4_K (144 B) allow 4-byte loads, Q8_0 (34), Q4_0 (18), Q5_0 (22) and
 // Q6_K (210) only 2-byte loads, so their words are assembled from two 16-bit loads.
+//
+// slot8 is two stages, so a kernel can issue many slots' loads before it decodes any of them:
+//   raw(blk, s)        -> the slot's bytes as a few 32-bit words (a `Raw`; loads only)
+//   decode(raw, s, ..) -> the 8 values (no loads)
+// Registers then hold 2-5 words per slot in flight instead of 8 decoded floats.
+//
+// Integer -> float conversions: GGML_FAST_CVT=1 builds every small unsigned integer v (< 2^23)
+// as the float whose bits are 0x4B000000 | v (= 2^23 + v) minus 2^23, an integer op and an FADD
+// instead of I2F, which sm_80 / sm_90 issue at 16 per clock per SM (an eighth of the FMA rate:
+// one per weight value, the output head's bound). Exact either way: the values are the same
+// floats, so the two builds compute bit-identical decoded weights.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <string.h>
+
+#ifndef GGML_FAST_CVT
+#define GGML_FAST_CVT 0
+#endif
 
 // Host too, so the decoders can be checked on a machine without a GPU.
 #define GGML_HD __host__ __device__ __forceinline__
@@ -30,9 +46,36 @@ GGML_HD uint32_t ld32_a2(const uint8_t *p) {
 GGML_HD float ldh(const uint8_t *p) {
     return __half2float(*reinterpret_cast<const __half *>(p));
 }
-// byte k of w as an unsigned / signed integer, to float
-GGML_HD float ub(uint32_t w, int k) { return float((w >> (8 * k)) & 0xFFu); }
-GGML_HD float sb(uint32_t w, int k) { return float(int8_t((w >> (8 * k)) & 0xFFu)); }
+// the fp16 whose bits are the low 16 of u, to float
+GGML_HD float h2f(uint32_t u) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(u)));
+}
+GGML_HD float bits_f(uint32_t u) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+// float(v) - off for integers 0 <= v < 2^23 and off (0, 16, 32, 128): exact both ways
+GGML_HD float u2f(uint32_t v, float off = 0.f) {
+#if GGML_FAST_CVT
+    return bits_f(0x4B000000u | v) - (8388608.f + off);
+#else
+    return float(v) - off;
+#endif
+}
+// byte k of w as an unsigned / signed integer, to float (signed: flip the sign bit, subtract 128)
+GGML_HD float ub(uint32_t w, int k) { return u2f((w >> (8 * k)) & 0xFFu); }
+GGML_HD float sb(uint32_t w, int k) {
+#if GGML_FAST_CVT
+    return u2f(((w >> (8 * k)) & 0xFFu) ^ 0x80u, 128.f);
+#else
+    return float(int8_t((w >> (8 * k)) & 0xFFu));
+#endif
+}
 // four 4-bit fields of w selected by shift (0: low nibbles, 4: high nibbles)
 GGML_HD float4 nib4(uint32_t w, int shift, float d, float m) {
     uint32_t n = (w >> shift) & 0x0F0F0F0Fu;
@@ -44,9 +87,15 @@ struct F32 {  // a "block" of 8 plain floats; rows must be multiples of 8 values
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         v = *reinterpret_cast<const float4 *>(b + 16 * q);
     }
-    static GGML_HD void slot8(const uint8_t *b, int, float4 &a, float4 &c) {
-        a = reinterpret_cast<const float4 *>(b)[0];
-        c = reinterpret_cast<const float4 *>(b)[1];
+    struct Raw {
+        float4 a, c;
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int) {
+        return {reinterpret_cast<const float4 *>(b)[0], reinterpret_cast<const float4 *>(b)[1]};
+    }
+    static GGML_HD void decode(const Raw &r, int, float4 &a, float4 &c) { a = r.a, c = r.c; }
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+        decode(raw(b, s), s, a, c);
     }
     static GGML_HD int P0(int) { return 0; }
     static GGML_HD int P1(int) { return 4; }
@@ -62,10 +111,16 @@ struct F16 {  // 8 halves (16 bytes) per "block"
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         v = h4(*reinterpret_cast<const uint2 *>(b + 8 * q));
     }
-    static GGML_HD void slot8(const uint8_t *b, int, float4 &a, float4 &c) {
-        uint4 u = *reinterpret_cast<const uint4 *>(b);
-        a = h4(make_uint2(u.x, u.y));
-        c = h4(make_uint2(u.z, u.w));
+    struct Raw {
+        uint4 u;
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int) { return {*reinterpret_cast<const uint4 *>(b)}; }
+    static GGML_HD void decode(const Raw &r, int, float4 &a, float4 &c) {
+        a = h4(make_uint2(r.u.x, r.u.y));
+        c = h4(make_uint2(r.u.z, r.u.w));
+    }
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+        decode(raw(b, s), s, a, c);
     }
     static GGML_HD int P0(int) { return 0; }
     static GGML_HD int P1(int) { return 4; }
@@ -73,17 +128,26 @@ struct F16 {  // 8 halves (16 bytes) per "block"
 
 struct Q8_0 {  // fp16 d, int8 q[32]: x = d * q
     static constexpr int QK = 32, BYTES = 34;
-    static GGML_HD float4 one(const uint8_t *b, int q, float d) {
-        uint32_t w = ld32_a2(b + 2 + 4 * q);
+    static GGML_HD float4 q4(uint32_t w, float d) {
         return make_float4(d * sb(w, 0), d * sb(w, 1), d * sb(w, 2), d * sb(w, 3));
     }
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
-        v = one(b, q, ldh(b));
+        v = q4(ld32_a2(b + 2 + 4 * q), ldh(b));
+    }
+    struct Raw {
+        uint32_t d, w0, w1;  // d: the fp16 bits
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) {
+        return {*reinterpret_cast<const uint16_t *>(b), ld32_a2(b + 2 + 8 * s),
+                ld32_a2(b + 6 + 8 * s)};
+    }
+    static GGML_HD void decode(const Raw &r, int, float4 &a, float4 &c) {
+        const float d = h2f(r.d);
+        a = q4(r.w0, d);
+        c = q4(r.w1, d);
     }
     static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
-        float d = ldh(b);
-        a = one(b, 2 * s, d);
-        c = one(b, 2 * s + 1, d);
+        decode(raw(b, s), s, a, c);
     }
     static GGML_HD int P0(int s) { return 8 * s; }
     static GGML_HD int P1(int s) { return 8 * s + 4; }
@@ -97,11 +161,19 @@ struct Q4_0 {  // fp16 d, qs[16]: x = d * (q - 8)
         float d = ldh(b);
         v = nib4(ld32_a2(b + 2 + 4 * (q & 3)), 4 * (q >> 2), d, -8.f * d);
     }
+    struct Raw {
+        uint32_t d, w;
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) {
+        return {*reinterpret_cast<const uint16_t *>(b), ld32_a2(b + 2 + 4 * s)};
+    }
+    static GGML_HD void decode(const Raw &r, int, float4 &a, float4 &c) {
+        const float d = h2f(r.d);
+        a = nib4(r.w, 0, d, -8.f * d);
+        c = nib4(r.w, 4, d, -8.f * d);
+    }
     static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
-        float d = ldh(b);
-        uint32_t w = ld32_a2(b + 2 + 4 * s);
-        a = nib4(w, 0, d, -8.f * d);
-        c = nib4(w, 4, d, -8.f * d);
+        decode(raw(b, s), s, a, c);
     }
     static GGML_HD int P0(int s) { return 4 * s; }
     static GGML_HD int P1(int s) { return 16 + 4 * s; }
@@ -116,11 +188,17 @@ struct Q4_1 {  // fp16 d, fp16 m, qs[16]: x = d * q + m
         float2 f = dm(b);
         v = nib4(ld32_a4(b + 4 + 4 * (q & 3)), 4 * (q >> 2), f.x, f.y);
     }
+    struct Raw {
+        uint32_t dm, w;  // dm: the fp16 pair (d, m)
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) { return {ld32_a4(b), ld32_a4(b + 4 + 4 * s)}; }
+    static GGML_HD void decode(const Raw &r, int, float4 &a, float4 &c) {
+        const float d = h2f(r.dm & 0xFFFFu), m = h2f(r.dm >> 16);
+        a = nib4(r.w, 0, d, m);
+        c = nib4(r.w, 4, d, m);
+    }
     static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
-        float2 f = dm(b);
-        uint32_t w = ld32_a4(b + 4 + 4 * s);
-        a = nib4(w, 0, f.x, f.y);
-        c = nib4(w, 4, f.x, f.y);
+        decode(raw(b, s), s, a, c);
     }
     static GGML_HD int P0(int s) { return 4 * s; }
     static GGML_HD int P1(int s) { return 16 + 4 * s; }
@@ -131,10 +209,10 @@ struct Q5_0 {  // fp16 d, uint32 qh (bit j = fifth bit of value j), qs[16]: x = 
     static GGML_HD float4 five(uint32_t w, int shift, uint32_t h4, float d) {
         // h4: the four fifth bits of these values in bits 0..3
         float4 v;
-        v.x = d * (float(((w >> shift) & 15u) | ((h4 & 1u) << 4)) - 16.f);
-        v.y = d * (float(((w >> (shift + 8)) & 15u) | ((h4 & 2u) << 3)) - 16.f);
-        v.z = d * (float(((w >> (shift + 16)) & 15u) | ((h4 & 4u) << 2)) - 16.f);
-        v.w = d * (float(((w >> (shift + 24)) & 15u) | ((h4 & 8u) << 1)) - 16.f);
+        v.x = d * u2f(((w >> shift) & 15u) | ((h4 & 1u) << 4), 16.f);
+        v.y = d * u2f(((w >> (shift + 8)) & 15u) | ((h4 & 2u) << 3), 16.f);
+        v.z = d * u2f(((w >> (shift + 16)) & 15u) | ((h4 & 4u) << 2), 16.f);
+        v.w = d * u2f(((w >> (shift + 24)) & 15u) | ((h4 & 8u) << 1), 16.f);
         return v;
     }
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
@@ -142,12 +220,19 @@ struct Q5_0 {  // fp16 d, uint32 qh (bit j = fifth bit of value j), qs[16]: x = 
         uint32_t qh = ld32_a2(b + 2);
         v = five(ld32_a2(b + 6 + 4 * (q & 3)), 4 * (q >> 2), (qh >> (4 * q)) & 15u, d);
     }
+    struct Raw {
+        uint32_t d, qh, w;
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) {
+        return {*reinterpret_cast<const uint16_t *>(b), ld32_a2(b + 2), ld32_a2(b + 6 + 4 * s)};
+    }
+    static GGML_HD void decode(const Raw &r, int s, float4 &a, float4 &c) {
+        const float d = h2f(r.d);
+        a = five(r.w, 0, (r.qh >> (4 * s)) & 15u, d);
+        c = five(r.w, 4, (r.qh >> (16 + 4 * s)) & 15u, d);
+    }
     static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
-        float d = ldh(b);
-        uint32_t qh = ld32_a2(b + 2);
-        uint32_t w = ld32_a2(b + 6 + 4 * s);
-        a = five(w, 0, (qh >> (4 * s)) & 15u, d);
-        c = five(w, 4, (qh >> (16 + 4 * s)) & 15u, d);
+        decode(raw(b, s), s, a, c);
     }
     static GGML_HD int P0(int s) { return 4 * s; }
     static GGML_HD int P1(int s) { return 16 + 4 * s; }
@@ -162,13 +247,17 @@ struct Q4_K {
     // bytes are three aligned words; sub-block j < 4 takes 6 bits of bytes j and j + 4, j >= 4
     // takes nibbles of byte j + 4 plus the top 2 bits of bytes j - 4 and j.
     static GGML_HD void scale_min(const uint8_t *b, int j, float &sc, float &mn) {
-        const uint32_t s0 = ld32_a4(b + 4), s1 = ld32_a4(b + 8), s2 = ld32_a4(b + 12);
+        scale_min_w(ld32_a4(b), ld32_a4(b + 4), ld32_a4(b + 8), ld32_a4(b + 12), j, sc, mn);
+    }
+    // the same from the header's four words (dd: d | dmin << 16; s0..s2: the 12 scale bytes)
+    static GGML_HD void scale_min_w(uint32_t dd, uint32_t s0, uint32_t s1, uint32_t s2, int j,
+                                    float &sc, float &mn) {
         const int sh = 8 * (j & 3);
         const uint32_t b0 = (s0 >> sh) & 0xFFu, b1 = (s1 >> sh) & 0xFFu, b2 = (s2 >> sh) & 0xFFu;
         const uint32_t a = j < 4 ? (b0 & 63u) : ((b2 & 15u) | ((b0 >> 6) << 4));
         const uint32_t m = j < 4 ? (b1 & 63u) : ((b2 >> 4) | ((b1 >> 6) << 4));
-        sc = ldh(b) * float(a);
-        mn = -ldh(b + 2) * float(m);
+        sc = h2f(dd & 0xFFFFu) * u2f(a);
+        mn = -h2f(dd >> 16) * u2f(m);
     }
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         int c = q >> 4, hi = (q >> 3) & 1, l = 4 * (q & 7);
@@ -176,14 +265,23 @@ struct Q4_K {
         scale_min(b, 2 * c + hi, sc, mn);
         v = nib4(ld32_a4(b + 16 + 32 * c + l), 4 * hi, sc, mn);
     }
-    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c4) {
-        int c = s >> 3, l = 4 * (s & 7);
-        uint32_t w = ld32_a4(b + 16 + 32 * c + l);
+    struct Raw {
+        uint32_t w, dd, s0, s1, s2;
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) {
+        return {ld32_a4(b + 16 + 32 * (s >> 3) + 4 * (s & 7)), ld32_a4(b), ld32_a4(b + 4),
+                ld32_a4(b + 8), ld32_a4(b + 12)};
+    }
+    static GGML_HD void decode(const Raw &r, int s, float4 &a, float4 &c4) {
+        const int c = s >> 3;
         float sc, mn;
-        scale_min(b, 2 * c, sc, mn);
-        a = nib4(w, 0, sc, mn);
-        scale_min(b, 2 * c + 1, sc, mn);
-        c4 = nib4(w, 4, sc, mn);
+        scale_min_w(r.dd, r.s0, r.s1, r.s2, 2 * c, sc, mn);
+        a = nib4(r.w, 0, sc, mn);
+        scale_min_w(r.dd, r.s0, r.s1, r.s2, 2 * c + 1, sc, mn);
+        c4 = nib4(r.w, 4, sc, mn);
+    }
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c4) {
+        decode(raw(b, s), s, a, c4);
     }
     static GGML_HD int P0(int s) { return 64 * (s >> 3) + 4 * (s & 7); }
     static GGML_HD int P1(int s) { return P0(s) + 32; }
@@ -197,15 +295,13 @@ struct Q6_K {
     static GGML_HD float4 six(uint32_t lo, int lshift, uint32_t hi, int hshift,
                                                  float ds) {
         float4 v;
-        v.x = ds * (float(((lo >> lshift) & 15u) | (((hi >> hshift) & 3u) << 4)) - 32.f);
-        v.y = ds * (float(((lo >> (lshift + 8)) & 15u) | (((hi >> (hshift + 8)) & 3u) << 4)) - 32.f);
-        v.z = ds * (float(((lo >> (lshift + 16)) & 15u) | (((hi >> (hshift + 16)) & 3u) << 4)) - 32.f);
-        v.w = ds * (float(((lo >> (lshift + 24)) & 15u) | (((hi >> (hshift + 24)) & 3u) << 4)) - 32.f);
+        v.x = ds * u2f(((lo >> lshift) & 15u) | (((hi >> hshift) & 3u) << 4), 32.f);
+        v.y = ds * u2f(((lo >> (lshift + 8)) & 15u) | (((hi >> (hshift + 8)) & 3u) << 4), 32.f);
+        v.z = ds * u2f(((lo >> (lshift + 16)) & 15u) | (((hi >> (hshift + 16)) & 3u) << 4), 32.f);
+        v.w = ds * u2f(((lo >> (lshift + 24)) & 15u) | (((hi >> (hshift + 24)) & 3u) << 4), 32.f);
         return v;
     }
-    static GGML_HD float dsc(const uint8_t *b, int v) {
-        return ldh(b + 208) * float(int8_t(b[192 + v / 16]));
-    }
+    static GGML_HD float dsc(const uint8_t *b, int v) { return ldh(b + 208) * sb(b[192 + v / 16], 0); }
     static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
         int val = 4 * q, h = val >> 7, g = (val >> 5) & 3, l = val & 31;
         uint32_t lo = ld32_a2(b + 64 * h + 32 * (g & 1) + l);
@@ -215,12 +311,23 @@ struct Q6_K {
     // slot s: half s/16, groups gA = (s/8)&1 and gA+2, values l..l+3 with l = 4(s&7)
     static GGML_HD int P0(int s) { return 128 * (s >> 4) + 32 * ((s >> 3) & 1) + 4 * (s & 7); }
     static GGML_HD int P1(int s) { return P0(s) + 64; }
+    struct Raw {
+        uint32_t lo, hi, sc, d;  // sc: the two scale bytes (P0's | P1's << 8); d: fp16 bits
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) {
+        const int h = s >> 4, g = (s >> 3) & 1, l = 4 * (s & 7);
+        return {ld32_a2(b + 64 * h + 32 * g + l), ld32_a2(b + 128 + 32 * h + l),
+                uint32_t(b[192 + P0(s) / 16]) | (uint32_t(b[192 + P1(s) / 16]) << 8),
+                *reinterpret_cast<const uint16_t *>(b + 208)};
+    }
+    static GGML_HD void decode(const Raw &r, int s, float4 &a, float4 &c) {
+        const int g = (s >> 3) & 1;
+        const float d = h2f(r.d);
+        a = six(r.lo, 0, r.hi, 2 * g, d * sb(r.sc, 0));
+        c = six(r.lo, 4, r.hi, 2 * g + 4, d * sb(r.sc, 1));
+    }
     static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
-        int h = s >> 4, g = (s >> 3) & 1, l = 4 * (s & 7);
-        uint32_t lo = ld32_a2(b + 64 * h + 32 * g + l);
-        uint32_t hi = ld32_a2(b + 128 + 32 * h + l);
-        a = six(lo, 0, hi, 2 * g, dsc(b, P0(s)));
-        c = six(lo, 4, hi, 2 * g + 4, dsc(b, P1(s)));
+        decode(raw(b, s), s, a, c);
     }
 };
 

@@ -12,6 +12,7 @@
 // the previous kernel.
 #include "activations.cuh"
 #include "ggml_blocks.cuh"
+#include "matvec_common.cuh"
 #include "pdl.cuh"
 
 #ifndef MV_WARPS
@@ -23,33 +24,6 @@
 #ifndef MV_PRE
 #define MV_PRE 1  // 1: a lane's first slots are loaded and decoded before the PDL wait
 #endif
-
-// One float4 of x. x is written by the kernel before, so not with the .nc load the compiler
-// would pick for a const __restrict__ pointer (pdl.cuh): ld.global.ca, which PTX makes
-// coherent after griddepcontrol.wait and which keeps x in L1 (every warp of the block reads
-// it; L2-only loads by every warp hammer the few L2 lines that hold x: measured 2x slower).
-__device__ __forceinline__ float4 x4(const float *x, int c) {
-    return __ldca(reinterpret_cast<const float4 *>(x + c));
-}
-
-// x (times g, with NORM) at the two quads of one slot: columns c0 .. c0+3 and c1 .. c1+3
-template <bool NORM>
-__device__ __forceinline__ void x_slot(const float *x, const float *__restrict__ g, int c0, int c1,
-                                       float4 &xa, float4 &xc) {
-    xa = x4(x, c0);
-    xc = x4(x, c1);
-    if (NORM) {
-        const float4 ga = *reinterpret_cast<const float4 *>(g + c0);
-        const float4 gc = *reinterpret_cast<const float4 *>(g + c1);
-        xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
-        xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
-    }
-}
-
-__device__ __forceinline__ float dot8(float4 a, float4 c, float4 xa, float4 xc) {
-    return a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w + c.x * xc.x + c.y * xc.y +
-           c.z * xc.z + c.w * xc.w;
-}
 
 // Generalised kernel. A row group of WPR warps computes R weight rows:
 //   R > 1 reuses every x load for R rows (x loads are half of the L1 traffic: the tall head);
@@ -107,17 +81,7 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
     }
 #endif
     pdl_wait();
-    float inv = 1.f;
-    if (NORM) {
-        float ss = 0.f;
-        for (int c = 4 * lane; c < cols; c += 128) {
-            const float4 v = x4(x, c);
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        inv = rsqrtf(ss / (float)cols + eps);
-    }
+    const float inv = NORM ? rms_inv(x, cols, eps, lane) : 1.f;
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
@@ -169,36 +133,9 @@ __device__ __forceinline__ void matvec_gen(const uint8_t *__restrict__ W, int ro
         }
     }
 #endif
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-    if (WPR > 1) {
-        __shared__ float part[MV_WARPS][R];
-        if (lane == 0)
-#pragma unroll
-            for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
-        __syncthreads();
-        if (sub == 0 && lane == 0)
-#pragma unroll
-            for (int r = 0; r < R; ++r)
-                for (int j = 1; j < WPR; ++j) acc[r] += part[warp + j][r];
-    }
+    reduce_rows<R, WPR, MV_WARPS>(acc, lane, warp, sub);
     if (sub != 0 || lane != 0) return;
-    if constexpr (GLU != GLU_NONE) {
-        if (row0 < rows) {
-            const float h = glu_act<GLU>(acc[0] * inv) * (acc[1] * inv);
-            y[row0] = accumulate ? __ldcg(y + row0) + h : h;
-        }
-    } else {
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-            if (row0 + r < rows) {
-                float v = acc[r] * inv;
-                if (bias != nullptr) v += bias[row0 + r];  // a weight: never written by a kernel
-                y[row0 + r] = accumulate ? __ldcg(y + row0 + r) + v : v;
-            }
-    }
+    store_rows<GLU, GLU ? 1 : R>(acc, inv, y, bias, accumulate, row0, rows);
 }
 
 // The plain kernels' row groups: WPR warps per group, R rows each (one output for a GLU).

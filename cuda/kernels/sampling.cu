@@ -13,6 +13,13 @@
 // is the block's (deterministic) tree sum instead of the sequential one.
 // The penalty marks ids in `marks` (vocab bytes, all zero between calls) so each id is penalized
 // once and membership is O(1); pen_ids must be distinct (the host passes np.unique(history)).
+// Non-finite logits: every kernel here writes id -1 when any logit is NaN or +-inf (the host
+// raises NonFiniteLogits; a token picked from NaN would be garbage, often a silent EOS). The
+// scan that finds the maximum carries the flag as the pair (+inf, -1), which wins every later
+// comparison, so the flag costs one isfinite per logit already loaded and no extra reduction.
+// So ids that must never be sampled (padding rows of the head) are kept out by the length
+// passed as `vocab` (runtime.models.vocab.sampled_prefix) where they end the vocabulary, else
+// by mask_logits below, which writes the finite MASKED_LOGIT, never -inf, into them.
 #include <stdint.h>
 
 #include "pdl.cuh"
@@ -92,6 +99,10 @@ extern "C" __global__ void __launch_bounds__(ST)
     int best_id = 0x7FFFFFFF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         double x = (double)logits[i];
+        if (!isfinite(x)) {  // the non-finite flag: (+inf, -1) wins the argmax
+            best = INFINITY, best_id = -1;
+            break;
+        }
         if (n_pen > 0 && marks[i]) x = penalize(x, penalty);
         if (x > best) best = x, best_id = i;  // ascending i per thread: first maximum kept
     }
@@ -222,6 +233,10 @@ extern "C" __global__ void __launch_bounds__(ST)
     int best_id = 0x7FFFFFFF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         double x = (double)logits[i];
+        if (!isfinite(x)) {  // the non-finite flag: (+inf, -1) wins the argmax
+            best = INFINITY, best_id = -1;
+            break;
+        }
         if (n_pen > 0 && marks[i]) x = penalize(x, penalty);
         x /= temperature;
         xs[i] = x;
@@ -232,6 +247,10 @@ extern "C" __global__ void __launch_bounds__(ST)
     const int argmax_id = s_id[0];
     const double x_min = x_max - NEGLIGIBLE;
     mark_ids(marks, pen_ids, n_pen, 0);
+    if (argmax_id < 0) {  // block-uniform (shared): every thread leaves here
+        if (threadIdx.x == 0) *out = -1;
+        return;
+    }
     // 2. candidates: count, total weight (tree sum), count of w >= min_p
     int cnt = 0, nmin = 0;
     double wsum = 0.0;
@@ -353,6 +372,10 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
     int best_id = 0x7FFFFFFF;
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float x = __ldcg(logits + i);  // written by the head (PDL: no .nc load)
+        if (!isfinite(x)) {  // the non-finite flag: (+inf, -1) wins every block and the last
+            best = INFINITY, best_id = -1;
+            break;
+        }
         if (x > best) best = x, best_id = i;
     }
     block_argmax_f(best, best_id);
@@ -383,15 +406,22 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
 
 // The sampling mask for ids that are no token (runtime/models/vocab.py), where they are not a
 // suffix of the vocabulary (a suffix is cut off by sampling over the first n logits instead):
-// logits[ids[j]] = -inf for j < n, the head's values kept in saved[j] so that the engine can
-// report the logits unmasked. ids are distinct and written once at load; the logits come from
-// the head, the kernel before this one (PDL: read after the wait, not with .nc loads).
+// logits[ids[j]] = MASKED_LOGIT for j < n, the head's values kept in saved[j] so that the engine
+// can report the logits unmasked. MASKED_LOGIT is finite, so the samplers' non-finite flag stays
+// the model's alone (a non-finite value is left in place: flagged, as the host chain raises
+// before its ban), and far below any logit: greedy never picks it, and after any temperature it
+// lies more than NEGLIGIBLE below the maximum, so sample_full never counts it as a candidate
+// (the host chain's -inf, to the token). ids are distinct and written once at load; the logits
+// come from the head, the kernel before this one (PDL: read after the wait, not with .nc loads).
+#define MASKED_LOGIT (-3.0e38f)
+
 extern "C" __global__ void mask_logits(float *logits, const int *__restrict__ ids, float *saved,
                                        int n) {
     pdl_wait();
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
         const int i = ids[j];
-        saved[j] = __ldcg(logits + i);
-        logits[i] = -INFINITY;
+        const float v = __ldcg(logits + i);
+        saved[j] = v;
+        logits[i] = isfinite(v) ? MASKED_LOGIT : v;
     }
 }

@@ -28,10 +28,13 @@ import trio
 
 from actors.loader import ModelInfo
 from actors.supervisor import Worker, run_worker
+from api.app import create_app
+from api.fast_paths import FastPaths
 from api.sse import SSEEvent, SSEParser, check_grammar
 from runtime.config import WorkerConfig
 from runtime.engine_api import ResidencyReport
 from runtime.narration import Narrator
+from runtime.redaction import Redactor
 
 VOCAB = 16
 EOS = 15
@@ -187,6 +190,7 @@ class FakeEngine:
 @attrs.define
 class Harness:
     worker: Worker
+    app: FastPaths  # what hypercorn serves; `.quart` is the Quart app inside
     client: httpx.AsyncClient
     log: io.StringIO
     engines: list[FakeEngine]
@@ -270,6 +274,13 @@ async def disconnect_after(base_url: str, body: dict, marker: bytes, count: int)
     return received
 
 
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    """Poll `predicate` every 5 ms; fail (trio.TooSlowError) after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
 async def read_events(response: httpx.Response) -> list[SSEEvent]:
     return await EventReader(response).rest()
 
@@ -311,26 +322,31 @@ async def running_worker(
         engines.append(engine)
         return engine
 
-    cfg = WorkerConfig(
-        model=Path("fake-model.gguf"), port=0, worker_id="test", max_context=max_context, **config
-    )
+    settings = {"model": Path("fake-model.gguf"), "port": 0, "worker_id": "test", **config}
+    cfg = WorkerConfig(max_context=max_context, **settings)
     worker = Worker(
         cfg,
         backend="cpu",
-        narrator=Narrator("test", stream=log, model="fake-model"),
+        narrator=Narrator(
+            cfg.worker_id,
+            stream=log,
+            model="fake-model",
+            redactor=Redactor(mark_only=cfg.log_prompts),
+        ),
         info_loader=info_loader,
         engine_loader=engine_loader,
         residency_check_timeout_s=residency_check_timeout_s,
     )
+    app = create_app(worker.service)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
-            lambda task_status: run_worker(worker, handle_signals=False, task_status=task_status)
+            lambda task_status: run_worker(worker, app, task_status=task_status)
         )
         async with httpx.AsyncClient(base_url=binds[0], timeout=10.0) as client:
             if wait_ready:
                 with trio.fail_after(10):
                     await worker.ready.wait()
-            yield Harness(worker, client, log, engines, script)
+            yield Harness(worker, app, client, log, engines, script)
         for gate in (
             script.load_gate,
             script.prefill_gate,

@@ -19,13 +19,8 @@ from tests.actors.fakes import (
     expected_text,
     running_worker,
     text_of,
+    wait_until,
 )
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 async def cancel(h, job_id: str) -> int:

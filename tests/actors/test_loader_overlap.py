@@ -12,9 +12,9 @@ import trio
 
 from actors.loader import ModelInfo, default_engine_loader
 from actors.supervisor import Worker, run_worker
-from runtime.cli import first_error
+from api.app import create_app
 from runtime.config import WorkerConfig
-from runtime.errors import ModelLoadError
+from runtime.errors import ModelLoadError, first_error
 from runtime.gguf_file import open_gguf
 from runtime.narration import Narrator
 from tests.actors.fakes import FakeEngine, FakeTokenizer, Script
@@ -56,7 +56,9 @@ async def test_tokenizer_and_engine_load_at_the_same_time():
     gc.unfreeze()  # (an earlier worker in this process froze its objects)
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            lambda task_status: run_worker(worker, handle_signals=False, task_status=task_status)
+            lambda task_status: run_worker(
+                worker, create_app(worker.service), task_status=task_status
+            )
         )
         with trio.fail_after(3 * WAIT_S):
             await worker.ready.wait()
@@ -83,7 +85,7 @@ async def test_a_failed_load_is_reported_as_itself_not_as_a_group(failing):
     worker = _worker(info_loader, engine_loader, log)
     with pytest.raises(BaseException) as raised:  # noqa: B017  (the supervisor's group)
         with trio.fail_after(3 * WAIT_S):
-            await run_worker(worker, handle_signals=False)
+            await run_worker(worker, create_app(worker.service))
     error = first_error(raised.value)
     assert isinstance(error, ModelLoadError)
     expected = "no tokenizer.ggml.tokens" if failing == "info" else "bad magic"
@@ -136,7 +138,7 @@ async def test_the_real_loaders_open_the_file_once_and_close_it(tmp_path, monkey
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 lambda task_status: run_worker(
-                    worker, handle_signals=False, task_status=task_status
+                    worker, create_app(worker.service), task_status=task_status
                 )
             )
             with trio.fail_after(6 * WAIT_S):

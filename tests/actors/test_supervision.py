@@ -12,11 +12,17 @@ import trio
 
 from actors.loader import ModelInfo
 from actors.supervisor import Worker
-from runtime.cli import first_error
 from runtime.config import WorkerConfig
-from runtime.errors import CudaError, ModelLoadError
+from runtime.errors import CudaError, ModelLoadError, first_error
 from runtime.narration import Narrator
-from tests.actors.fakes import EventReader, FakeTokenizer, Script, running_worker
+from tests.actors.fakes import (
+    EventReader,
+    FakeTokenizer,
+    Script,
+    expected_text,
+    running_worker,
+    text_of,
+)
 
 
 async def test_load_progress_is_narrated_in_order_and_health_percent_never_goes_back():
@@ -133,42 +139,85 @@ async def test_residency_checks_run_between_decode_steps():
         assert (await h.client.get("/health")).json()["status"] == "ready"
 
 
-async def test_drain_ends_running_and_queued_streams_and_refuses_new_work():
+async def _drain_scenario(h, max_tokens: int, streams: dict, probe) -> None:
+    """A running job and a queued one, then a shutdown; `probe()` runs while it drains."""
+    gate = h.script.step_gate
+
+    async def run(job_id):
+        async with h.client.stream(
+            "POST", "/execute", json={"job_id": job_id, "prompt": "a", "max_tokens": max_tokens}
+        ) as response:
+            streams[job_id] = await EventReader(response).rest()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "running")
+        while h.engine.steps < 3:
+            await trio.sleep(0.005)
+        nursery.start_soon(run, "queued")
+        while "queued" not in h.worker.scheduler.live:
+            await trio.sleep(0.005)
+        gate.clear()  # hold the running job inside a step while we look at the drain
+        nursery.start_soon(h.worker.shutdown, "test drain")
+        while h.worker.state.status != "draining":
+            await trio.sleep(0.005)
+        await probe()
+        gate.set()
+
+
+async def _refuses_new_work(h) -> None:
+    health = await h.client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    response = await h.client.post("/execute", json={"job_id": "late", "prompt": "a"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "DRAINING"
+
+
+def gated_worker(shutdown_deadline_s: float):
+    """A worker whose engine steps pass a gate (open now; `_drain_scenario` holds it)."""
     gate = threading.Event()
     gate.set()
     script = Script(step_gate=gate, step_delay_s=0.005)
-    async with running_worker(script) as h:
-        streams = {}
+    return running_worker(script, shutdown_deadline_s=shutdown_deadline_s)
 
-        async def run(job_id):
-            async with h.client.stream(
-                "POST", "/execute", json={"job_id": job_id, "prompt": "a", "max_tokens": 500}
-            ) as response:
-                streams[job_id] = await EventReader(response).rest()
+
+async def test_drain_lets_the_running_job_finish_cancels_the_queued_and_refuses_new_work():
+    async with gated_worker(5.0) as h:
+        streams: dict = {}
+
+        async def probe():
+            await _refuses_new_work(h)
+            # The queued job never runs: its only event is its terminal CANCELLED, at once.
+            while "queued" not in streams:
+                await trio.sleep(0.005)
+            assert [e.event for e in streams["queued"]] == ["error"]
+            assert streams["queued"][-1].data["code"] == "CANCELLED"
+            assert "running" not in streams  # the running one goes on
 
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run, "running")
-                while h.engine.steps < 3:
-                    await trio.sleep(0.005)
-                nursery.start_soon(run, "queued")
-                while "queued" not in h.worker.scheduler.live:
-                    await trio.sleep(0.005)
-                gate.clear()  # hold the running job inside a step while we look at the drain
-                nursery.start_soon(h.worker.shutdown, "test drain")
-                while h.worker.state.status != "draining":
-                    await trio.sleep(0.005)
-                health = await h.client.get("/health")
-                assert health.status_code == 503 and health.json()["status"] == "draining"
-                response = await h.client.post("/execute", json={"job_id": "late", "prompt": "a"})
-                assert response.status_code == 503
-                assert response.json()["error"]["code"] == "DRAINING"
-                gate.set()
-        for job_id in ("running", "queued"):
-            last = streams[job_id][-1]
-            assert last.event == "error" and last.data["code"] == "CANCELLED", job_id
-        assert [e.event for e in streams["queued"]] == ["error"]
+            await _drain_scenario(h, 60, streams, probe)
+        running = streams["running"]
+        assert running[-1].event == "end" and running[-1].data["tokens_out"] == 60
+        assert text_of(running) == expected_text("a", 60)
         assert "shutdown" in h.actions()
+        assert h.engine.closed  # the drain closed the engine (VRAM freed on cuda)
+
+
+async def test_drain_cancels_the_running_job_when_the_deadline_passes():
+    async with gated_worker(0.3) as h:
+        streams: dict = {}
+        with trio.fail_after(10):
+            t0 = trio.current_time()
+            await _drain_scenario(h, 500, streams, lambda: _refuses_new_work(h))
+            while not h.worker.stopped.is_set():
+                await trio.sleep(0.005)
+            waited = trio.current_time() - t0
+        last = streams["running"][-1]
+        assert last.event == "error" and last.data["code"] == "CANCELLED"
+        assert "deadline" in last.data["message"]
+        assert 0.3 <= waited < 3.0
+        assert [e.event for e in streams["queued"]] == ["error"]
+        assert "shutdown_deadline" in h.actions()
+        assert h.engine.closed
 
 
 async def test_shutdown_while_loading_abandons_the_load_quickly():

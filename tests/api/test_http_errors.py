@@ -213,7 +213,7 @@ async def test_fast_health_path_matches_the_quart_route():
     async with running_worker() as h:
         fast = await h.client.get("/health", headers={"X-Correlation-Id": "fast-1"})
         assert fast.headers["x-correlation-id"] == "fast-1"
-        slow = await h.worker.quart.test_client().get("/health")
+        slow = await h.app.quart.test_client().get("/health")
         assert fast.status_code == slow.status_code == 200
         fast_body, slow_body = fast.json(), await slow.get_json()
         assert fast_body.pop("uptime_seconds") > 0 and slow_body.pop("uptime_seconds") > 0

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType as V
 
 from runtime.gguf_file import open_gguf
 from runtime.numpy_engine import NumpyEngine
@@ -36,7 +35,7 @@ def rel(a, b) -> float:
 def gemma3_file(path: Path, *, n_layers: int = 7, window: int = 16, **kw) -> Path:
     """Synthetic Gemma-3-270M (its shapes and type mix) with `n_layers` layers (layer 5 is the
     first global one) and a short sliding window, so short prompts cross it."""
-    meta = {"gemma3.attention.sliding_window": (window, V.UINT32), **kw.pop("metadata", {})}
+    meta = {"gemma3.attention.sliding_window": window, **kw.pop("metadata", {})}
     return write_synthetic_model(
         path, family="gemma3", n_layers=n_layers, vocab_size=kw.pop("vocab_size", 1400),
         metadata=meta, seed=kw.pop("seed", 11), **kw,
@@ -50,7 +49,7 @@ def banning_file(path: Path, family: str, banned: Sequence[int], vocab: int) -> 
     types = list(sentencepiece_vocab(vocab)[2] if family == "gemma3" else synthetic_vocab(vocab)[1])
     for i in banned:
         types[i] = UNUSED
-    meta = {"tokenizer.ggml.token_type": (types, V.INT32)}
+    meta = {"tokenizer.ggml.token_type": types}  # the key keeps its GGUF type (INT32)
     if family == "gemma3":
         return gemma3_file(path, metadata=meta, **kw)
     return write_synthetic_model(path, family=family, metadata=meta, **kw)

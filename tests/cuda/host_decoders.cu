@@ -1,6 +1,6 @@
 // Host harness for tests/cuda/test_nvcc_compile.py: decodes GGML blocks with the CUDA decoders
 // of cuda/kernels/ggml_blocks.cuh (compiled for the CPU), both ways the kernels use them:
-// dq4 (4 consecutive values) and slot8 (two quads at P0 / P1).
+// dq4 (4 consecutive values) and slot8 (two quads at P0 / P1; it is raw() + decode()).
 //   host_decoders TYPE N_BLOCKS IN OUT_DQ4 OUT_SLOT8   (TYPE: index into TYPES below)
 #include <cstdio>
 #include <cstdlib>

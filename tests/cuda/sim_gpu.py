@@ -35,6 +35,8 @@ from gguf import GGMLQuantizationType as Q
 from runtime.quants import dequantize, row_bytes
 
 _STRUCT = {"P": "Q", "i": "i", "I": "I", "l": "q", "f": "f", "d": "d"}
+MASKED_LOGIT = -3.0e38  # cuda/kernels/sampling.cu
+_UNWRITTEN16 = 0xFFFF  # an fp16 value of fresh memory (SimMemory fills it with 0xFF bytes)
 
 
 class SimFault(Exception):
@@ -253,6 +255,9 @@ class _Kernel:
         self._letters = arg_types
         return self
 
+    def max_active_blocks(self, threads: int) -> int:  # PyCUDA's occupancy query
+        return 2
+
     def prepared_async_call(self, grid, block, stream, *args: Any, pdl: bool = False) -> None:
         if len(args) != len(self._letters):
             raise TypeError(f"{self.name} takes {len(self._letters)} arguments, got {len(args)}")
@@ -387,13 +392,16 @@ def _attend(q, kc, vc, p: int, window: int, scale: float) -> np.ndarray:
     lo = max(0, p - window + 1) if window > 0 else 0
     out = np.empty((n_heads, d))
     for h in range(n_heads):
-        k = kc[h // group, lo : p + 1].astype(np.float64)
-        v = vc[h // group, lo : p + 1].astype(np.float64)
-        s = k @ q[h] * scale
-        if not np.all(np.isfinite(s)):
+        raw_k, raw_v = kc[h // group, lo : p + 1], vc[h // group, lo : p + 1]
+        if np.any(raw_k.view(np.uint16) == _UNWRITTEN16) or np.any(
+            raw_v.view(np.uint16) == _UNWRITTEN16
+        ):  # the fill of fresh memory (a NaN the model computes has another bit pattern)
             raise SimFault(f"attention at {p} reads keys that were never written")
-        w = np.exp(s - s.max())
-        out[h] = w @ v / w.sum()
+        k, v = raw_k.astype(np.float64), raw_v.astype(np.float64)
+        s = k @ q[h] * scale
+        with np.errstate(invalid="ignore"):  # the model's own NaN propagates, as on the GPU
+            w = np.exp(s - s.max())
+            out[h] = w @ v / w.sum()
     return out.reshape(-1)
 
 
@@ -528,6 +536,11 @@ def k_checksum(sim, ln, _d) -> None:
         sim.mem.array(out, np.uint64, 1)[0] += np.sum(words * weights, dtype=np.uint64)
 
 
+def _choice(x: np.ndarray, pick: Callable[[], int]) -> int:
+    """-1 when any logit is NaN or infinite (the samplers' flag), else pick()."""
+    return -1 if not np.all(np.isfinite(x)) else pick()
+
+
 def k_argmax(sim, ln, _d) -> None:
     logits, vocab, part_v, part_i, counter, out, pos, advance = ln.args
     sim.f32(part_v, ln.grid[0])
@@ -535,7 +548,7 @@ def k_argmax(sim, ln, _d) -> None:
     if sim.mem.array(counter, np.uint32, 1)[0]:
         raise SimFault("argmax counter is not zero at rest")
     x = sim.f32(logits, vocab)
-    sim.i32(out, 1)[0] = int(np.argmax(x))  # the lowest id among equal maxima
+    sim.i32(out, 1)[0] = _choice(x, lambda: int(np.argmax(x)))  # lowest id among equal maxima
     if pos:
         sim.i32(pos, 1)[0] += advance
 
@@ -553,15 +566,17 @@ def _penalized(sim, logits, vocab, pen_ids, n_pen, penalty, marks) -> np.ndarray
 
 def k_sample_greedy(sim, ln, _d) -> None:
     logits, vocab, pen_ids, n_pen, penalty, marks, out = ln.args
-    sim.i32(out, 1)[0] = int(
-        np.argmax(_penalized(sim, logits, vocab, pen_ids, n_pen, penalty, marks))
-    )
+    x = _penalized(sim, logits, vocab, pen_ids, n_pen, penalty, marks)
+    sim.i32(out, 1)[0] = _choice(sim.f32(logits, vocab), lambda: int(np.argmax(x)))
 
 
 def k_sample_full(sim, ln, _d) -> None:
     """runtime.sampling's chain after the penalty, with the draw u given."""
     (logits, vocab, pen_ids, n_pen, penalty, marks, temperature, top_k, top_p, min_p, u, xs,
      out) = ln.args  # fmt: skip
+    if not np.all(np.isfinite(sim.f32(logits, vocab))):
+        sim.i32(out, 1)[0] = -1
+        return
     x = _penalized(sim, logits, vocab, pen_ids, n_pen, penalty, marks) / temperature
     sim.mem.array(xs, np.float64, vocab)[:] = x
     x_max = x.max()
@@ -585,7 +600,7 @@ def k_mask_logits(sim, ln, _d) -> None:
     idx = sim.i32(ids, n)
     x = sim.f32(logits, int(idx.max()) + 1 if n else 0)
     sim.f32(saved, n)[:] = x[idx]
-    x[idx] = -np.inf
+    x[idx] = np.where(np.isfinite(x[idx]), np.float32(MASKED_LOGIT), x[idx])
 
 
 # -- quant kernels (names: <kind>_<type suffix>) ------------------------------------------------
@@ -693,8 +708,22 @@ _FIXED: dict[str, Callable] = {
 }
 
 
+def _base_name(name: str) -> str:
+    """The base kernel family of a multi-row variant (cuda/matvec_variants.py: mvx_<kind>_<cfg>
+    with the same arguments as its base kernel): mvx_mv_r2_q4_k -> matvec_q4_k."""
+    if not name.startswith("mvx_"):
+        return name
+    parts = name.split("_")
+    kind, rest = parts[1], parts[3:]  # parts[2] is the configuration
+    if kind == "seg":
+        return "_".join(["matvec_seg", *rest])
+    base = {"mv": "matvec", "norm": "matvec_norm"}.get(kind, f"matvec_norm_{kind}")
+    return "_".join([base, *rest])
+
+
 def resolve(name: str) -> Callable[[Sim, Launch, dict], None]:
     """The numpy contract of kernel `name` (KeyError for a kernel this stand-in lacks)."""
+    name = _base_name(name)
     if name in _FIXED:
         return _FIXED[name]
     if name in ("embed_plain_f32", "embed_plain_f16"):
@@ -719,6 +748,7 @@ def resolve(name: str) -> Callable[[Sim, Launch, dict], None]:
 def kernel_kind(name: str) -> str:
     """A launch's kind without type and variant: "matvec", "matvec_norm", "matvec_norm_geglu",
     "matmul", "embed", or the kernel's own name (attention, norms, argmax, ...)."""
+    name = _base_name(name)
     if name in _FIXED:
         return name
     if name.startswith("embed"):

@@ -300,5 +300,5 @@ def test_a_block_the_cuda_engine_lacks_is_a_model_load_error(sim, tmp_path):
 
     with open_gguf(gemma3_file(tmp_path / "g.gguf", n_layers=1)) as m:
         m.family = attrs.evolve(m.family, block="mamba")
-        with pytest.raises(ModelLoadError, match="no 'mamba' block"):
+        with pytest.raises(ModelLoadError, match="does not run the mamba block"):
             _load(m, max_context=64)

@@ -79,6 +79,10 @@ PARAMS = [
     SamplingParams(temperature=0.7, top_k=50, top_p=0.95, min_p=0.02, seed=15),
     SamplingParams(temperature=1.5, repetition_penalty=1.1, top_p=0.999, seed=16),
     SamplingParams(temperature=2.0, top_k=3000, seed=17),
+    # REL-5: below the floors the params themselves change (greedy; penalty 1e-4), so the
+    # kernels see only safe values and agree with the host chain
+    SamplingParams(temperature=1e-300, seed=18),
+    SamplingParams(temperature=0.9, repetition_penalty=1e-300, seed=19),
 ]
 
 
@@ -151,11 +155,46 @@ def test_multi_block_argmax(cuda_ctx, vocab):
     assert int(out.get()[0]) == int(np.argmax(x)) and int(pos.get()[0]) == 42
 
 
+@pytest.mark.parametrize("where", ["first", "last", "middle", "all"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_make_every_sampler_answer_minus_one(smp, cuda_ctx, where, bad):
+    """REL-7: any NaN or infinite logit makes sample_greedy, sample_full and argmax_multi write
+    -1 (the engine raises NonFiniteLogits), with marks cleared; the host chain raises too."""
+    import pycuda.driver as drv
+    import pycuda.gpuarray as ga
+
+    from cuda.ops import ARGMAX_BLOCKS, Ops
+    from runtime.errors import NonFiniteLogits
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal(VOCAB).astype(np.float32)
+    index = {"first": [0], "last": [VOCAB - 1], "middle": [VOCAB // 2, 7, 40_000]}
+    if where == "all":
+        logits[:] = bad
+    else:
+        logits[index[where]] = bad
+    history = [3, 3, VOCAB // 2, 9]
+    for p in (PARAMS[0], PARAMS[1], PARAMS[2], PARAMS[6]):
+        assert smp(logits, p, history, 0) == -1, p  # smp also checks the marks are cleared
+        with pytest.raises(NonFiniteLogits):
+            sample_from_logits(logits, p, history, 0)
+    ops, s = Ops(64), drv.Stream()
+    part_v, part_i = ga.empty(ARGMAX_BLOCKS, np.float32), ga.empty(ARGMAX_BLOCKS, np.int32)
+    counter, out = ga.zeros(1, np.uint32), ga.empty(1, np.int32)
+    ops.argmax(
+        ga.to_gpu(logits).gpudata, VOCAB, part_v.gpudata, part_i.gpudata, counter.gpudata,
+        out.gpudata, s,
+    )  # fmt: skip
+    s.synchronize()
+    assert int(out.get()[0]) == -1 and int(counter.get()[0]) == 0
+
+
 @pytest.mark.parametrize(("vocab", "n_masked"), [(1000, 1), (262_144, 3000), (151_936, 271)])
 @pytest.mark.parametrize("pdl", [False, True])
 def test_mask_logits(cuda_ctx, vocab, n_masked, pdl):
-    """The sampling mask: the chosen ids become -inf, their old values land in `saved` in the
-    ids' order, every other logit is untouched (a guard after the logits too)."""
+    """The sampling mask: the chosen ids become -3e38 (finite: the samplers' non-finite flag is
+    the model's alone), a non-finite one stays as it was, their old values land in `saved` in
+    the ids' order, every other logit is untouched (a guard after the logits too)."""
     import pycuda.driver as drv
     import pycuda.gpuarray as ga
 
@@ -166,13 +205,14 @@ def test_mask_logits(cuda_ctx, vocab, n_masked, pdl):
     rng = np.random.default_rng(n_masked)
     x = rng.standard_normal(vocab).astype(np.float32)
     ids = np.sort(rng.choice(vocab, n_masked, replace=False)).astype(np.int32)
+    x[ids[-1]] = np.nan  # a masked id the model got wrong: still flagged
     buf = ga.to_gpu(np.concatenate([x, np.full(GUARD, SENTINEL, np.float32)]))
     saved = ga.to_gpu(np.full(n_masked + GUARD, SENTINEL, np.float32))
     ops.mask_logits(buf.gpudata, ga.to_gpu(ids).gpudata, saved.gpudata, n_masked, s, pdl=pdl)
     s.synchronize()
     got, kept = buf.get(), saved.get()
     want = x.copy()
-    want[ids] = -np.inf
-    np.testing.assert_array_equal(got[:vocab], want)
+    want[ids[:-1]] = np.float32(-3.0e38)
+    np.testing.assert_array_equal(got[:vocab], want)  # (NaN equals NaN here)
     np.testing.assert_array_equal(kept[:n_masked], x[ids])
     assert np.all(got[vocab:] == SENTINEL) and np.all(kept[n_masked:] == SENTINEL)

@@ -20,6 +20,7 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from gguf import GGMLQuantizationType as Q
 
 from cuda.compile import KERNEL_DIR, NVCC_OPTIONS
 
@@ -57,13 +58,15 @@ def nvcc() -> str:
 
 @pytest.fixture(scope="module")
 def prepared():
-    """(file, defines) -> [(kernel, letters)] as Ops(64), Ops(256) and QuantKernels ask for them."""
+    """(file, defines) -> [(kernel, letters)] as Ops(64), Ops(256) and QuantKernels (with the
+    mr variants of one type) ask for them."""
     import cuda.ops as ops_mod
     import cuda.quant_ops as quant_mod
 
     record: list = []
     mp = pytest.MonkeyPatch()
     try:
+        mp.setattr(quant_mod, "prefetch", lambda specs: None)
         for mod in (ops_mod, quant_mod):
             mp.setattr(mod, "load_module", lambda f, defines=None: _Module(record, f, defines))
             mp.setattr(
@@ -82,6 +85,9 @@ def prepared():
         ops_mod.Ops(256)
         quant_mod.QuantKernels()
         quant_mod.QuantKernels(batched_loads=True, preload=False)
+        # the mr variants: every kind for one type (the kernel names and arguments do not
+        # depend on it) and the segmented kernels, which take every type
+        quant_mod.QuantKernels(fast_cvt=True, mr=[Q.Q5_0])
     finally:
         mp.undo()
     by_source: dict[tuple, set] = {}

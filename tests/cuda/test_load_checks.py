@@ -38,6 +38,7 @@ def _variant(model, *, config=None, tensor=None):
         config=config or model.config,
         tensors=tensors,
         quant_kind=model.quant_kind,
+        family=model.family,
     )
 
 
@@ -80,3 +81,19 @@ def test_an_mxfp4_matrix_is_refused_until_the_kernels_decode_it(model):
     bad = attrs.evolve(model.weight("ffn_up", 1), qtype=Q.MXFP4)
     with pytest.raises(ModelLoadError, match=r"blk\.1\.ffn_up\.weight.*unsupported type MXFP4"):
         CudaEngine.load(_variant(model, tensor=bad), max_context=64)
+
+
+def test_a_family_whose_block_is_not_wired_is_refused_before_any_gpu_work(model):
+    """A block without a CUDA module (cuda.models.BLOCKS) must not run another block's layer
+    sequence on its weights: it is refused naming the backend to use. llama and gemma3 run."""
+    from cuda.models import BLOCKS
+    from runtime.models import FAMILIES
+
+    assert {f.block for f in FAMILIES.values()} <= set(BLOCKS) == {"llama", "gemma3"}
+    variant = _variant(model)
+    variant.family = attrs.evolve(model.family, block="mamba", name="mamba")
+    with pytest.raises(
+        ModelLoadError,
+        match=r"does not run the mamba block .*\(it runs llama, gemma3\).*--backend cpu",
+    ):
+        CudaEngine.load(variant, max_context=64)

@@ -24,7 +24,15 @@ from tests.cuda.ggml_random import TYPES, block_cols, random_weights
 ARCHS = ("80", "90")
 #: builds beyond the default one: file name -> extra -D options of each
 EXTRA_BUILDS = {
-    "quant_matvec.cu": [["-DMV_BATCH=1"], ["-DMV_PRE=0"]],
+    "quant_matvec.cu": [["-DMV_BATCH=1"], ["-DMV_PRE=0"], ["-DGGML_FAST_CVT=1"]],
+    # the mr variants: the default build is the segmented kind (every type); the per-type kinds
+    # for a 32-value block and a 256-value super-block type here (all eight build on the GPU
+    # host, where tests/cuda/test_matvec_variants.py loads them; ~6 s each per arch)
+    "quant_matvec_mr.cu": [
+        ["-DGGML_FAST_CVT=1", f"-DMVX_PART={part}", f"-DMVX_T={t}", f"-DMVX_SFX={t.lower()}"]
+        for part in (0, 1, 2)
+        for t in ("Q5_0", "Q6_K")
+    ],
     # the engine builds attention for the model's head size: 64 by default (and qwen2), 128
     # for most larger models, 256 for gemma3 (cuda.ops.head_dim_supported)
     "attention.cu": [["-DHEAD_DIM=128"], ["-DHEAD_DIM=256"], ["-DHEAD_DIM=32", "-DATTN_PRE=0"]],
@@ -66,10 +74,14 @@ def test_every_kernel_source_compiles_for_sm80_and_sm90(nvcc, tmp_path):
     assert all(out.stat().st_size > 0 for out in outs)
 
 
-def test_cuda_block_decoders_match_numpy_on_the_host(nvcc, tmp_path):
+@pytest.mark.parametrize("fast_cvt", [0, 1], ids=["i2f", "fast-cvt"])
+def test_cuda_block_decoders_match_numpy_on_the_host(nvcc, tmp_path, fast_cvt):
+    """Both integer->float builds (GGML_FAST_CVT) decode every block exactly; slot8 is the
+    kernels' raw + decode pair, so the split loaders are checked too."""
     exe = tmp_path / "host_decoders"
     harness = Path(__file__).with_name("host_decoders.cu")
-    cmd = [nvcc, "-O2", "-std=c++17", f"-I{KERNEL_DIR}", "-o", str(exe), str(harness)]
+    cmd = [nvcc, "-O2", "-std=c++17", f"-DGGML_FAST_CVT={fast_cvt}", f"-I{KERNEL_DIR}"]
+    cmd += ["-o", str(exe), str(harness)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rng = np.random.default_rng(2026)

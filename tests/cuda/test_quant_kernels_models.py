@@ -118,26 +118,23 @@ SEGMENT_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(SEGMENT_CASES))
-@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
-@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
-def test_segmented_matvec(kq_mv, gpu, case, norm, with_bias):
-    segs, cols = SEGMENT_CASES[case]
-    rng = np.random.default_rng([len(case), int(norm), int(with_bias)])
+def segmented_case(kq, gpu, segs, cols, *, norm, with_bias, accumulate, seed, variant=None):
+    """One segmented product of these (type, rows) matrices against float64 numpy."""
+    rng = np.random.default_rng(seed)
     raws = [random_weights(t, r, cols, rng) for t, r in segs]
     total = sum(r for _, r in segs)
     x = (rng.standard_normal(cols) * 3).astype(np.float32)
     g = rng.uniform(0.5, 1.5, cols).astype(np.float32)
     bias = rng.standard_normal(total).astype(np.float32)
     y0 = rng.standard_normal(total).astype(np.float32)
-    accumulate = case == "q8_0-q6_k"  # the accumulate epilogue too, on one case
     y = gpu.out(total, y0 if accumulate else None)
     keep = [gpu.put(r) for r in raws]
     gd, bd = gpu.put(g), gpu.put(bias)
-    kq_mv.matvec_seg(
+    kq.matvec_seg(
         [(t, wd.gpudata, r) for (t, r), wd in zip(segs, keep, strict=True)], cols,
         gpu.put(x).gpudata, y.gpudata, gpu.stream, norm_w_ptr=gd.gpudata if norm else None,
         eps=1e-6, bias_ptr=bd.gpudata if with_bias else None, accumulate=accumulate,
+        variant=variant,
     )  # fmt: skip
     got = gpu.get(y, (total,))
     w = np.concatenate(
@@ -148,6 +145,18 @@ def test_segmented_matvec(kq_mv, gpu, case, norm, with_bias):
     ref = w @ xn + extra
     magnitude = np.abs(w) @ np.abs(xn) + np.abs(extra)
     assert_close(got, ref, magnitude, EXACT_TOL)
+
+
+@pytest.mark.parametrize("case", sorted(SEGMENT_CASES))
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_segmented_matvec(kq_mv, gpu, case, norm, with_bias):
+    segs, cols = SEGMENT_CASES[case]
+    segmented_case(
+        kq_mv, gpu, segs, cols, norm=norm, with_bias=with_bias,
+        accumulate=case == "q8_0-q6_k",  # the accumulate epilogue too, on one case
+        seed=[len(case), int(norm), int(with_bias)],
+    )  # fmt: skip
 
 
 def test_segmented_matvec_refuses_what_it_cannot_take(kq, gpu):

@@ -1,6 +1,6 @@
 """End-to-end helpers: a real worker subprocess, and a strict SSE parser.
 
-`start_worker(...)` runs `python -m runtime.cli` on a free port, waits (bounded) for `/health` to
+`start_worker(...)` runs `python -m worker_orcd` on a free port, waits (bounded) for `/health` to
 say `ready`, and stops it with SIGTERM (killing it only if it overstays). Its stderr, the
 narration log, goes to a file the test can read. `WORKER_ORCD_TEST_BACKEND` (default `cpu`)
 picks the backend, so a GPU machine runs the same tests with `cuda`; `WORKER_ORCD_TEST_MODEL`
@@ -124,8 +124,13 @@ def start_worker(
     extra_args: tuple[str, ...] = (),
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    program: tuple[str, ...] = ("-m", "worker_orcd"),
+    env: dict[str, str] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """Run a worker until the `with` block ends; yields once `/health` says `ready`."""
+    """Run a worker until the `with` block ends; yields once `/health` says `ready`.
+
+    `program`: what follows the Python executable (a script path for a wrapped worker).
+    """
     backend = backend or selected_backend()
     port = free_port()
     if log_path is None:
@@ -133,14 +138,14 @@ def start_worker(
         os.close(fd)
         log_path = Path(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "runtime.cli", "--port", str(port), "--backend", backend]
+    cmd = [sys.executable, *program, "--port", str(port), "--backend", backend]
     cmd += ["--worker-id", worker_id]
     if model is not None:
         cmd += ["--model", model]
     if max_context is not None:
         cmd += ["--max-context", str(max_context)]
     cmd += list(extra_args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
@@ -178,6 +183,21 @@ def _wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
         f"worker not ready within {timeout_s} s (last /health: {last}):\n"
         f"{_log_tail(worker.log_path)}"
     )
+
+
+def metric_values(base_url: str, client: httpx.Client | None = None) -> dict[str, float]:
+    """GET /metrics -> {sample name (plus `{outcome=...}` where present): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    getter = client.get if client is not None else httpx.get
+    response = getter(f"{base_url}/metrics", timeout=5.0)
+    response.raise_for_status()
+    values = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            outcome = sample.labels.get("outcome")
+            values[sample.name + (f"{{outcome={outcome}}}" if outcome else "")] = sample.value
+    return values
 
 
 # --------------------------------------------------------------------------- SSE

@@ -27,7 +27,13 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import RESULTS_DIR, WorkerProcess, check_stream, stream_execute
+from tests.e2e.conftest import (
+    RESULTS_DIR,
+    WorkerProcess,
+    check_stream,
+    metric_values,
+    stream_execute,
+)
 
 MAX_ATTEMPTS = 5
 MAX_TOKENS = 72
@@ -236,11 +242,23 @@ def test_haiku_contains_the_current_minute_in_words(e2e_worker: WorkerProcess):
 
     attempts = []
     with httpx.Client() as client:
+        counted_before = metric_values(e2e_worker.base_url, client)
         for n in range(1, MAX_ATTEMPTS + 1):
             record = _attempt(e2e_worker, client, run_dir, n, run_id)
             attempts.append(record)
             if record["protocol_problems"] or record["passed"]:
                 break
+        counted_after = metric_values(e2e_worker.base_url, client)
+    # The spec's anti-cheat counter: the worker counted exactly the tokens it streamed.
+    streamed = sum(1 for a in attempts for name, _ in a["events"] if name == "token")
+    generated = (
+        counted_after["worker_tokens_generated_total"]
+        - counted_before["worker_tokens_generated_total"]
+    )
+    successes = (
+        counted_after["worker_requests_total{outcome=success}"]
+        - counted_before["worker_requests_total{outcome=success}"]
+    )
 
     passed = any(a["passed"] for a in attempts)
     # Issue 3 item 9: each job narrates execute_start and execute_end. The end event may be
@@ -273,12 +291,16 @@ def test_haiku_contains_the_current_minute_in_words(e2e_worker: WorkerProcess):
         ],
         "leaked_into_log": leaks,
         "missing_narration": unnarrated,
+        "tokens_streamed": streamed,
+        "worker_tokens_generated_total_delta": generated,
     }
     (run_dir / "verdict.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")
     (run_dir / "worker-stderr.log").write_text(log, encoding="utf-8")
 
     for a in attempts:
         assert not a["protocol_problems"], f"attempt {a['attempt']}: {a['protocol_problems']}"
+    assert streamed > 0 and generated == streamed, (generated, streamed)
+    assert successes == sum(1 for a in attempts if a["events"] and a["events"][-1][0] == "end")
     assert not leaks, f"prompt or generated text leaked into the worker's log: {leaks}"
     assert not unnarrated, f"narration events missing (action, job_id): {unnarrated}"
     assert passed, (

@@ -18,7 +18,13 @@ pytestmark = pytest.mark.slow
 
 def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
     log_path = tmp_path / "worker.log"
-    with start_worker(worker_id="signals", model=selected_model(), log_path=log_path) as worker:
+    # The running job may go on for the shutdown deadline (1 s here), then it is cancelled.
+    with start_worker(
+        worker_id="signals",
+        model=selected_model(),
+        log_path=log_path,
+        extra_args=("--shutdown-deadline", "1"),
+    ) as worker:
         result = {}
 
         def run_stream() -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
 from runtime.config import WorkerConfig
 from runtime.default_model import default_model_path
 from runtime.errors import ModelLoadError
 from runtime.models import catalog
 from runtime.models.catalog import CATALOG, CatalogEntry, Part, models_dir, resolve_model
 from runtime.models.pull import pull
+from worker_orcd import cli
 
 
 def test_real_entries_are_well_formed():

@@ -14,8 +14,9 @@ import signal
 import sys
 
 from runtime.backends import CudaWarmup
-from runtime.cli import EXIT_CRASH, run
+from runtime.cli import EXIT_CRASH
 from runtime.config import WorkerConfig
+from worker_orcd.cli import run
 
 JOIN_S = 30.0
 

@@ -228,9 +228,9 @@ def test_phi3_plan_and_llama_block_match_transformers_on_the_tiny_fixture():
 
 
 def test_sentencepiece_with_space_prefix_on_the_phi3_fixture():
-    """phi3's SentencePiece (add_space_prefix defaults to true): llama.cpp's ids on every prompt
-    without special tokens (llama.cpp strips whitespace after phi-3's special tokens, an rstrip
-    attribute we do not implement, so the chat prompt is not compared)."""
+    """phi3's SentencePiece (add_space_prefix defaults to true): llama.cpp's ids on every prompt,
+    the chat prompt too, where llama.cpp drops the whitespace after phi-3's special tokens (the
+    RSTRIP attribute it sets by the model's name: "<|user|>\nWhat" -> <|user|> ▁ What)."""
     from runtime.gguf_header import read_header
     from runtime.tokenizer import Tokenizer
     from tests.reference_data import reference_fixture
@@ -241,4 +241,34 @@ def test_sentencepiece_with_space_prefix_on_the_phi3_fixture():
     assert tok.kind == "gguf-spm" and len(plain) == 2
     for case in plain:
         assert tok.encode(case["text"]) == case["ids"] == case["sentencepiece_ids"]
-        assert tok.decode(case["ids"]) == " " + case["text"]  # the prefix space decodes too
+        assert tok.decode(case["ids"]) == case["text"]  # llama.cpp drops the prefix space
+    (chat,) = [c for c in manifest["prompts"] if "<|" in c["text"]]
+    assert tok.encode(chat["text"]) == chat["ids"]
+    assert tok.decode(chat["ids"]) == (  # what llama.cpp's detokenizer gives back for them
+        "<|user|> What is the capital of France?<|end|><|assistant|>"
+    )
+
+
+@pytest.mark.parametrize("name", ["Phi-3 mini 4k instruct", "phi3 tiny", "Other model"])
+def test_whitespace_after_special_tokens_is_dropped_for_phi3_names_only(name):
+    """llama.cpp sets RSTRIP on every special token of a model *named* Phi-3, except <unk>,
+    <s> and <|endoftext|>; no other model loses whitespace there."""
+    from runtime.tokenizer import Tokenizer, TokenType
+
+    pieces = ["<unk>", "<s>", "</s>", "<|user|>", "\u2581", "\n", "a"]
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL, TokenType.USER_DEFINED]
+    meta = {
+        "general.name": name,
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": pieces,
+        "tokenizer.ggml.token_type": [int(t) for t in types] + [1, 1, 1],
+        "tokenizer.ggml.scores": [0.0] * len(pieces),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.add_space_prefix": False,
+    }
+    tok = Tokenizer.from_metadata(meta)
+    phi3 = "phi" in name.lower()
+    assert tok.encode("<|user|>\na") == ([3, 6] if phi3 else [3, 5, 6])
+    assert tok.encode("</s>\na") == ([2, 6] if phi3 else [2, 5, 6])
+    assert tok.encode("<s>\na") == [1, 5, 6]  # exempt

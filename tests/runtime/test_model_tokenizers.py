@@ -96,9 +96,9 @@ def test_qwen_padding_rows_are_masked_from_sampling():
 def test_gemma_is_a_base_model_messages_refused_prompt_encoded():
     """The real loader's view of Gemma: no template, so a chat request is a 400 on `messages`."""
     from actors.loader import open_model_info
-    from api.prompt import prompt_token_ids
     from api.validation import validate_execute
     from runtime.errors import InvalidRequest
+    from runtime.prompt import prompt_token_ids
 
     info = open_model_info(catalog_model_file("gemma3-270m"))
     assert info.chat_template is None and info.tokenizer.kind == "gguf-spm"

@@ -185,3 +185,62 @@ def test_unsampleable_ids_from_token_types():
     md["tokenizer.ggml.token_type"] = [1, 1, 1, 5]
     assert sampled_prefix(unsampleable_ids(md, 6), 6) == 3
     assert sampled_prefix(unsampleable_ids({}, 6), 6) == 6
+
+
+# --- hostile values (REL-5) and broken models (REL-7) -------------------------------------------
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _extreme_logits() -> np.ndarray:
+    """float32 logits at both ends of the range, a clear best at id 3 and a near-tie at id 5."""
+    x = np.linspace(-F32_MAX, F32_MAX / 4, 64).astype(np.float32)
+    x[3], x[5] = F32_MAX, np.nextafter(np.float32(F32_MAX), np.float32(0))
+    return x
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-308, 1e-200, 1e-12, 9.99e-5])
+def test_temperatures_below_the_floor_are_greedy_and_never_overflow(temperature):
+    """1e-308 used to divide float32's largest logit into infinity (a RuntimeWarning on stderr,
+    then NaN weights and a garbage token). Below MIN_TEMPERATURE the chain is greedy."""
+    p = SamplingParams(temperature=temperature, seed=9)
+    x = _extreme_logits()
+    assert [sample_from_logits(x, p, [], d) for d in range(8)] == [3] * 8  # == np.argmax(x)
+    assert p.temperature == 0.0 and p.greedy  # the rule lives in the params: the GPU follows it
+
+
+def test_the_temperature_floor_itself_still_samples_without_overflow():
+    p = SamplingParams(temperature=1e-4, seed=2)
+    assert p.temperature == 1e-4 and not p.greedy
+    x = np.zeros(50, np.float32)
+    x[[7, 9]] = F32_MAX  # an exact tie: both are drawn, lowest id first in the order
+    picks = {sample_from_logits(x, p, [], d) for d in range(64)}
+    assert picks == {7, 9}
+    assert sample_from_logits(_extreme_logits(), p, [], 0) in (3, 5)
+
+
+@pytest.mark.parametrize("penalty", [5e-324, 1e-308, 1e-50])
+def test_penalties_below_the_floor_act_as_the_floor(penalty):
+    p = SamplingParams(temperature=0.5, repetition_penalty=penalty, seed=4)
+    floor = SamplingParams(temperature=0.5, repetition_penalty=1e-4, seed=4)
+    x = _extreme_logits()
+    x[10] = 1.0  # penalized: 1.0 / 1e-4 = 1e4, still far below the best (no overflow anywhere)
+    history = [10, 3, 60]
+    for d in range(8):
+        assert sample_from_logits(x, p, history, d) == sample_from_logits(x, floor, history, d)
+    assert p.repetition_penalty == 1e-4
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.0), SamplingParams(seed=3)])
+def test_non_finite_logits_end_the_job_instead_of_picking_a_token(bad, params):
+    """np.argmax over NaN logits is the first NaN: token 0, which is EOS for SmolLM2 (the silent
+    empty answer of a poisoned model). Now any non-finite logit is an error with a stable code."""
+    from runtime.errors import ErrorCode, NonFiniteLogits
+
+    x = np.linspace(-3, 3, 40).astype(np.float32)
+    x[17] = bad
+    with pytest.raises(NonFiniteLogits) as caught:
+        sample_from_logits(x, params, [], 6)
+    assert caught.value.code is ErrorCode.NON_FINITE_LOGITS
+    assert "output token 6" in caught.value.message and "1 of 40" in caught.value.message

@@ -16,9 +16,8 @@ control-token text inside message content; see specs/decisions/0006-sse-protocol
 
 from __future__ import annotations
 
-from api.validation import ExecuteRequest
 from runtime.errors import InvalidRequest, ModelLoadError
-from runtime.narration import fingerprint
+from runtime.request import GenerationRequest
 
 
 def chat_template_problem(template: str | None) -> str | None:
@@ -35,11 +34,12 @@ def chat_template_problem(template: str | None) -> str | None:
 
 
 def prompt_token_ids(
-    info, request: ExecuteRequest, context_length: int
-) -> tuple[tuple[int, ...], dict]:
-    """(token ids, fingerprint of the prompt text) for `request`; checks prompt + max_tokens fit.
+    info, request: GenerationRequest, context_length: int
+) -> tuple[tuple[int, ...], str]:
+    """(token ids, the prompt text as the model sees it) for `request`; checks it fits.
 
-    `info` is an actors.loader.ModelInfo. The fingerprint (never the text) is what gets logged.
+    `info` is an actors.loader.ModelInfo (tokenizer, chat template, bos/eos texts). The text is
+    for the fingerprint in the logs (and, with --log-prompts only, the log itself).
     """
     if request.messages is not None:
         if not info.chat_template:
@@ -53,7 +53,7 @@ def prompt_token_ids(
         try:
             text = render_chat(
                 info.chat_template,
-                list(request.messages),
+                [m.as_dict() for m in request.messages],
                 bos_token=info.bos_token,
                 eos_token=info.eos_token,
                 add_generation_prompt=True,
@@ -76,4 +76,4 @@ def prompt_token_ids(
             f"the context ({context_length} tokens)",
             field="max_tokens" if len(ids) < context_length else field,
         )
-    return ids, fingerprint(text)
+    return ids, text
