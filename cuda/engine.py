@@ -20,7 +20,6 @@ too, the context counts as lost. `check_residency` has its own guard: it never d
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -89,10 +88,9 @@ class CudaEngine:
         mask = SampleMask.of(model.metadata, model.config.vocab_size)
         import pycuda.driver as drv
 
-        c = model.config
         self = cls()
-        self.config, self.max_context, self.quant_kind = c, max_context, model.quant_kind
-        self.device = device
+        self.config, self.max_context, self.device = model.config, max_context, device
+        self.quant_kind = model.quant_kind
         max_chunk = min(max_chunk, max_context)
         drv.init()
         if not 0 <= device < drv.Device.count():
@@ -129,7 +127,9 @@ class CudaEngine:
             mask=mask, max_context=max_context, max_chunk=max_chunk, fuse=opts["fuse"], pdl=pdl,
         )  # fmt: skip
         self._checksums |= self.fwd.checksums  # the rope tables and the mask ids never change
-        self._sum_slots = self.ledger.alloc("scratch.checksums", 8 * CHECKSUM_SLOTS)
+        self._residency = residency.Checker(
+            drv, self.ops, self.stream, self.ledger, self.device, self._checksums, CHECKSUM_SLOTS
+        )
         self.sampler = GpuSampler(
             drv, self.ops, self.ledger, self.stream, vocab=mask.n_sampled,
             logits=self.fwd.b["act.logits"], out=self.fwd.b["state.ids"],
@@ -257,17 +257,7 @@ class CudaEngine:
         self._usable()
         # its own guard: a failed check reports, and never touches the running job's state
         with cuda_errors.guard(self._drv, poison=self._poison):
-            self.stream.synchronize()
-            return residency.run_check(
-                self.ledger.entries(),
-                device_ordinal=self.device,
-                mem_get_info=self._drv.mem_get_info,
-                checksums=self._checksums,
-                device_checksums=functools.partial(
-                    residency.device_checksums, self._drv, self.ops, self.stream,
-                    self._sum_slots, CHECKSUM_SLOTS,
-                ),
-            )  # fmt: skip
+            return self._residency.run()
 
     def close(self) -> None:
         if self._closed:

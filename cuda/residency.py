@@ -128,6 +128,28 @@ def run_check(
     )
 
 
+class Checker:
+    """The engine's residency check (`run`): its ledger, the load-time checksums, and the
+    `n_slots` uint64 checksum slots it allocates in VRAM at load (a check allocates nothing)."""
+
+    def __init__(self, drv, ops, stream, ledger, device: int, checksums: dict, n_slots: int):
+        self._drv, self._ops, self._stream, self._ledger = drv, ops, stream, ledger
+        self._device, self._checksums, self._n_slots = device, checksums, n_slots
+        self._slots = ledger.alloc("scratch.checksums", 8 * n_slots)
+
+    def run(self) -> ResidencyReport:
+        self._stream.synchronize()
+        return run_check(
+            self._ledger.entries(),
+            device_ordinal=self._device,
+            mem_get_info=self._drv.mem_get_info,
+            checksums=self._checksums,
+            device_checksums=lambda entries: device_checksums(
+                self._drv, self._ops, self._stream, self._slots, self._n_slots, entries
+            ),
+        )
+
+
 def device_checksums(
     drv: Any, ops: Any, stream: Any, slots_ptr: int, n_slots: int, entries: list[Entry]
 ) -> list[int]:
