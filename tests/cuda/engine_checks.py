@@ -81,6 +81,22 @@ def compare_with_numpy(
     return worst
 
 
+def whole_and_split(engine, prompt: Sequence[int], k: int, *, decode_rest: bool):
+    """(logits after prefill(prompt), logits after prefill(prompt[:k]) and then the rest: as
+    decode steps, or as a second prefill)."""
+    engine.reset()
+    engine.prefill(list(prompt))
+    whole = engine.logits()
+    engine.reset()
+    engine.prefill(list(prompt[:k]))
+    if decode_rest:
+        for t in prompt[k:]:
+            engine.step(int(t))
+    else:
+        engine.prefill(list(prompt[k:]))
+    return whole, engine.logits()
+
+
 def check_banned_never_sampled(load: Load, tmp_path: Path, family: str, suffix: bool) -> None:
     """The id the model prefers is made unsampleable (as a suffix of the vocabulary, or among
     scattered ids): greedy and random sampling never pick it, at the prefill and at every decode

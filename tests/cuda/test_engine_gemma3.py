@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from runtime.sampling import SamplingParams
-from tests.cuda.engine_checks import SYNTHETIC_TOL, compare_with_numpy, gemma3_file, rel
+from tests.cuda.engine_checks import (
+    SYNTHETIC_TOL,
+    compare_with_numpy,
+    gemma3_file,
+    rel,
+    whole_and_split,
+)
 
 CTX = 1024
 LAYERS = 7
@@ -100,16 +106,9 @@ def test_short_sequence_through_every_split_graph(engines, model, reference):
 
 
 def test_prefill_then_decode_is_one_pass(engines, model):
-    graph = engines["graph"]
-    prompt = [int(t) for t in np.random.default_rng(3).integers(0, model.config.vocab_size, 90)]
-    graph.reset()
-    graph.prefill(prompt)
-    whole = graph.logits()
-    graph.reset()
-    graph.prefill(prompt[:60])
-    for t in prompt[60:]:
-        graph.step(t)
-    err = rel(graph.logits(), whole)
+    prompt = np.random.default_rng(3).integers(0, model.config.vocab_size, 90)
+    whole, split = whole_and_split(engines["graph"], prompt, 60, decode_rest=True)
+    err = rel(split, whole)
     print(f"gemma3 synthetic: prefill(60) + 30 steps vs prefill(90): {err:.2e}")
     assert err < SYNTHETIC_TOL  # decode's products are fp32, prefill's fp16-rounded
 
@@ -117,15 +116,9 @@ def test_prefill_then_decode_is_one_pass(engines, model):
 def test_prefill_is_batch_invariant(engines, model):
     """prefill(300) and prefill(100) + prefill(200) give bitwise the same logits: every kernel
     reduces each row in the same order whatever the number of rows (test_engine_qwen2.py)."""
-    graph = engines["graph"]
-    prompt = [int(t) for t in np.random.default_rng(4).integers(0, model.config.vocab_size, 300)]
-    graph.reset()
-    graph.prefill(prompt)
-    whole = graph.logits()
-    graph.reset()
-    graph.prefill(prompt[:100])
-    graph.prefill(prompt[100:])
-    np.testing.assert_array_equal(graph.logits(), whole)
+    prompt = np.random.default_rng(4).integers(0, model.config.vocab_size, 300)
+    whole, split = whole_and_split(engines["graph"], prompt, 100, decode_rest=False)
+    np.testing.assert_array_equal(split, whole)
 
 
 def test_memory_residency_and_pdl(engines, model):

@@ -39,6 +39,7 @@ from tests.cuda.engine_checks import (
     compare_with_numpy,
     gemma3_file,
     rel,
+    whole_and_split,
 )
 from tests.cuda.sim_gpu import kernel_kind, simulated_gpu
 from tests.reference_data import catalog_model_file
@@ -201,16 +202,9 @@ def test_gemma3_matches_the_numpy_engine(gemma3):
 
 def test_gemma3_prefill_then_decode_is_one_pass(gemma3):
     m, engines, _ = gemma3
-    e = engines["one_chunk"]
-    prompt = [int(t) for t in np.random.default_rng(4).integers(0, m.config.vocab_size, 24)]
-    e.reset()
-    e.prefill(prompt)
-    whole = e.logits()
-    e.reset()
-    e.prefill(prompt[:20])
-    for t in prompt[20:]:
-        e.step(t)
-    assert rel(e.logits(), whole) < SYNTHETIC_TOL  # decode's products fp32, prefill's fp16
+    prompt = np.random.default_rng(4).integers(0, m.config.vocab_size, 24)
+    whole, split = whole_and_split(engines["one_chunk"], prompt, 20, decode_rest=True)
+    assert rel(split, whole) < SYNTHETIC_TOL  # decode's products fp32, prefill's fp16
 
 
 # -- the sampling mask ---------------------------------------------------------------------------
