@@ -14,7 +14,7 @@
 #      Gemma 3 (no chat template: the haiku test asks for messages, left out)
 #   4. bench_cuda.py on each real file (Qwen with both prefill attentions: simt, the default,
 #      and tc), after its e2e step
-# Worst case (every bound reached) ~11 min; expected ~5 (bench steps ~15 s each).
+# Worst case (every bound reached) ~14 min; expected ~6 (e2e: ~15 worker starts per model).
 set -uo pipefail
 models=${1:-/root/models}
 out=${OUT:-/tmp/gpu-verify-families}
@@ -38,13 +38,13 @@ step tests-engine "${T_ENGINE:-200}" $pt -s tests/cuda/test_engine_gemma3.py \
 step tests-models "${T_MODELS:-150}" $pt -s tests/cuda/test_engine_models.py \
     tests/cuda/test_vs_reference.py
 if [ -f "$qwen" ]; then  # shellcheck disable=SC2086
-    step e2e-qwen-cuda "${T_E2E:-120}" env WORKER_ORCD_TEST_BACKEND=cuda \
+    step e2e-qwen-cuda "${T_E2E:-200}" env WORKER_ORCD_TEST_BACKEND=cuda \
         WORKER_ORCD_TEST_MODEL="$qwen" $pt tests/e2e
     step bench-qwen "${T_BENCH:-60}" python3 bench/bench_cuda.py --model "$qwen" --reps 3 \
         --config simt:attn=simt --config tc:attn=tc
 fi
 if [ -f "$gemma" ]; then  # shellcheck disable=SC2086
-    step e2e-gemma-cuda "${T_E2E_G:-60}" env WORKER_ORCD_TEST_BACKEND=cuda \
+    step e2e-gemma-cuda "${T_E2E_G:-120}" env WORKER_ORCD_TEST_BACKEND=cuda \
         WORKER_ORCD_TEST_MODEL="$gemma" $pt tests/e2e -k "not haiku_contains"
     step bench-gemma "${T_BENCH:-60}" python3 bench/bench_cuda.py --model "$gemma" --reps 3
 fi
