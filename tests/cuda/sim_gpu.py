@@ -661,7 +661,7 @@ def k_matvec_seg(sim, ln, _d) -> None:
     types_by_code = {code: qtype for qtype, code in _TYPE_CODES.items()}
     cols, x, g, eps, y, bias, acc, *segs = ln.args
     xv = sim.f32(x, cols)
-    if ln.name == "matvec_seg_norm":
+    if ln.name.endswith("_norm"):  # matvec_seg_norm, and the mr forms mvx_seg_<cfg>_norm
         xv = _rms(xv, sim.f32(g, cols), eps).astype(np.float32)
     parts = []
     for j in range(0, len(segs), 3):
