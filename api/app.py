@@ -24,14 +24,21 @@ from api import admin, metrics, native
 from api.common import CORRELATION_HEADER, correlation_id
 from api.errors import error_response
 from api.fast_paths import FastPaths, FastRoute
+from api.guard import ConnectionGuard
 from runtime.errors import ErrorCode, WorkerError
 
 FrontEnd = Callable[[QuartTrio, WorkerService], Mapping[str, FastRoute]]
 FRONT_ENDS: tuple[FrontEnd, ...] = (native.install, metrics.install, admin.install)
 
 
-def create_app(service: WorkerService, front_ends: Sequence[FrontEnd] = FRONT_ENDS) -> FastPaths:
-    """The app hypercorn serves; `.quart` is the Quart app inside (tests use its test client)."""
+def create_app(
+    service: WorkerService, front_ends: Sequence[FrontEnd] = FRONT_ENDS
+) -> ConnectionGuard:
+    """The app hypercorn serves; `.quart` is the Quart app inside (tests use its test client).
+
+    Every request passes the connection guard (api/guard.py: cleanup when the client leaves,
+    closes, body time limit), then the fast paths, then Quart.
+    """
     app = QuartTrio("worker-orcd")
     app.config.update(
         MAX_CONTENT_LENGTH=service.config.max_body_bytes,
@@ -83,4 +90,6 @@ def create_app(service: WorkerService, front_ends: Sequence[FrontEnd] = FRONT_EN
     fast: dict[str, FastRoute] = {}
     for install in front_ends:
         fast.update(install(app, service))
-    return FastPaths(app, fast)
+    return ConnectionGuard(
+        FastPaths(app, fast), quart=app, body_timeout_s=service.config.body_timeout_s
+    )

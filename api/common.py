@@ -15,6 +15,7 @@ from collections.abc import Callable
 from quart import Response, g, request
 
 from actors.service import JobEvent, JobStream
+from api.guard import on_request_end
 from api.validation import parse_json_object
 from runtime.errors import ErrorCode, InvalidRequest, WorkerError
 
@@ -48,7 +49,13 @@ async def json_body(max_bytes: int) -> dict:
 
 
 def stream_response(stream: JobStream, encode: Encoder, content_type: str) -> Response:
-    """A 200 whose body is `encode(batch)` for each batch of the job's events, live."""
+    """A 200 whose body is `encode(batch)` for each batch of the job's events, live.
+
+    Call it right after `service.submit` returned, before anything awaits: from here the
+    stream is closed (its job cancelled if unfinished) when the request ends, even if the
+    client left before the body generator started (api/guard.py, REL-1).
+    """
+    on_request_end(request.scope, stream.close)
 
     async def body():
         try:

@@ -15,6 +15,7 @@ import sys
 
 from runtime.config import (
     BACKENDS,
+    BODY_TIMEOUT_S,
     DEFAULT_MAX_CONTEXT,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the jobs ended on shutdown, seconds streams get to flush (default 3)",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT_S,
+        help="seconds a request body may take to arrive after its head; slower bodies get "
+        f"408 and the connection closed (default {BODY_TIMEOUT_S:g}; bodies over 1 MiB get 413)",
+    )
+    parser.add_argument(
         "--shutdown-deadline",
         type=float,
         default=5.0,
@@ -133,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "residency_interval_s": str(args.residency_interval),
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),
+            "body_timeout_s": str(args.body_timeout),
             "max_vram_bytes": None if args.max_vram_bytes is None else str(args.max_vram_bytes),
             "check_tensors": "1" if args.check_tensors else None,
             "shutdown_deadline_s": str(args.shutdown_deadline),

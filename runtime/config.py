@@ -19,6 +19,7 @@ LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_CONTEXT = 2048  # tokens of KV cache unless --max-context says otherwise
 MAX_BODY_BYTES = 1024 * 1024  # POST bodies above this answer 413
+BODY_TIMEOUT_S = 30.0  # POST bodies slower than this answer 408
 ENV_PREFIX = "WORKER_ORCD_"
 
 
@@ -69,6 +70,8 @@ class WorkerConfig:
     # POST /shutdown or SIGTERM: the running job may finish for this long, then it is cancelled
     shutdown_deadline_s: float = attrs.field(default=5.0, validator=_not_negative)
     max_body_bytes: int = MAX_BODY_BYTES
+    # a request body must arrive within this many seconds of its head, else 408 and a close
+    body_timeout_s: float = attrs.field(default=BODY_TIMEOUT_S, validator=_positive)
     # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
     max_vram_bytes: int | None = attrs.field(default=None, validator=_positive)
     # before loading, dequantize every tensor and refuse the model if any holds NaN or inf
@@ -95,6 +98,7 @@ class WorkerConfig:
             "residency_interval_s": float,
             "queue_size": int,
             "drain_timeout_s": float,
+            "body_timeout_s": float,
             "max_vram_bytes": int,
             "check_tensors": _flag,
             "shutdown_deadline_s": float,
@@ -118,6 +122,7 @@ class WorkerConfig:
         aliases = {
             "residency_interval_s": "RESIDENCY_INTERVAL",
             "drain_timeout_s": "DRAIN_TIMEOUT",
+            "body_timeout_s": "BODY_TIMEOUT",
             "shutdown_deadline_s": "SHUTDOWN_DEADLINE",
         }
         values = {}

@@ -25,6 +25,9 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "CONFLICT"
     NOT_FOUND = "NOT_FOUND"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"  # the body did not arrive in time (408)
+    UNAUTHORIZED = "UNAUTHORIZED"  # --api-key is set and the bearer token is missing or wrong
+    FORBIDDEN_HOST = "FORBIDDEN_HOST"  # the Host header is not on the allow-list
     NON_FINITE_LOGITS = "NON_FINITE_LOGITS"
     MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"  # pool preflight: a file no worker here can serve
 

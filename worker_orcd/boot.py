@@ -33,7 +33,7 @@ from actors.http import route_logger
 from actors.service import WorkerService
 from actors.supervisor import Worker, model_name, narrate_startup
 from api.app import create_app
-from api.fast_paths import FastPaths
+from api.guard import ConnectionGuard
 from runtime.backends import CudaWarmup, pick_backend
 from runtime.cli import EXIT_CRASH
 from runtime.config import WorkerConfig
@@ -127,7 +127,7 @@ def _route_python_output(process: Process) -> None:
     process._undo.append(undo)
 
 
-def build_worker(process: Process, *, via: str) -> tuple[Worker, FastPaths]:
+def build_worker(process: Process, *, via: str) -> tuple[Worker, ConnectionGuard]:
     """Model path, backend, startup narration, the worker and the app serving its service.
 
     Raises `WorkerError` when the worker cannot even start (no model file, no such backend).

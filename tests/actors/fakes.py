@@ -29,7 +29,7 @@ import trio
 from actors.loader import ModelInfo
 from actors.supervisor import Worker, run_worker
 from api.app import create_app
-from api.fast_paths import FastPaths
+from api.guard import ConnectionGuard
 from api.sse import SSEEvent, SSEParser, check_grammar
 from runtime.config import WorkerConfig
 from runtime.engine_api import ResidencyReport
@@ -190,7 +190,7 @@ class FakeEngine:
 @attrs.define
 class Harness:
     worker: Worker
-    app: FastPaths  # what hypercorn serves; `.quart` is the Quart app inside
+    app: ConnectionGuard  # what hypercorn serves; `.quart` is the Quart app inside
     client: httpx.AsyncClient
     log: io.StringIO
     engines: list[FakeEngine]

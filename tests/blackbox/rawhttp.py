@@ -66,7 +66,7 @@ class RawConnection:
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def _more(self) -> bool:
+    async def more(self) -> bool:
         if self.eof:
             return False
         try:
@@ -81,14 +81,14 @@ class RawConnection:
 
     async def _take_line(self) -> bytes:
         while b"\r\n" not in self.buffer:
-            if not await self._more():
+            if not await self.more():
                 raise EOFError(f"connection closed inside a line: {self.buffer[:200]!r}")
         line, self.buffer = self.buffer.split(b"\r\n", 1)
         return line
 
     async def _take(self, n: int) -> bytes:
         while len(self.buffer) < n:
-            if not await self._more():
+            if not await self.more():
                 raise EOFError(f"connection closed {n - len(self.buffer)} bytes short")
         out, self.buffer = self.buffer[:n], self.buffer[n:]
         return out
@@ -112,7 +112,7 @@ class RawConnection:
                 await self._take_line()
             await self._take_line()
         else:
-            while await self._more():
+            while await self.more():
                 pass
             body, self.buffer = self.buffer, b""
         return RawResponse(status, headers, body)
@@ -120,7 +120,7 @@ class RawConnection:
     async def closed_within(self, seconds: float) -> bool:
         """True when the server closes the connection within `seconds` (unread bytes skipped)."""
         with trio.move_on_after(seconds):
-            while await self._more():
+            while await self.more():
                 pass
             return True
         return False
