@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from actors.service import WorkerService
 from api import admin, metrics, native
+from api.auth import AccessPolicy, default_allowed_hosts
 from api.common import CORRELATION_HEADER, correlation_id
 from api.errors import error_response
 from api.fast_paths import FastPaths, FastRoute
@@ -37,7 +38,8 @@ def create_app(
     """The app hypercorn serves; `.quart` is the Quart app inside (tests use its test client).
 
     Every request passes the connection guard (api/guard.py: cleanup when the client leaves,
-    closes, body time limit), then the fast paths, then Quart.
+    closes, body time limit), the access policy (api/auth.py: Host allow-list, API key), then
+    the fast paths, then Quart.
     """
     app = QuartTrio("worker-orcd")
     app.config.update(
@@ -90,6 +92,11 @@ def create_app(
     fast: dict[str, FastRoute] = {}
     for install in front_ends:
         fast.update(install(app, service))
-    return ConnectionGuard(
-        FastPaths(app, fast), quart=app, body_timeout_s=service.config.body_timeout_s
+    config = service.config
+    allowed = config.allowed_hosts
+    policy = AccessPolicy(
+        FastPaths(app, fast),
+        api_key=config.api_key,
+        allowed_hosts=default_allowed_hosts(config.host) if allowed is None else allowed,
     )
+    return ConnectionGuard(policy, quart=app, body_timeout_s=config.body_timeout_s)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import trio
 
-from runtime.errors import ErrorCode
+from runtime.errors import ErrorCode, WorkerError
 
 EXTENSION = "worker_orcd.on_request_end"
 
@@ -53,10 +53,16 @@ def _with_close(headers) -> list:
     return [*kept, (b"connection", b"close")]
 
 
-def _timeout_body(limit_s: float) -> bytes:
-    message = f"the request body did not arrive within {limit_s:g} s"
-    body = {"error": {"code": str(ErrorCode.REQUEST_TIMEOUT), "message": message}}
-    return json.dumps(body, separators=(",", ":")).encode()
+async def send_error(send, status: int, error: WorkerError, headers=()) -> None:
+    """A whole JSON error response (the body `api.errors` would give) from the ASGI layer."""
+    body = json.dumps(error.to_body(), separators=(",", ":")).encode()
+    start = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ConnectionGuard:
@@ -93,15 +99,13 @@ class _Exchange:
         with self.cancel_scope:
             await self.guard.app(self.scope, self.receive, self.send)
         if self.timed_out and not self.started:
-            body = _timeout_body(self.guard.body_timeout_s)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ]
+            limit = self.guard.body_timeout_s
+            error = WorkerError(
+                f"the request body did not arrive within {limit:g} s (--body-timeout)",
+                code=ErrorCode.REQUEST_TIMEOUT,
+            )
             with trio.CancelScope(shield=True):
-                await self._send({"type": "http.response.start", "status": 408, "headers": headers})
-                await self._send({"type": "http.response.body", "body": body})
+                await send_error(self._send, 408, error, [(b"connection", b"close")])
 
     async def receive(self):
         if self.body_done:

@@ -11,6 +11,7 @@ process says goes to stderr as narration lines (`--log-format json|text`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from runtime.config import (
@@ -114,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's name in the ready callback (default: file: + the model's path)",
     )
     parser.add_argument(
+        "--api-key",
+        default=os.environ.get("WORKER_ORCD_API_KEY"),
+        help="require `Authorization: Bearer KEY` on every route but GET /health (default: "
+        "$WORKER_ORCD_API_KEY, else none; the environment keeps it out of `ps`)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host names answered (403 otherwise), * for any (default: "
+        "localhost,127.0.0.1,::1 when --host is a loopback address, else any)",
+    )
+    parser.add_argument(
         "--log-format", choices=LOG_FORMATS, default="json", help="stderr lines (default json)"
     )
     parser.add_argument(
@@ -142,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),
             "body_timeout_s": str(args.body_timeout),
+            "api_key": args.api_key,
+            "allowed_hosts": args.allowed_hosts,
             "max_vram_bytes": None if args.max_vram_bytes is None else str(args.max_vram_bytes),
             "check_tensors": "1" if args.check_tensors else None,
             "shutdown_deadline_s": str(args.shutdown_deadline),

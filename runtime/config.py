@@ -8,7 +8,6 @@ drift apart.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,7 +48,16 @@ def _flag(raw: str) -> bool:
 
 
 def default_worker_id() -> str:
-    return f"worker-{socket.gethostname()}-{os.getpid()}"
+    """No host name: `worker_id` is in every log line, /health and the ready callback (REL-10)."""
+    return f"worker-{os.getpid()}"
+
+
+def _host_list(raw: str) -> tuple[str, ...]:
+    """`--allowed-hosts a,b,[::1]`: names without ports; `*` accepts any Host."""
+    hosts = tuple(h.strip() for h in raw.split(",") if h.strip())
+    if not hosts:
+        raise ValueError("allowed_hosts is empty (use * to accept any Host header)")
+    return hosts
 
 
 @attrs.frozen
@@ -70,6 +78,10 @@ class WorkerConfig:
     # POST /shutdown or SIGTERM: the running job may finish for this long, then it is cancelled
     shutdown_deadline_s: float = attrs.field(default=5.0, validator=_not_negative)
     max_body_bytes: int = MAX_BODY_BYTES
+    # every route but GET /health needs `Authorization: Bearer <api_key>` (never logged)
+    api_key: str | None = attrs.field(default=None, repr=False)
+    # Host headers answered; None: loopback names when bound to loopback, else any (REL-10)
+    allowed_hosts: tuple[str, ...] | None = None
     # a request body must arrive within this many seconds of its head, else 408 and a close
     body_timeout_s: float = attrs.field(default=BODY_TIMEOUT_S, validator=_positive)
     # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
@@ -99,6 +111,8 @@ class WorkerConfig:
             "queue_size": int,
             "drain_timeout_s": float,
             "body_timeout_s": float,
+            "api_key": str,
+            "allowed_hosts": _host_list,
             "max_vram_bytes": int,
             "check_tensors": _flag,
             "shutdown_deadline_s": float,

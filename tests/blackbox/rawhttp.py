@@ -140,7 +140,7 @@ class RawConnection:
 
 
 async def exchange(base_url: str, head: bytes, body: bytes = b"") -> RawResponse:
-    """One request on a fresh connection, in one write; its response."""
+    """One request on a fresh connection, in one write; its response (no body for HEAD)."""
     async with await RawConnection.open(base_url) as conn:
         await conn.send(head + body)
-        return await conn.read_response()
+        return await conn.read_response(head_only=head.startswith(b"HEAD "))
