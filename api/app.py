@@ -26,7 +26,7 @@ from api.common import CORRELATION_HEADER, correlation_id
 from api.errors import error_response
 from api.fast_paths import FastPaths, FastRoute
 from api.guard import ConnectionGuard
-from runtime.errors import ErrorCode, WorkerError
+from runtime.errors import ErrorCode, WorkerError, clip
 
 FrontEnd = Callable[[QuartTrio, WorkerService], Mapping[str, FastRoute]]
 FRONT_ENDS: tuple[FrontEnd, ...] = (native.install, metrics.install, admin.install)
@@ -73,7 +73,7 @@ def create_app(
         narrator.emit(
             "error",
             level="error",
-            target=request.path,
+            target=clip(request.path, 128),
             correlation_id=g.get("correlation_id"),
             human=f"A request failed unexpectedly: {type(error).__name__}: {error}",
             code=str(ErrorCode.INTERNAL),

@@ -18,7 +18,12 @@ from api.common import correlation_id, json_body, stream_response
 from api.errors import error_response
 from api.fast_paths import FastRoute
 from api.sse import CONTENT_TYPE, encode_event
-from api.validation import EXECUTE_FIELDS, validate_cancel, validate_execute
+from api.validation import (
+    EXECUTE_FIELDS,
+    loggable_job_id,
+    validate_cancel,
+    validate_execute,
+)
 from runtime.errors import ErrorCode, WorkerError
 from runtime.redaction import strings_in
 
@@ -89,7 +94,7 @@ def install(app: QuartTrio, service: WorkerService) -> dict[str, FastRoute]:
             try:
                 stream = await service.submit(validate_execute(body), correlation)
             except WorkerError as error:
-                service.refused(str(body.get("job_id", "")), correlation, error)
+                service.refused(loggable_job_id(body.get("job_id")), correlation, error)
                 status = 503 if error.code is ErrorCode.INTERNAL else None
                 return error_response(error, status=status)
         encode = sse_encoder(stream.job_id, service.model)

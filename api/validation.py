@@ -16,7 +16,7 @@ import re
 import secrets
 
 from runtime.chat import MAX_MESSAGES
-from runtime.errors import InvalidRequest
+from runtime.errors import InvalidRequest, clip
 from runtime.request import ChatMessage, GenerationRequest
 from runtime.sampling import SamplingParams
 
@@ -151,9 +151,7 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
 
 def validate_execute(body: dict) -> GenerationRequest:
     """Check an /execute body; raises `InvalidRequest` naming the first field at fault."""
-    unknown = sorted(set(body) - EXECUTE_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    refuse_unknown_fields(body, EXECUTE_FIELDS)
     job_id = validate_job_id(body)
 
     prompt, messages = body.get("prompt"), None
@@ -205,7 +203,20 @@ def validate_execute(body: dict) -> GenerationRequest:
 
 
 def validate_cancel(body: dict) -> str:
-    unknown = sorted(set(body) - {"job_id"})
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    refuse_unknown_fields(body, frozenset({"job_id"}))
     return validate_job_id(body)
+
+
+def refuse_unknown_fields(body: dict, known: frozenset[str]) -> None:
+    """400 naming the first unknown field, clipped: the name is client text (REL-6)."""
+    unknown = sorted(set(body) - known)
+    if unknown:
+        name = clip(unknown[0])
+        raise InvalidRequest(f"unknown field {name!r}", field=name)
+
+
+def loggable_job_id(value: object) -> str:
+    """The job id as a log line may show it: as given when valid, else clipped or its type."""
+    if isinstance(value, str):
+        return value if JOB_ID_RE.fullmatch(value) else clip(value)
+    return f"<{type(value).__name__}>"

@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=LOG_LEVELS, default="info", help="least severe level logged"
     )
     parser.add_argument(
+        "--log-hash-key",
+        default=os.environ.get("WORKER_ORCD_LOG_HASH_KEY"),
+        help="key of the HMAC that stands in for prompts in the logs; give workers the same "
+        "one to match prompts across their logs (default: $WORKER_ORCD_LOG_HASH_KEY, else "
+        "random per process)",
+    )
+    parser.add_argument(
         "--log-prompts",
         action="store_true",
         help="DEBUGGING ONLY: log prompt and output text (every such line says so); by "
@@ -156,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "drain_timeout_s": str(args.drain_timeout),
             "body_timeout_s": str(args.body_timeout),
             "api_key": args.api_key,
+            "log_hash_key": args.log_hash_key,
             "allowed_hosts": args.allowed_hosts,
             "max_vram_bytes": None if args.max_vram_bytes is None else str(args.max_vram_bytes),
             "check_tensors": "1" if args.check_tensors else None,

@@ -82,6 +82,8 @@ class WorkerConfig:
     api_key: str | None = attrs.field(default=None, repr=False)
     # Host headers answered; None: loopback names when bound to loopback, else any (REL-10)
     allowed_hosts: tuple[str, ...] | None = None
+    # key of the log hashes (prompt fingerprints, redaction marks); None: random per process
+    log_hash_key: str | None = attrs.field(default=None, repr=False)
     # a request body must arrive within this many seconds of its head, else 408 and a close
     body_timeout_s: float = attrs.field(default=BODY_TIMEOUT_S, validator=_positive)
     # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
@@ -112,6 +114,7 @@ class WorkerConfig:
             "drain_timeout_s": float,
             "body_timeout_s": float,
             "api_key": str,
+            "log_hash_key": str,
             "allowed_hosts": _host_list,
             "max_vram_bytes": int,
             "check_tensors": _flag,

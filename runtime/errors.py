@@ -38,6 +38,19 @@ RETRIABLE = frozenset(
 )
 
 
+CLIP_CHARS = 32  # client-supplied names and values keep this much in errors and logs
+
+
+def clip(text: str, keep: int = CLIP_CHARS) -> str:
+    """Client text as an error or a log line may show it: a short prefix and the length (REL-6).
+
+    A 1 MB field name must not become a 1 MB error body and two log lines of it.
+    """
+    if len(text) <= keep:
+        return text
+    return f"{text[:keep]}... ({len(text)} characters)"
+
+
 class WorkerError(Exception):
     """An error with a stable code, a human message and (for bad input) the field at fault."""
 

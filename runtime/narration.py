@@ -25,13 +25,12 @@ serialises writes, and each event is a single `write` of a whole line followed b
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import sys
 import threading
 from typing import Any, TextIO
 
-from runtime.redaction import Redactor
+from runtime.redaction import Redactor, text_digest
 
 #: Levels in increasing severity; events below a narrator's `min_level` are dropped.
 LEVELS = ("debug", "info", "warning", "error")
@@ -85,10 +84,12 @@ FINGERPRINT_HEX_CHARS = 12
 def fingerprint(text: str) -> dict[str, Any]:
     """What stands in for a prompt or generated text in a log: a hash prefix and the length.
 
+    The hash is HMAC-SHA-256 under the process's log hash key (`runtime.redaction`), so a
+    short prompt cannot be recovered by hashing candidates.
+
     The length is in characters (what a person reading `len(prompt)` would expect).
     """
-    digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
-    return {"sha256_prefix": digest[:FINGERPRINT_HEX_CHARS], "length": len(text)}
+    return {"sha256_prefix": text_digest(text)[:FINGERPRINT_HEX_CHARS], "length": len(text)}
 
 
 def _is_fingerprint(value: Any) -> bool:

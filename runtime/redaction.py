@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import hmac
 import itertools
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -33,9 +35,29 @@ MAX_GRAMS = 4096  # pieces indexed per registered request, at most (about)
 RECENT = 64  # released requests kept registered, newest first out last
 
 
+# Log hashes are keyed (HMAC-SHA-256), so a short prompt cannot be found by hashing guesses
+# (REL-6). The key is random per process unless the operator sets one (`--log-hash-key`,
+# WORKER_ORCD_LOG_HASH_KEY), which workers then share to match "the same prompt" across logs.
+_hash_key = secrets.token_bytes(32)
+
+
+def set_log_hash_key(key: str | bytes | None) -> None:
+    """Use `key` for every log hash from now on (None: a new random key)."""
+    global _hash_key
+    if key is None:
+        _hash_key = secrets.token_bytes(32)
+    else:
+        _hash_key = key.encode() if isinstance(key, str) else bytes(key)
+
+
+def text_digest(text: str) -> str:
+    """The keyed hex digest that stands in for `text` in logs (fingerprints, redaction marks)."""
+    data = text.encode("utf-8", errors="surrogatepass")
+    return hmac.new(_hash_key, data, hashlib.sha256).hexdigest()
+
+
 def redaction_mark(text: str) -> str:
-    digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
-    return f"[redacted sha256={digest[:12]} len={len(text)}]"
+    return f"[redacted sha256={text_digest(text)[:12]} len={len(text)}]"
 
 
 class Redactor:

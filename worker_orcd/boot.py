@@ -39,7 +39,7 @@ from runtime.cli import EXIT_CRASH
 from runtime.config import WorkerConfig
 from runtime.errors import describe, first_error
 from runtime.narration import Narrator
-from runtime.redaction import Redactor
+from runtime.redaction import Redactor, set_log_hash_key
 from worker_orcd import engines
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -74,6 +74,7 @@ def make_narrator(config: WorkerConfig, model: str | None = None) -> Narrator:
 
 def start_process(config: WorkerConfig) -> Process:
     """The first thing an entry point does: GC off, CUDA warm-up, engines, logs, hooks."""
+    set_log_hash_key(config.log_hash_key)  # before the first fingerprint (REL-6)
     process = Process(config, make_narrator(config))
     if gc.isenabled():
         gc.disable()

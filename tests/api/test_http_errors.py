@@ -82,7 +82,7 @@ async def raw_post(base_url: str, head: str, body_parts: list[bytes]) -> bytes:
 async def test_body_over_one_mib_is_413():
     async with running_worker() as h:
         with trio.fail_after(10):
-            base = "POST /execute HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            base = "POST /execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             # Declared too large: refused before the body is read.
             answer = await raw_post(
                 str(h.client.base_url), base + "Content-Length: 1048577\r\n\r\n", [b"{" * 1000]

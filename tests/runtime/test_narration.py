@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import io
 import json
 import re
@@ -12,6 +13,7 @@ import threading
 import pytest
 
 from runtime.narration import CORE_KEYS, Narrator, fingerprint
+from runtime.redaction import set_log_hash_key
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -64,14 +66,19 @@ def test_optional_keys_are_absent_when_they_do_not_apply():
     assert event["target"] == ""
 
 
-def test_fingerprint_is_a_sha256_prefix_and_the_length_in_characters():
+def test_fingerprint_is_a_keyed_sha256_prefix_and_the_length_in_characters():
     text = "Écris un haïku 🌸"
-    fp = fingerprint(text)
-    assert fp == {
-        "sha256_prefix": hashlib.sha256(text.encode("utf-8")).hexdigest()[:12],
-        "length": 16,
-    }
-    assert fingerprint("") == {"sha256_prefix": "e3b0c44298fc", "length": 0}
+    try:
+        set_log_hash_key(b"operator key")
+        keyed = hmac.new(b"operator key", text.encode("utf-8"), hashlib.sha256).hexdigest()
+        assert fingerprint(text) == {"sha256_prefix": keyed[:12], "length": 16}
+        assert fingerprint(text) == fingerprint(text)  # the same text matches within a log
+        set_log_hash_key(None)  # the default: a random key per process (REL-6)
+        plain = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        assert fingerprint(text)["sha256_prefix"] not in (plain, keyed[:12])
+        assert fingerprint("")["sha256_prefix"] != "e3b0c44298fc"  # SHA-256 of nothing
+    finally:
+        set_log_hash_key(None)
 
 
 def test_prompt_and_generated_text_never_reach_the_log():
