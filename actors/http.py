@@ -16,10 +16,15 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from runtime.errors import WorkerError
 from runtime.narration import Narrator
 
 ACTOR = "http"
 GRACEFUL_TIMEOUT_S = 1.0  # after our own drain, connections still open get this long
+
+
+class ListenError(WorkerError):
+    """The socket could not be bound: the worker cannot start (REL-9)."""
 
 
 class NarrationHandler(logging.Handler):
@@ -101,9 +106,16 @@ async def run_http(
     """Serve until `shutdown_trigger()` returns; `started` with the bound URLs (port 0 resolved)."""
     config = hypercorn_config(host, port, narrator)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            functools.partial(serve, app, config, shutdown_trigger=shutdown_trigger)
-        )
+        try:
+            binds = await nursery.start(
+                functools.partial(serve, app, config, shutdown_trigger=shutdown_trigger)
+            )
+        except* OSError as group:  # the port is taken, the address is not ours, ...
+            error = group.exceptions[0]
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            why = getattr(error, "strerror", None) or str(error)
+            raise ListenError(f"cannot listen on {config.bind[0]}: {why}") from error
         narrator.emit(
             "listening",
             actor=ACTOR,

@@ -47,6 +47,10 @@ FLAGS = [
     "--log-level",
     "--log-prompts",
     "--check-tensors",
+    "--body-timeout",
+    "--api-key",
+    "--allowed-hosts",
+    "--log-hash-key",
 ]
 
 

@@ -12,7 +12,7 @@ points behave the same:
 - Logs: one narrator (`--log-format`, `--log-level`, `--log-prompts`) that every line goes
   through, Python's own loggers, warnings and uncaught exceptions included, so every line
   passes redaction (W-1902).
-- Signals: the first SIGTERM/SIGINT asks the service to shut down, exactly like POST /shutdown;
+- Signals: the first SIGTERM/SIGINT/SIGHUP asks the service to shut down, exactly like POST /shutdown;
   repeats are narrated and ignored (`watch_signals`).
 - Crashes: narrated with their code, then exit status 1 (`narrate_crash`).
 """
@@ -40,9 +40,10 @@ from runtime.config import WorkerConfig
 from runtime.errors import describe, first_error
 from runtime.narration import Narrator
 from runtime.redaction import Redactor, set_log_hash_key
-from worker_orcd import engines
+from worker_orcd import early_signals, engines
+from worker_orcd.preflight import check_model_file
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = early_signals.SHUTDOWN_SIGNALS
 
 
 @attrs.define
@@ -135,6 +136,7 @@ def build_worker(process: Process, *, via: str) -> tuple[Worker, ConnectionGuard
     """
     config = process.config
     path = config.resolved_model_path()
+    check_model_file(path)  # before the startup line and before anything listens (REL-9)
     process.narrator = process.narrator.child(model=model_name(path))
     backend = pick_backend(config.backend)
     if backend == "cpu" and process.warmup is not None:
@@ -147,35 +149,43 @@ def build_worker(process: Process, *, via: str) -> tuple[Worker, ConnectionGuard
 async def watch_signals(
     service: WorkerService, narrator: Narrator, *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The first SIGTERM/SIGINT shuts the worker down (as POST /shutdown); repeats are ignored.
+    """The first SIGTERM/SIGINT/SIGHUP shuts the worker down (as POST /shutdown); repeats are
+    ignored. Signals recorded while the process was starting (`early_signals`) count too.
 
     The signals are set to "ignore" before the receiver opens, so that is what they fall back
     to when it closes (trio restores the handler found on entry and re-raises signals it had
     not read yet): a second Ctrl-C or `kill` during the final instant of the shutdown, or after
     `trio.run` returned, can neither kill the process nor turn exit 0 into a KeyboardInterrupt.
-    Runs until cancelled; SIGTERM/SIGINT stay ignored afterwards (the process is exiting).
+    Runs until cancelled; the signals stay ignored afterwards (the process is exiting).
     """
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     with trio.open_signal_receiver(*SIGNALS) as signals:
         task_status.started()
+        for signum in early_signals.take():
+            _on_signal(service, narrator, signum, early=True)
         async for signum in signals:
-            name = signal.Signals(signum).name
-            if service.request_shutdown(f"received {name}"):
-                narrator.emit(
-                    "signal",
-                    actor="supervisor",
-                    human=f"Received {name}; shutting down.",
-                    signal=name,
-                )
-            else:
-                narrator.emit(
-                    "signal_ignored",
-                    level="warning",
-                    actor="supervisor",
-                    human=f"Received {name} again; already shutting down.",
-                    signal=name,
-                )
+            _on_signal(service, narrator, signum)
+
+
+def _on_signal(service: WorkerService, narrator: Narrator, signum: int, early=False) -> None:
+    name = signal.Signals(signum).name
+    when = " during start-up" if early else ""
+    if service.request_shutdown(f"received {name}"):
+        narrator.emit(
+            "signal",
+            actor="supervisor",
+            human=f"Received {name}{when}; shutting down.",
+            signal=name,
+        )
+    else:
+        narrator.emit(
+            "signal_ignored",
+            level="warning",
+            actor="supervisor",
+            human=f"Received {name}{when} again; already shutting down.",
+            signal=name,
+        )
 
 
 def narrate_crash(narrator: Narrator, error: BaseException) -> None:

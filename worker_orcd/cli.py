@@ -8,18 +8,22 @@ the model failed to load or the ready callback was refused, 2 for bad flags.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import trio
+from worker_orcd import early_signals
 
-from actors.supervisor import run_worker
-from runtime.cli import EXIT_CRASH, EXIT_OK, parse_config
-from runtime.config import WorkerConfig
-from runtime.errors import WorkerError, first_error
-from worker_orcd import boot
+if TYPE_CHECKING:
+    from runtime.config import WorkerConfig
+    from worker_orcd import boot
+
+# Everything else is imported inside the functions: `main` records shutdown signals first
+# (early_signals), and the imports take a second or more (REL-9).
 
 
 def run(config: WorkerConfig) -> int:
     """Start the worker with `config` in this process; returns the exit status."""
+    from worker_orcd import boot
+
     process = boot.start_process(config)
     try:
         return _run(process)
@@ -28,9 +32,15 @@ def run(config: WorkerConfig) -> int:
 
 
 def _run(process: boot.Process) -> int:
-    try:
-        worker, app = boot.build_worker(process, via="from the command line")
-    except WorkerError as error:
+    import trio
+
+    from actors.http import ListenError
+    from actors.supervisor import run_worker
+    from runtime.cli import EXIT_CRASH, EXIT_OK
+    from runtime.errors import WorkerError, first_error
+    from worker_orcd import boot
+
+    def cannot_start(error: WorkerError) -> int:
         process.narrator.emit(
             "error",
             level="error",
@@ -39,6 +49,11 @@ def _run(process: boot.Process) -> int:
             code=str(error.code),
         )
         return EXIT_CRASH
+
+    try:
+        worker, app = boot.build_worker(process, via="from the command line")
+    except WorkerError as error:
+        return cannot_start(error)
 
     async def main() -> None:
         # The signal watcher lives in a nursery around the worker's, so it keeps receiving
@@ -51,6 +66,8 @@ def _run(process: boot.Process) -> int:
     try:
         trio.run(main)
     except BaseException as error:  # an actor crashed: say which and how, then exit non-zero
+        if isinstance(first_error(error), ListenError):  # nothing ran: not a crash (REL-9)
+            return cannot_start(first_error(error))
         if not isinstance(first_error(error), KeyboardInterrupt):
             boot.narrate_crash(worker.narrator, error)
         return EXIT_CRASH
@@ -60,6 +77,10 @@ def _run(process: boot.Process) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["pull"]:
+        early_signals.install()
+    from runtime.cli import parse_config
+
     if argv[:1] == ["pull"]:  # `worker-orcd pull NAME`: install a catalog model, serve nothing
         from runtime.models.pull_cli import pull_main
 
