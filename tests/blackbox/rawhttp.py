@@ -117,6 +117,12 @@ class RawConnection:
             body, self.buffer = self.buffer, b""
         return RawResponse(status, headers, body)
 
+    async def read_until(self, *markers: bytes) -> bytes:
+        """Read until one of `markers` was received (or the connection closed); all so far."""
+        while not any(m in self.buffer for m in markers) and await self.more():
+            pass
+        return self.buffer
+
     async def closed_within(self, seconds: float) -> bool:
         """True when the server closes the connection within `seconds` (unread bytes skipped)."""
         with trio.move_on_after(seconds):

@@ -33,9 +33,12 @@ def quiet(service) -> bool:
     )
 
 
-def execute(job_id: str, max_tokens: int = MAX_TOKENS) -> bytes:
+def execute(job_id: str, max_tokens: int = MAX_TOKENS, headers: dict | None = None) -> bytes:
     head, body = request_bytes(
-        "POST", "/execute", {"job_id": job_id, "prompt": "abc", "max_tokens": max_tokens}
+        "POST",
+        "/execute",
+        {"job_id": job_id, "prompt": "abc", "max_tokens": max_tokens},
+        headers=headers,
     )
     return head + body
 
@@ -44,11 +47,11 @@ async def leave(conn: RawConnection, how: str) -> None:
     await (conn.hang_up() if how == "close" else conn.half_close())
 
 
-async def first_token_after(base_url: str) -> float:
+async def first_token_after(base_url: str, headers: dict | None = None) -> float:
     """Seconds until the first token of a fresh short job (the executor is free if small)."""
     t0 = time.perf_counter()
     async with await RawConnection.open(base_url) as conn:
-        await conn.send(execute(f"next-{t0}", max_tokens=3))
+        await conn.send(execute(f"next-{t0}", max_tokens=3, headers=headers))
         await conn.read_response(head_only=True)
         while b"event: token" not in conn.buffer:
             assert await conn.more(), "the stream ended before a token"
