@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -84,8 +85,36 @@ def narrated_logger(narrator: Narrator) -> logging.Logger:
     return route_logger(logging.Logger(f"worker_orcd.hypercorn.{narrator.worker_id}"), narrator)
 
 
-def hypercorn_config(host: str, port: int, narrator: Narrator) -> Config:
-    config = Config()
+class WorkerHypercornConfig(Config):
+    """Hypercorn's config, plus a write timeout on the sockets it listens on (REL-4).
+
+    Hypercorn writes with cancellation shielded, so a client that stops reading would hold its
+    connection (and its stream) until TCP gives up, which can be never. `TCP_USER_TIMEOUT` on
+    the listening socket (inherited by every accepted one) makes the kernel fail a write that
+    has not progressed for `write_timeout_s`; hypercorn then reports the client gone, and the
+    job (if still running) is cancelled like any disconnect.
+    """
+
+    write_timeout_s: float | None = None
+
+    def create_sockets(self):
+        sockets = super().create_sockets()
+        for sock in sockets.secure_sockets + sockets.insecure_sockets:
+            tune_listening_socket(sock, self.write_timeout_s)
+        return sockets
+
+
+def tune_listening_socket(sock: socket.socket, write_timeout_s: float | None) -> None:
+    timeout_option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+    if write_timeout_s and timeout_option is not None and sock.family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, timeout_option, int(write_timeout_s * 1000))
+
+
+def hypercorn_config(
+    host: str, port: int, narrator: Narrator, *, write_timeout_s: float | None = None
+) -> Config:
+    config = WorkerHypercornConfig()
+    config.write_timeout_s = write_timeout_s
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     config.accesslog = None  # requests are narrated by the app where they matter
@@ -101,10 +130,11 @@ async def run_http(
     port: int,
     narrator: Narrator,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    write_timeout_s: float | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger()` returns; `started` with the bound URLs (port 0 resolved)."""
-    config = hypercorn_config(host, port, narrator)
+    config = hypercorn_config(host, port, narrator, write_timeout_s=write_timeout_s)
     async with trio.open_nursery() as nursery:
         try:
             binds = await nursery.start(

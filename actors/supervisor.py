@@ -239,6 +239,7 @@ async def run_worker(worker: Worker, app, *, task_status=trio.TASK_STATUS_IGNORE
                 port=worker.config.port,
                 narrator=worker.narrator,
                 shutdown_trigger=worker.stopped.wait,
+                write_timeout_s=worker.config.write_timeout_s,
             )
         )
         task_status.started(binds)

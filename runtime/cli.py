@@ -20,6 +20,7 @@ from runtime.config import (
     DEFAULT_MAX_CONTEXT,
     LOG_FORMATS,
     LOG_LEVELS,
+    WRITE_TIMEOUT_S,
     WorkerConfig,
     default_worker_id,
 )
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=BODY_TIMEOUT_S,
         help="seconds a request body may take to arrive after its head; slower bodies get "
         f"408 and the connection closed (default {BODY_TIMEOUT_S:g}; bodies over 1 MiB get 413)",
+    )
+    parser.add_argument(
+        "--write-timeout",
+        type=float,
+        default=WRITE_TIMEOUT_S,
+        help="seconds a response write may make no progress (the client reads nothing) "
+        f"before the connection is dropped and its job cancelled (default {WRITE_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--shutdown-deadline",
@@ -162,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),
             "body_timeout_s": str(args.body_timeout),
+            "write_timeout_s": str(args.write_timeout),
             "api_key": args.api_key,
             "log_hash_key": args.log_hash_key,
             "allowed_hosts": args.allowed_hosts,

@@ -19,6 +19,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_CONTEXT = 2048  # tokens of KV cache unless --max-context says otherwise
 MAX_BODY_BYTES = 1024 * 1024  # POST bodies above this answer 413
 BODY_TIMEOUT_S = 30.0  # POST bodies slower than this answer 408
+WRITE_TIMEOUT_S = 60.0  # a client that reads nothing for this long is disconnected
 ENV_PREFIX = "WORKER_ORCD_"
 
 
@@ -84,6 +85,8 @@ class WorkerConfig:
     allowed_hosts: tuple[str, ...] | None = None
     # key of the log hashes (prompt fingerprints, redaction marks); None: random per process
     log_hash_key: str | None = attrs.field(default=None, repr=False)
+    # a response write that makes no progress for this long drops the connection (TCP_USER_TIMEOUT)
+    write_timeout_s: float = attrs.field(default=WRITE_TIMEOUT_S, validator=_positive)
     # a request body must arrive within this many seconds of its head, else 408 and a close
     body_timeout_s: float = attrs.field(default=BODY_TIMEOUT_S, validator=_positive)
     # cuda backend: refuse to hold more than this many bytes of VRAM (preflight and jobs)
@@ -113,6 +116,7 @@ class WorkerConfig:
             "queue_size": int,
             "drain_timeout_s": float,
             "body_timeout_s": float,
+            "write_timeout_s": float,
             "api_key": str,
             "log_hash_key": str,
             "allowed_hosts": _host_list,
@@ -140,6 +144,7 @@ class WorkerConfig:
             "residency_interval_s": "RESIDENCY_INTERVAL",
             "drain_timeout_s": "DRAIN_TIMEOUT",
             "body_timeout_s": "BODY_TIMEOUT",
+            "write_timeout_s": "WRITE_TIMEOUT",
             "shutdown_deadline_s": "SHUTDOWN_DEADLINE",
         }
         values = {}

@@ -48,6 +48,7 @@ FLAGS = [
     "--log-prompts",
     "--check-tensors",
     "--body-timeout",
+    "--write-timeout",
     "--api-key",
     "--allowed-hosts",
     "--log-hash-key",

@@ -10,12 +10,14 @@ stuck, so the next request on it never got an answer.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 
 import pytest
 import trio
 
-from tests.actors.fakes import Script, running_worker
+import actors.http
+from tests.actors.fakes import Script, running_worker, wait_until
 from tests.blackbox.rawhttp import RawConnection, request_bytes
 from tests.blackbox.test_abandoned_jobs import execute
 
@@ -126,3 +128,28 @@ async def test_a_body_that_arrives_in_time_is_served():
             await conn.send(piece)
         with trio.fail_after(3):
             assert (await conn.read_response()).status == 404  # no such job: it was read
+
+
+async def test_a_reader_that_stops_reading_is_dropped_after_the_write_timeout(monkeypatch):
+    """REL-4: the client reads nothing; after --write-timeout without progress the kernel fails
+    hypercorn's write, and the job is cancelled like any disconnect (before: held for ever)."""
+    tune = actors.http.tune_listening_socket
+
+    def small_buffers(sock, write_timeout_s):  # fill the pipe with a few KiB, not megabytes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        tune(sock, write_timeout_s)
+
+    monkeypatch.setattr(actors.http, "tune_listening_socket", small_buffers)
+    async with running_worker(Script(step_delay_s=0.01), write_timeout_s=1.0) as h:
+        host, port = str(h.client.base_url).removeprefix("http://").rsplit(":", 1)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect((host, int(port)))
+        with sock:
+            await sock.send(execute("stalled", max_tokens=500))
+            await wait_until(lambda: "stalled" in h.worker.scheduler.live, timeout=2)
+            handle = h.worker.scheduler.live["stalled"]
+            with trio.fail_after(4.5):  # 5 s to run to the end; blocked after ~1-2 s, +1 s
+                await handle.done.wait()
+            assert handle.outcome.code == "CANCELLED", handle.outcome
+            await wait_until(lambda: h.worker.service.open_streams == 0, timeout=1)
