@@ -4,7 +4,8 @@
 
 Settings come from `WORKER_ORCD_*` environment variables (MODEL, BACKEND, MAX_CONTEXT, WORKER_ID,
 GPU_DEVICE, RESIDENCY_INTERVAL, QUEUE_SIZE, DRAIN_TIMEOUT, SHUTDOWN_DEADLINE, MAX_VRAM_BYTES,
-CALLBACK_URL, MODEL_REF, LOG_FORMAT, LOG_LEVEL, LOG_PROMPTS; see `runtime.config`). Hypercorn
+CALLBACK_URL, MODEL_REF, LOG_FORMAT, LOG_LEVEL, LOG_PROMPTS, LOG_HASH_KEY, BODY_TIMEOUT, API_KEY,
+ALLOWED_HOSTS; see `runtime.config`; WRITE_TIMEOUT applies under `worker-orcd` only). Hypercorn
 owns the socket; the worker (executor, loader, residency monitor, shutdown requests, the ready
 callback) runs in the app's lifespan nursery, started before hypercorn binds, so `/health`
 says `loading` first. The process is booted exactly as under `worker-orcd` (worker_orcd.boot):
