@@ -10,7 +10,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from runtime.cli import EXIT_CRASH, EXIT_OK, EXIT_USAGE  # light: flags and exit codes only
 from worker_orcd import early_signals
+
+__all__ = ["EXIT_CRASH", "EXIT_OK", "EXIT_USAGE", "main", "run"]
 
 if TYPE_CHECKING:
     from runtime.config import WorkerConfig
@@ -36,7 +39,6 @@ def _run(process: boot.Process) -> int:
 
     from actors.http import ListenError
     from actors.supervisor import run_worker
-    from runtime.cli import EXIT_CRASH, EXIT_OK
     from runtime.errors import WorkerError, first_error
     from worker_orcd import boot
 
