@@ -5,7 +5,7 @@ field named by the client, a prompt too long for the context, a cut JSON body), 
 by /cancel, a client that disconnects, and an engine that crashes with an exception quoting the
 canary (tests/e2e/crashing_worker.py): the process's stdout and stderr, every line, are searched
 for the canary and for a long piece of it. The logs still tell the story: the fingerprint of
-the prompt (SHA-256 prefix and length) stands in for it.
+the prompt (a keyed SHA-256 prefix and the length, REL-6) stands in for it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,21 @@ import httpx
 import pytest
 
 from runtime.narration import fingerprint
+from runtime.redaction import set_log_hash_key
 from tests.e2e.conftest import selected_model, start_worker, stream_execute
 
 pytestmark = pytest.mark.slow
 CANARY = f"CANARY-{secrets.token_hex(6)}-zebra-quartz-lantern"
 CANARY_ENV = "WORKER_ORCD_TEST_CANARY"
+HASH_KEY = "canary-test-log-hash-key"  # the worker's log hashes, reproducible here
+
+
+def keyed_fingerprint(text: str) -> dict:
+    try:
+        set_log_hash_key(HASH_KEY)
+        return fingerprint(text)
+    finally:
+        set_log_hash_key(None)
 
 
 def assert_no_canary(log: str) -> None:
@@ -55,7 +65,11 @@ def test_the_canary_never_reaches_a_log_line_on_any_path(tmp_path):
     prompt = f"Please repeat after me: {CANARY}. Then stop."
     with (
         start_worker(
-            worker_id="redact", model=selected_model(), log_path=tmp_path / "w.log", max_context=256
+            worker_id="redact",
+            model=selected_model(),
+            log_path=tmp_path / "w.log",
+            max_context=256,
+            env={"WORKER_ORCD_LOG_HASH_KEY": HASH_KEY},
         ) as worker,
         httpx.Client(timeout=120) as client,
     ):
@@ -104,7 +118,8 @@ def test_the_canary_never_reaches_a_log_line_on_any_path(tmp_path):
     assert_no_canary(log)
     events = worker.narration()
     start = next(e for e in events if e.get("action") == "execute_start" and e["job_id"] == "ok")
-    assert start["prompt"] == fingerprint(prompt)  # what stands in for the text
+    assert start["prompt"] == keyed_fingerprint(prompt)  # what stands in for the text
+    assert start["prompt"] != fingerprint(prompt)  # the key matters (this process's is random)
     refused = [e for e in events if e.get("action") == "execute_rejected"]
     assert {e["target"] for e in refused} >= {"b1", "b2", "b3", "b4", "b5"}
     ends = {e["job_id"]: e for e in events if e.get("action") == "execute_end"}
