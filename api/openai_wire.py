@@ -17,7 +17,7 @@ raise it as an `APIError` (a non-standard `event:` line would be dropped silentl
 
 The per-token chunk is two constant byte strings around the JSON-escaped text, built once per
 response, so a token costs one `json.dumps` of its text and a join: the stream keeps pace with
-the engine (bench/bench_openai.py).
+the engine (bench/bench_openai_stream.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Written from OpenAI's API reference, not from our encoder: each event is exactly
 `data: <json>` line and a blank line (LF only, no `event:` lines, which OpenAI's clients do not
 expect), the last one is `data: [DONE]`. `check_stream` then checks the chunk grammar that
 clients rely on (specs/openai-api.md OAI-3). The api tests, the e2e tests and
-bench/bench_openai.py use it.
+bench/bench_openai_stream.py use it.
 """
 
 from __future__ import annotations
