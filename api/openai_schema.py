@@ -20,6 +20,7 @@ from api.validation import (
     MAX_PROMPT_CHARS,
     ROLES,
     check_utf8,
+    checked_total,
     float_field,
     int_field,
     validate_sampling,
@@ -216,7 +217,7 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
         raise InvalidRequest(
             f"messages is required: a list of 1-{MAX_MESSAGES} messages", field="messages"
         )
-    out, total = [], 0
+    out = []
     for index, message in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -234,15 +235,8 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
                 f"{where}.role must be one of {sorted(ROLES | {'developer'})}",
                 field=f"{where}.role",
             )
-        content = _content(message.get("content"), f"{where}.content")
-        total += len(content)
-        out.append(ChatMessage(role, content))
-    if total == 0 or total > MAX_PROMPT_CHARS:
-        raise InvalidRequest(
-            f"messages must hold 1-{MAX_PROMPT_CHARS} characters of content in all",
-            field="messages",
-        )
-    return tuple(out)
+        out.append(ChatMessage(role, _content(message.get("content"), f"{where}.content")))
+    return checked_total(out)
 
 
 def _content(value: object, where: str) -> str:

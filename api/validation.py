@@ -127,7 +127,6 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
         raise InvalidRequest(
             f"messages must be a list of 1-{MAX_MESSAGES} messages", field="messages"
         )
-    total = 0
     out = []
     for index, message in enumerate(value):
         where = f"messages[{index}]"
@@ -141,14 +140,19 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
         if not isinstance(content, str):
             raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
         check_utf8(content, f"{where}.content")
-        total += len(content)
         out.append(ChatMessage(role, content))
+    return checked_total(out)
+
+
+def checked_total(messages: list[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """The messages, if their content adds up to 1..MAX_PROMPT_CHARS characters (every front end)."""
+    total = sum(len(m.content) for m in messages)
     if total == 0 or total > MAX_PROMPT_CHARS:
         raise InvalidRequest(
             f"messages must hold 1-{MAX_PROMPT_CHARS} characters of content in all",
             field="messages",
         )
-    return tuple(out)
+    return tuple(messages)
 
 
 def validate_execute(body: dict) -> GenerationRequest:
