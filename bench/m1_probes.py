@@ -158,6 +158,8 @@ def hang_up_after(url: str, body: dict, marker: bytes, count: int) -> float:
             if not chunk:
                 raise RuntimeError(f"stream ended before {count} x {marker!r}: {seen[-300:]!r}")
             seen += chunk
+            if seen.startswith(b"HTTP/1.1 ") and not seen.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"the worker refused the probe's job: {seen[:300]!r}")
     finally:
         closed = time.time()
         sock.close()

@@ -49,7 +49,7 @@ DEFAULTS = {  # (cuda, cpu): the cpu numbers keep a run on 2 cores within minute
     "itl_runs": (5, 2),
     "itl_tokens": (256, 48),
     "leak_tokens": (64, 6),
-    "long_prompt": (1800, 900),
+    "long_prompt": (1500, 900),  # + the probe's max_tokens 512 within the 2,048-token context
     "health_load_tokens": (256, 24),  # the jobs another process streams while /health is probed
 }
 

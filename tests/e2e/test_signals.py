@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import selected_model, start_worker, stream_execute
+from tests.e2e.conftest import long_job, selected_model, start_worker, stream_execute
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +19,11 @@ pytestmark = pytest.mark.slow
 def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
     log_path = tmp_path / "worker.log"
     # The running job may go on for the shutdown deadline (1 s here), then it is cancelled.
+    max_context, body = long_job("long")
     with start_worker(
         worker_id="signals",
         model=selected_model(),
+        max_context=max_context,
         log_path=log_path,
         extra_args=("--shutdown-deadline", "1"),
     ) as worker:
@@ -30,7 +32,6 @@ def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
         def run_stream() -> None:
             try:
                 with httpx.Client() as client:
-                    body = {"job_id": "long", "prompt": "Once upon a time", "max_tokens": 500}
                     result["t"] = stream_execute(client, worker.base_url, body, timeout_s=30)
             except Exception as error:  # reported by the assertion at the end
                 result["error"] = error
