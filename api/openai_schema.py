@@ -20,12 +20,11 @@ from api.validation import (
     MAX_PROMPT_CHARS,
     ROLES,
     check_utf8,
-    checked_total,
     float_field,
     int_field,
+    messages_of,
     validate_sampling,
 )
-from runtime.chat import MAX_MESSAGES
 from runtime.errors import ErrorCode, InvalidRequest, WorkerError
 from runtime.models.catalog import CATALOG
 from runtime.request import ChatMessage, GenerationRequest
@@ -157,7 +156,7 @@ def parse_request(kind: Kind, raw: dict, model: ServedModel, job_id: str) -> Ope
 
     prompt, messages = None, None
     if kind == "chat":
-        messages = _messages(body.get("messages"))
+        messages = messages_of(body.get("messages"), _message)
     else:
         prompt = _prompt(body.get("prompt"))
     max_tokens = _max_tokens(body)
@@ -212,31 +211,22 @@ def _prompt(value: object) -> str:
     return check_utf8(value, "prompt")
 
 
-def _messages(value: object) -> tuple[ChatMessage, ...]:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_MESSAGES:
+def _message(message: object, where: str) -> ChatMessage:
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"{where} must be an object", field=where)
+    if message.get("tool_calls"):
+        raise InvalidRequest("tool calling is not supported", field=f"{where}.tool_calls")
+    extra = sorted(set(message) - {"role", "content", "tool_calls"} - MESSAGE_EXTRA)
+    if extra or message.get("refusal") is not None:
+        key = extra[0] if extra else "refusal"
+        raise InvalidRequest(f"{where}.{key} is not supported", field=f"{where}.{key}")
+    role = message.get("role")
+    role = "system" if role == "developer" else role  # OpenAI's newer name for system
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequest(
-            f"messages is required: a list of 1-{MAX_MESSAGES} messages", field="messages"
+            f"{where}.role must be one of {sorted(ROLES | {'developer'})}", field=f"{where}.role"
         )
-    out = []
-    for index, message in enumerate(value):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"{where} must be an object", field=where)
-        if message.get("tool_calls"):
-            raise InvalidRequest("tool calling is not supported", field=f"{where}.tool_calls")
-        extra = sorted(set(message) - {"role", "content", "tool_calls"} - MESSAGE_EXTRA)
-        if extra or message.get("refusal") is not None:
-            key = extra[0] if extra else "refusal"
-            raise InvalidRequest(f"{where}.{key} is not supported", field=f"{where}.{key}")
-        role = message.get("role")
-        role = "system" if role == "developer" else role  # OpenAI's newer name for system
-        if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"{where}.role must be one of {sorted(ROLES | {'developer'})}",
-                field=f"{where}.role",
-            )
-        out.append(ChatMessage(role, _content(message.get("content"), f"{where}.content")))
-    return checked_total(out)
+    return ChatMessage(role, _content(message.get("content"), f"{where}.content"))
 
 
 def _content(value: object, where: str) -> str:

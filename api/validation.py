@@ -14,6 +14,7 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Callable
 
 from runtime.chat import MAX_MESSAGES
 from runtime.errors import InvalidRequest
@@ -122,26 +123,27 @@ def validate_job_id(body: dict) -> str:
     return job_id
 
 
-def _messages(value: object) -> tuple[ChatMessage, ...]:
+def messages_of(
+    value: object, one: Callable[[object, str], ChatMessage]
+) -> tuple[ChatMessage, ...]:
+    """A `messages` list, each item checked by the front end's `one(item, "messages[i]")`."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_MESSAGES:
         raise InvalidRequest(
             f"messages must be a list of 1-{MAX_MESSAGES} messages", field="messages"
         )
-    out = []
-    for index, message in enumerate(value):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict) or set(message) - {"role", "content"}:
-            raise InvalidRequest(f"{where} must be an object with role and content", field=where)
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
-            raise InvalidRequest(
-                f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role"
-            )
-        if not isinstance(content, str):
-            raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
-        check_utf8(content, f"{where}.content")
-        out.append(ChatMessage(role, content))
-    return checked_total(out)
+    return checked_total([one(item, f"messages[{i}]") for i, item in enumerate(value)])
+
+
+def _message(message: object, where: str) -> ChatMessage:
+    if not isinstance(message, dict) or set(message) - {"role", "content"}:
+        raise InvalidRequest(f"{where} must be an object with role and content", field=where)
+    role, content = message.get("role"), message.get("content")
+    if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
+        raise InvalidRequest(f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role")
+    if not isinstance(content, str):
+        raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
+    check_utf8(content, f"{where}.content")
+    return ChatMessage(role, content)
 
 
 def checked_total(messages: list[ChatMessage]) -> tuple[ChatMessage, ...]:
@@ -172,7 +174,7 @@ def validate_execute(body: dict) -> GenerationRequest:
             )
         check_utf8(prompt, "prompt")
     else:
-        messages = _messages(body["messages"])
+        messages = messages_of(body["messages"], _message)
 
     max_tokens = int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, MAX_TOKENS_LIMIT)
     params, stop = validate_sampling(body)
