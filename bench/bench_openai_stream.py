@@ -16,7 +16,7 @@ rate as the executor sees it. Issue 11's target: /v1 streaming >= 95 % of it, at
 route's TTFT. Each pair's greedy texts must match (checked, printed).
 
 Bounded: every stream has a timeout, and the whole run stops at `--deadline-s`. Numbers are
-printed and written to DIR/openai-stream-<backend>.json and .txt, never asserted.
+printed and written to DIR/openai-stream-<backend>-<model>.json and .txt, never asserted.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--model", default=None, help="GGUF path (default: the embedded model)")
-    parser.add_argument("--tokens", type=int, default=256, help="max_tokens per run")
+    parser.add_argument("--tokens", type=int, default=512, help="max_tokens per run")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per route")
     parser.add_argument("--max-context", type=int, default=2048)
     parser.add_argument("--deadline-s", type=float, default=540.0, help="stop repeating after")
@@ -177,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         health = worker.health(client)
     report = build_report(args, health, runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"openai-stream-{args.backend}"
-    stem.with_suffix(".json").write_text(json.dumps(report["figures"], indent=2) + "\n")
-    stem.with_suffix(".txt").write_text(report["text"])
+    stem = f"openai-stream-{args.backend}-{health.get('model')}"  # one pair of files per model
+    (args.out / f"{stem}.json").write_text(json.dumps(report["figures"], indent=2) + "\n")
+    (args.out / f"{stem}.txt").write_text(report["text"])
     print(report["text"], end="")
-    print(f"written: {stem}.json, {stem}.txt")
+    print(f"written: {args.out / stem}.json, .txt")
     return 0
 
 
