@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -197,3 +198,23 @@ def test_curl_streams_and_answers(e2e_worker):
     assert (
         streamed["text"] == answer["choices"][0]["text"] and streamed["finish_reason"] == "length"
     )
+
+
+def test_the_response_id_cancels_a_stream_through_cancel(client, e2e_worker):
+    """The id of the chunks is the job id: /cancel stops the stream mid-decode, and the client
+    raises the terminal error event."""
+    counting = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # greedy decoding goes on counting
+    stream = client.completions.create(
+        model=served_id(), prompt=counting, max_tokens=1000, temperature=0, stream=True
+    )
+    texts = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in stream:
+            texts.append(chunk.choices[0].text)
+            if len(texts) == 1:  # decoding has begun: cancel by the response's id
+                cancel = httpx.post(
+                    f"{e2e_worker.base_url}/cancel", json={"job_id": chunk.id}, timeout=10
+                )
+                assert cancel.status_code == 202, cancel.text
+    assert raised.value.code == "CANCELLED" and raised.value.type == "server_error"
+    assert 1 <= len(texts) < 1000
