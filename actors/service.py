@@ -154,6 +154,7 @@ class WorkerService:
                 ids, text = await trio.to_thread.run_sync(
                     prompt_token_ids, self.info, request, context_length
                 )
+                request = request.fitted(len(ids), context_length)
                 job = Job(
                     request.job_id,
                     ids,

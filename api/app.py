@@ -3,6 +3,7 @@
     native   POST /execute (SSE), POST /cancel, GET /health      api/native.py
     metrics  GET /metrics (Prometheus)                           api/metrics.py
     admin    POST /shutdown                                      api/admin.py
+    openai   GET /v1/models, POST /v1/chat/completions, /v1/completions   api/openai.py
 
 A front end is a module with `install(app, service) -> {path: fast route}`: it registers its
 routes (a blueprint, its own encoder) and names the GET paths answered before Quart
@@ -20,7 +21,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from actors.service import WorkerService
-from api import admin, metrics, native
+from api import admin, metrics, native, openai
 from api.auth import AccessPolicy, default_allowed_hosts
 from api.common import CORRELATION_HEADER, correlation_id
 from api.errors import error_response
@@ -29,7 +30,7 @@ from api.guard import ConnectionGuard
 from runtime.errors import ErrorCode, WorkerError, clip
 
 FrontEnd = Callable[[QuartTrio, WorkerService], Mapping[str, FastRoute]]
-FRONT_ENDS: tuple[FrontEnd, ...] = (native.install, metrics.install, admin.install)
+FRONT_ENDS: tuple[FrontEnd, ...] = (native.install, metrics.install, admin.install, openai.install)
 
 
 def create_app(

@@ -27,9 +27,14 @@ STATUS = {
 RETRY_AFTER_S = {ErrorCode.BUSY: 1, ErrorCode.LOADING: 2}
 
 
-def error_response(error: WorkerError, *, status: int | None = None) -> Response:
-    """JSON error response; 503 BUSY/LOADING also say when to come back (Retry-After)."""
-    response = jsonify(error.to_body())
+def error_response(
+    error: WorkerError, *, status: int | None = None, body: dict | None = None
+) -> Response:
+    """JSON error response; 503 BUSY/LOADING also say when to come back (Retry-After).
+
+    `body`: another protocol's envelope for the same error (OpenAI's, api/openai_wire.py);
+    status and headers stay this module's."""
+    response = jsonify(error.to_body() if body is None else body)
     response.status_code = status if status is not None else STATUS.get(error.code, 500)
     retry = RETRY_AFTER_S.get(error.code)
     if retry is not None:

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Callable
 
 from runtime.chat import MAX_MESSAGES
 from runtime.errors import InvalidRequest, clip
@@ -67,7 +68,7 @@ def parse_json_object(body: bytes) -> dict:
     return value
 
 
-def _int(body: dict, name: str, default: int | None, lo: int, hi: int | None) -> int | None:
+def int_field(body: dict, name: str, default: int | None, lo: int, hi: int | None) -> int | None:
     value = body.get(name, default)
     if value is None and default is None and name not in body:
         return None
@@ -86,7 +87,9 @@ def _show(value: int | float) -> str:
     return repr(value)
 
 
-def _float(body: dict, name: str, default: float, lo: float, hi: float, *, lo_open: bool) -> float:
+def float_field(
+    body: dict, name: str, default: float, lo: float, hi: float, *, lo_open: bool
+) -> float:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(f"{name} must be a finite number", field=name)
@@ -100,7 +103,7 @@ def _float(body: dict, name: str, default: float, lo: float, hi: float, *, lo_op
     return float(value)
 
 
-def _utf8(text: str, field: str) -> str:
+def check_utf8(text: str, field: str) -> str:
     """JSON may carry lone surrogates ("\\ud800") that no UTF-8 tokenizer can encode: refuse them."""
     try:
         text.encode("utf-8")
@@ -120,33 +123,38 @@ def validate_job_id(body: dict) -> str:
     return job_id
 
 
-def _messages(value: object) -> tuple[ChatMessage, ...]:
+def messages_of(
+    value: object, one: Callable[[object, str], ChatMessage]
+) -> tuple[ChatMessage, ...]:
+    """A `messages` list, each item checked by the front end's `one(item, "messages[i]")`."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_MESSAGES:
         raise InvalidRequest(
             f"messages must be a list of 1-{MAX_MESSAGES} messages", field="messages"
         )
-    total = 0
-    out = []
-    for index, message in enumerate(value):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict) or set(message) - {"role", "content"}:
-            raise InvalidRequest(f"{where} must be an object with role and content", field=where)
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
-            raise InvalidRequest(
-                f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role"
-            )
-        if not isinstance(content, str):
-            raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
-        _utf8(content, f"{where}.content")
-        total += len(content)
-        out.append(ChatMessage(role, content))
+    return checked_total([one(item, f"messages[{i}]") for i, item in enumerate(value)])
+
+
+def _message(message: object, where: str) -> ChatMessage:
+    if not isinstance(message, dict) or set(message) - {"role", "content"}:
+        raise InvalidRequest(f"{where} must be an object with role and content", field=where)
+    role, content = message.get("role"), message.get("content")
+    if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
+        raise InvalidRequest(f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role")
+    if not isinstance(content, str):
+        raise InvalidRequest(f"{where}.content must be a string", field=f"{where}.content")
+    check_utf8(content, f"{where}.content")
+    return ChatMessage(role, content)
+
+
+def checked_total(messages: list[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """The messages, if their content adds up to 1..MAX_PROMPT_CHARS characters (every front end)."""
+    total = sum(len(m.content) for m in messages)
     if total == 0 or total > MAX_PROMPT_CHARS:
         raise InvalidRequest(
             f"messages must hold 1-{MAX_PROMPT_CHARS} characters of content in all",
             field="messages",
         )
-    return tuple(out)
+    return tuple(messages)
 
 
 def validate_execute(body: dict) -> GenerationRequest:
@@ -162,32 +170,24 @@ def validate_execute(body: dict) -> GenerationRequest:
             raise InvalidRequest(
                 f"prompt must be a string of 1-{MAX_PROMPT_CHARS} characters", field="prompt"
             )
-        _utf8(prompt, "prompt")
+        check_utf8(prompt, "prompt")
     else:
-        messages = _messages(body["messages"])
+        messages = messages_of(body["messages"], _message)
 
-    max_tokens = _int(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, MAX_TOKENS_LIMIT)
-    temperature = _float(body, "temperature", 1.0, 0.0, 2.0, lo_open=False)
-    top_k = _int(body, "top_k", 0, 0, TOP_K_LIMIT)  # 0, or >= the vocabulary size: off
-    top_p = _float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
-    min_p = _float(body, "min_p", 0.0, 0.0, 1.0, lo_open=False)
-    repetition_penalty = _float(body, "repetition_penalty", 1.0, 0.0, 2.0, lo_open=True)
+    max_tokens = int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, MAX_TOKENS_LIMIT)
+    params, stop = validate_sampling(body)
+    return GenerationRequest(job_id, prompt, messages, max_tokens, params, stop)
 
-    stop = body.get("stop", [])
-    if isinstance(stop, str):  # a single string is a common shorthand
-        stop = [stop]
-    if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS:
-        raise InvalidRequest(
-            f"stop must be a list of at most {MAX_STOP_STRINGS} strings", field="stop"
-        )
-    for text in stop:
-        if not isinstance(text, str) or not 1 <= len(text) <= MAX_STOP_CHARS:
-            raise InvalidRequest(
-                f"each stop string must have 1-{MAX_STOP_CHARS} characters", field="stop"
-            )
-        _utf8(text, "stop")
 
-    seed = _int(body, "seed", None, 0, SEED_LIMIT)
+def validate_sampling(body: dict) -> tuple[SamplingParams, tuple[str, ...]]:
+    """The sampling fields and stop strings every front end shares (native, OpenAI's /v1)."""
+    temperature = float_field(body, "temperature", 1.0, 0.0, 2.0, lo_open=False)
+    top_k = int_field(body, "top_k", 0, 0, TOP_K_LIMIT)  # 0, or >= the vocabulary size: off
+    top_p = float_field(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    min_p = float_field(body, "min_p", 0.0, 0.0, 1.0, lo_open=False)
+    repetition_penalty = float_field(body, "repetition_penalty", 1.0, 0.0, 2.0, lo_open=True)
+    stop = validate_stop(body.get("stop", []))
+    seed = int_field(body, "seed", None, 0, SEED_LIMIT)
     if seed is None:
         seed = secrets.randbits(64)  # echoed in `started`, so the run can be replayed
 
@@ -199,7 +199,23 @@ def validate_execute(body: dict) -> GenerationRequest:
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-    return GenerationRequest(job_id, prompt, messages, max_tokens, params, tuple(stop))
+    return params, stop
+
+
+def validate_stop(stop: object) -> tuple[str, ...]:
+    if isinstance(stop, str):  # a single string is a common shorthand
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest(
+            f"stop must be a list of at most {MAX_STOP_STRINGS} strings", field="stop"
+        )
+    for text in stop:
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_STOP_CHARS:
+            raise InvalidRequest(
+                f"each stop string must have 1-{MAX_STOP_CHARS} characters", field="stop"
+            )
+        check_utf8(text, "stop")
+    return tuple(stop)
 
 
 def validate_cancel(body: dict) -> str:

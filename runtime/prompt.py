@@ -36,7 +36,8 @@ def chat_template_problem(template: str | None) -> str | None:
 def prompt_token_ids(
     info, request: GenerationRequest, context_length: int
 ) -> tuple[tuple[int, ...], str]:
-    """(token ids, the prompt text as the model sees it) for `request`; checks it fits.
+    """(token ids, the prompt text as the model sees it) for `request`; checks it fits
+    (with max_tokens None: that at least one new token fits).
 
     `info` is an actors.loader.ModelInfo (tokenizer, chat template, bos/eos texts). The text is
     for the fingerprint in the logs (and, with --log-prompts only, the log itself).
@@ -70,7 +71,13 @@ def prompt_token_ids(
     ids = tuple(info.tokenizer.encode(text, parse_special=True))
     if not ids:
         raise InvalidRequest("the prompt encodes to no tokens", field=field)
-    if len(ids) + request.max_tokens > context_length:
+    if request.max_tokens is None and len(ids) >= context_length:
+        raise InvalidRequest(
+            f"the prompt ({len(ids)} tokens) leaves no room for output in the context "
+            f"({context_length} tokens)",
+            field=field,
+        )
+    if request.max_tokens is not None and len(ids) + request.max_tokens > context_length:
         raise InvalidRequest(
             f"the prompt ({len(ids)} tokens) plus max_tokens ({request.max_tokens}) exceeds "
             f"the context ({context_length} tokens)",

@@ -33,9 +33,17 @@ class GenerationRequest:
     job_id: str
     prompt: str | None = attrs.field(default=None, validator=_one_of_prompt_or_messages)
     messages: tuple[ChatMessage, ...] | None = None
-    max_tokens: int = 256
+    # None: as many as the context leaves after the prompt (OpenAI's default when a client
+    # sends none); the service fixes the number once the prompt is tokenized (`fitted`).
+    max_tokens: int | None = 256
     params: SamplingParams = attrs.field(factory=SamplingParams)  # carries the seed
     stop: tuple[str, ...] = ()
+
+    def fitted(self, prompt_tokens: int, context_length: int) -> GenerationRequest:
+        """This request with a concrete max_tokens: "the rest of the context" made a number."""
+        if self.max_tokens is not None:
+            return self
+        return attrs.evolve(self, max_tokens=max(1, context_length - prompt_tokens))
 
     def user_texts(self) -> tuple[str, ...]:
         """Every piece of text the client sent: what the logs must never carry (W-1902)."""

@@ -251,15 +251,17 @@ class EventReader:
         return out
 
 
-async def disconnect_after(base_url: str, body: dict, marker: bytes, count: int) -> bytes:
-    """POST /execute on a raw socket, read until `marker` was seen `count` times, hang up.
+async def disconnect_after(
+    base_url: str, body: dict, marker: bytes, count: int, path: str = "/execute"
+) -> bytes:
+    """POST `path` on a raw socket, read until `marker` was seen `count` times, hang up.
 
     (httpx cannot abandon a stream half-read without leaking its async generators.)
     """
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     payload = json.dumps(body).encode()
     head = (
-        f"POST /execute HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode()
     stream = await trio.open_tcp_stream(host, int(port))
