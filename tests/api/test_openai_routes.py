@@ -192,7 +192,9 @@ async def test_every_refusal_is_a_400_naming_the_parameter():
         error_of(cut, 400, "INVALID_REQUEST", "body")
         text = await h.client.post(CHAT, content=b"{}", headers={"Content-Type": "text/plain"})
         error_of(text, 400, "INVALID_REQUEST", "content-type")
-        head = f"POST {COMPLETIONS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head = (
+            f"POST {COMPLETIONS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        )
         chunk = b"x" * 65536
         frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
         for extra, parts in (
