@@ -49,7 +49,7 @@ class Engine(Protocol):
     max_context: int  # KV-cache capacity of one slot in tokens, fixed at load
     max_batch: int  # slots, fixed at load (1 .. 64)
     prefill_chunk: int  # the prompt tokens one `prefill` call takes at most
-    quant_kind: str  # e.g. "Q4_K_M" (the file's declared type)
+    quant_kind: str  # e.g. "Q4_1", "Q4_K_M" (GGUFModel.quant_kind: the file's general.file_type)
 
     def position(self, slot: int) -> int:
         """Tokens held in `slot`'s KV cache."""
