@@ -11,17 +11,17 @@ import pytest
 
 from runtime.errors import ModelLoadError, NonFiniteLogits
 from runtime.sampling import SamplingParams
+from tests.cuda.one_slot import load_one
 from tests.poisoned_gguf import poison_rows
 
 POISONED = 3 + ord("q")  # the synthetic vocabulary's byte token for "q"; not a probe token
 
 
 def _load(path):
-    from cuda.engine import CudaEngine
     from runtime.gguf_file import open_gguf
 
     with open_gguf(path) as model:
-        return CudaEngine.load(model, max_context=64)
+        return load_one(model, max_context=64)
 
 
 def _file(tmp_path, *, tied: bool):

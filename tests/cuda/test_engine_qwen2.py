@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.cuda.one_slot import load_one
+
 CTX = 1024
 TOL = 3e-3
 LAYERS = 3
@@ -35,11 +37,10 @@ def model(cuda_ctx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(model):
-    from cuda.engine import CudaEngine
 
-    graph = CudaEngine.load(model, max_context=CTX)
-    eager = CudaEngine.load(model, max_context=CTX, use_graph=False, fuse=False)
-    fused_eager = CudaEngine.load(model, max_context=CTX, use_graph=False)
+    graph = load_one(model, max_context=CTX)
+    eager = load_one(model, max_context=CTX, use_graph=False, fuse=False)
+    fused_eager = load_one(model, max_context=CTX, use_graph=False)
     yield graph, eager, fused_eager
     for e in (fused_eager, eager, graph):
         e.close()
