@@ -11,6 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (T, in) @ w (out, in).T -> (T, out), each row computed the same whatever T is.
+
+    Batch invariance (specs/decisions/0023-batch-slots-step-loop.md): a row's result must not
+    depend on the other rows. OpenBLAS's sgemm reduces every output element in the same order
+    for any number of rows >= 2, but a single row goes to sgemv, which sums in another order; so
+    a one-row product is computed as two rows (the row twice) and the first kept. The property
+    is tested on this machine's BLAS (tests/runtime/test_batch_invariance.py).
+    """
+    if x.shape[0] == 1:
+        return (np.concatenate((x, x)) @ w.T)[:1]
+    return x @ w.T
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x (..., d) -> x / sqrt(mean(x**2) + eps) * weight over the last axis, in fp32.
 
