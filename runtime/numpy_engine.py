@@ -124,6 +124,7 @@ class NumpyEngine:
         self.rope = {b: rope_tables(max_context, c.rope_dim, b) for b in c.rope_bases}
         self._logits = np.zeros((max_batch, c.vocab_size), np.float32)  # each slot's last row
         self._pos = [0] * max_batch  # tokens in each slot's cache
+        self._pending: tuple[tuple[int, ...], list[tuple[int]]] | None = None  # decode to run
         self._closed = False
         self._fingerprint = {name: _fingerprint(a) for name, a in self.w.items()}
 
@@ -185,26 +186,41 @@ class NumpyEngine:
     # -- Engine protocol -----------------------------------------------------------------------
 
     def position(self, slot: int) -> int:
+        self._flush()
         return self._pos[self._slot(slot)]
 
     def release(self, slot: int) -> None:
+        """Also drops the slot's row from a decode not yet run (the other rows do not change)."""
+        if self._pending is not None and slot in self._pending[0]:
+            slots, rows = self._pending
+            keep = [i for i, s in enumerate(slots) if s != slot]
+            kept = (tuple(slots[i] for i in keep), [rows[i] for i in keep])
+            self._pending = kept if keep else None
         self._pos[self._slot(slot)] = 0
 
     def prefill(self, slot: int, tokens: Sequence[int]) -> None:
+        self._flush()
         self._forward([slot], [tokens], all_logits=False)
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
+        """Checked now, computed at the next call that needs it (as on the GPU), so the caller
+        hands the step's tokens out before the pass runs (streaming stays live on one thread)."""
+        self._flush()
         if len(slots) != len(tokens):
             raise InvalidRequest(f"{len(slots)} slots but {len(tokens)} tokens")
         if len(set(slots)) != len(slots):
             raise InvalidRequest(f"decode names a slot twice: {list(slots)}")
-        self._forward(slots, [(t,) for t in tokens], all_logits=False)
+        rows = [(t,) for t in tokens]
+        self._segments(slots, rows)  # the slot, context and token checks, before deferring
+        self._pending = (tuple(slots), rows)
 
     def prefill_all_logits(self, slot: int, tokens: Sequence[int]) -> np.ndarray:
         """Like `prefill`, but returns (T, vocab) logits of every new position (teacher forcing)."""
+        self._flush()
         return self._forward([slot], [tokens], all_logits=True)
 
     def logits(self, slot: int) -> np.ndarray:
+        self._flush()
         return self._logits[self._slot(slot)].copy()
 
     def sample(
@@ -214,6 +230,7 @@ class NumpyEngine:
         histories: Sequence[Sequence[int]],
         draws: Sequence[int],
     ) -> list[int]:
+        self._flush()
         ids = []
         for slot, p, history, draw in zip(slots, params, histories, draws, strict=True):
             logits = self._logits[self._slot(slot)]
@@ -253,6 +270,7 @@ class NumpyEngine:
 
     def close(self) -> None:
         self._closed = True
+        self._pending = None
         self.w = {}
         self.k_cache = self.v_cache = np.zeros((0, 0, 0, 0), np.float32)
 
@@ -268,22 +286,8 @@ class NumpyEngine:
         """Append tokens[i] to slots[i] for every i in one pass: one product per matrix for all
         rows, attention per slot. Returns the logits of every row (all_logits) or of each
         slot's last row, and keeps each slot's last row for `logits` and `sample`."""
-        if self._closed:
-            raise RuntimeError("the engine is closed")
         c, w = self.config, self.w
-        segments = []
-        for slot, toks in zip(slots, tokens, strict=True):
-            start, n = self._pos[self._slot(slot)], len(toks)
-            if n == 0:
-                raise InvalidRequest("no tokens to process")
-            if start + n > self.max_context:
-                raise InvalidRequest(f"{start + n} tokens exceed the context ({self.max_context})")
-            segments.append(Segment(slot, start, n))
-        if not segments:
-            raise InvalidRequest("no tokens to process")
-        ids = np.fromiter((t for toks in tokens for t in toks), dtype=np.int64)  # (T,)
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise InvalidRequest(f"token id out of range 0..{c.vocab_size - 1}")
+        segments, ids = self._segments(slots, tokens)
         positions = np.concatenate([np.arange(s.start, s.start + s.rows) for s in segments])
         x = w["token_embd"][ids]  # (T, d_model) residual stream, a fresh copy
         if c.embed_scale != 1.0:
@@ -309,6 +313,33 @@ class NumpyEngine:
         logits = linear(rms_norm(rows, w["output_norm"], c.norm_eps), head)  # (rows, vocab)
         self._logits[[s.slot for s in segments]] = logits[last] if all_logits else logits
         return logits
+
+    def _segments(
+        self, slots: Sequence[int], tokens: Sequence[Sequence[int]]
+    ) -> tuple[list[Segment], np.ndarray]:
+        """The pass's segments and its (T,) token ids, or InvalidRequest naming what is wrong."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        segments = []
+        for slot, toks in zip(slots, tokens, strict=True):
+            start, n = self._pos[self._slot(slot)], len(toks)
+            if n == 0:
+                raise InvalidRequest("no tokens to process")
+            if start + n > self.max_context:
+                raise InvalidRequest(f"{start + n} tokens exceed the context ({self.max_context})")
+            segments.append(Segment(slot, start, n))
+        if not segments:
+            raise InvalidRequest("no tokens to process")
+        ids = np.fromiter((t for toks in tokens for t in toks), dtype=np.int64)  # (T,)
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise InvalidRequest(f"token id out of range 0..{self.config.vocab_size - 1}")
+        return segments, ids
+
+    def _flush(self) -> None:
+        """Run the deferred decode pass, if any."""
+        if self._pending is not None:
+            (slots, rows), self._pending = self._pending, None
+            self._forward(slots, rows, all_logits=False)
 
     def _slot(self, slot: int) -> int:
         if not 0 <= slot < self.max_batch:

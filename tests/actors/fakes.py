@@ -125,6 +125,7 @@ class FakeEngine:
         self.prefill_calls = 0
         self.steps = 0  # decode calls
         self.batch_sizes: list[int] = []  # slots of each decode call
+        self._pending: tuple[list[int], list[int]] | None = None  # the decode to run
         self.residency_checks = 0
         self.closed = False
         self.threads: set[int] = set()
@@ -133,15 +134,22 @@ class FakeEngine:
         self.threads.add(threading.get_ident())
 
     def position(self, slot: int) -> int:
+        self._flush()
         return self._position[slot]
 
     def release(self, slot: int) -> None:
         self._touch()
+        if self._pending is not None and slot in self._pending[0]:  # dropped, as NumpyEngine
+            slots, tokens = self._pending
+            keep = [i for i, s in enumerate(slots) if s != slot]
+            kept = ([slots[i] for i in keep], [tokens[i] for i in keep])
+            self._pending = kept if keep else None
         self._position[slot] = 0
         self._out[slot] = 0
 
     def prefill(self, slot: int, tokens) -> None:
         self._touch()
+        self._flush()
         if self.script.prefill_gate is not None and self.prefill_calls == 0:
             self.script.prefill_gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.script.prefill_delay_s)
@@ -150,7 +158,15 @@ class FakeEngine:
         self._last[slot] = tokens[-1]
 
     def decode(self, slots, tokens) -> None:
+        """Deferred to the next call, as the real engines do (the GPU runs it meanwhile)."""
         self._touch()
+        self._flush()
+        self._pending = (list(slots), list(tokens))
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        (slots, tokens), self._pending = self._pending, None
         if self.script.step_gate is not None:
             self.script.step_gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.script.step_delay_s)
@@ -165,12 +181,14 @@ class FakeEngine:
 
     def logits(self, slot: int) -> np.ndarray:
         self._touch()
+        self._flush()
         logits = np.zeros(VOCAB, dtype=np.float32)  # (vocab,)
         eos = self.script.eos_at == self._out[slot]
         logits[EOS if eos else (self._last[slot] + 1) % EOS] = 10.0
         return logits
 
     def sample(self, slots, params, histories, draws) -> list[int]:
+        self._flush()
         return [int(np.argmax(self.logits(slot))) for slot in slots]
 
     def memory_bytes(self) -> int:
