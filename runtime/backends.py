@@ -60,9 +60,7 @@ def _load_numpy(
         raise InvalidRequest(f"the cpu backend takes no options (got {sorted(opts)})")
     from runtime.numpy_engine import NumpyEngine
 
-    return NumpyEngine.load(
-        gguf, max_context=max_context, max_batch=max_batch, progress=progress
-    )
+    return NumpyEngine.load(gguf, max_context=max_context, max_batch=max_batch, progress=progress)
 
 
 register_engine("cpu", _load_numpy)

@@ -14,9 +14,7 @@ from runtime.backends import engine_loader, register_engine
 from runtime.errors import CudaError
 
 
-def load_cuda_engine(
-    gguf, *, max_context: int, max_batch: int, progress, device: int, **opts: Any
-):
+def load_cuda_engine(gguf, *, max_context: int, max_batch: int, progress, device: int, **opts: Any):
     try:
         from cuda.engine import CudaEngine
     except ImportError as error:

@@ -33,6 +33,7 @@ from api.fast_paths import FastPaths
 from api.sse import SSEEvent, SSEParser, check_grammar
 from runtime.config import WorkerConfig
 from runtime.engine_api import ResidencyReport
+from runtime.errors import VramOom
 from runtime.narration import Narrator
 from runtime.redaction import Redactor
 
@@ -102,6 +103,8 @@ class Script:
     eos_at: int | None = None  # output index at which EOS is sampled
     fail_at_step: int | None = None  # step() raises `fail_with` at this step
     fail_with: Exception | None = None  # default: RuntimeError, an engine bug
+    # prefill raises VramOom for a chunk holding this token (one job's error, not the engine's)
+    oom_token: int | None = None
     residency_error: Exception | None = None  # check_residency() raises this
     residency_gate: threading.Event | None = None  # check_residency() waits here (stuck thread)
     encode_gate: threading.Event | None = None  # the tokenizer's encode() waits here
@@ -153,6 +156,8 @@ class FakeEngine:
         if self.script.prefill_gate is not None and self.prefill_calls == 0:
             self.script.prefill_gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.script.prefill_delay_s)
+        if self.script.oom_token is not None and self.script.oom_token in tokens:
+            raise VramOom("scripted: this prompt's prefill ran out of device memory")
         self.prefill_calls += 1
         self._position[slot] += len(tokens)
         self._last[slot] = tokens[-1]

@@ -37,7 +37,15 @@ def run_batch(engine, jobs, *, chunk=None):
     and the logits each of its tokens was sampled from."""
     batcher = Batcher(engine, chunk=chunk)
     seqs = [
-        Sequence(p, params, max_tokens=n, decoder=_Silent(), eog_ids=(), max_context=engine.max_context, tag=i)
+        Sequence(
+            p,
+            params,
+            max_tokens=n,
+            decoder=_Silent(),
+            eog_ids=(),
+            max_context=engine.max_context,
+            tag=i,
+        )
         for i, (p, params, n, _) in enumerate(jobs)
     ]
     tokens: dict[int, list[int]] = {i: [] for i in range(len(jobs))}
@@ -163,7 +171,9 @@ def test_smollm2_same_tokens_alone_and_beside_7_others_joining_late(smol, params
     target = (tok.encode("The capital of France is"), params, 5, 0)
     alone = run_batch(engine, [target])[0]
     texts = ["Once upon a time", "def f(x):", "1, 2, 3,", "Hello", "The sky", "A B C", "Why"]
-    crowd = [(tok.encode(t), SamplingParams(temperature=0.9, seed=i), 6, 0) for i, t in enumerate(texts)]
+    crowd = [
+        (tok.encode(t), SamplingParams(temperature=0.9, seed=i), 6, 0) for i, t in enumerate(texts)
+    ]
     got = run_batch(engine, [*crowd, (*target[:3], 2)])
     assert got[-1] == alone
     if params is GREEDY:
