@@ -31,8 +31,8 @@ from actors.jobs import End, Failed, JobHandle, Started, Token
 from runtime.batcher import Batcher
 from runtime.engine_api import Engine, ProgressCallback, ResidencyReport
 from runtime.errors import Cancelled, ErrorCode, WorkerError
-from runtime.sequence import Finished, Sequence, TokenOut
 from runtime.narration import Narrator
+from runtime.sequence import Finished, Sequence, TokenOut
 
 ACTOR = "executor"
 CONTROL_SLACK = 4  # channel slots beyond the job queue: load, stop, one wake per pending check

@@ -17,9 +17,9 @@ from runtime.config import (
     BACKENDS,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CONTEXT,
-    MAX_BATCH,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_BATCH,
     WorkerConfig,
     default_worker_id,
 )

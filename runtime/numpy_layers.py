@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: A product gets at least this many outputs (rows of w times columns): below about 1,200
 #: outputs OpenBLAS takes another code path (measured: 0.3.31, Haswell kernels), which sums in
 #: another order. Padding the columns up to it keeps every product on one path.

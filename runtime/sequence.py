@@ -13,7 +13,8 @@ Event contract (what `accept` returns; `runtime.generate` documents it for a who
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence as Seq
+from collections.abc import Collection
+from collections.abc import Sequence as Seq
 from typing import Literal, Protocol
 
 import attrs
