@@ -52,6 +52,11 @@ class Batcher:
         return bool(self._free)
 
     @property
+    def room(self) -> int:
+        """Free slots."""
+        return len(self._free)
+
+    @property
     def busy(self) -> bool:
         return bool(self.running)
 

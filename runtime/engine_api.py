@@ -39,9 +39,10 @@ class Engine(Protocol):
 
     The caller (`runtime.batcher.Batcher`) owns the slots: it picks a free index, feeds its
     sequence, and releases it; the engine owns the memory, all of it allocated at load (nothing
-    is allocated per step). Every call names its slots, and a slot's results depend on that
+    is allocated per step): a loader takes `max_context` and `max_batch` (runtime.backends;
+    `CudaEngine.load(gguf, max_context=..., max_batch=..., ...)`). Every call names its slots, and a slot's results depend on that
     slot's tokens only: not on which other slots run, nor on when (batch invariance, see
-    specs/decisions/0022-batch-slots-step-loop.md).
+    specs/decisions/0023-batch-slots-step-loop.md).
     """
 
     backend: str  # "cpu" | "cuda"

@@ -18,7 +18,8 @@ token that completes a stop string (its text stops just before the match).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence as Seq
+from collections.abc import Callable, Collection, Iterator
+from collections.abc import Sequence as Seq
 
 from runtime.batcher import Batcher
 from runtime.engine_api import Engine

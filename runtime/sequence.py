@@ -4,7 +4,7 @@ Everything a job needs besides the engine's memory lives here, so a sequence can
 beside 63 others and none of its state is shared: the batcher (`runtime.batcher`) only gives
 it a slot. Its prompt is cut into chunks at fixed offsets of its own (0, C, 2C, ...), never at
 boundaries that depend on who else is running, because a chunk's arithmetic depends on its
-length (batch invariance, specs/decisions/0022-batch-slots-step-loop.md).
+length (batch invariance, specs/decisions/0023-batch-slots-step-loop.md).
 
 Event contract (what `accept` returns; `runtime.generate` documents it for a whole job): one
 `TokenOut` per sampled token, in order, `index` 0, 1, 2, ..., then exactly one `Finished`.
@@ -13,7 +13,8 @@ Event contract (what `accept` returns; `runtime.generate` documents it for a who
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence as Seq
+from collections.abc import Collection
+from collections.abc import Sequence as Seq
 from typing import Literal, Protocol
 
 import attrs
