@@ -14,7 +14,7 @@ Slots and batch invariance: `decode(slots, tokens)` replays each slot's own grap
 another on the one stream (cuda/forward.py: per-slot rows of the cache, ids, position and
 logits; shared scratch). A slot's launches and their arguments are the ones it makes alone, so
 its tokens cannot depend on which other slots run, nor on when they joined. The cost: B slots
-take B single-stream steps (no batched kernels yet; specs/decisions/0023-batchcuda-slots.md).
+take B single-stream steps (no batched kernels yet; specs/decisions/0024-batchcuda-slots.md).
 
 Errors: a failed allocation at load is INSUFFICIENT_VRAM; a failed allocation during a job
 (only the test hook `fail_next_allocation` makes one now) is VRAM_OOM, the memory of ledger
