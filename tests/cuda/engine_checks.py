@@ -104,7 +104,7 @@ def check_banned_never_sampled(load: Load, tmp_path: Path, family: str, suffix: 
     step, and `logits()` still shows it as the largest (unmasked)."""
     vocab = 1300
     with open_gguf(banning_file(tmp_path / "free.gguf", family, [], vocab)) as m:
-        ref = NumpyEngine.load(m, max_context=64)
+        ref = one_slot(NumpyEngine.load(m, max_context=64))
         for seed in range(20):  # a prompt whose preferred id leaves room below it (a suffix)
             prompt = [int(t) for t in np.random.default_rng(seed).integers(0, vocab, 5)]
             ref.reset()
@@ -116,7 +116,7 @@ def check_banned_never_sampled(load: Load, tmp_path: Path, family: str, suffix: 
     with open_gguf(banning_file(tmp_path / "banned.gguf", family, banned, vocab)) as m:
         e = load(m, max_context=64)
         try:
-            ref = NumpyEngine.load(m, max_context=64)
+            ref = one_slot(NumpyEngine.load(m, max_context=64))
             assert ref.banned_ids.tolist() == banned
             if suffix:  # the argmax and the sampler read only the logits before the suffix
                 assert (e.fwd.mask.n_sampled, e.fwd.mask.ids.size, e.sampler.vocab) == (top, 0, top)
@@ -193,7 +193,9 @@ def check_batch_invariance(engine, vocab: int, *, n_tokens: int = 6, crowd: int 
     after the crowd): greedy and temperature 0.8. Needs `engine.max_batch` == crowd + 1 >= 8."""
     rng = np.random.default_rng(42)
     prompt = [int(t) for t in rng.integers(0, vocab, engine.prefill_chunk + 3)]
-    others = [[int(t) for t in rng.integers(0, vocab, int(n))] for n in rng.integers(1, 9, crowd)]
+    others = [
+        [int(t) for t in rng.integers(0, vocab, int(n))] for n in rng.integers(1, 9, max(crowd, 8))
+    ]
     for params in (GREEDY, HOT):
         job = (prompt, params, n_tokens, 0)
         alone = run_slots(engine, {0: job})[0]

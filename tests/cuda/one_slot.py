@@ -2,8 +2,9 @@
 draw)) over the slot interface, on one slot: the CUDA tests written for one sequence drive the
 slot engine through this, and the batch tests check the slots against it.
 
-`one_slot(engine)` wraps an engine of the slot interface (it has `max_batch`) and returns any
-other (an engine still on the one-sequence calls, e.g. the numpy reference) as it is.
+`one_slot(engine)` wraps an engine of the slot interface (it has `max_batch`: the CUDA engine,
+the numpy reference) and returns a wrapped one, or one still on the one-sequence calls, as it
+is.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class OneSlot:
 
 
 def one_slot(engine: Any, slot: int = 0) -> Any:
-    return OneSlot(engine, slot) if hasattr(engine, "max_batch") else engine
+    if isinstance(engine, OneSlot) or not hasattr(engine, "max_batch"):
+        return engine
+    return OneSlot(engine, slot)
 
 
 def load_one(model: Any, **options: Any) -> OneSlot:

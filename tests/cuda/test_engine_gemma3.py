@@ -24,7 +24,7 @@ from tests.cuda.engine_checks import (
     rel,
     whole_and_split,
 )
-from tests.cuda.one_slot import load_one
+from tests.cuda.one_slot import load_one, one_slot
 
 CTX = 1024
 LAYERS = 7
@@ -61,7 +61,7 @@ def engines(model):
 def reference(model):
     from runtime.numpy_engine import NumpyEngine
 
-    return NumpyEngine.load(model, max_context=CTX)
+    return one_slot(NumpyEngine.load(model, max_context=CTX))
 
 
 def test_layout_and_launches(engines, model):

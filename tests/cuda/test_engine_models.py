@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.cuda.one_slot import load_one
+from tests.cuda.one_slot import load_one, one_slot
 from tests.reference_data import TOP1_REQUIRED, catalog_model_file, rank_of, teacher_forcing_prompts
 
 MODELS = list(TOP1_REQUIRED)
@@ -66,7 +66,7 @@ def run(request, cuda_ctx):
         ctx = max(len(p) + len(n) for p, n in prompts)
         t0 = time.monotonic()
         gpu = load_one(gguf, max_context=ctx)
-        ref = NumpyEngine.load(gguf, max_context=ctx)
+        ref = one_slot(NumpyEngine.load(gguf, max_context=ctx))
         loaded = time.monotonic() - t0
     try:
         t0 = time.monotonic()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.cuda.one_slot import load_one
+from tests.cuda.one_slot import load_one, one_slot
 
 CTX = 1024
 TOL = 3e-3
@@ -64,7 +64,7 @@ def test_prefill_and_decode_match_numpy_engine(engines, model):
     from runtime.numpy_engine import NumpyEngine
 
     graph, eager, fused_eager = engines
-    reference = NumpyEngine.load(model, max_context=CTX)
+    reference = one_slot(NumpyEngine.load(model, max_context=CTX))
     rng = np.random.default_rng(1)
     prompt = [int(t) for t in rng.integers(0, model.config.vocab_size, 600)]  # 512 + 88
     worst = 0.0

@@ -43,7 +43,7 @@ from tests.cuda.engine_checks import (
     rel,
     whole_and_split,
 )
-from tests.cuda.one_slot import load_one
+from tests.cuda.one_slot import load_one, one_slot
 from tests.cuda.sim_gpu import kernel_kind, simulated_gpu
 from tests.reference_data import catalog_model_file
 from tools.make_synthetic_gguf import write_synthetic_model
@@ -184,7 +184,7 @@ def gemma3(sim_module, tmp_path_factory):
         "eager": _load(m, max_context=128, max_chunk=16, use_graph=False, fuse=False),
         "one_chunk": _load(m, max_context=128, use_graph=False),
     }
-    yield m, engines, NumpyEngine.load(m, max_context=128)
+    yield m, engines, one_slot(NumpyEngine.load(m, max_context=128))
     for e in engines.values():
         e.close()
     m.close()
@@ -326,6 +326,6 @@ def test_a_job_gives_the_same_tokens_alone_and_beside_7_or_63_others(sim, tmp_pa
         try:  # splits 1 and 2 per slot
             assert e.max_batch == slots and len(e._graphs) == slots * 2
             check_batch_invariance(e, m.config.vocab_size, n_tokens=n_tokens, crowd=slots - 1)
-            check_slots_match_numpy(e, NumpyEngine.load(m, max_context=48))
+            check_slots_match_numpy(e, one_slot(NumpyEngine.load(m, max_context=48)))
         finally:
             e.close()

@@ -14,7 +14,7 @@ import pytest
 from cuda.ledger import AllocationFailed
 from runtime.errors import InsufficientVram
 from runtime.sampling import SamplingParams
-from tests.cuda.one_slot import load_one
+from tests.cuda.one_slot import load_one, one_slot
 
 CTX = 1024
 TOL = 3e-3
@@ -48,7 +48,7 @@ def engines(model):
 def reference(model):
     from runtime.numpy_engine import NumpyEngine
 
-    return NumpyEngine.load(model, max_context=CTX)
+    return one_slot(NumpyEngine.load(model, max_context=CTX))
 
 
 def rel(a, b) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from runtime.sampling import SamplingParams
-from tests.cuda.one_slot import load_one
+from tests.cuda.one_slot import load_one, one_slot
 from tests.reference_data import REFERENCE_DIR
 
 # Relative L2 error of the whole logit vector. The GPU keeps K/V in fp16 and runs the prefill
@@ -65,7 +65,7 @@ def setup(cuda_ctx):
     with open_gguf(path) as gguf:
         tok = Tokenizer.from_metadata(gguf.metadata)
         gpu = load_one(gguf, max_context=512)
-        ref = NumpyEngine.load(gguf, max_context=512)
+        ref = one_slot(NumpyEngine.load(gguf, max_context=512))
     yield gpu, ref, tok
     gpu.close()
     ref.close()
