@@ -235,3 +235,32 @@ def check_slots_match_numpy(engine, ref: NumpyEngine, *, n_tokens: int = 5) -> N
             top2 = np.sort(want)[-2:]  # a near tie may go either way at fp16 KV
             assert token == int(np.argmax(want)) or top2[1] - top2[0] < 1e-2, (s, i)
             reference.step(token)
+
+
+def check_nonfinite_slot_ends_alone(engine, poisoned: int, clean: int) -> None:
+    """A slot whose logits are NaN (its prompt holds `poisoned`, a NaN embedding row) gets
+    NON_FINITE from `sample`, greedy and random, while the other slot of the same calls gets
+    the tokens it gets alone; the engine goes on serving the poisoned slot after release."""
+    from runtime.engine_api import NON_FINITE
+
+    prompt = [clean, clean + 1, clean + 2]
+    for params in (GREEDY, HOT):
+        alone = run_slots(engine, {0: (prompt, params, 4, 0)})[0][0]
+        engine.release(0)
+        engine.release(1)
+        engine.prefill(0, prompt)
+        engine.prefill(1, [clean, poisoned])
+        slots, ps, hs = [0, 1], [params, params], [prompt, [clean, poisoned]]
+        got = engine.sample(slots, ps, hs, [0, 0])
+        assert got[1] == NON_FINITE and got[0] == alone[0], got
+        tokens = [got[0]]
+        for i in range(1, 4):  # the poisoned slot is retired: slot 0 goes on by itself
+            engine.decode([0], [tokens[-1]])
+            tokens.append(engine.sample([0], [params], [prompt + tokens], [i])[0])
+        assert tokens == alone
+    engine.release(1)
+    engine.prefill(1, prompt)
+    assert (
+        engine.sample([1], [GREEDY], [prompt], [0])[0]
+        == run_slots(engine, {0: (prompt, GREEDY, 1, 0)})[0][0][0]
+    )

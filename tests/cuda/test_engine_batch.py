@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cuda.engine_checks import check_batch_invariance, check_slots_match_numpy, gemma3_file
+from tests.cuda.engine_checks import (
+    check_batch_invariance,
+    check_nonfinite_slot_ends_alone,
+    check_slots_match_numpy,
+    gemma3_file,
+)
 from tests.cuda.one_slot import one_slot
 
 CTX = 160  # > 128: the decode graphs of 1, 2, 4 and 8 attention splits per slot
@@ -65,3 +70,21 @@ def test_slot_graphs_are_the_single_slot_graph(engine, model):
         assert all(g.n_launches == n[s] for (_, s), g in engine._graphs.items())
     finally:
         one.close()
+
+
+def test_a_nan_slot_gets_non_finite_and_its_neighbour_its_own_tokens(cuda_ctx, tmp_path):
+    from cuda.engine import CudaEngine
+    from runtime.gguf_file import open_gguf
+    from tests.poisoned_gguf import poison_rows
+    from tools.make_synthetic_gguf import write_synthetic_model
+
+    path = write_synthetic_model(
+        tmp_path / "m.gguf", n_layers=1, vocab_size=400, seed=3, tied_output=False
+    )
+    poisoned = 3 + ord("q")
+    with open_gguf(poison_rows(path, "token_embd.weight", [poisoned])) as m:
+        e = CudaEngine.load(m, max_context=32, max_batch=2)
+        try:
+            check_nonfinite_slot_ends_alone(e, poisoned, clean=3 + ord("a"))
+        finally:
+            e.close()
