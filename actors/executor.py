@@ -1,14 +1,18 @@
 """The executor actor: one OS thread owns the engine for the whole life of the process.
 
 `run()` is one long `trio.to_thread.run_sync` call (never `abandon_on_cancel`: a thread that
-still drives the GPU must not be forgotten). The thread loads the model, runs jobs one at a time
-through `runtime.generate`, answers residency checks between jobs and between decode steps, and
-closes the engine in `finally`. Nothing else ever touches the engine.
+still drives the GPU must not be forgotten). The thread loads the model, then runs the one step
+loop: it admits queued jobs into free sequence slots (`--max-batch`), retires cancelled ones,
+and runs one `runtime.batcher.Batcher` step (a prefill chunk, the batch's samples, one batched
+decode), forwarding every token the moment it is sampled. It answers residency checks between
+steps, and closes the engine in `finally`. Nothing else ever touches the engine.
 
 Trio -> thread: one bounded memory channel of commands (load, job, wake, stop), received with
-`trio.from_thread.run`. Thread -> trio: fire-and-forget callbacks through the trio token
-(`run_sync_soon`), so the decode loop never waits for the event loop to forward a token.
-Cancellation is a flag the generation loop polls between every prefill chunk and decode step.
+`trio.from_thread.run` (blocking only when no sequence runs). Thread -> trio: fire-and-forget
+callbacks through the trio token (`run_sync_soon`), so the step loop never waits for the event
+loop to forward a token. Cancellation is a flag on each job the loop reads before every step: a
+cancelled job gets its terminal event and frees its slot before the next step runs; the others
+go on untouched. See specs/decisions/0023-batch-slots-step-loop.md.
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ import trio
 
 from actors import job_log
 from actors.jobs import End, Failed, JobHandle, Started, Token
+from runtime.batcher import Batcher
 from runtime.engine_api import Engine, ProgressCallback, ResidencyReport
 from runtime.errors import Cancelled, ErrorCode, WorkerError
-from runtime.generate import Finished, TokenOut, generate
 from runtime.narration import Narrator
+from runtime.sequence import Finished, Sequence, TokenOut
 
 ACTOR = "executor"
 CONTROL_SLACK = 4  # channel slots beyond the job queue: load, stop, one wake per pending check
 _STOP = object()
 _WAKE = object()
+_SHUTDOWN = "the worker is shutting down"
 
 
 @attrs.frozen
@@ -42,7 +48,8 @@ class EngineFacts:
     backend: str
     quant_kind: str
     memory_bytes: int
-    max_context: int
+    max_context: int  # KV-cache tokens of one sequence slot
+    max_batch: int  # sequence slots
 
 
 @attrs.define
@@ -59,6 +66,15 @@ class _Check:
     done: trio.Event = attrs.field(factory=trio.Event)
     report: ResidencyReport | None = None
     error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class _Running:
+    """A job on the engine: the tag of its `runtime.sequence.Sequence`."""
+
+    handle: JobHandle
+    narrator: Narrator
+    output: list[str] = attrs.field(factory=list)  # for execute_end's fingerprint
 
 
 def _utc_now() -> str:
@@ -90,6 +106,10 @@ class Executor:
         self._token: trio.lowlevel.TrioToken | None = None
         self._narrator = narrator.child(actor=ACTOR)
         self._engine: Engine | None = None  # touched only on the executor thread
+        self._batcher: Batcher | None = None  # likewise; made once the engine is loaded
+        # written by the thread between steps, read by the trio side (stats, /health)
+        self.running = 0  # sequences on the engine
+        self.kv_tokens = 0  # tokens in their KV caches
         self._finished = trio.Event()  # the thread has returned: the engine is closed
 
     # ------------------------------------------------------------------ trio side
@@ -188,26 +208,60 @@ class Executor:
         with contextlib.suppress(trio.RunFinishedError):  # trio is gone: nobody is left to tell
             self._token.run_sync_soon(fn, *args)
 
+    async def _receive_commands(self, block: bool, room: int) -> list[object]:
+        """On the trio thread: the commands waiting (at least one when `block`), taking at most
+        `room` jobs; a job ended while queued is skipped, a taken one is RUNNING."""
+        commands: list[object] = []
+        if block:
+            commands.append(await self._receive.receive())
+        while room > 0 and not (commands and commands[-1] is _STOP):
+            try:
+                command = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            commands.append(command)
+        taken: list[object] = []
+        for command in commands:
+            if isinstance(command, JobHandle):
+                if room > 0 and self._take(command):
+                    taken.append(command)
+                    room -= 1
+                # else: ended while queued (its terminal event is out): nothing to run
+            else:
+                taken.append(command)
+        return taken
+
     def _thread_main(self, started: Callable[[Executor], None]) -> None:
         trio.from_thread.run_sync(started, self)
         try:
             while True:
                 self._service_checks()
+                batcher = self._batcher
+                busy = batcher is not None and batcher.busy
+                if busy:
+                    self._end_cancelled()
+                    waiting = self._receive.statistics().current_buffer_used > 0  # a hint
+                    if not (waiting and batcher.has_room):
+                        self._step()
+                        continue
+                room = batcher.room if batcher is not None else 0
                 try:
-                    command = trio.from_thread.run(self._receive.receive)
+                    commands = trio.from_thread.run(self._receive_commands, not busy, room)
                 except (trio.Cancelled, trio.RunFinishedError):
                     return
-                if command is _WAKE:
-                    self._wake_pending = False  # the checks are serviced at the loop's top
-                if command is _STOP:
-                    return
-                if isinstance(command, _Load):
-                    self._load(command)
-                elif isinstance(command, JobHandle) and trio.from_thread.run_sync(
-                    self._take, command
-                ):
-                    self._run_job(command)
+                for command in commands:
+                    if command is _WAKE:
+                        self._wake_pending = False  # the checks are serviced at the loop's top
+                    elif command is _STOP:
+                        return
+                    elif isinstance(command, _Load):
+                        self._load(command)
+                    elif isinstance(command, JobHandle):
+                        self._admit(command)
+                if self._batcher is not None and self._batcher.busy:
+                    self._step()
         finally:
+            self._end_all(_SHUTDOWN)
             if self._engine is not None:
                 freed = self._engine.memory_bytes()
                 self._engine.close()
@@ -227,11 +281,13 @@ class Executor:
         try:
             engine = command.load(progress)
             self._engine = engine
+            self._batcher = Batcher(engine)
             command.facts = EngineFacts(
                 backend=engine.backend,
                 quant_kind=engine.quant_kind,
                 memory_bytes=engine.memory_bytes(),
                 max_context=engine.max_context,
+                max_batch=engine.max_batch,
             )
         except Exception as error:  # reported to the loader, which decides it is fatal
             command.error = error
@@ -252,59 +308,91 @@ class Executor:
                 # A poisoned CUDA context cannot serve another job: end the actor (and process).
                 raise check.error
 
-    def _run_job(self, handle: JobHandle) -> None:
-        job, engine, tokenizer = handle.job, self._engine, self.tokenizer
-        assert engine is not None and tokenizer is not None
+    # -- the step loop: admit, step, retire (runtime.batcher does the engine's part) ----------
+
+    def _admit(self, handle: JobHandle) -> None:
+        job, engine, tokenizer, batcher = handle.job, self._engine, self.tokenizer, self._batcher
+        assert engine is not None and tokenizer is not None and batcher is not None
         request = job.request
         narrator = self._narrator.child(job_id=job.job_id, correlation_id=job.correlation_id)
         self._post(handle.deliver, Started(len(job.prompt_ids), request.params.seed, _utc_now()))
         job_log.started(narrator, job)
-        output: list[str] = []  # for the fingerprint in execute_end (text: --log-prompts only)
-
-        def should_cancel() -> bool:
-            self._service_checks()
-            return handle.cancel_requested or self._stopping
-
-        final: End | Failed
+        running = _Running(handle, narrator)
         try:
-            events = generate(
-                engine,
+            seq = Sequence(
                 job.prompt_ids,
                 request.params,
                 max_tokens=request.max_tokens,
                 decoder=tokenizer.incremental_decoder(),
                 eog_ids=tokenizer.eog_ids,
+                max_context=engine.max_context,
                 stops=request.stop,
-                should_cancel=should_cancel,
+                tag=running,
             )
-            final = Failed(ErrorCode.INTERNAL, "generation ended without a result")
-            for event in events:
-                if isinstance(event, TokenOut):
-                    self._post(handle.deliver, Token(event.text, event.index))
-                    output.append(event.text)
-                elif isinstance(event, Finished):
-                    final = End(event.tokens_out, round(event.decode_time_ms, 3), event.stop_reason)
-        except Cancelled:
-            reason = (
-                handle.cancel_reason if handle.cancel_requested else "the worker is shutting down"
-            )
-            final = Failed(ErrorCode.CANCELLED, reason)
         except WorkerError as error:
-            final = Failed(error.code, error.message)
-            if getattr(error, "fatal", False):  # e.g. a poisoned CUDA context: the actor dies
-                self._finish(handle, narrator, final, output)
-                raise
-        except Exception as error:
-            # Unknown engine state: fail the job, then let the executor die (worker exits non-zero).
-            failure = Failed(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}")
-            self._finish(handle, narrator, failure, output)
-            raise
-        self._finish(handle, narrator, final, output)
+            self._finish(running, Failed(error.code, error.message))
+            return
+        batcher.admit(seq)
+        self._publish()
 
-    def _finish(
-        self, handle: JobHandle, narrator: Narrator, final: End | Failed, output: list[str]
-    ) -> None:
+    def _step(self) -> None:
+        """One step of the running batch; each outcome goes to its job as soon as it is known."""
+        batcher = self._batcher
+        assert batcher is not None
+        try:
+            outcomes = batcher.step()
+        except WorkerError as error:  # fatal (a poisoned CUDA context): every job ends with it
+            self._end_all(error.message, code=error.code)
+            raise
+        except Exception as error:
+            # Unknown engine state: fail the jobs, then let the executor die (worker exits
+            # non-zero).
+            self._end_all(f"internal error: {type(error).__name__}", code=ErrorCode.INTERNAL)
+            raise
+        for seq, outcome in outcomes:
+            running: _Running = seq.tag
+            if isinstance(outcome, TokenOut):
+                self._post(running.handle.deliver, Token(outcome.text, outcome.index))
+                running.output.append(outcome.text)
+            elif isinstance(outcome, Finished):
+                end = End(outcome.tokens_out, round(outcome.decode_time_ms, 3), outcome.stop_reason)
+                self._finish(running, end)
+            else:  # a WorkerError of this sequence only (the batcher retired it)
+                self._finish(running, Failed(outcome.code, outcome.message))
+        self._publish()
+
+    def _end_cancelled(self) -> None:
+        """Retire every sequence whose job was cancelled (or the client left), or all of them
+        when the worker stops: each gets its terminal CANCELLED before the next step runs."""
+        batcher = self._batcher
+        assert batcher is not None
+        for seq in list(batcher.running.values()):
+            running: _Running = seq.tag
+            handle = running.handle
+            if handle.cancel_requested or self._stopping:
+                batcher.retire(seq)
+                reason = handle.cancel_reason if handle.cancel_requested else _SHUTDOWN
+                self._finish(running, Failed(ErrorCode.CANCELLED, reason))
+        self._publish()
+
+    def _end_all(self, message: str, *, code: ErrorCode = ErrorCode.CANCELLED) -> None:
+        batcher = self._batcher
+        if batcher is None:
+            return
+        for seq in list(batcher.running.values()):
+            if self._engine is not None:
+                batcher.retire(seq)
+            self._finish(seq.tag, Failed(code, message))
+        self._publish()
+
+    def _publish(self) -> None:
+        """What the trio side may read between steps (plain int writes: atomic)."""
+        batcher = self._batcher
+        if batcher is not None:
+            self.running, self.kv_tokens = len(batcher.running), batcher.kv_tokens()
+
+    def _finish(self, running: _Running, final: End | Failed) -> None:
         # Log first: once a client has read its end event, execute_end is already in the log
         # (tests and operators can rely on that order; the write costs microseconds).
-        job_log.ended(narrator, handle.job, final, "".join(output))
-        self._post(handle.deliver, final)
+        job_log.ended(running.narrator, running.handle.job, final, "".join(running.output))
+        self._post(running.handle.deliver, final)

@@ -165,9 +165,11 @@ def engine_options(config: WorkerConfig, backend: str) -> dict[str, Any]:
     nothing of them (test fakes) keep their signature.
 
     Only the cuda backend understands the VRAM cap, so it goes only there; `check_tensors` is
-    the default loader's full weight scan, on any backend.
+    the default loader's full weight scan, on any backend; every backend takes `max_batch`.
     """
-    options: dict[str, Any] = {"check_tensors": True} if config.check_tensors else {}
+    options: dict[str, Any] = {"max_batch": config.max_batch}
+    if config.check_tensors:
+        options["check_tensors"] = True
     if backend == "cuda" and config.max_vram_bytes is not None:
         options["max_vram_bytes"] = config.max_vram_bytes
     return options
@@ -283,6 +285,7 @@ async def run_loader(
         tokenizer_kind=info.tokenizer.kind,
         vocab_size=info.tokenizer.vocab_size,
         context_length=facts.max_context,
+        max_batch=facts.max_batch,
     )
     seconds = round(time.monotonic() - t0, 3)
     narrator.emit(

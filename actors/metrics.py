@@ -57,21 +57,21 @@ class ServiceStats:
     quant_kind: str | None  # None until the model is loaded
     backend: str
     status: str  # loading | ready | unhealthy | draining
-    running: int  # jobs on the engine (0 or 1 today)
-    waiting: int  # jobs admitted and queued behind it
+    running: int  # jobs on the engine (up to --max-batch)
+    waiting: int  # jobs admitted and queued behind them
     open_streams: int  # responses still being written
     tokens_in_total: int  # prompt tokens of every job that started
     tokens_generated_total: int  # tokens streamed, every job
     requests_total: Mapping[str, int]  # finished jobs by outcome (OUTCOMES)
     vram_bytes: int  # device memory the model holds (0 on cpu), cached at load
-    kv_tokens: int  # tokens in the KV cache of the running sequences
-    max_context: int | None  # KV-cache capacity in tokens
+    kv_tokens: int  # tokens in the KV caches of the running sequences (the executor's count)
+    kv_capacity: int | None  # KV-cache tokens of all slots: max_context * max_batch
     uptime_s: float
 
     @property
     def kv_cache_usage(self) -> float:
         """Fraction 0..1 of the KV cache in use (vLLM's `kv_cache_usage_perc` is a fraction too)."""
-        return self.kv_tokens / self.max_context if self.max_context else 0.0
+        return self.kv_tokens / self.kv_capacity if self.kv_capacity else 0.0
 
 
 @attrs.define
@@ -79,7 +79,6 @@ class _Live:
     received_at: float
     started_at: float | None = None
     last_token_at: float | None = None
-    kv_tokens: int = 0
 
 
 class JobMetrics:
@@ -119,10 +118,6 @@ class JobMetrics:
         )
         self._children: tuple[Histogram, Histogram, Histogram] | None = None
 
-    @property
-    def kv_tokens(self) -> int:
-        return sum(live.kv_tokens for live in self._live.values())
-
     def model_ready(self, quant_kind: str) -> None:
         """The label values are complete once the model is loaded (no job runs before)."""
         values = (self.worker_id, self.model, quant_kind)
@@ -137,7 +132,6 @@ class JobMetrics:
         ttft, itl, duration = self._children or (None, None, None)
         if isinstance(event, Token):
             self.tokens_generated += 1
-            live.kv_tokens += 1
             if live.last_token_at is None:
                 if ttft is not None:
                     ttft.observe(now - live.received_at)
@@ -147,7 +141,7 @@ class JobMetrics:
         elif isinstance(event, Started):
             self.job_changes += 1
             self.tokens_in += event.prompt_tokens
-            live.started_at, live.kv_tokens = now, event.prompt_tokens
+            live.started_at = now
         else:
             self.job_changes += 1
             del self._live[handle]

@@ -125,7 +125,16 @@ class WorkerService:
         return self.state.model
 
     def health(self) -> tuple[int, dict]:
-        return self.state.health()
+        """The state's answer, plus the jobs running on the engine and queued behind them."""
+        status, body = self.state.health()
+        facts = self.state.facts
+        body["running"] = self._running()
+        body["queued"] = self.executor.pending
+        body["max_batch"] = facts.max_batch if facts else None
+        return status, body
+
+    def _running(self) -> int:
+        return sum(h.state is JobState.RUNNING for h in self.scheduler.live.values())
 
     def admission_error(self) -> WorkerError | None:
         return self.scheduler.admission_error()
@@ -203,22 +212,21 @@ class WorkerService:
 
     def stats(self) -> ServiceStats:
         state, facts, m = self.state, self.state.facts, self.metrics
-        running = sum(h.state is JobState.RUNNING for h in self.scheduler.live.values())
         return ServiceStats(
             worker_id=state.worker_id,
             model=state.model,
             quant_kind=facts.quant_kind if facts else None,
             backend=state.backend,
             status=str(state.status),
-            running=running,
+            running=self._running(),
             waiting=self.executor.pending,
             open_streams=self.open_streams,
             tokens_in_total=m.tokens_in,
             tokens_generated_total=m.tokens_generated,
             requests_total=dict(m.requests),
             vram_bytes=facts.vram_bytes_used if facts else 0,
-            kv_tokens=m.kv_tokens,
-            max_context=facts.context_length if facts else None,
+            kv_tokens=self.executor.kv_tokens,
+            kv_capacity=facts.context_length * facts.max_batch if facts else None,
             uptime_s=round(time.monotonic() - state.started_monotonic, 3),
         )
 

@@ -81,19 +81,19 @@ def run_config(path: Path, ctx: int, reps: int, opts: dict[str, str]) -> tuple[f
 
         def decode(n: int):
             def run():  # n decode steps from an empty cache, each sampled and waited for
-                engine.reset()
-                engine.step(1)
+                engine.release(0)
+                engine.decode([0], [1])
                 for i in range(n - 1):
-                    engine.step(engine.sample(GREEDY, (), i))
-                engine.sample(GREEDY, (), n)
+                    engine.decode([0], engine.sample([0], [GREEDY], [()], [i]))
+                engine.sample([0], [GREEDY], [()], [n])
 
             return run
 
         def steps_only(n: int):
             def run():  # llama-bench's tg: n one-token decodes, no sampling, one wait at the end
-                engine.reset()
+                engine.release(0)
                 for _ in range(n):
-                    engine.step(1)
+                    engine.decode([0], [1])
                 engine.stream.synchronize()
 
             return run
@@ -102,8 +102,8 @@ def run_config(path: Path, ctx: int, reps: int, opts: dict[str, str]) -> tuple[f
             ids = [(7 * i + 3) % engine.config.vocab_size for i in range(n)]
 
             def run():
-                engine.reset()
-                engine.prefill(ids)
+                engine.release(0)
+                engine.prefill(0, ids)
                 engine.stream.synchronize()
 
             return run

@@ -60,17 +60,17 @@ def _sync(engine) -> None:
 
 def engine_figures(engine, decode_ns: list[int], prefill_n: int, reps: int) -> dict:
     def decode(n):
-        engine.reset()
-        engine.prefill([1])
+        engine.release(0)
+        engine.prefill(0, [1])
         for i in range(n):
-            engine.step(engine.sample(GREEDY, (), i))
+            engine.decode([0], engine.sample([0], [GREEDY], [()], [i]))
         _sync(engine)
 
     ids = [(7 * i + 3) % engine.config.vocab_size for i in range(prefill_n)]
 
     def prefill():
-        engine.reset()
-        engine.prefill(ids)
+        engine.release(0)
+        engine.prefill(0, ids)
         _sync(engine)
 
     out = {f"tg{n}": n / median_time(lambda n=n: decode(n), reps) for n in decode_ns}
@@ -150,7 +150,7 @@ def ttft(harness, client, url: str, prompt: str, n: int) -> dict:
 
 def engine_ttft(alone, prompt: str, n: int) -> dict:
     """The same 32-token, max_tokens-1 job in-process: generate() as the executor runs it, and
-    its parts called one by one (reset; prefill enqueue; prefill on the device; first sample)."""
+    its parts called one by one (release; prefill enqueue; prefill on the device; first sample)."""
     from runtime.generate import TokenOut, generate
 
     engine, tok = alone.engine, alone.tokenizer
@@ -163,18 +163,19 @@ def engine_ttft(alone, prompt: str, n: int) -> dict:
             if isinstance(event, TokenOut):
                 first = (time.perf_counter() - t0) * 1e3
         t = [time.perf_counter()]
-        engine.reset()
+        engine.release(0)
         t.append(time.perf_counter())
-        engine.prefill(ids)
+        for at in range(0, len(ids), engine.prefill_chunk):
+            engine.prefill(0, ids[at : at + engine.prefill_chunk])
         t.append(time.perf_counter())
         _sync(engine)
         t.append(time.perf_counter())
-        engine.sample(GREEDY, ids, 0)
+        engine.sample([0], [GREEDY], [ids], [0])
         t.append(time.perf_counter())
         if r >= 3:
             firsts.append(first)
             parts.append([(b - a) * 1e3 for a, b in zip(t, t[1:], strict=False)])
-    names = ("reset_ms", "prefill_enqueue_ms", "prefill_device_ms", "sample_ms")
+    names = ("release_ms", "prefill_enqueue_ms", "prefill_device_ms", "sample_ms")
     med = {k: statistics.median(p[i] for p in parts) for i, k in enumerate(names)}
     return {"n": n, "p50_ms": pct(firsts, 50), "p95_ms": pct(firsts, 95), **med}
 
@@ -291,7 +292,7 @@ def report(res: dict, peak_gbps: float) -> str:
         f"p50 {t['p50_ms']:.2f} ms  p95 {t['p95_ms']:.2f} ms  max {t['max_ms']:.2f} ms  "
         f"[p50 < 10 ms: {target(t['p50_ms'] < 10)}]",
         f"  same job in-process (generate): p50 {et['p50_ms']:.2f} ms  p95 {et['p95_ms']:.2f} ms;"
-        f" reset {et['reset_ms']:.2f}, prefill enqueue {et['prefill_enqueue_ms']:.2f}, on device "
+        f" release {et['release_ms']:.2f}, prefill enqueue {et['prefill_enqueue_ms']:.2f}, on device "
         f"{et['prefill_device_ms']:.2f}, first sample {et['sample_ms']:.2f} ms (medians)",
         f"decode via HTTP/SSE vs engine ({v['tokens']} tokens, greedy): median "
         f"{v['http_median_tps']:,.1f} vs {v['engine_median_tps']:,.1f} t/s = "

@@ -1,10 +1,12 @@
-"""Build llama.cpp's `llama-bench` (CUDA) on the GPU machine and run it on a GGUF file.
+"""Build llama.cpp's `llama-bench` and `llama-batched-bench` (CUDA) on the GPU machine, run them.
 
     python3 bench/llama_cpp.py build SRC BUILD_DIR     # ~4 min on 16 cores; prints the binary
     python3 bench/llama_cpp.py run BUILD_DIR MODEL     # tg128, tg512, pp512 with -fa 1 -ngl 99
+    python3 bench/llama_cpp.py batched BUILD_DIR MODEL # prompt 128, gen 128, -npl 1,4,16,64
 
 SRC is what `tools/pack_llama_cpp.sh` wrote (the folder holding llama.cpp.tar.gz, or the tarball
-itself) or an unpacked llama.cpp source tree. Only the `llama-bench` target is built, for sm_90
+itself) or an unpacked llama.cpp source tree. Only the `llama-bench` and `llama-batched-bench`
+targets (`TARGETS`) are built, for sm_90
 only, without the server, tests or examples (the packed source lacks them), and without network
 access (no curl/OpenSSL, no NCCL). `bench/bench_gpu_worker.py --llama-cpp BUILD_DIR` uses `run`.
 """
@@ -36,13 +38,17 @@ CMAKE_FLAGS = (
 )
 
 
-def find_llama_bench(build_dir: Path) -> Path | None:
-    """The llama-bench binary under a build folder (or the binary itself), if there is one."""
+TARGETS = ("llama-bench", "llama-batched-bench")
+
+
+def find_llama_bench(build_dir: Path, name: str = "llama-bench") -> Path | None:
+    """The `name` binary under a build folder (or the binary itself), if there is one."""
     build_dir = Path(build_dir)
+    own = [build_dir] if build_dir.name == name else []
     for candidate in (
-        build_dir,
-        build_dir / "bin" / "llama-bench",
-        build_dir / "build" / "bin" / "llama-bench",
+        *own,
+        build_dir / "bin" / name,
+        build_dir / "build" / "bin" / name,
     ):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -66,10 +72,10 @@ def _source_tree(src: Path, work: Path) -> Path:
 
 
 def build(src: Path, build_dir: Path, *, jobs: int | None = None, log=sys.stderr) -> Path:
-    """Configure and build llama-bench; returns the binary. Output of cmake goes to `log`."""
+    """Configure and build `TARGETS`; returns llama-bench. Output of cmake goes to `log`."""
     build_dir = Path(build_dir)
     found = find_llama_bench(build_dir)
-    if found is not None:
+    if found is not None and all(find_llama_bench(build_dir, t) for t in TARGETS):
         return found
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is not installed on this machine")
@@ -88,12 +94,12 @@ def build(src: Path, build_dir: Path, *, jobs: int | None = None, log=sys.stderr
         "-j",
         str(jobs),
         "--target",
-        "llama-bench",
+        *TARGETS,
     ]
     subprocess.run(compile_, check=True, stdout=log, stderr=subprocess.STDOUT)
     t2 = time.perf_counter()
     print(
-        f"llama-bench built: configure {t1 - t0:.0f} s, compile {t2 - t1:.0f} s",
+        f"{', '.join(TARGETS)} built: configure {t1 - t0:.0f} s, compile {t2 - t1:.0f} s",
         file=log,
         flush=True,
     )
@@ -143,6 +149,47 @@ def run(
     }
 
 
+def run_batched(
+    build_dir: Path,
+    model: Path,
+    *,
+    n_prompt: int = 128,
+    n_gen: int = 128,
+    parallel: tuple[int, ...] = (1, 4, 16, 64),
+    timeout_s: float = 600.0,
+) -> dict:
+    """llama-batched-bench: each of B sequences its own prompt of `n_prompt` tokens, then
+    `n_gen` tokens each; rows keyed by B: aggregate decode tokens/s (S_TG = B * TG / T_TG)."""
+    binary = find_llama_bench(Path(build_dir), "llama-batched-bench")
+    if binary is None:
+        raise FileNotFoundError(
+            f"no llama-batched-bench under {build_dir} (python3 bench/llama_cpp.py build)"
+        )
+    n_kv = max(parallel) * (n_prompt + n_gen)
+    cmd = [
+        str(binary), "-m", str(model), "-ngl", "99", "-c", str(n_kv), "-b", "2048",
+        "-ub", "512", "-npp", str(n_prompt), "-ntg", str(n_gen),
+        "-npl", ",".join(map(str, parallel)),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout_s)
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+        if len(cells) == 10 and cells[0].isdigit():
+            pp, tg, b = (int(c) for c in cells[:3])
+            rows[b] = {
+                "pp": pp,
+                "tg": tg,
+                "prefill_tokens_per_s": float(cells[5]),
+                "decode_s": float(cells[6]),
+                "decode_tokens_per_s": float(cells[7]),
+            }
+    if not rows:
+        raise RuntimeError(f"no result rows in llama-batched-bench's output:\n{done.stdout}")
+    return {"command": " ".join(cmd), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -154,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("build_dir", type=Path)
     r.add_argument("model", type=Path)
     r.add_argument("--reps", type=int, default=5)
+    m = sub.add_parser("batched", help="run llama-batched-bench (pp 128, tg 128) and print JSON")
+    m.add_argument("build_dir", type=Path)
+    m.add_argument("model", type=Path)
+    m.add_argument("--npl", default="1,4,16,64")
     args = parser.parse_args(argv)
     if args.verb == "build":
         print(build(args.src, args.build_dir, jobs=args.jobs, log=sys.stdout))
+    elif args.verb == "batched":
+        npl = tuple(int(n) for n in args.npl.split(","))
+        print(json.dumps(run_batched(args.build_dir, args.model, parallel=npl), indent=2))
     else:
         print(json.dumps(run(args.build_dir, args.model, reps=args.reps), indent=2))
     return 0

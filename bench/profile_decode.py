@@ -67,7 +67,7 @@ def main() -> None:
     with open_gguf(path) as model:
         engine = CudaEngine.load(model, max_context=args.ctx)
     s = engine.stream
-    engine.reset()
+    engine.release(0)
     pos_buf = engine.fwd.b["state.pos"]
     if args.prefill:
         ids = np.array([(7 * i + 3) % 1000 for i in range(args.prefill)], np.int32)
@@ -86,7 +86,7 @@ def main() -> None:
             (lambda: engine.fwd.enqueue_prefill(args.prefill)),
         )
     else:
-        engine.prefill([(5 * i + 1) % 1000 for i in range(args.pos)])
+        engine.prefill(0, [(5 * i + 1) % 1000 for i in range(args.pos)])
         from cuda.forward import splits_for
 
         splits = splits_for(args.pos + 1)

@@ -5,15 +5,23 @@ executor's) and every later call must come from that thread; `close()` frees eve
 the context. Load = checks made from the file alone (`weights.check_model`, the family's CUDA
 block, the sampling mask; before the GPU is touched) -> compile the kernels (our cubin cache) ->
 preflight (bytes needed vs free VRAM and the optional cap) -> upload the weights slot by slot of
-the plan -> allocate KV cache and scratch -> capture the decode step as CUDA graphs (one per
-attention split count). Nothing is allocated per decode step. The engine follows `model.plan`
-and `model.config` only; `cuda.models.<model.family.block>` orders each layer's steps.
+the plan -> allocate the KV caches of all `max_batch` slots, the scratch and the sampler's
+workspace -> capture the decode step as CUDA graphs (one per slot and attention split count).
+Nothing is allocated per job or per step. The engine follows `model.plan` and `model.config`
+only; `cuda.models.<model.family.block>` orders each layer's steps.
 
-Errors: a failed allocation at load is INSUFFICIENT_VRAM; during a job it is VRAM_OOM, the job's
-memory (ledger scope "job") is freed and the engine serves the next job. A CUDA error that
+Slots and batch invariance: `decode(slots, tokens)` replays each slot's own graph, one after
+another on the one stream (cuda/forward.py: per-slot rows of the cache, ids, position and
+logits; shared scratch). A slot's launches and their arguments are the ones it makes alone, so
+its tokens cannot depend on which other slots run, nor on when they joined. The cost: B slots
+take B single-stream steps (no batched kernels yet; specs/decisions/0024-batchcuda-slots.md).
+
+Errors: a failed allocation at load is INSUFFICIENT_VRAM; a failed allocation during a job
+(only the test hook `fail_next_allocation` makes one now) is VRAM_OOM, the memory of ledger
+scope "job" is freed, the call's sequences end and the engine serves the others. A CUDA error that
 poisons the context (illegal address, launch failure; cuda.errors probes the context after any
 CUDA error) is `CudaError(fatal=True)`, and every later call repeats it: the process must exit.
-Any other CUDA error in a job is `CudaError` and drops the job like an OOM; if dropping it fails
+Any other CUDA error in a call is `CudaError` and ends the call's sequences like an OOM; if dropping it fails
 too, the context counts as lost. `check_residency` has its own guard: it never drops the job.
 """
 
@@ -39,13 +47,12 @@ from cuda.quant_ops import QuantKernels
 from cuda.quant_ops import sources as quant_sources
 from cuda.sampler import GpuSampler, SampleMask
 from cuda.weights import check_model, file_bytes, upload_weights
-from runtime.engine_api import ProgressCallback, ResidencyReport
+from runtime.engine_api import NON_FINITE, ProgressCallback, ResidencyReport
 from runtime.errors import (
     CudaError,
     InsufficientVram,
     InvalidRequest,
     ModelLoadError,
-    NonFiniteLogits,
 )
 from runtime.gguf_file import GGUFModel
 from runtime.progress import ProgressReporter
@@ -54,18 +61,26 @@ from runtime.sampling import SamplingParams
 __all__ = ["CHECKSUM_SLOTS", "DEFAULT_MAX_CHUNK", "CudaEngine", "vram_needed"]
 
 
+#: slots one engine can hold (the interface's bound, runtime.engine_api)
+MAX_BATCH = 64
+
+
 class CudaEngine:
     backend = "cuda"
 
     def __init__(self) -> None:  # use CudaEngine.load
         self._ctx = None
-        self._graphs: dict[int, cuda_graph.Graph] = {}  # attention splits -> decode step
+        self._graphs: dict[tuple[int, int], cuda_graph.Graph] = {}  # (slot, splits) -> step
         self._poisoned: str | None = None
         self._closed = False
-        self._pos = 0
-        self._last_sampled: int | None = None  # id the sampler left in state.ids[0]
-        self._greedy_ready = False  # the last step left its argmax in ids[0] and token_host
         self._owner = threading.get_ident()  # the thread whose context stack holds ours
+
+    def _init_slots(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self._pos = [0] * max_batch
+        self._last_sampled: list[int | None] = [None] * max_batch  # id left in the slot's ids[0]
+        # the slot's last step left its argmax in its ids[0] and its token_host word
+        self._greedy_ready = [False] * max_batch
 
     # -- load ------------------------------------------------------------------------------------
 
@@ -79,10 +94,13 @@ class CudaEngine:
         device: int = 0,
         max_vram_bytes: int | None = None,
         max_chunk: int = DEFAULT_MAX_CHUNK,
+        max_batch: int = 1,
         use_graph: bool = True,
         fuse: bool = True,
         pdl: bool = True,
     ) -> CudaEngine:
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ModelLoadError(f"max_batch must be 1..{MAX_BATCH}, got {max_batch}")
         check_model(model, max_context, max_chunk)  # ModelLoadError before any GPU work
         block = BLOCKS[model.family.block]
         mask = SampleMask.of(model.metadata, model.config.vocab_size)
@@ -92,6 +110,8 @@ class CudaEngine:
         self.config, self.max_context, self.device = model.config, max_context, device
         self.quant_kind = model.quant_kind
         max_chunk = min(max_chunk, max_context)
+        self.prefill_chunk = max_chunk
+        self._init_slots(max_batch)
         drv.init()
         if not 0 <= device < drv.Device.count():
             raise ModelLoadError(f"no CUDA device {device} ({drv.Device.count()} present)")
@@ -112,8 +132,9 @@ class CudaEngine:
         drv, c = self._drv, self.config
         prefetch([*ops_sources(c.head_dim).values(), *quant_sources()])  # nvcc in parallel
         self.ops, quant = Ops(c.head_dim), QuantKernels()  # compiled before measuring free VRAM
-        needed = vram_needed(model, max_context, max_chunk)
-        preflight(model.path.name, max_context, needed, drv.mem_get_info(), cap, self.device)
+        b = self.max_batch
+        needed = vram_needed(model, max_context, max_chunk, b)
+        preflight(model.path.name, max_context, needed, drv.mem_get_info(), cap, self.device, b)
         self.ledger = Ledger(drv, cap_bytes=cap)
         self.stream = drv.Stream()
         reporter = ProgressReporter(file_bytes(model), progress)
@@ -124,22 +145,21 @@ class CudaEngine:
         pdl = opts["pdl"] and drv.Context.get_device().compute_capability() >= (9, 0)
         self.fwd = Forward(
             drv, c, self.weights, self.ledger, self.ops, quant, self.stream, block=block,
-            mask=mask, max_context=max_context, max_chunk=max_chunk, fuse=opts["fuse"], pdl=pdl,
+            mask=mask, max_context=max_context, max_chunk=max_chunk, max_batch=b,
+            fuse=opts["fuse"], pdl=pdl,
         )  # fmt: skip
         self._checksums |= self.fwd.checksums  # the rope tables and the mask ids never change
         self._residency = residency.Checker(
             drv, self.ops, self.stream, self.ledger, self.device, self._checksums, CHECKSUM_SLOTS
         )
-        self.sampler = GpuSampler(
-            drv, self.ops, self.ledger, self.stream, vocab=mask.n_sampled,
-            logits=self.fwd.b["act.logits"], out=self.fwd.b["state.ids"],
-            host=self.fwd.token_host,
-        )  # fmt: skip
-        if opts["use_graph"]:  # one graph per split count: the step replays the one for its length
-            for splits in split_levels(max_context):
-                self._graphs[splits] = cuda_graph.capture(
-                    self.stream, lambda n=splits: self.fwd.enqueue_decode(n)
-                )
+        self.sampler = GpuSampler(drv, self.ops, self.ledger, self.stream, vocab=mask.n_sampled)
+        if opts["use_graph"]:  # per slot, one graph per split count: a step replays the one
+            for slot in range(b):  # for its slot and length
+                self.fwd.bind(slot)
+                for splits in split_levels(max_context):
+                    self._graphs[slot, splits] = cuda_graph.capture(
+                        self.stream, lambda n=splits: self.fwd.enqueue_decode(n)
+                    )
         drv.Context.synchronize()
         reporter.finish()
 
@@ -157,90 +177,120 @@ class CudaEngine:
         self._poisoned = why
 
     @contextlib.contextmanager
-    def _job(self) -> Iterator[None]:
-        """A job's CUDA work: a non-fatal failure drops the job (cuda.errors.guard)."""
+    def _job(self, slots: Sequence[int]) -> Iterator[None]:
+        """The CUDA work of a call on `slots`: a non-fatal failure ends their sequences
+        (cuda.errors.guard; the caller retires them), the other slots are untouched."""
         self._usable()
-        with cuda_errors.guard(self._drv, poison=self._poison, abort=self._abort_job):
+        abort = lambda: self._abort_job(slots)  # noqa: E731 - the guard takes no arguments
+        with cuda_errors.guard(self._drv, poison=self._poison, abort=abort):
             yield
 
-    def _abort_job(self) -> None:
-        """Drop the job's memory and sequence; the model stays loaded."""
+    def _abort_job(self, slots: Sequence[int]) -> None:
+        """Drop the failed call's sequences and any job memory; the model stays loaded."""
         with contextlib.suppress(Exception):
             self.stream.synchronize()
-        self.sampler.release_workspace()
         self.ledger.free_scope("job")
-        self._new_sequence()
+        for slot in slots:
+            self._new_sequence(slot)
 
-    def _new_sequence(self) -> None:
-        self._drv.memcpy_htod(self.fwd.b["state.pos"], np.array([0], np.int32))
-        self._pos = 0
-        self._last_sampled = None
-        self._greedy_ready = False
+    def _new_sequence(self, slot: int) -> None:
+        self._drv.memcpy_htod(self.fwd.slot_ptr("state.pos", slot), np.array([0], np.int32))
+        self._pos[slot] = 0
+        self._last_sampled[slot] = None
+        self._greedy_ready[slot] = False
 
     # -- Engine protocol -------------------------------------------------------------------------
 
-    @property
-    def position(self) -> int:
-        return self._pos
+    def position(self, slot: int) -> int:
+        return self._pos[self._slot(slot)]
 
-    def reset(self) -> None:
-        """New sequence: position 0, and the previous job's workspace is released."""
-        with self._job():
-            self.stream.synchronize()
-            self.sampler.release_workspace()
-            self._new_sequence()
+    def release(self, slot: int) -> None:
+        """The slot's sequence is over: position 0 (nothing is freed: its cache stays)."""
+        slot = self._slot(slot)
+        with self._job(()):
+            self.stream.synchronize()  # a pass of the slot may still be running
+            self._new_sequence(slot)
 
-    def prefill(self, tokens: Sequence[int]) -> None:
-        ids = self._check_tokens(tokens)
-        with self._job():
-            self.sampler.acquire_workspace()
-            for start in range(0, ids.size, self.fwd.max_chunk):
-                chunk = ids[start : start + self.fwd.max_chunk]
-                self.stream.synchronize()  # the previous pass may still read state.ids
-                self._drv.memcpy_htod(self.fwd.b["state.ids"], chunk)
-                self.fwd.enqueue_prefill(int(chunk.size))
-                self._pos += int(chunk.size)
-            self._last_sampled = None
-            self._greedy_ready = False
+    def prefill(self, slot: int, tokens: Sequence[int]) -> None:
+        """Append `tokens` to `slot`, in passes of at most `prefill_chunk` (the batcher's
+        chunks are no longer, so it makes one pass per call)."""
+        slot = self._slot(slot)
+        ids = self._check_tokens(self._pos[slot], tokens)
+        fwd = self.fwd
+        with self._job((slot,)):
+            fwd.bind(slot)
+            for start in range(0, ids.size, fwd.max_chunk):
+                chunk = ids[start : start + fwd.max_chunk]
+                self.stream.synchronize()  # the previous pass may still read the slot's ids
+                self._drv.memcpy_htod(fwd.b["state.ids"], chunk)
+                fwd.enqueue_prefill(int(chunk.size))
+                self._pos[slot] += int(chunk.size)
+            self._last_sampled[slot] = None
+            self._greedy_ready[slot] = False
 
-    def step(self, token: int) -> None:
-        # the hot path: plain Python checks (numpy's would cost more than the graph launch)
-        token = int(token)
-        if not 0 <= token < self.config.vocab_size:
-            raise InvalidRequest(f"token id out of range 0..{self.config.vocab_size - 1}")
-        if self._pos + 1 > self.max_context:
-            raise InvalidRequest(f"{self._pos + 1} tokens exceed the context ({self.max_context})")
-        with self._job():
-            if self._last_sampled != token:  # else the sampler left it in ids[0]
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
+        """One decode step per slot, one after another on the stream: each slot replays its
+        own graph (its cache, its position's split count), so its results are what the same
+        slot computes alone (batch invariance by construction). Returns once enqueued."""
+        slots, tokens = self._check_decode(slots, tokens)
+        fwd = self.fwd
+        with self._job(slots):
+            upload = [
+                (s, t) for s, t in zip(slots, tokens, strict=True) if self._last_sampled[s] != t
+            ]
+            if upload:  # else the sampler left each token in its slot's ids[0]
                 self.stream.synchronize()
-                self._drv.memcpy_htod(self.fwd.b["state.ids"], np.array([token], np.int32))
-            splits = splits_for(self._pos + 1)
-            if self._graphs:
-                self._graphs[splits].launch()
-            else:
-                self.fwd.enqueue_decode(splits)
-            self._pos += 1
-            self._last_sampled = None
-            self._greedy_ready = True
+                for s, t in upload:
+                    self._drv.memcpy_htod(fwd.slot_ptr("state.ids", s), np.array([t], np.int32))
+            for s in slots:
+                splits = splits_for(self._pos[s] + 1)
+                if self._graphs:
+                    self._graphs[s, splits].launch()
+                else:
+                    fwd.bind(s)
+                    fwd.enqueue_decode(splits)
+                self._pos[s] += 1
+                self._last_sampled[s] = None
+                self._greedy_ready[s] = True
 
-    def logits(self) -> np.ndarray:
-        with self._job():
-            return self.fwd.logits()
+    def logits(self, slot: int) -> np.ndarray:
+        slot = self._slot(slot)
+        with self._job((slot,)):
+            return self.fwd.logits(slot)
 
-    def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
-        with self._job():
-            if self._greedy_ready and params.temperature == 0.0 and params.repetition_penalty == 1:
-                self.stream.synchronize()  # the step computed this very choice
-                token = int(self.fwd.token_host[0])
+    def sample(
+        self,
+        slots: Sequence[int],
+        params: Sequence[SamplingParams],
+        histories: Sequence[Sequence[int]],
+        draws: Sequence[int],
+    ) -> list[int]:
+        """Each slot's next token; NON_FINITE for a slot whose logits are not all finite (the
+        kernels' flag, cuda/kernels/sampling.cu). Greedy choices the decode step already made
+        need no launch; the others run the sampling kernel, each on its own slot's logits."""
+        slots = [self._slot(s) for s in slots]
+        if not len(slots) == len(params) == len(histories) == len(draws):
+            raise InvalidRequest("sample: slots, params, histories and draws differ in length")
+        fwd, host = self.fwd, self.fwd.token_host
+        with self._job(slots):
+            for s, p, history, draw in zip(slots, params, histories, draws, strict=True):
+                if self._greedy_ready[s] and p.temperature == 0.0 and p.repetition_penalty == 1:
+                    continue  # the step computed this very choice into host[s]
+                out = fwd.slot_ptr("state.ids", s)
+                self.sampler.enqueue(
+                    p, history, draw, logits=fwd.slot_ptr("act.logits", s), out=out
+                )
+                self._drv.memcpy_dtoh_async(host[s : s + 1], out, self.stream)
+                self._greedy_ready[s] = False  # host[s] now holds this choice
+            self.stream.synchronize()
+            chosen = [int(host[s]) for s in slots]
+        for s, token in zip(slots, chosen, strict=True):
+            if token < 0:  # ids[0] holds the flag, not a token: never step on it
+                self._greedy_ready[s] = False
+                self._last_sampled[s] = None
             else:
-                token = self.sampler.sample(params, history, draw)
-                self._greedy_ready = False  # token_host now holds this choice
-        if token < 0:  # the kernels' flag (cuda/kernels/sampling.cu): a logit is NaN or inf
-            self._greedy_ready = False
-            self._last_sampled = None  # ids[0] holds the flag, not a token: never step on it
-            raise NonFiniteLogits.at(draw, "flagged by the GPU sampler")
-        self._last_sampled = token
-        return token
+                self._last_sampled[s] = token
+        return [NON_FINITE if t < 0 else t for t in chosen]
 
     def fail_next_allocation(self) -> None:
         """Test hook: the next device allocation fails as if VRAM were exhausted."""
@@ -267,14 +317,37 @@ class CudaEngine:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
+    def _slot(self, slot: int) -> int:
+        if not 0 <= slot < self.max_batch:
+            raise InvalidRequest(f"slot {slot} is not one of 0..{self.max_batch - 1}")
+        return int(slot)
+
+    def _check_decode(
+        self, slots: Sequence[int], tokens: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """The whole call is checked before anything is enqueued (hot path: plain Python, numpy
+        would cost more than a graph launch)."""
+        slots, tokens = [self._slot(s) for s in slots], [int(t) for t in tokens]
+        if len(slots) != len(tokens):
+            raise InvalidRequest(f"decode: {len(slots)} slots but {len(tokens)} tokens")
+        if len(set(slots)) != len(slots):
+            raise InvalidRequest(f"decode: a slot appears twice in {slots}")
+        vocab = self.config.vocab_size
+        for s, t in zip(slots, tokens, strict=True):
+            if not 0 <= t < vocab:
+                raise InvalidRequest(f"token id out of range 0..{vocab - 1}")
+            if self._pos[s] + 1 > self.max_context:
+                raise InvalidRequest(
+                    f"slot {s}: {self._pos[s] + 1} tokens exceed the context ({self.max_context})"
+                )
+        return slots, tokens
+
+    def _check_tokens(self, pos: int, tokens: Sequence[int]) -> np.ndarray:
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise InvalidRequest("no tokens to process")
-        if self._pos + ids.size > self.max_context:
-            raise InvalidRequest(
-                f"{self._pos + ids.size} tokens exceed the context ({self.max_context})"
-            )
+        if pos + ids.size > self.max_context:
+            raise InvalidRequest(f"{pos + ids.size} tokens exceed the context ({self.max_context})")
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise InvalidRequest(f"token id out of range 0..{self.config.vocab_size - 1}")
         return ids.astype(np.int32)

@@ -23,14 +23,17 @@ CHECKSUM_SLOTS = 512
 HEADROOM_BYTES = 64 << 20
 
 
-def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
-    """Bytes of VRAM the engine allocates for this model (weights + KV cache + scratch)."""
+def vram_needed(
+    model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX_CHUNK, max_batch: int = 1
+) -> int:
+    """Bytes of VRAM the engine allocates for this model (weights + KV cache + scratch) with
+    `max_batch` slots of `max_context` tokens each."""
     c = model.config
     max_chunk = min(max_chunk, max_context)  # as CudaEngine.load clamps it
     mask = SampleMask.of(model.metadata, c.vocab_size)
     return (
         weight_bytes(model)
-        + buffer_bytes(c, max_context, max_chunk, mask.ids.size)
+        + buffer_bytes(c, max_context, max_chunk, mask.ids.size, max_batch)
         + workspace_bytes(mask.n_sampled)
         + 8 * CHECKSUM_SLOTS
     )
@@ -38,17 +41,20 @@ def vram_needed(model: GGUFModel, max_context: int, max_chunk: int = DEFAULT_MAX
 
 def preflight(
     name: str, max_context: int, needed: int, free_total: tuple[int, int], cap: int | None,
-    device: int,
+    device: int, max_batch: int = 1,
 ) -> None:  # fmt: skip
     """InsufficientVram when `needed` bytes (+ headroom) exceed the free VRAM, or the cap."""
     free, total = free_total
+    what = f"{name} with a {max_context}-token context"
+    if max_batch > 1:
+        what += f" in each of {max_batch} slots"
     if needed + HEADROOM_BYTES > free:
         raise InsufficientVram(
-            f"{name} with a {max_context}-token context needs {needed} bytes of VRAM "
+            f"{what} needs {needed} bytes of VRAM "
             f"(+{HEADROOM_BYTES} headroom) but device {device} has {free} bytes free of {total}"
         )
     if cap is not None and needed > cap:
         raise InsufficientVram(
-            f"{name} with a {max_context}-token context needs {needed} bytes of VRAM but "
+            f"{what} needs {needed} bytes of VRAM but "
             f"--max-vram-bytes allows {cap} ({free} bytes free on the device)"
         )

@@ -6,11 +6,18 @@ cuda/layers.py; this module owns what every family shares: the buffer table (whi
 allocation and the VRAM estimate), the rotary tables (one per distinct rope base), the
 embedding, the output head, the sampling mask, the step's greedy argmax and the two passes.
 
+Slots: the engine holds `max_batch` sequences. What is a sequence's own (its KV cache, token
+ids, position, logits and the mask's saved logits) is one row per slot of the buffers in
+`SLOT_BUFFERS`; everything else (activations, attention partials, the argmax's scratch) is
+shared, since the slots' passes run one after another on one stream. `bind(slot)` points `b` at
+a slot's rows: the layer steps, written for one sequence, then work on that slot unchanged.
+
 Everything a step reads that changes from step to step lives in device memory: the token id
-(`ids[0]`, written by the sampler or uploaded by the engine) and the position (`pos`, advanced by
-the last kernel of each pass). So `enqueue_decode` issues the very same launches every step and
-the engine captures it once as a CUDA graph (one per attention split count). A prefill chunk
-runs matrix-matrix products over all its tokens: no launch is made per token.
+(the slot's `ids[0]`, written by the sampler or uploaded by the engine) and the position (the
+slot's `pos`, advanced by the last kernel of each pass). So `enqueue_decode` issues the very
+same launches every step and the engine captures it once per slot as a CUDA graph (one per
+attention split count). A prefill chunk runs matrix-matrix products over all its tokens: no
+launch is made per token.
 """
 
 from __future__ import annotations
@@ -48,16 +55,20 @@ def splits_for(seq_len: int) -> int:
     return min(MAX_SPLITS, 1 << (need - 1).bit_length())
 
 
+#: the buffers that hold one row per slot (axis 0 is the slot); `Forward.bind` picks the row
+SLOT_BUFFERS = ("kv.k", "kv.v", "state.ids", "state.pos", "act.logits", "mask.saved")
+
+
 def buffer_shapes(
-    c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0
+    c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0, max_batch: int = 1
 ) -> dict[str, tuple]:
     """name -> (numpy dtype, shape) of every non-weight model-state buffer; `n_masked`: ids the
-    sampling mask keeps from sampling (`SampleMask.ids`)."""
+    sampling mask keeps from sampling (`SampleMask.ids`); `max_batch`: slots (SLOT_BUFFERS)."""
     qkv_dim = c.q_dim + 2 * c.kv_dim
-    kv = (c.n_layers, c.n_kv_heads, max_context, c.head_dim)
+    kv = (max_batch, c.n_layers, c.n_kv_heads, max_context, c.head_dim)
     splits = splits_for(max_context)
     shapes: dict[str, tuple] = {
-        "kv.k": (np.float16, kv),  # (n_layers, n_kv_heads, max_context, head_dim)
+        "kv.k": (np.float16, kv),  # (slot, n_layers, n_kv_heads, max_context, head_dim)
         "kv.v": (np.float16, kv),
     }
     for k in range(len(c.rope_bases)):  # (max_context, rope_dim / 2) per distinct base
@@ -71,9 +82,9 @@ def buffer_shapes(
         "act.attn": (np.float32, (max_chunk, c.q_dim)),  # attention output (q_dim, not d_model)
         "act.gate_up": (np.float32, (max_chunk, 2 * c.d_ff)),  # gate | up rows
         "act.h": (np.float32, (max_chunk, c.d_ff)),  # act(gate) * up
-        "act.logits": (np.float32, (c.vocab_size,)),  # last position's logits
-        "state.ids": (np.int32, (max_chunk,)),  # token ids of the pass; ids[0] in decode
-        "state.pos": (np.int32, (1,)),  # tokens in the cache before the pass
+        "act.logits": (np.float32, (max_batch, c.vocab_size)),  # last position's logits
+        "state.ids": (np.int32, (max_batch, max_chunk)),  # token ids of the pass; [0] in decode
+        "state.pos": (np.int32, (max_batch,)),  # tokens in the cache before the pass
         "attn.part": (np.float32, (c.n_heads, splits, c.head_dim + 2)),  # split partials
         "attn.counters": (np.uint32, (c.n_heads,)),  # blocks done per head (reset by the last)
         "greedy.part_v": (np.float32, (ARGMAX_BLOCKS,)),  # per-block maxima of the argmax
@@ -82,12 +93,14 @@ def buffer_shapes(
     }
     if n_masked:
         shapes["mask.ids"] = (np.int32, (n_masked,))  # ids never sampled
-        shapes["mask.saved"] = (np.float32, (n_masked,))  # their logits before the mask
+        shapes["mask.saved"] = (np.float32, (max_batch, n_masked))  # logits before the mask
     return shapes
 
 
-def buffer_bytes(c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0) -> int:
-    shapes = buffer_shapes(c, max_context, max_chunk, n_masked).values()
+def buffer_bytes(
+    c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0, max_batch: int = 1
+) -> int:
+    shapes = buffer_shapes(c, max_context, max_chunk, n_masked, max_batch).values()
     return sum(np.dtype(dt).itemsize * math.prod(shape) for dt, shape in shapes)
 
 
@@ -122,22 +135,29 @@ class Forward(Layers):
         mask: SampleMask,
         max_context: int,
         max_chunk: int,
+        max_batch: int = 1,
         fuse: bool = True,
         pdl: bool = True,
     ):
         self.c, self.w, self.ops, self.stream, self.drv = c, w, ops, stream, drv
         self.block, self.mask = block, mask  # cuda.models.<block>; what sampling may pick
-        # the sampled id comes back through this small pinned buffer (not model state)
-        self.token_host = drv.pagelocked_empty((1,), np.int32)
+        # each slot's sampled id comes back through this small pinned buffer (not model state)
+        self.token_host = drv.pagelocked_empty((max_batch,), np.int32)
         self.q = _Counting(quant)
-        self.max_context, self.max_chunk = max_context, max_chunk
+        self.max_context, self.max_chunk, self.max_batch = max_context, max_chunk, max_batch
         self.max_splits = splits_for(max_context)
-        self.b: dict[str, int] = {}
-        for name, (dt, shape) in buffer_shapes(c, max_context, max_chunk, mask.ids.size).items():
+        self.base: dict[str, int] = {}  # buffer name -> its allocation (slot 0's row)
+        self.slot_bytes: dict[str, int] = {}  # SLOT_BUFFERS -> bytes of one slot's row
+        shapes = buffer_shapes(c, max_context, max_chunk, mask.ids.size, max_batch)
+        for name, (dt, shape) in shapes.items():
             nbytes = np.dtype(dt).itemsize * math.prod(shape)
-            self.b[name] = ledger.alloc(
+            self.base[name] = ledger.alloc(
                 name, nbytes, zero=name.startswith(("state.", "attn.", "greedy."))
             )
+            if name in SLOT_BUFFERS:
+                self.slot_bytes[name] = nbytes // max_batch
+        self.slot = 0
+        self.b: dict[str, int] = dict(self.base)  # the buffers as the bound slot sees them
         #: residency checksums of the buffers that hold constants (rope tables, the mask ids)
         self.checksums: dict[str, int] = {}
         for k, base in enumerate(c.rope_bases):
@@ -146,13 +166,24 @@ class Forward(Layers):
             self._constant(f"rope.{k}.sin", sin)
         if mask.ids.size:
             self._constant("mask.ids", mask.ids)
-        self._layer_kv = c.n_kv_heads * max_context * c.head_dim * 2  # bytes per layer
+        self._layer_kv = c.n_kv_heads * max_context * c.head_dim * 2  # bytes per layer and slot
         # fused decode kernels, where the layout and the quant kernels allow them
         self.fuse_norm = fuse and hasattr(quant, "matvec_norm")
         self.fuse_glu = fuse and hasattr(quant, "matvec_norm_glu")
         self.fuse_rope = fuse and ops.rope_fusable(c.rope_dim // 2, c.rope_style == "neox")
         # programmatic dependent launch for the decode step's kernels after the first
         self.pdl = pdl
+
+    def bind(self, slot: int) -> None:
+        """Point `b` at `slot`'s rows of the per-slot buffers: what is enqueued next is that
+        slot's pass (a graph captured after bind(s) replays slot s's)."""
+        self.slot = slot
+        for name, step in self.slot_bytes.items():
+            self.b[name] = self.base[name] + slot * step
+
+    def slot_ptr(self, name: str, slot: int) -> int:
+        """Device address of `slot`'s row of the per-slot buffer `name`."""
+        return self.base[name] + slot * self.slot_bytes[name]
 
     def _constant(self, name: str, data: np.ndarray) -> None:
         data = np.ascontiguousarray(data)
@@ -194,14 +225,15 @@ class Forward(Layers):
                 pdl=self.pdl,
             )  # fmt: skip
 
-    def logits(self) -> np.ndarray:
-        """The last pass's logits (vocab,), unmasked: the mask's ids get back the head's values."""
-        b, s = self.b, self.stream
+    def logits(self, slot: int) -> np.ndarray:
+        """Slot's last pass's logits (vocab,), unmasked: the mask's ids get back the head's
+        values."""
+        s = self.stream
         out = np.empty(self.c.vocab_size, np.float32)
-        self.drv.memcpy_dtoh_async(out, b["act.logits"], s)
+        self.drv.memcpy_dtoh_async(out, self.slot_ptr("act.logits", slot), s)
         saved = np.empty(self.mask.ids.size, np.float32)
         if saved.size:
-            self.drv.memcpy_dtoh_async(saved, b["mask.saved"], s)
+            self.drv.memcpy_dtoh_async(saved, self.slot_ptr("mask.saved", slot), s)
         s.synchronize()
         out[self.mask.ids] = saved
         return out
@@ -209,12 +241,13 @@ class Forward(Layers):
     # -- passes ----------------------------------------------------------------------------------
 
     def enqueue_decode(self, splits: int | None = None) -> int:
-        """One token (ids[0]) at position *pos; advances *pos. Returns the launches made.
+        """The bound slot's token (ids[0]) at position *pos; advances *pos. Returns the launches
+        made.
 
         `splits`: thread blocks per head of the decode attention (default: the most the context
         needs); any value works for any position, fewer are faster on short sequences.
         The step ends with the greedy choice (argmax over the sampleable logits, no penalty)
-        written to ids[0] and copied to `token_host`, so a greedy generation loop only has to
+        written to ids[0] and copied to the slot's `token_host`, so a greedy generation loop only has to
         wait for the step: the most common request needs no launch of its own (other sampling
         overwrites ids[0])."""
         splits = self.max_splits if splits is None else splits
@@ -231,11 +264,13 @@ class Forward(Layers):
             b["greedy.counter"], b["state.ids"], self.stream, pos=b["state.pos"], advance=1,
             pdl=self.pdl,
         )  # fmt: skip
-        self.drv.memcpy_dtoh_async(self.token_host, b["state.ids"], self.stream)
+        slot = self.slot
+        self.drv.memcpy_dtoh_async(self.token_host[slot : slot + 1], b["state.ids"], self.stream)
         return self.ops.launches + self.q.launches - start
 
     def enqueue_prefill(self, n: int) -> None:
-        """n (<= max_chunk) tokens already in ids[0:n], from position *pos; advances *pos."""
+        """n (<= max_chunk) tokens already in the bound slot's ids[0:n], from position *pos;
+        advances *pos."""
         assert 1 <= n <= self.max_chunk
         self._embed(n)
         for i, lw in enumerate(self.w.layers):

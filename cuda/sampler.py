@@ -1,17 +1,15 @@
 """GPU sampling: the shared chain of runtime.sampling run by one kernel; only the id comes back.
 
-The kernel writes the chosen id into `out_ptr` in device memory, which the engine points at the
-decode step's input slot (`state.ids[0]`), so the next step needs no upload; the host gets a
-4-byte copy through a small pinned buffer (not model state). The random number is the shared
+The kernel writes the chosen id into `out` in device memory, which the engine points at the
+slot's decode input (its `state.ids[0]`), so the next step needs no upload; the host gets a
+4-byte copy through the slot's word of a small pinned buffer (not model state). The random number is the shared
 `uniform(seed, draw)`, computed on the host and passed as a double: bit-identical to the CPU
 chain by construction. Repetition penalty: the host passes the distinct history ids (np.unique),
 the kernel marks them in a per-vocabulary byte array and penalizes each once.
 
-The sampler's workspace (penalty ids, marks, float64 scores) belongs to the running job: the
-engine allocates it under ledger scope "job" at the job's first prefill (where an out-of-memory
-during a job shows up) and keeps it after the job's last token: the engine is not told when a
-job ends, so the workspace is freed at the next `reset()` (the next job's start) or when a job
-fails (the engine then frees the whole "job" scope).
+The sampler's workspace (penalty ids, marks, float64 scores) is allocated once at load and
+shared by the slots: their sampling kernels run one after another on the engine's stream (the
+marks are all zero again when a kernel ends). Nothing is allocated per job or per step.
 
 Ids that are no token (padding rows of the head, runtime.models.vocab) are never sampled
 (`SampleMask`): when they are the end of the vocabulary (Qwen2.5: 151,665..151,935) the sampler
@@ -34,7 +32,7 @@ from runtime.errors import ModelLoadError
 from runtime.models.vocab import sampled_prefix, unsampleable_ids
 from runtime.sampling import SamplingParams, uniform
 
-_WS = ("job.sample.pen_ids", "job.sample.marks", "job.sample.xs")
+_WS = ("sample.pen_ids", "sample.marks", "sample.xs")
 
 
 def workspace_bytes(vocab: int) -> int:
@@ -70,37 +68,19 @@ class GpuSampler:
         stream: Any,
         *,
         vocab: int,
-        logits: int,
-        out: int,
-        host: np.ndarray,
     ):
         self._drv, self._ops, self._ledger, self._stream = drv, ops, ledger, stream
-        self.vocab, self._logits, self._out = vocab, logits, out
-        self._host = host  # (1,) int32 pinned: the sampled id lands here
+        self.vocab = vocab
+        # the workspace, at load (AllocationFailed when VRAM is short)
+        ledger.alloc(_WS[0], 4 * vocab)
+        ledger.alloc(_WS[1], vocab, zero=True)  # all zero at rest
+        ledger.alloc(_WS[2], 8 * vocab)
 
-    @property
-    def has_workspace(self) -> bool:
-        return self._ledger.has(_WS[0])
-
-    def acquire_workspace(self) -> None:
-        """Allocate the job's workspace (AllocationFailed when VRAM is short)."""
-        if self.has_workspace:
-            return
-        try:
-            self._ledger.alloc(_WS[0], 4 * self.vocab, scope="job")
-            self._ledger.alloc(_WS[1], self.vocab, scope="job", zero=True)  # all zero at rest
-            self._ledger.alloc(_WS[2], 8 * self.vocab, scope="job")
-        except BaseException:
-            self.release_workspace()
-            raise
-
-    def release_workspace(self) -> None:
-        for name in _WS:
-            self._ledger.free(name)
-
-    def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
-        """Enqueue the sampling kernel, wait for it, return the id (also left in `out`)."""
-        self.acquire_workspace()
+    def enqueue(
+        self, params: SamplingParams, history: Sequence[int], draw: int, *, logits: int, out: int
+    ) -> None:
+        """Enqueue the sampling kernel over the `logits` (vocab,) in device memory; the id
+        lands in `out` (device). The caller copies it back after all its slots' kernels."""
         led = self._ledger
         pen_ids, marks = led.ptr(_WS[0]), led.ptr(_WS[1])
         n_pen = 0
@@ -109,20 +89,17 @@ class GpuSampler:
             ids = ids[(ids >= 0) & (ids < self.vocab)].astype(np.int32)
             n_pen = int(ids.size)
             if n_pen:
-                self._drv.memcpy_htod(pen_ids, ids)  # synchronous: the previous kernel is done
+                self._stream.synchronize()  # the previous slot's kernel may still read pen_ids
+                self._drv.memcpy_htod(pen_ids, ids)
         penalty = float(params.repetition_penalty)
         if params.temperature == 0.0:
             self._ops.sample_greedy(
-                self._logits, self.vocab, pen_ids, n_pen, penalty, marks, self._out, self._stream
+                logits, self.vocab, pen_ids, n_pen, penalty, marks, out, self._stream
             )
         else:
             self._ops.sample_full(
-                self._logits, self.vocab, pen_ids, n_pen, penalty, marks,
+                logits, self.vocab, pen_ids, n_pen, penalty, marks,
                 temperature=float(params.temperature), top_k=int(params.top_k),
                 top_p=float(params.top_p), min_p=float(params.min_p),
-                u=uniform(params.seed, draw), xs=led.ptr(_WS[2]), out=self._out,
-                stream=self._stream,
+                u=uniform(params.seed, draw), xs=led.ptr(_WS[2]), out=out, stream=self._stream,
             )  # fmt: skip
-        self._drv.memcpy_dtoh_async(self._host, self._out, self._stream)
-        self._stream.synchronize()
-        return int(self._host[0])

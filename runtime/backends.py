@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "cpu", "cuda")
 
-#: loader(gguf, *, max_context, progress, device, **opts) -> Engine; `gguf` is an open GGUFModel
+#: loader(gguf, *, max_context, max_batch, progress, device, **opts) -> Engine; `gguf` is an open
+#: GGUFModel
 EngineLoader = Callable[..., "Engine"]
 _ENGINES: dict[str, EngineLoader] = {}
 
@@ -52,12 +53,14 @@ def engine_loader(name: str) -> EngineLoader | None:
     return _ENGINES.get(name)
 
 
-def _load_numpy(gguf: GGUFModel, *, max_context: int, progress, device: int, **opts) -> Engine:
+def _load_numpy(
+    gguf: GGUFModel, *, max_context: int, max_batch: int, progress, device: int, **opts
+) -> Engine:
     if opts:
         raise InvalidRequest(f"the cpu backend takes no options (got {sorted(opts)})")
     from runtime.numpy_engine import NumpyEngine
 
-    return NumpyEngine.load(gguf, max_context=max_context, progress=progress)
+    return NumpyEngine.load(gguf, max_context=max_context, max_batch=max_batch, progress=progress)
 
 
 register_engine("cpu", _load_numpy)
@@ -148,13 +151,15 @@ def load_engine(
     backend: str = "cpu",
     *,
     max_context: int,
+    max_batch: int = 1,
     progress: ProgressCallback | None = None,
     gpu_device: int = 0,
     **opts: Any,
 ) -> Engine:
     """Load `model` (a path, or an already opened GGUFModel, left open) on `backend`.
 
-    `max_context` (KV-cache capacity in tokens) must not exceed the model's trained context.
+    `max_context` (KV-cache capacity of one sequence slot in tokens) must not exceed the model's
+    trained context; `max_batch` is the number of slots (sequences decoded together).
     Extra keyword options go to the engine's loader (the cpu one takes none).
     """
     from runtime.gguf_file import GGUFModel, open_gguf
@@ -179,7 +184,14 @@ def load_engine(
                 f"no {backend} engine is registered in this process (the entry points in "
                 "worker_orcd register it: worker_orcd.engines.register())"
             )
-        return loader(gguf, max_context=max_context, progress=progress, device=gpu_device, **opts)
+        return loader(
+            gguf,
+            max_context=max_context,
+            max_batch=max_batch,
+            progress=progress,
+            device=gpu_device,
+            **opts,
+        )
     finally:
         if owned:
             gguf.close()  # every engine holds its own copy of the weights after load

@@ -17,9 +17,11 @@ import sys
 from runtime.config import (
     BACKENDS,
     BODY_TIMEOUT_S,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CONTEXT,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_BATCH,
     WRITE_TIMEOUT_S,
     WorkerConfig,
     default_worker_id,
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"KV-cache tokens: prompt + max_tokens limit (default {DEFAULT_MAX_CONTEXT}, capped by the model's)",
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"sequences decoded together, 1..{MAX_BATCH}; more wait in the queue "
+        f"(default {DEFAULT_MAX_BATCH})",
+    )
+    parser.add_argument(
         "--residency-interval",
         type=float,
         default=30.0,
@@ -70,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-size",
         type=int,
         default=16,
-        help="jobs that may wait behind the running one (default 16)",
+        help="jobs that may wait while --max-batch run; more get 503 BUSY (default 16)",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -166,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "gpu_device": str(args.gpu_device),
             "backend": args.backend,
             "max_context": None if args.max_context is None else str(args.max_context),
+            "max_batch": str(args.max_batch),
             "residency_interval_s": str(args.residency_interval),
             "queue_size": str(args.queue_size),
             "drain_timeout_s": str(args.drain_timeout),

@@ -17,6 +17,9 @@ BACKENDS = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_CONTEXT = 2048  # tokens of KV cache unless --max-context says otherwise
+#: sequences decoded together (--max-batch); why 16: specs/decisions/0023-batch-slots-step-loop.md
+DEFAULT_MAX_BATCH = 16
+MAX_BATCH = 64
 MAX_BODY_BYTES = 1024 * 1024  # POST bodies above this answer 413
 BODY_TIMEOUT_S = 30.0  # POST bodies slower than this answer 408
 WRITE_TIMEOUT_S = 60.0  # a client that reads nothing for this long is disconnected
@@ -31,6 +34,11 @@ def _positive(_instance, attribute, value) -> None:
 def _not_negative(_instance, attribute, value) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+def _batch_size(_instance, attribute, value) -> None:
+    if not 1 <= value <= MAX_BATCH:
+        raise ValueError(f"{attribute.name} must be in 1..{MAX_BATCH}, got {value!r}")
 
 
 def _http_url(_instance, attribute, value) -> None:
@@ -71,8 +79,10 @@ class WorkerConfig:
     backend: str = attrs.field(default="auto", validator=attrs.validators.in_(BACKENDS))
     # KV-cache tokens; None: min(DEFAULT_MAX_CONTEXT, the model's trained context)
     max_context: int | None = attrs.field(default=None, validator=_positive)
+    # sequences on the engine at once, each with its own KV cache of max_context tokens
+    max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=_batch_size)
     residency_interval_s: float = attrs.field(default=30.0, validator=_positive)
-    # jobs that may wait behind the running one before /execute answers 503 BUSY
+    # jobs that may wait behind the running batch before /execute answers 503 BUSY
     queue_size: int = attrs.field(default=16, validator=_positive)
     # after the running job ended (or was cancelled), how long streams get to flush their end
     drain_timeout_s: float = attrs.field(default=3.0, validator=_positive)
@@ -112,6 +122,7 @@ class WorkerConfig:
             "gpu_device": int,
             "backend": str,
             "max_context": int,
+            "max_batch": int,
             "residency_interval_s": float,
             "queue_size": int,
             "drain_timeout_s": float,

@@ -1,7 +1,7 @@
-"""The one interface every backend implements: load -> prefill -> step -> release.
+"""The one interface every backend implements: slots, prefill, batched decode, sample, release.
 
-The executor actor owns exactly one `Engine` on one OS thread and drives it through
-`runtime.generate`; nothing else touches it. Backends: `runtime.numpy_engine` (cpu, the
+The executor actor owns exactly one `Engine` on one OS thread and drives it through the step
+loop of `runtime.batcher`; nothing else touches it. Backends: `runtime.numpy_engine` (cpu, the
 reference) and `cuda.engine` (the product). Both must give the same greedy tokens.
 """
 
@@ -29,40 +29,64 @@ class ResidencyReport:
     detail: str  # human-readable; names the first violation when not ok
 
 
+#: What `Engine.sample` returns for a slot whose logits hold NaN or infinity (the sequence then
+#: ends with NON_FINITE_LOGITS; the other slots of the call are unaffected).
+NON_FINITE = -1
+
+
 class Engine(Protocol):
+    """The model in memory with `max_batch` sequence slots, each a KV cache of `max_context`.
+
+    The caller (`runtime.batcher.Batcher`) owns the slots: it picks a free index, feeds its
+    sequence, and releases it; the engine owns the memory, all of it allocated at load (nothing
+    is allocated per step): a loader takes `max_context` and `max_batch` (runtime.backends;
+    `CudaEngine.load(gguf, max_context=..., max_batch=..., ...)`). Every call names its slots, and a slot's results depend on that
+    slot's tokens only: not on which other slots run, nor on when (batch invariance, see
+    specs/decisions/0023-batch-slots-step-loop.md).
+    """
+
     backend: str  # "cpu" | "cuda"
     config: ModelConfig
-    max_context: int  # KV-cache capacity in tokens, fixed at load
+    max_context: int  # KV-cache capacity of one slot in tokens, fixed at load
+    max_batch: int  # slots, fixed at load (1 .. 64)
+    prefill_chunk: int  # the prompt tokens one `prefill` call takes at most
     quant_kind: str  # e.g. "Q4_1", "Q4_K_M" (GGUFModel.quant_kind: the file's general.file_type)
 
-    @property
-    def position(self) -> int:
-        """Tokens held in the KV cache of the current sequence."""
+    def position(self, slot: int) -> int:
+        """Tokens held in `slot`'s KV cache."""
         ...
 
-    def reset(self) -> None:
-        """Start a new sequence: position back to 0 (no memory is freed or allocated)."""
+    def prefill(self, slot: int, tokens: Sequence[int]) -> None:
+        """Append `tokens` (at most `prefill_chunk`) to `slot` in one causal pass; afterwards
+        `logits(slot)` is the last one's. Callers split long prompts into chunks whose
+        boundaries depend on the prompt alone, and check for cancellation between calls."""
 
-    def prefill(self, tokens: Sequence[int]) -> None:
-        """Append `tokens` in one batched causal pass; afterwards `logits()` is the last one's.
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
+        """Append one token to each of `slots` (distinct) in one batched pass; afterwards
+        `logits(slot)` is each one's next-token distribution. May return before the work is
+        done (the GPU): `sample` and `logits` wait for it."""
 
-        Callers split long prompts into chunks and check for cancellation between calls.
+    def logits(self, slot: int) -> np.ndarray:
+        """(vocab,) float32 logits of `slot`'s last appended position (a host copy)."""
+        ...
+
+    def sample(
+        self,
+        slots: Sequence[int],
+        params: Sequence[SamplingParams],
+        histories: Sequence[Sequence[int]],
+        draws: Sequence[int],
+    ) -> list[int]:
+        """Pick each slot's next token from its current logits with the shared sampling chain.
+
+        `histories[i]` is slot i's token sequence so far (for repetition_penalty); `draws[i]` the
+        index of this draw in its job (0, 1, 2, ...), which with params[i].seed fixes the random
+        number. A slot whose logits are not all finite gets `NON_FINITE`.
         """
-
-    def step(self, token: int) -> None:
-        """Append one token (decode); afterwards `logits()` is its next-token distribution."""
-
-    def logits(self) -> np.ndarray:
-        """(vocab,) float32 logits of the last appended position (a host copy)."""
         ...
 
-    def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
-        """Pick the next token from the current logits with the shared sampling chain.
-
-        `history` is the token sequence so far (for repetition_penalty); `draw` is the index of
-        this draw in the job (0, 1, 2, ...), which with params.seed fixes the random number.
-        """
-        ...
+    def release(self, slot: int) -> None:
+        """The slot's sequence is over: position back to 0 (no memory is freed or allocated)."""
 
     def memory_bytes(self) -> int:
         """Bytes of model state (weights + KV cache + scratch) this engine holds."""

@@ -127,19 +127,19 @@ def _nonfinite(logits: np.ndarray) -> int:
 
 def probe_engine(engine: Any, where: str = "the model") -> None:
     """Prefill a few tokens and take one decode step; ModelLoadError (naming `where`, the file)
-    unless every logit is finite both times. Leaves the engine reset (position 0)."""
+    unless every logit is finite both times, in slot 0. Leaves the slot released (position 0)."""
     vocab, room = engine.config.vocab_size, engine.max_context
     n = max(1, min(PROBE_TOKENS, room - 1))
     tokens = [i * vocab // n for i in range(n)]  # spread over the vocabulary: rows 0, v/3, 2v/3
-    engine.reset()
+    engine.release(0)
     try:
-        engine.prefill(tokens)
-        stages = [(f"prefilling tokens {tokens}", engine.logits())]
+        engine.prefill(0, tokens)
+        stages = [(f"prefilling tokens {tokens}", engine.logits(0))]
         if room > n:
-            engine.step(tokens[0])
-            stages.append(("one decode step after it", engine.logits()))
+            engine.decode([0], [tokens[0]])
+            stages.append(("one decode step after it", engine.logits(0)))
     finally:
-        engine.reset()
+        engine.release(0)
     for what, logits in stages:
         bad = _nonfinite(logits)
         if bad:

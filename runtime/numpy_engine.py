@@ -22,39 +22,63 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
-from runtime.engine_api import ProgressCallback, ResidencyReport
-from runtime.errors import InvalidRequest, ModelLoadError
+from runtime.config import MAX_BATCH
+from runtime.engine_api import NON_FINITE, ProgressCallback, ResidencyReport
+from runtime.errors import InvalidRequest, ModelLoadError, NonFiniteLogits
 from runtime.gguf_file import GGUFModel
 from runtime.model_config import ModelConfig
 from runtime.models.vocab import unsampleable_ids
-from runtime.numpy_layers import attention, rms_norm, rope_tables
+from runtime.numpy_layers import attention, linear, rms_norm, rope_tables
 from runtime.progress import ProgressReporter
 from runtime.sampling import SamplingParams, sample_from_logits
 
 _RESIDENCY_SAMPLE = 4096  # elements sampled per weight array for the residency checksum
+#: The prompt tokens one `prefill` call takes: the batcher feeds prompts in chunks this long,
+#: so a long prompt holds the running batch's next token back by one chunk's time at most.
+PREFILL_CHUNK = 256
+
+
+@attrs.frozen
+class Segment:
+    """Consecutive rows of one pass that belong to one slot: `rows` tokens from `start` on."""
+
+    slot: int
+    start: int  # position of the segment's first token in the slot's sequence
+    rows: int
 
 
 @attrs.frozen
 class LayerPass:
-    """What a family's block sees of one layer in one pass (runtime.models.<block>)."""
+    """What a family's block sees of one layer in one pass (runtime.models.<block>).
+
+    A pass holds T rows: one slot's prompt chunk (one segment), or one token of each decoding
+    slot (one segment per slot). The products run over all T rows at once; attention runs per
+    segment, over that slot's own cache only.
+    """
 
     config: ModelConfig
     w: dict[str, np.ndarray]  # slot -> this layer's array: (out, in) matrices, (n,) vectors
-    k_cache: np.ndarray  # (KV, max_context, D) this layer's keys
-    v_cache: np.ndarray  # (KV, max_context, D)
-    cos: np.ndarray  # (T, rope_dim/2) rows of this pass's positions, this layer's base
+    k_cache: np.ndarray  # (max_batch, KV, max_context, D) this layer's keys, per sequence slot
+    v_cache: np.ndarray  # (max_batch, KV, max_context, D)
+    cos: np.ndarray  # (T, rope_dim/2) rows of each row's position, this layer's base
     sin: np.ndarray
-    start: int  # position of the pass's first token
+    segments: tuple[Segment, ...]
     window: int  # this layer's attention window (0: all earlier keys)
 
     def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Store k, v (T, KV, D) at the pass's positions, attend q (T, H, D): (T, H * D)."""
-        end = self.start + q.shape[0]
-        self.k_cache[:, self.start : end] = k.transpose(1, 0, 2)  # (KV, T, D)
-        self.v_cache[:, self.start : end] = v.transpose(1, 0, 2)
-        return attention(
-            q, self.k_cache, self.v_cache, self.start, self.config.attn_scale, self.window
-        )
+        """Store k, v (T, KV, D) at each row's slot and position, attend q (T, H, D): (T, H * D)."""
+        out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)  # (T, H * D)
+        row = 0
+        for seg in self.segments:
+            rows, end = slice(row, row + seg.rows), seg.start + seg.rows
+            k_cache, v_cache = self.k_cache[seg.slot], self.v_cache[seg.slot]  # (KV, ctx, D)
+            k_cache[:, seg.start : end] = k[rows].transpose(1, 0, 2)  # (KV, rows, D)
+            v_cache[:, seg.start : end] = v[rows].transpose(1, 0, 2)
+            out[rows] = attention(
+                q[rows], k_cache, v_cache, seg.start, self.config.attn_scale, self.window
+            )
+            row += seg.rows
+        return out
 
 
 def block_of(name: str) -> Callable[[LayerPass, np.ndarray], None]:
@@ -78,21 +102,29 @@ class NumpyEngine:
         block: Callable[[LayerPass, np.ndarray], None],
         layer_slots: tuple[str, ...],
         banned_ids: np.ndarray | None = None,
+        max_batch: int = 1,
     ):
         c = self.config = config
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ModelLoadError(f"max_batch must be in 1..{MAX_BATCH}, got {max_batch}")
         self.max_context = max_context
+        self.max_batch = max_batch
+        self.prefill_chunk = PREFILL_CHUNK
         self.quant_kind = quant_kind
         self.w = weights  # slot -> read-only fp32 array; shapes in NumpyEngine.load
         self._block = block
         self._layer_slots = layer_slots  # the keys of `w` stacked over the layers
         #: ids never sampled (padding rows of the head: runtime.models.vocab)
         self.banned_ids = np.zeros(0, np.int64) if banned_ids is None else banned_ids
-        self.k_cache = np.zeros((c.n_layers, c.n_kv_heads, max_context, c.head_dim), np.float32)
-        self.v_cache = np.zeros_like(self.k_cache)  # (n_layers, n_kv_heads, max_context, head_dim)
+        # every slot's KV cache, allocated here once: (n_layers, max_batch, KV, max_context, D)
+        shape = (c.n_layers, max_batch, c.n_kv_heads, max_context, c.head_dim)
+        self.k_cache = np.zeros(shape, np.float32)
+        self.v_cache = np.zeros_like(self.k_cache)
         # one (cos, sin) pair of (max_context, rope_dim/2) tables per distinct rope base
         self.rope = {b: rope_tables(max_context, c.rope_dim, b) for b in c.rope_bases}
-        self._logits = np.zeros(c.vocab_size, np.float32)  # (vocab,) of the last position
-        self._pos = 0
+        self._logits = np.zeros((max_batch, c.vocab_size), np.float32)  # each slot's last row
+        self._pos = [0] * max_batch  # tokens in each slot's cache
+        self._pending: tuple[tuple[int, ...], list[tuple[int]]] | None = None  # decode to run
         self._closed = False
         self._fingerprint = {name: _fingerprint(a) for name, a in self.w.items()}
 
@@ -100,7 +132,12 @@ class NumpyEngine:
 
     @classmethod
     def load(
-        cls, model: GGUFModel, *, max_context: int, progress: ProgressCallback | None = None
+        cls,
+        model: GGUFModel,
+        *,
+        max_context: int,
+        max_batch: int = 1,
+        progress: ProgressCallback | None = None,
     ) -> NumpyEngine:
         c = model.config
         if c.rope_style not in ("norm", "neox"):
@@ -141,34 +178,67 @@ class NumpyEngine:
             block=block,
             layer_slots=tuple(s.name for s in model.plan.layer_slots),
             banned_ids=unsampleable_ids(model.metadata, c.vocab_size),
+            max_batch=max_batch,
         )
         reporter.finish()
         return engine
 
     # -- Engine protocol -----------------------------------------------------------------------
 
-    @property
-    def position(self) -> int:
-        return self._pos
+    def position(self, slot: int) -> int:
+        self._flush()
+        return self._pos[self._slot(slot)]
 
-    def reset(self) -> None:
-        self._pos = 0
+    def release(self, slot: int) -> None:
+        """Also drops the slot's row from a decode not yet run (the other rows do not change)."""
+        if self._pending is not None and slot in self._pending[0]:
+            slots, rows = self._pending
+            keep = [i for i, s in enumerate(slots) if s != slot]
+            kept = (tuple(slots[i] for i in keep), [rows[i] for i in keep])
+            self._pending = kept if keep else None
+        self._pos[self._slot(slot)] = 0
 
-    def prefill(self, tokens: Sequence[int]) -> None:
-        self._forward(tokens, all_logits=False)
+    def prefill(self, slot: int, tokens: Sequence[int]) -> None:
+        self._flush()
+        self._forward([slot], [tokens], all_logits=False)
 
-    def step(self, token: int) -> None:
-        self._forward((token,), all_logits=False)
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
+        """Checked now, computed at the next call that needs it (as on the GPU), so the caller
+        hands the step's tokens out before the pass runs (streaming stays live on one thread)."""
+        self._flush()
+        if len(slots) != len(tokens):
+            raise InvalidRequest(f"{len(slots)} slots but {len(tokens)} tokens")
+        if len(set(slots)) != len(slots):
+            raise InvalidRequest(f"decode names a slot twice: {list(slots)}")
+        rows = [(t,) for t in tokens]
+        self._segments(slots, rows)  # the slot, context and token checks, before deferring
+        self._pending = (tuple(slots), rows)
 
-    def prefill_all_logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def prefill_all_logits(self, slot: int, tokens: Sequence[int]) -> np.ndarray:
         """Like `prefill`, but returns (T, vocab) logits of every new position (teacher forcing)."""
-        return self._forward(tokens, all_logits=True)
+        self._flush()
+        return self._forward([slot], [tokens], all_logits=True)
 
-    def logits(self) -> np.ndarray:
-        return self._logits.copy()
+    def logits(self, slot: int) -> np.ndarray:
+        self._flush()
+        return self._logits[self._slot(slot)].copy()
 
-    def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
-        return sample_from_logits(self._logits, params, history, draw, banned=self.banned_ids)
+    def sample(
+        self,
+        slots: Sequence[int],
+        params: Sequence[SamplingParams],
+        histories: Sequence[Sequence[int]],
+        draws: Sequence[int],
+    ) -> list[int]:
+        self._flush()
+        ids = []
+        for slot, p, history, draw in zip(slots, params, histories, draws, strict=True):
+            logits = self._logits[self._slot(slot)]
+            try:
+                ids.append(sample_from_logits(logits, p, history, draw, banned=self.banned_ids))
+            except NonFiniteLogits:
+                ids.append(NON_FINITE)
+        return ids
 
     def memory_bytes(self) -> int:
         if self._closed:
@@ -200,6 +270,7 @@ class NumpyEngine:
 
     def close(self) -> None:
         self._closed = True
+        self._pending = None
         self.w = {}
         self.k_cache = self.v_cache = np.zeros((0, 0, 0, 0), np.float32)
 
@@ -209,19 +280,15 @@ class NumpyEngine:
     # stderr, a line that is not narration JSON. The numbers go on quietly instead, and the
     # sampler refuses the non-finite logits they lead to (NonFiniteLogits, REL-5/REL-7).
     @np.errstate(all="ignore")
-    def _forward(self, tokens: Sequence[int], *, all_logits: bool) -> np.ndarray:
-        if self._closed:
-            raise RuntimeError("the engine is closed")
-        c = self.config
-        ids = np.asarray(tokens, dtype=np.int64)  # (T,)
-        t_new, start = ids.size, self._pos
-        if t_new == 0:
-            raise InvalidRequest("no tokens to process")
-        if start + t_new > self.max_context:
-            raise InvalidRequest(f"{start + t_new} tokens exceed the context ({self.max_context})")
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise InvalidRequest(f"token id out of range 0..{c.vocab_size - 1}")
-        w, end = self.w, start + t_new
+    def _forward(
+        self, slots: Sequence[int], tokens: Sequence[Sequence[int]], *, all_logits: bool
+    ) -> np.ndarray:
+        """Append tokens[i] to slots[i] for every i in one pass: one product per matrix for all
+        rows, attention per slot. Returns the logits of every row (all_logits) or of each
+        slot's last row, and keeps each slot's last row for `logits` and `sample`."""
+        c, w = self.config, self.w
+        segments, ids = self._segments(slots, tokens)
+        positions = np.concatenate([np.arange(s.start, s.start + s.rows) for s in segments])
         x = w["token_embd"][ids]  # (T, d_model) residual stream, a fresh copy
         if c.embed_scale != 1.0:
             x *= np.float32(c.embed_scale)
@@ -232,18 +299,52 @@ class NumpyEngine:
                 {k: w[k][i] for k in self._layer_slots},
                 self.k_cache[i],
                 self.v_cache[i],
-                cos[start:end],  # (T, rope_dim/2)
-                sin[start:end],
-                start,
+                cos[positions],  # (T, rope_dim/2)
+                sin[positions],
+                tuple(segments),
                 c.layer_window[i],
             )
             self._block(layer, x)
-        self._pos = end
+        last = np.cumsum([s.rows for s in segments]) - 1  # (slots,) each slot's last row
+        for s in segments:
+            self._pos[s.slot] = s.start + s.rows
         head = w["token_embd"] if c.tied_output else w["output"]  # (vocab, d_model)
-        rows = x if all_logits else x[-1:]
-        logits = rms_norm(rows, w["output_norm"], c.norm_eps) @ head.T  # (T or 1, vocab)
-        self._logits[:] = logits[-1]
+        rows = x if all_logits else x[last]
+        logits = linear(rms_norm(rows, w["output_norm"], c.norm_eps), head)  # (rows, vocab)
+        self._logits[[s.slot for s in segments]] = logits[last] if all_logits else logits
         return logits
+
+    def _segments(
+        self, slots: Sequence[int], tokens: Sequence[Sequence[int]]
+    ) -> tuple[list[Segment], np.ndarray]:
+        """The pass's segments and its (T,) token ids, or InvalidRequest naming what is wrong."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        segments = []
+        for slot, toks in zip(slots, tokens, strict=True):
+            start, n = self._pos[self._slot(slot)], len(toks)
+            if n == 0:
+                raise InvalidRequest("no tokens to process")
+            if start + n > self.max_context:
+                raise InvalidRequest(f"{start + n} tokens exceed the context ({self.max_context})")
+            segments.append(Segment(slot, start, n))
+        if not segments:
+            raise InvalidRequest("no tokens to process")
+        ids = np.fromiter((t for toks in tokens for t in toks), dtype=np.int64)  # (T,)
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise InvalidRequest(f"token id out of range 0..{self.config.vocab_size - 1}")
+        return segments, ids
+
+    def _flush(self) -> None:
+        """Run the deferred decode pass, if any."""
+        if self._pending is not None:
+            (slots, rows), self._pending = self._pending, None
+            self._forward(slots, rows, all_logits=False)
+
+    def _slot(self, slot: int) -> int:
+        if not 0 <= slot < self.max_batch:
+            raise InvalidRequest(f"slot {slot} is outside 0..{self.max_batch - 1}")
+        return slot
 
 
 def _fingerprint(a: np.ndarray) -> tuple[int, tuple[int, ...], int, int]:

@@ -28,7 +28,8 @@ class ModelFacts:
     vram_bytes_used: int  # 0 on the cpu backend (its memory is host memory)
     tokenizer_kind: str
     vocab_size: int
-    context_length: int  # tokens of KV cache allocated (prompt + max_tokens must fit)
+    context_length: int  # tokens of KV cache per sequence (prompt + max_tokens must fit)
+    max_batch: int = 1  # sequences decoded together, each with its own KV cache
 
 
 @attrs.define

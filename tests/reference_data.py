@@ -30,7 +30,7 @@ def real_model_metadata() -> dict:
         return dict(model.metadata)
 
 
-def load_real_numpy_engine(max_context: int):
+def load_real_numpy_engine(max_context: int, max_batch: int = 1):
     """(NumpyEngine, Tokenizer) on the real model; the caller closes the engine."""
     from runtime.gguf_file import open_gguf
     from runtime.numpy_engine import NumpyEngine
@@ -38,7 +38,7 @@ def load_real_numpy_engine(max_context: int):
 
     with open_gguf(real_model_path()) as gguf:
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
-        engine = NumpyEngine.load(gguf, max_context=max_context)
+        engine = NumpyEngine.load(gguf, max_context=max_context, max_batch=max_batch)
     return engine, tokenizer
 
 

@@ -25,6 +25,7 @@ def test_non_positive_cap_is_refused(bad):
 
 def test_loader_forwards_the_cap_only_to_cuda():
     capped = WorkerConfig(max_vram_bytes=1 << 30)
-    assert engine_options(capped, "cuda") == {"max_vram_bytes": 1 << 30}
-    assert engine_options(capped, "cpu") == {}  # the cpu engine refuses unknown options
-    assert engine_options(WorkerConfig(), "cuda") == {}
+    batch = {"max_batch": capped.max_batch}  # every backend takes its slot count
+    assert engine_options(capped, "cuda") == {"max_vram_bytes": 1 << 30, **batch}
+    assert engine_options(capped, "cpu") == batch  # the cpu engine refuses other options
+    assert engine_options(WorkerConfig(max_batch=3), "cuda") == {"max_batch": 3}

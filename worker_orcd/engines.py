@@ -14,7 +14,7 @@ from runtime.backends import engine_loader, register_engine
 from runtime.errors import CudaError
 
 
-def load_cuda_engine(gguf, *, max_context: int, progress, device: int, **opts: Any):
+def load_cuda_engine(gguf, *, max_context: int, max_batch: int, progress, device: int, **opts: Any):
     try:
         from cuda.engine import CudaEngine
     except ImportError as error:
@@ -22,7 +22,14 @@ def load_cuda_engine(gguf, *, max_context: int, progress, device: int, **opts: A
             f"the cuda backend is unavailable here ({error}); install PyCUDA on a machine with "
             "an NVIDIA GPU (pip install 'worker-orcd[cuda]') or use --backend cpu"
         ) from error
-    return CudaEngine.load(gguf, max_context=max_context, progress=progress, device=device, **opts)
+    return CudaEngine.load(
+        gguf,
+        max_context=max_context,
+        max_batch=max_batch,
+        progress=progress,
+        device=device,
+        **opts,
+    )
 
 
 def register() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from runtime.models import slots
 from runtime.models.hparams import Keys
 from runtime.models.plan import WeightPlan
-from runtime.numpy_layers import apply_rope, glu, rms_norm, split_heads
+from runtime.numpy_layers import apply_rope, glu, linear, rms_norm, split_heads
 
 if TYPE_CHECKING:
     from runtime.numpy_engine import LayerPass
@@ -77,12 +77,12 @@ def forward_layer(p: LayerPass, x: np.ndarray) -> None:
     """One layer over x (T, d_model), in place."""
     c, w, eps = p.config, p.w, p.config.norm_eps
     h = rms_norm(x, w["attn_norm"], eps)  # (T, d_model)
-    q, k, v = split_heads(h @ w["qkv"].T, c.n_heads, c.n_kv_heads, c.head_dim)
+    q, k, v = split_heads(linear(h, w["qkv"]), c.n_heads, c.n_kv_heads, c.head_dim)
     q = rms_norm(q, w["q_norm"], eps)  # (T, H, D): per head, before the rotation
     k = rms_norm(k, w["k_norm"], eps)  # (T, KV, D)
     apply_rope(q, p.cos, p.sin, c.rope_style)
     apply_rope(k, p.cos, p.sin, c.rope_style)
-    x += rms_norm(p.attend(q, k, v) @ w["attn_output"].T, w["post_attn_norm"], eps)
+    x += rms_norm(linear(p.attend(q, k, v), w["attn_output"]), w["post_attn_norm"], eps)
     h = rms_norm(x, w["ffn_norm"], eps)
-    y = glu(h @ w["gate_up"].T, c.d_ff, c.ffn_act) @ w["down"].T  # (T, d_model)
+    y = linear(glu(linear(h, w["gate_up"]), c.d_ff, c.ffn_act), w["down"])  # (T, d_model)
     x += rms_norm(y, w["post_ffn_norm"], eps)

@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.models import slots
 from runtime.models.plan import WeightPlan
-from runtime.numpy_layers import apply_rope, glu, rms_norm, split_heads
+from runtime.numpy_layers import apply_rope, glu, linear, rms_norm, split_heads
 
 if TYPE_CHECKING:
     from runtime.numpy_engine import LayerPass
@@ -42,12 +42,12 @@ def forward_layer(p: LayerPass, x: np.ndarray) -> None:
     """One layer over x (T, d_model), in place."""
     c, w = p.config, p.w
     h = rms_norm(x, w["attn_norm"], c.norm_eps)  # (T, d_model)
-    qkv = h @ w["qkv"].T  # (T, q_dim + 2 kv_dim)
+    qkv = linear(h, w["qkv"])  # (T, q_dim + 2 kv_dim)
     if c.qkv_bias:
         qkv += w["qkv_bias"]
     q, k, v = split_heads(qkv, c.n_heads, c.n_kv_heads, c.head_dim)  # views into qkv
     apply_rope(q, p.cos, p.sin, c.rope_style)
     apply_rope(k, p.cos, p.sin, c.rope_style)
-    x += p.attend(q, k, v) @ w["attn_output"].T
+    x += linear(p.attend(q, k, v), w["attn_output"])
     h = rms_norm(x, w["ffn_norm"], c.norm_eps)
-    x += glu(h @ w["gate_up"].T, c.d_ff, c.ffn_act) @ w["down"].T
+    x += linear(glu(linear(h, w["gate_up"]), c.d_ff, c.ffn_act), w["down"])

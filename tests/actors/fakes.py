@@ -33,6 +33,7 @@ from api.guard import ConnectionGuard
 from api.sse import SSEEvent, SSEParser, check_grammar
 from runtime.config import WorkerConfig
 from runtime.engine_api import ResidencyReport
+from runtime.errors import VramOom
 from runtime.narration import Narrator
 from runtime.redaction import Redactor
 
@@ -102,6 +103,8 @@ class Script:
     eos_at: int | None = None  # output index at which EOS is sampled
     fail_at_step: int | None = None  # step() raises `fail_with` at this step
     fail_with: Exception | None = None  # default: RuntimeError, an engine bug
+    # prefill raises VramOom for a chunk holding this token (one job's error, not the engine's)
+    oom_token: int | None = None
     residency_error: Exception | None = None  # check_residency() raises this
     residency_gate: threading.Event | None = None  # check_residency() waits here (stuck thread)
     encode_gate: threading.Event | None = None  # the tokenizer's encode() waits here
@@ -112,16 +115,20 @@ class Script:
 class FakeEngine:
     backend = "cpu"
     quant_kind = "F32"
+    prefill_chunk = 256
 
-    def __init__(self, script: Script, max_context: int):
+    def __init__(self, script: Script, max_context: int, max_batch: int = 1):
         self.script = script
         self.max_context = max_context
+        self.max_batch = max_batch
         self.config = None
-        self._position = 0
-        self._last = 0
-        self._out = 0  # decode steps since reset: the output index of the next sample
+        self._position = [0] * max_batch
+        self._last = [0] * max_batch
+        self._out = [0] * max_batch  # decode steps since release: the next sample's index
         self.prefill_calls = 0
-        self.steps = 0
+        self.steps = 0  # decode calls
+        self.batch_sizes: list[int] = []  # slots of each decode call
+        self._pending: tuple[list[int], list[int]] | None = None  # the decode to run
         self.residency_checks = 0
         self.closed = False
         self.threads: set[int] = set()
@@ -129,45 +136,65 @@ class FakeEngine:
     def _touch(self) -> None:
         self.threads.add(threading.get_ident())
 
-    @property
-    def position(self) -> int:
-        return self._position
+    def position(self, slot: int) -> int:
+        self._flush()
+        return self._position[slot]
 
-    def reset(self) -> None:
+    def release(self, slot: int) -> None:
         self._touch()
-        self._position = 0
-        self._out = 0
+        if self._pending is not None and slot in self._pending[0]:  # dropped, as NumpyEngine
+            slots, tokens = self._pending
+            keep = [i for i, s in enumerate(slots) if s != slot]
+            kept = ([slots[i] for i in keep], [tokens[i] for i in keep])
+            self._pending = kept if keep else None
+        self._position[slot] = 0
+        self._out[slot] = 0
 
-    def prefill(self, tokens) -> None:
+    def prefill(self, slot: int, tokens) -> None:
         self._touch()
+        self._flush()
         if self.script.prefill_gate is not None and self.prefill_calls == 0:
             self.script.prefill_gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.script.prefill_delay_s)
+        if self.script.oom_token is not None and self.script.oom_token in tokens:
+            raise VramOom("scripted: this prompt's prefill ran out of device memory")
         self.prefill_calls += 1
-        self._position += len(tokens)
-        self._last = tokens[-1]
+        self._position[slot] += len(tokens)
+        self._last[slot] = tokens[-1]
 
-    def step(self, token: int) -> None:
+    def decode(self, slots, tokens) -> None:
+        """Deferred to the next call, as the real engines do (the GPU runs it meanwhile)."""
         self._touch()
+        self._flush()
+        self._pending = (list(slots), list(tokens))
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        (slots, tokens), self._pending = self._pending, None
         if self.script.step_gate is not None:
             self.script.step_gate.wait(GATE_TIMEOUT_S)
         time.sleep(self.script.step_delay_s)
         if self.script.fail_at_step is not None and self.steps == self.script.fail_at_step:
             raise self.script.fail_with or RuntimeError("scripted engine failure")
         self.steps += 1
-        self._position += 1
-        self._last = token
-        self._out += 1
+        self.batch_sizes.append(len(slots))
+        for slot, token in zip(slots, tokens, strict=True):
+            self._position[slot] += 1
+            self._last[slot] = token
+            self._out[slot] += 1
 
-    def logits(self) -> np.ndarray:
+    def logits(self, slot: int) -> np.ndarray:
         self._touch()
+        self._flush()
         logits = np.zeros(VOCAB, dtype=np.float32)  # (vocab,)
-        nxt = EOS if self.script.eos_at == self._out else (self._last + 1) % EOS
-        logits[nxt] = 10.0
+        eos = self.script.eos_at == self._out[slot]
+        logits[EOS if eos else (self._last[slot] + 1) % EOS] = 10.0
         return logits
 
-    def sample(self, params, history, draw) -> int:
-        return int(np.argmax(self.logits()))
+    def sample(self, slots, params, histories, draws) -> list[int]:
+        self._flush()
+        return [int(np.argmax(self.logits(slot))) for slot in slots]
 
     def memory_bytes(self) -> int:
         return 4096
@@ -310,7 +337,7 @@ async def running_worker(
         tokenizer = FakeTokenizer(script.encode_gate)
         return ModelInfo(tokenizer, chat_template, "", "</s>", context_length=4096)
 
-    def engine_loader(path, backend, *, max_context, gpu_device, progress):
+    def engine_loader(path, backend, *, max_context, gpu_device, progress, max_batch=1):
         progress(0, script.load_steps)
         if script.load_gate is not None:
             script.load_gate.wait(GATE_TIMEOUT_S)
@@ -319,7 +346,7 @@ async def running_worker(
         for i in range(1, script.load_steps + 1):
             time.sleep(script.load_delay_s)
             progress(i, script.load_steps)
-        engine = FakeEngine(script, max_context)
+        engine = FakeEngine(script, max_context, max_batch)
         engine.threads.add(threading.get_ident())
         engines.append(engine)
         return engine

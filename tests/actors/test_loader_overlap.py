@@ -44,7 +44,7 @@ async def test_tokenizer_and_engine_load_at_the_same_time():
         saw["engine"] = engine_started.wait(WAIT_S)
         return ModelInfo(FakeTokenizer(), None, "", "</s>", context_length=4096)
 
-    def engine_loader(path, backend, *, max_context, gpu_device, progress):
+    def engine_loader(path, backend, *, max_context, gpu_device, progress, **_):
         engine_started.set()
         saw["info"] = info_started.wait(WAIT_S)
         contexts.append(max_context)
@@ -76,7 +76,7 @@ async def test_a_failed_load_is_reported_as_itself_not_as_a_group(failing):
             raise ModelLoadError("x.gguf: no tokenizer.ggml.tokens")
         return ModelInfo(FakeTokenizer(), None, "", "</s>", context_length=4096)
 
-    def engine_loader(path, backend, *, max_context, gpu_device, progress):
+    def engine_loader(path, backend, *, max_context, gpu_device, progress, **_):
         if failing == "engine":
             raise ModelLoadError("x.gguf: bad magic")
         return FakeEngine(Script(), max_context)

@@ -159,13 +159,13 @@ def _serve_or_refuse(path: Path) -> str:
     try:
         ids = info.tokenizer.encode("hello world") or [1]
         for params in (SamplingParams(temperature=0.0), SamplingParams(seed=3)):
-            engine.reset()
-            engine.prefill(ids)
+            engine.release(0)
+            engine.prefill(0, ids)
             for draw in range(3):
-                assert np.isfinite(engine.logits()).all()
-                token = engine.sample(params, ids, draw)  # raises NonFiniteLogits otherwise
+                assert np.isfinite(engine.logits(0)).all()
+                (token,) = engine.sample([0], [params], [ids], [draw])  # NON_FINITE: -1
                 assert 0 <= token < engine.config.vocab_size
-                engine.step(token)
+                engine.decode([0], [token])
     finally:
         engine.close()
     return "served"

@@ -177,7 +177,7 @@ def gated_worker(shutdown_deadline_s: float):
     gate = threading.Event()
     gate.set()
     script = Script(step_gate=gate, step_delay_s=0.005)
-    return running_worker(script, shutdown_deadline_s=shutdown_deadline_s)
+    return running_worker(script, shutdown_deadline_s=shutdown_deadline_s, max_batch=1)
 
 
 async def test_drain_lets_the_running_job_finish_cancels_the_queued_and_refuses_new_work():

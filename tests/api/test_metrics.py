@@ -83,7 +83,7 @@ async def test_latency_buckets_start_below_a_millisecond():
 async def test_gauges_follow_the_running_and_the_waiting_job():
     gate = threading.Event()
     gate.set()
-    async with running_worker(Script(step_gate=gate), max_context=512) as h:
+    async with running_worker(Script(step_gate=gate), max_context=512, max_batch=1) as h:
         with trio.fail_after(10):
             async with h.client.stream(
                 "POST", "/execute", json={"job_id": "r", "prompt": "abcd", "max_tokens": 100}
@@ -115,7 +115,7 @@ async def test_a_scrape_never_touches_the_engine_and_refusals_are_not_jobs():
     async with running_worker() as h:
         calls = []
         engine = h.engine
-        for name in ("memory_bytes", "check_residency", "logits", "sample", "step", "prefill"):
+        for name in ("memory_bytes", "check_residency", "logits", "sample", "decode", "prefill"):
             original = getattr(engine, name)
             setattr(
                 engine, name, lambda *a, _n=name, _f=original, **k: calls.append(_n) or _f(*a, **k)

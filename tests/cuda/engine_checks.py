@@ -15,6 +15,7 @@ import numpy as np
 from runtime.gguf_file import open_gguf
 from runtime.numpy_engine import NumpyEngine
 from runtime.sampling import SamplingParams
+from tests.cuda.one_slot import one_slot
 from tools.make_synthetic_gguf import synthetic_vocab, write_synthetic_model
 from tools.synthetic_families import sentencepiece_vocab
 
@@ -103,7 +104,7 @@ def check_banned_never_sampled(load: Load, tmp_path: Path, family: str, suffix: 
     step, and `logits()` still shows it as the largest (unmasked)."""
     vocab = 1300
     with open_gguf(banning_file(tmp_path / "free.gguf", family, [], vocab)) as m:
-        ref = NumpyEngine.load(m, max_context=64)
+        ref = one_slot(NumpyEngine.load(m, max_context=64))
         for seed in range(20):  # a prompt whose preferred id leaves room below it (a suffix)
             prompt = [int(t) for t in np.random.default_rng(seed).integers(0, vocab, 5)]
             ref.reset()
@@ -115,7 +116,7 @@ def check_banned_never_sampled(load: Load, tmp_path: Path, family: str, suffix: 
     with open_gguf(banning_file(tmp_path / "banned.gguf", family, banned, vocab)) as m:
         e = load(m, max_context=64)
         try:
-            ref = NumpyEngine.load(m, max_context=64)
+            ref = one_slot(NumpyEngine.load(m, max_context=64))
             assert ref.banned_ids.tolist() == banned
             if suffix:  # the argmax and the sampler read only the logits before the suffix
                 assert (e.fwd.mask.n_sampled, e.fwd.mask.ids.size, e.sampler.vocab) == (top, 0, top)
@@ -142,3 +143,124 @@ def check_banned_never_sampled(load: Load, tmp_path: Path, family: str, suffix: 
                 assert token == ref.sample(GREEDY, (), i) or top2[1] - top2[0] < 1e-2
         finally:
             e.close()
+
+
+# -- batch invariance ------------------------------------------------------------------------------
+
+HOT = SamplingParams(temperature=0.8, seed=1234)
+
+
+def run_slots(engine, jobs: dict[int, tuple[list[int], SamplingParams, int, int]]):
+    """A minimal step loop over the slot interface: jobs[slot] = (prompt, params, n_tokens,
+    join_step). A job is prefilled and sampled at its join step, then decodes one token per step
+    beside every other running job, in one `decode` call for all of them. Returns slot ->
+    (generated ids, the logits before each of its draws)."""
+    out: dict[int, tuple[list[int], list[np.ndarray]]] = {s: ([], []) for s in jobs}
+    running: dict[int, int] = {}  # slot -> the token it decodes next
+    step = 0
+    while len(running) or any(j[3] >= step for j in jobs.values()):
+        for slot, (prompt, _, _, join) in jobs.items():
+            if join == step:
+                engine.release(slot)
+                for at in range(0, len(prompt), engine.prefill_chunk):
+                    engine.prefill(slot, prompt[at : at + engine.prefill_chunk])
+                running[slot] = -1
+        if running:
+            going = [s for s, t in running.items() if t >= 0]
+            if going:
+                engine.decode(going, [running[s] for s in going])
+            slots = list(running)
+            for s in slots:
+                out[s][1].append(engine.logits(s))
+            params = [jobs[s][1] for s in slots]
+            histories = [jobs[s][0] + out[s][0] for s in slots]
+            draws = [len(out[s][0]) for s in slots]
+            for s, token in zip(slots, engine.sample(slots, params, histories, draws), strict=True):
+                assert token >= 0, f"slot {s}: non-finite logits"
+                out[s][0].append(token)
+                running[s] = token
+                if len(out[s][0]) == jobs[s][2]:
+                    del running[s]
+                    engine.release(s)
+        step += 1
+    return out
+
+
+def check_batch_invariance(engine, vocab: int, *, n_tokens: int = 6, crowd: int = 63) -> None:
+    """A seeded job gives the same token ids and bitwise the same logits alone (slot 0), beside
+    7 others (in slot 5, all joining at once), beside `crowd` others (the last slot, joining
+    late, while the others decode; a prompt longer than a prefill chunk) and again alone (slot 0
+    after the crowd): greedy and temperature 0.8. Needs `engine.max_batch` == crowd + 1 >= 8."""
+    rng = np.random.default_rng(42)
+    prompt = [int(t) for t in rng.integers(0, vocab, engine.prefill_chunk + 3)]
+    others = [
+        [int(t) for t in rng.integers(0, vocab, int(n))] for n in rng.integers(1, 9, max(crowd, 8))
+    ]
+    for params in (GREEDY, HOT):
+        job = (prompt, params, n_tokens, 0)
+        alone = run_slots(engine, {0: job})[0]
+        jobs = {s: (others[s], HOT if s % 2 else GREEDY, n_tokens + s % 3, 0) for s in range(8)}
+        jobs[5] = job
+        beside_7 = run_slots(engine, jobs)[5]
+        jobs = {
+            s: (others[s], HOT if s % 3 else GREEDY, n_tokens + s % 5, s % 4) for s in range(crowd)
+        }
+        jobs[crowd] = (prompt, params, n_tokens, 3)  # joins after 3 steps of the others
+        beside_many = run_slots(engine, jobs)[crowd]
+        again = run_slots(engine, {0: job})[0]
+        runs = {"beside 7": beside_7, f"beside {crowd}": beside_many, "again": again}
+        for name, got in runs.items():
+            assert got[0] == alone[0], f"{params}: {name} {got[0]} != alone {alone[0]}"
+            for a, b in zip(got[1], alone[1], strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{params}: {name}")
+        if params is HOT:  # the draw is random: a different seed gives another sequence
+            other = run_slots(engine, {0: (prompt, SamplingParams(temperature=0.8, seed=7), 6, 0)})
+            assert other[0][0] != alone[0]
+
+
+def check_slots_match_numpy(engine, ref: NumpyEngine, *, n_tokens: int = 5) -> None:
+    """Three jobs decoded together in slots 1, 2 and 3 (different prompt lengths) give each the
+    numpy engine's logits (SYNTHETIC_TOL) and its greedy tokens (the reference: alone)."""
+    rng = np.random.default_rng(3)
+    vocab = engine.config.vocab_size
+    prompts = {s: [int(t) for t in rng.integers(0, vocab, 2 + 7 * s)] for s in (1, 2, 3)}
+    got = run_slots(engine, {s: (p, GREEDY, n_tokens, 0) for s, p in prompts.items()})
+    reference = one_slot(ref)
+    for s, prompt in prompts.items():
+        reference.reset()
+        reference.prefill(prompt)
+        for i, (token, logits) in enumerate(zip(*got[s], strict=True)):
+            want = reference.logits()
+            assert rel(logits, want) < SYNTHETIC_TOL, (s, i)
+            top2 = np.sort(want)[-2:]  # a near tie may go either way at fp16 KV
+            assert token == int(np.argmax(want)) or top2[1] - top2[0] < 1e-2, (s, i)
+            reference.step(token)
+
+
+def check_nonfinite_slot_ends_alone(engine, poisoned: int, clean: int) -> None:
+    """A slot whose logits are NaN (its prompt holds `poisoned`, a NaN embedding row) gets
+    NON_FINITE from `sample`, greedy and random, while the other slot of the same calls gets
+    the tokens it gets alone; the engine goes on serving the poisoned slot after release."""
+    from runtime.engine_api import NON_FINITE
+
+    prompt = [clean, clean + 1, clean + 2]
+    for params in (GREEDY, HOT):
+        alone = run_slots(engine, {0: (prompt, params, 4, 0)})[0][0]
+        engine.release(0)
+        engine.release(1)
+        engine.prefill(0, prompt)
+        engine.prefill(1, [clean, poisoned])
+        slots, ps, hs = [0, 1], [params, params], [prompt, [clean, poisoned]]
+        got = engine.sample(slots, ps, hs, [0, 0])
+        assert got[1] == NON_FINITE and got[0] == alone[0], got
+        tokens = [got[0]]
+        for i in range(1, 4):  # the poisoned slot is retired: slot 0 goes on by itself
+            engine.decode([0], [tokens[-1]])
+            tokens.append(engine.sample([0], [params], [prompt + tokens], [i])[0])
+        assert tokens == alone
+    engine.release(1)
+    engine.prefill(1, prompt)
+    assert (
+        engine.sample([1], [GREEDY], [prompt], [0])[0]
+        == run_slots(engine, {0: (prompt, GREEDY, 1, 0)})[0][0][0]
+    )

@@ -24,6 +24,7 @@ from tests.cuda.engine_checks import (
     rel,
     whole_and_split,
 )
+from tests.cuda.one_slot import load_one, one_slot
 
 CTX = 1024
 LAYERS = 7
@@ -45,12 +46,11 @@ def model(cuda_ctx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(model):
-    from cuda.engine import CudaEngine
 
     out = {
-        "graph": CudaEngine.load(model, max_context=CTX),
-        "fused_eager": CudaEngine.load(model, max_context=CTX, use_graph=False),
-        "eager": CudaEngine.load(model, max_context=CTX, use_graph=False, fuse=False),
+        "graph": load_one(model, max_context=CTX),
+        "fused_eager": load_one(model, max_context=CTX, use_graph=False),
+        "eager": load_one(model, max_context=CTX, use_graph=False, fuse=False),
     }
     yield out
     for e in out.values():
@@ -61,7 +61,7 @@ def engines(model):
 def reference(model):
     from runtime.numpy_engine import NumpyEngine
 
-    return NumpyEngine.load(model, max_context=CTX)
+    return one_slot(NumpyEngine.load(model, max_context=CTX))
 
 
 def test_layout_and_launches(engines, model):
@@ -124,7 +124,7 @@ def test_prefill_is_batch_invariant(engines, model):
 def test_memory_residency_and_pdl(engines, model):
     """The load allocates vram_needed (with the job's sampler workspace); the residency check
     passes and covers the rotary tables; the graphs without PDL compute bitwise the same."""
-    from cuda.engine import CudaEngine, vram_needed
+    from cuda.engine import vram_needed
     from cuda.sampler import workspace_bytes
 
     graph = engines["graph"]
@@ -134,7 +134,7 @@ def test_memory_residency_and_pdl(engines, model):
     report = graph.check_residency()
     assert report.ok, report.detail
     assert {"rope.0.cos", "rope.1.sin", "blk.6.attn_k_norm"} <= set(graph._checksums)
-    plain = CudaEngine.load(model, max_context=CTX, pdl=False)
+    plain = load_one(model, max_context=CTX, pdl=False)
     try:
         prompt = [int(t) for t in np.random.default_rng(5).integers(0, model.config.vocab_size, 70)]
         for e in (graph, plain):

@@ -14,12 +14,12 @@ from __future__ import annotations
 import pytest
 
 from tests.cuda.engine_checks import check_banned_never_sampled
+from tests.cuda.one_slot import load_one
 
 
 @pytest.mark.parametrize(
     ("family", "suffix"), [("qwen2", True), ("qwen2", False), ("gemma3", True), ("gemma3", False)]
 )
 def test_a_banned_id_is_never_sampled_even_when_largest(cuda_ctx, tmp_path, family, suffix):
-    from cuda.engine import CudaEngine
 
-    check_banned_never_sampled(CudaEngine.load, tmp_path, family, suffix)
+    check_banned_never_sampled(load_one, tmp_path, family, suffix)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.cuda.one_slot import load_one, one_slot
 from tests.reference_data import TOP1_REQUIRED, catalog_model_file, rank_of, teacher_forcing_prompts
 
 MODELS = list(TOP1_REQUIRED)
@@ -54,7 +55,6 @@ def teacher_forced_run(gpu, ref, prompts) -> tuple[list[float], list[int]]:
 
 @pytest.fixture(scope="module", params=MODELS)
 def run(request, cuda_ctx):
-    from cuda.engine import CudaEngine
     from runtime.gguf_file import open_gguf
     from runtime.numpy_engine import NumpyEngine
     from runtime.tokenizer import Tokenizer
@@ -65,8 +65,8 @@ def run(request, cuda_ctx):
         prompts = teacher_forcing_prompts(name, Tokenizer.from_metadata(gguf.metadata))
         ctx = max(len(p) + len(n) for p, n in prompts)
         t0 = time.monotonic()
-        gpu = CudaEngine.load(gguf, max_context=ctx)
-        ref = NumpyEngine.load(gguf, max_context=ctx)
+        gpu = load_one(gguf, max_context=ctx)
+        ref = one_slot(NumpyEngine.load(gguf, max_context=ctx))
         loaded = time.monotonic() - t0
     try:
         t0 = time.monotonic()

@@ -11,6 +11,7 @@ import pytest
 
 from runtime.errors import ModelLoadError, NonFiniteLogits
 from runtime.sampling import SamplingParams
+from tests.cuda.one_slot import one_slot
 from tests.poisoned_gguf import poison_rows
 
 POISONED = 3 + ord("q")  # the synthetic vocabulary's byte token for "q"; not a probe token
@@ -21,7 +22,7 @@ def _load(path):
     from runtime.gguf_file import open_gguf
 
     with open_gguf(path) as model:
-        return CudaEngine.load(model, max_context=64)
+        return CudaEngine.load(model, max_context=64)  # the slot interface, as probed() takes it
 
 
 def _file(tmp_path, *, tied: bool):
@@ -46,7 +47,7 @@ def test_the_probe_refuses_a_nan_model_on_the_gpu(cuda_ctx, tmp_path):
 def test_nan_at_run_time_raises_on_every_gpu_sampling_path(cuda_ctx, tmp_path, graph_step):
     from runtime.model_checks import probed
 
-    engine = probed(_load(_file(tmp_path, tied=False)))
+    engine = one_slot(probed(_load(_file(tmp_path, tied=False))))
     clean, greedy = 3 + ord("z"), SamplingParams(temperature=0.0)
     try:
         for params in (greedy, SamplingParams(temperature=0.8, seed=5)):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.cuda.one_slot import load_one, one_slot
+
 CTX = 1024
 TOL = 3e-3
 LAYERS = 3
@@ -35,11 +37,10 @@ def model(cuda_ctx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(model):
-    from cuda.engine import CudaEngine
 
-    graph = CudaEngine.load(model, max_context=CTX)
-    eager = CudaEngine.load(model, max_context=CTX, use_graph=False, fuse=False)
-    fused_eager = CudaEngine.load(model, max_context=CTX, use_graph=False)
+    graph = load_one(model, max_context=CTX)
+    eager = load_one(model, max_context=CTX, use_graph=False, fuse=False)
+    fused_eager = load_one(model, max_context=CTX, use_graph=False)
     yield graph, eager, fused_eager
     for e in (fused_eager, eager, graph):
         e.close()
@@ -63,7 +64,7 @@ def test_prefill_and_decode_match_numpy_engine(engines, model):
     from runtime.numpy_engine import NumpyEngine
 
     graph, eager, fused_eager = engines
-    reference = NumpyEngine.load(model, max_context=CTX)
+    reference = one_slot(NumpyEngine.load(model, max_context=CTX))
     rng = np.random.default_rng(1)
     prompt = [int(t) for t in rng.integers(0, model.config.vocab_size, 600)]  # 512 + 88
     worst = 0.0

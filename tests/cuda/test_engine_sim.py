@@ -36,11 +36,15 @@ from tests.cuda.engine_checks import (
     SYNTHETIC_TOL,
     banning_file,
     check_banned_never_sampled,
+    check_batch_invariance,
+    check_nonfinite_slot_ends_alone,
+    check_slots_match_numpy,
     compare_with_numpy,
     gemma3_file,
     rel,
     whole_and_split,
 )
+from tests.cuda.one_slot import load_one, one_slot
 from tests.cuda.sim_gpu import kernel_kind, simulated_gpu
 from tests.reference_data import catalog_model_file
 from tools.make_synthetic_gguf import write_synthetic_model
@@ -60,9 +64,7 @@ def sim_module():
 
 
 def _load(model, **kw):
-    from cuda.engine import CudaEngine
-
-    return CudaEngine.load(model, **kw)
+    return load_one(model, **kw)
 
 
 # -- SmolLM2 and qwen2 launch what main launched -------------------------------------------------
@@ -83,8 +85,8 @@ def record_launches(sim, family: str, path: Path) -> dict:
         for label, opts in {"fused": {}, "unfused": {"fuse": False}}.items():
             e = _load(m, max_context=128, max_chunk=48, **opts)
             runs[label] = {
-                f"decode/{k}": [ln.describe(e.ledger) for ln in g.trace]
-                for k, g in e._graphs.items()
+                f"decode/{splits}": [ln.describe(e.ledger) for ln in g.trace]
+                for (_slot, splits), g in e._graphs.items()
             }
             first = len(sim.trace)
             e.prefill(list(range(5, 60)))
@@ -132,7 +134,7 @@ def test_decode_step_launches_per_family(sim, tmp_path, family, layer, mixed):
     path = write_synthetic_model(tmp_path / "m.gguf", n_layers=n_layers, vocab_size=1300, **kw)
     with open_gguf(path) as m:
         e = _load(m, max_context=256)
-        kinds = [kernel_kind(ln.name) for ln in e._graphs[2].trace]
+        kinds = [kernel_kind(ln.name) for ln in e._graphs[0, 2].trace]
         expected = ["embed"]
         for i in range(n_layers):
             if family == "gemma3":
@@ -151,7 +153,7 @@ def test_gemma3_decode_reads_each_layers_values(sim, tmp_path):
     with open_gguf(gemma3_file(tmp_path / "g.gguf")) as m:
         assert m.config.rope_bases == (10000.0, 1000000.0)
         e = _load(m, max_context=256)
-        rows = [ln.describe(e.ledger) for ln in e._graphs[1].trace]
+        rows = [ln.describe(e.ledger) for ln in e._graphs[0, 1].trace]
         e.close()
     embed = rows[0]
     assert embed[0] == "embed_q8_0" and math.isclose(embed[2][4], math.sqrt(640), rel_tol=1e-6)
@@ -183,7 +185,7 @@ def gemma3(sim_module, tmp_path_factory):
         "eager": _load(m, max_context=128, max_chunk=16, use_graph=False, fuse=False),
         "one_chunk": _load(m, max_context=128, use_graph=False),
     }
-    yield m, engines, NumpyEngine.load(m, max_context=128)
+    yield m, engines, one_slot(NumpyEngine.load(m, max_context=128))
     for e in engines.values():
         e.close()
     m.close()
@@ -218,7 +220,7 @@ def test_a_banned_id_is_never_sampled_even_when_largest(sim, tmp_path, family, s
 def test_the_scattered_mask_is_one_launch_in_the_graph(sim, tmp_path):
     with open_gguf(banning_file(tmp_path / "m.gguf", "gemma3", [4, 700], 1300)) as m:
         e = _load(m, max_context=64)
-        kinds = [kernel_kind(ln.name) for ln in e._graphs[1].trace]
+        kinds = [kernel_kind(ln.name) for ln in e._graphs[0, 1].trace]
         assert kinds[-3:] == ["matvec_norm", "mask_logits", "argmax_multi"]
         e.close()
 
@@ -233,30 +235,27 @@ def test_a_vocabulary_without_any_sampleable_id_is_refused(sim, tmp_path):
 
 
 def _accounting(e, model, *, run: bool = True) -> None:
-    """Model memory, then with the job's workspace (taken by a prefill, or directly)."""
+    """All of `vram_needed` at load (the sampler's workspace too), and nothing more in a job."""
     from cuda.engine import vram_needed
-    from cuda.sampler import workspace_bytes
 
     e.reset()
-    needed = vram_needed(model, e.max_context)
-    assert e.memory_bytes() == needed - workspace_bytes(e.sampler.vocab)
-    if run:
-        e.prefill([1, 2, 3])
-    else:  # what prefill does first (a forward pass of a real file is slow in numpy)
-        e.sampler.acquire_workspace()
+    needed = vram_needed(model, e.max_context, max_batch=e.max_batch)
     assert e.memory_bytes() == needed
+    if run:  # (a forward pass of a real file is slow in numpy)
+        e.prefill([1, 2, 3])
+        assert e.memory_bytes() == needed
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"])
 def test_real_files_allocate_what_the_estimate_says(sim, name):
-    """The load of each real file allocates `vram_needed` (plus the job's sampler workspace),
+    """The load of each real file allocates `vram_needed` (the sampler's workspace included),
     the buffer table has gemma3's two rotary tables and q_dim-wide attention output, and
     Qwen2.5's 271 padding rows are cut off the sampled range."""
     with open_gguf(catalog_model_file(name)) as m:
-        e = _load(m, max_context=1024, use_graph=False)
+        e = _load(m, max_context=1024, max_batch=3, use_graph=False)
         c, shapes = m.config, {x.name: x.nbytes for x in e.ledger.entries()}
         assert shapes["act.attn"] == 4 * 512 * c.q_dim
-        assert shapes["kv.k"] == 2 * c.n_layers * c.n_kv_heads * 1024 * c.head_dim
+        assert shapes["kv.k"] == 2 * 3 * c.n_layers * c.n_kv_heads * 1024 * c.head_dim
         tables = sorted(n for n in shapes if n.startswith("rope."))
         assert len(tables) == 2 * len(c.rope_bases)
         assert e.sampler.vocab == {"qwen2.5-coder-0.5b": 151665}.get(name, c.vocab_size)
@@ -296,3 +295,53 @@ def test_a_block_the_cuda_engine_lacks_is_a_model_load_error(sim, tmp_path):
         m.family = attrs.evolve(m.family, block="mamba")
         with pytest.raises(ModelLoadError, match="does not run the mamba block"):
             _load(m, max_context=64)
+
+
+# -- slots: batch invariance ---------------------------------------------------------------------
+
+
+#: SmolLM2's layout at small shapes (head_dim 64), so 64 slots decode quickly in numpy; qwen2
+#: and gemma3 keep their real shapes (the synthetic file fixes them, and numpy is slow at
+#: them): 8 slots there (the GPU test runs all three families with 64)
+SMALL_LLAMA = {"llama.embedding_length": 128, "llama.feed_forward_length": 256,
+               "llama.attention.head_count": 2, "llama.attention.head_count_kv": 1}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["smollm2", "qwen2", "gemma3"])
+def test_a_job_gives_the_same_tokens_alone_and_beside_7_or_63_others(sim, tmp_path, family):
+    """Batch invariance (issue 13): engine_checks.check_batch_invariance (alone, beside 7,
+    beside 63 (7 for qwen2 and gemma3), joining late; greedy and temperature 0.8); slots
+    decoded together each give the numpy engine's logits and greedy tokens."""
+    from cuda.engine import CudaEngine
+
+    path = tmp_path / f"{family}.gguf"
+    if family == "gemma3":
+        gemma3_file(path, n_layers=1, vocab_size=300)
+    elif family == "qwen2":
+        write_synthetic_model(path, family=family, n_layers=1, vocab_size=300, seed=5)
+    else:
+        write_synthetic_model(path, n_layers=2, vocab_size=300, seed=5, metadata=SMALL_LLAMA)
+    slots, n_tokens = (64, 6) if family == "smollm2" else (8, 3)
+    with open_gguf(path) as m:
+        e = CudaEngine.load(m, max_context=48, max_chunk=16, max_batch=slots)
+        try:  # splits 1 and 2 per slot
+            assert e.max_batch == slots and len(e._graphs) == slots * 2
+            check_batch_invariance(e, m.config.vocab_size, n_tokens=n_tokens, crowd=slots - 1)
+            check_slots_match_numpy(e, one_slot(NumpyEngine.load(m, max_context=48)))
+        finally:
+            e.close()
+
+
+def test_a_nan_slot_gets_non_finite_and_its_neighbour_its_own_tokens(sim, tmp_path):
+    from cuda.engine import CudaEngine
+    from tests.poisoned_gguf import poison_rows
+
+    path = write_synthetic_model(tmp_path / "m.gguf", n_layers=1, vocab_size=300, seed=3,
+                                 tied_output=False, metadata=SMALL_LLAMA)  # fmt: skip
+    poisoned = 3 + ord("q")
+    with open_gguf(poison_rows(path, "token_embd.weight", [poisoned])) as m:
+        e = CudaEngine.load(m, max_context=32, max_batch=2)
+        try:
+            check_nonfinite_slot_ends_alone(e, poisoned, clean=3 + ord("a"))
+        finally:
+            e.close()

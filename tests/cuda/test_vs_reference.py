@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from runtime.sampling import SamplingParams
+from tests.cuda.one_slot import load_one, one_slot
 from tests.reference_data import REFERENCE_DIR
 
 # Relative L2 error of the whole logit vector. The GPU keeps K/V in fp16 and runs the prefill
@@ -54,7 +55,6 @@ def _reference_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def setup(cuda_ctx):
-    from cuda.engine import CudaEngine
     from runtime.gguf_file import open_gguf
     from runtime.numpy_engine import NumpyEngine
     from runtime.tokenizer import Tokenizer
@@ -64,8 +64,8 @@ def setup(cuda_ctx):
         pytest.skip(f"the real model is not here ({path})")
     with open_gguf(path) as gguf:
         tok = Tokenizer.from_metadata(gguf.metadata)
-        gpu = CudaEngine.load(gguf, max_context=512)
-        ref = NumpyEngine.load(gguf, max_context=512)
+        gpu = load_one(gguf, max_context=512)
+        ref = one_slot(NumpyEngine.load(gguf, max_context=512))
     yield gpu, ref, tok
     gpu.close()
     ref.close()

@@ -27,7 +27,7 @@ CANARY = os.environ.get("WORKER_ORCD_TEST_CANARY", "")
 
 
 class CrashingEngine:
-    """Delegates to the real engine; `step` raises, quoting the canary."""
+    """Delegates to the real engine; `decode` raises, quoting the canary."""
 
     def __init__(self, engine):
         self._engine = engine
@@ -36,10 +36,10 @@ class CrashingEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def step(self, token: int) -> None:
+    def decode(self, slots, tokens) -> None:
         if self._probe_step_left:
             self._probe_step_left = False
-            return self._engine.step(token)
+            return self._engine.decode(slots, tokens)
         raise RuntimeError(f"decode step failed while continuing {CANARY!r}")
 
 

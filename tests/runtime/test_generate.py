@@ -52,34 +52,38 @@ class ScriptedEngine:
         self._seq = []
         self._prompt_len = 0
 
-    @property
-    def position(self):
+    max_batch = 1
+    prefill_chunk = 256
+
+    def position(self, slot):
+        assert slot == 0
         return len(self._seq)
 
-    def reset(self):
-        self.calls.append(("reset",))
+    def release(self, slot):
+        self.calls.append(("release",))
         self._seq = []
 
-    def prefill(self, tokens):
+    def prefill(self, slot, tokens):
         self.calls.append(("prefill", len(tokens)))
         self._seq += list(tokens)
         self._prompt_len = len(self._seq)
 
-    def step(self, token):
-        self.calls.append(("step", token))
-        self._seq.append(token)
+    def decode(self, slots, tokens):
+        assert list(slots) == [0]
+        self.calls.append(("step", tokens[0]))
+        self._seq.append(tokens[0])
 
-    def logits(self):
+    def logits(self, slot):
         if self.rng_logits:  # a deterministic function of the sequence so far
             rng = np.random.default_rng(abs(hash(tuple(self._seq))) % 2**32)
             return rng.normal(size=VOCAB).astype(np.float32) * 3
         out = np.zeros(VOCAB, np.float32)
-        out[self.script[self.position - self._prompt_len]] = 10.0
+        out[self.script[self.position(slot) - self._prompt_len]] = 10.0
         return out
 
-    def sample(self, params, history, draw):
-        self.histories.append(list(history))
-        return sample_from_logits(self.logits(), params, history, draw)
+    def sample(self, slots, params, histories, draws):
+        self.histories.append(list(histories[0]))
+        return [sample_from_logits(self.logits(0), params[0], histories[0], draws[0])]
 
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -111,7 +115,7 @@ def test_max_tokens_streams_every_token_and_skips_the_last_step():
     assert [t.text for t in toks] == ["a", "b", "c", "d"]
     assert [t.token_id for t in toks] == [0, 1, 2, 3]
     assert fin.stop_reason == "max_tokens"
-    assert eng.calls == [("reset",), ("prefill", 3), ("step", 0), ("step", 1), ("step", 2)]
+    assert eng.calls == [("prefill", 3), ("step", 0), ("step", 1), ("step", 2), ("release",)]
 
 
 def test_eos_ends_without_emitting_its_text():
@@ -146,7 +150,7 @@ def test_split_utf8_character_is_held_until_complete():
 def test_prompt_is_prefilled_in_chunks():
     eng = ScriptedEngine([1])
     run(eng, prompt=range(600), max_tokens=1, prefill_chunk=256)
-    assert eng.calls == [("reset",), ("prefill", 256), ("prefill", 256), ("prefill", 88)]
+    assert eng.calls == [("prefill", 256), ("prefill", 256), ("prefill", 88), ("release",)]
 
 
 def test_cancel_between_prefill_chunks():
@@ -159,7 +163,7 @@ def test_cancel_between_prefill_chunks():
 
     with pytest.raises(Cancelled):
         run(eng, prompt=range(600), prefill_chunk=256, should_cancel=should_cancel)
-    assert eng.calls == [("reset",), ("prefill", 256)]
+    assert eng.calls == [("prefill", 256), ("release",)]
 
 
 def test_cancel_mid_decode_stops_before_the_next_step():

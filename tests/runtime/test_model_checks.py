@@ -98,7 +98,7 @@ def test_the_probe_refuses_nan_embeddings_and_closes_the_engine(tmp_path):
 
 def test_the_probe_passes_a_healthy_model_and_leaves_it_reset(tmp_path):
     engine = _engine(tiny_model(tmp_path / "m.gguf"))
-    assert probed(engine) is engine and engine.position == 0
+    assert probed(engine) is engine and engine.position(0) == 0
     for room in (1, 2, 4):  # a tiny --max-context still probes what fits
         probe_engine(_engine(tiny_model(tmp_path / f"c{room}.gguf"), max_context=room))
 
@@ -155,9 +155,9 @@ def test_overflowing_weights_warn_nothing_and_fail_the_probe(tmp_path):
     with open_gguf(path) as model:
         scan_tensors(model)  # every value is finite
     engine = _engine(path)
-    engine.prefill([1, 2, 3])
-    engine.step(4)
-    assert not np.isfinite(engine.logits()).any()
+    engine.prefill(0, [1, 2, 3])
+    engine.decode([0], [4])
+    assert not np.isfinite(engine.logits(0)).any()
     with pytest.raises(ModelLoadError, match="probe forward pass failed"):
         probed(engine)
 

@@ -153,13 +153,13 @@ def test_gemma3_block_matches_an_independent_forward(tmp_path):
     with open_gguf(tmp_path / "g.gguf") as model:
         eng = NumpyEngine.load(model, max_context=16)
     assert len(eng.rope) == 2  # one table per rope base, built at load
-    np.testing.assert_allclose(eng.prefill_all_logits(ids), want, atol=2e-4, rtol=1e-4)
-    eng.reset()  # chunks and single steps see the same windows
-    eng.prefill(ids[:4])
-    np.testing.assert_allclose(eng.prefill_all_logits(ids[4:7]), want[4:7], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(eng.prefill_all_logits(0, ids), want, atol=2e-4, rtol=1e-4)
+    eng.release(0)  # chunks and single steps see the same windows
+    eng.prefill(0, ids[:4])
+    np.testing.assert_allclose(eng.prefill_all_logits(0, ids[4:7]), want[4:7], atol=2e-4, rtol=1e-4)
     for t in range(7, len(ids)):
-        eng.step(ids[t])
-        np.testing.assert_allclose(eng.logits(), want[t], atol=2e-4, rtol=1e-4)
+        eng.decode([0], [ids[t]])
+        np.testing.assert_allclose(eng.logits(0), want[t], atol=2e-4, rtol=1e-4)
 
 
 def test_real_gemma3_config():
@@ -222,8 +222,8 @@ def test_phi3_plan_and_llama_block_match_transformers_on_the_tiny_fixture():
         assert [p.role for p in model.family.plan.slot("qkv").parts] == ["attn_qkv"]
         eng = NumpyEngine.load(model, max_context=64)
     for n, case in enumerate(manifest["prompts"]):
-        eng.reset()
-        got = eng.prefill_all_logits(case["ids"])  # (T, vocab)
+        eng.release(0)
+        got = eng.prefill_all_logits(0, case["ids"])  # (T, vocab)
         np.testing.assert_allclose(got, logits[f"prompt{n}"], atol=1e-4, rtol=1e-4)
 
 

@@ -52,8 +52,8 @@ def test_token_level_teacher_forcing(loaded):
     t0 = time.monotonic()
     for p in prompts:
         n = len(p["prompt_ids"])
-        engine.reset()
-        logits = engine.prefill_all_logits(p["prompt_ids"] + p["greedy_ids"])  # (T, vocab)
+        engine.release(0)
+        logits = engine.prefill_all_logits(0, p["prompt_ids"] + p["greedy_ids"])  # (T, vocab)
         assert len(p["steps"]) <= len(p["greedy_ids"]) + 1
         for j, step in enumerate(p["steps"]):
             ranks.append(rank_of(logits[n + j - 1], step["next_id"]))

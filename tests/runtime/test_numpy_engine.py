@@ -179,29 +179,29 @@ def test_tiny_model_matches_independent_forward(tmp_path, arch, rope_dim, style,
     with open_gguf(tmp_path / "tiny.gguf") as model:
         assert model.config.rope_style == style and model.config.qkv_bias == bias
         eng = NumpyEngine.load(model, max_context=32)
-    np.testing.assert_allclose(eng.prefill_all_logits(ids), want, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(eng.prefill_all_logits(0, ids), want, atol=2e-4, rtol=1e-4)
     # the same sequence fed as chunks and single steps
-    eng.reset()
-    eng.prefill(ids[:4])
-    np.testing.assert_allclose(eng.logits(), want[3], atol=2e-4, rtol=1e-4)
+    eng.release(0)
+    eng.prefill(0, ids[:4])
+    np.testing.assert_allclose(eng.logits(0), want[3], atol=2e-4, rtol=1e-4)
     # a second chunk at an offset (what chunked prefill does), then single steps
-    np.testing.assert_allclose(eng.prefill_all_logits(ids[4:7]), want[4:7], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(eng.prefill_all_logits(0, ids[4:7]), want[4:7], atol=2e-4, rtol=1e-4)
     for t in range(7, len(ids)):
-        eng.step(ids[t])
-        np.testing.assert_allclose(eng.logits(), want[t], atol=2e-4, rtol=1e-4)
-    assert eng.position == len(ids)
+        eng.decode([0], [ids[t]])
+        np.testing.assert_allclose(eng.logits(0), want[t], atol=2e-4, rtol=1e-4)
+    assert eng.position(0) == len(ids)
 
 
 def test_context_and_token_range_are_enforced(tmp_path):
     write_tiny(tmp_path / "tiny.gguf", "llama", 4, seed=4)
     with open_gguf(tmp_path / "tiny.gguf") as model:
         eng = NumpyEngine.load(model, max_context=8)
-    eng.prefill([1] * 8)
+    eng.prefill(0, [1] * 8)
     with pytest.raises(InvalidRequest):
-        eng.step(1)
-    eng.reset()
+        eng.decode([0], [1])
+    eng.release(0)
     with pytest.raises(InvalidRequest):
-        eng.prefill([TINY["vocab"]])
+        eng.prefill(0, [TINY["vocab"]])
     with pytest.raises(ModelLoadError):
         load_engine(tmp_path / "tiny.gguf", "cpu", max_context=TINY["ctx"] + 1)
 
@@ -232,14 +232,14 @@ def test_load_reports_byte_progress(real):
 def test_prefill_then_decode_equals_one_batched_pass(real):
     eng, _, _ = real
     ids = [504, 3575, 282, 4649, 314, 7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155]
-    eng.reset()
-    batched = eng.prefill_all_logits(ids)  # (15, vocab)
-    eng.reset()
-    eng.prefill(ids[:10])
-    np.testing.assert_allclose(eng.logits(), batched[9], atol=2e-3, rtol=1e-4)
+    eng.release(0)
+    batched = eng.prefill_all_logits(0, ids)  # (15, vocab)
+    eng.release(0)
+    eng.prefill(0, ids[:10])
+    np.testing.assert_allclose(eng.logits(0), batched[9], atol=2e-3, rtol=1e-4)
     for t in range(10, 15):
-        eng.step(ids[t])
-        np.testing.assert_allclose(eng.logits(), batched[t], atol=2e-3, rtol=1e-4)
+        eng.decode([0], [ids[t]])
+        np.testing.assert_allclose(eng.logits(0), batched[t], atol=2e-3, rtol=1e-4)
     assert int(np.argmax(batched[4])) == 7042  # " Paris", llama.cpp's choice after the prompt
 
 

@@ -63,8 +63,8 @@ def test_token_level_teacher_forcing(model):
     ranks = []
     for prompt in load_prompts():
         seq, n_prompt = llama_cpp_context(tokenizer, prompt)
-        engine.reset()
-        logits = engine.prefill_all_logits(seq[:-1])  # (len(seq) - 1, vocab)
+        engine.release(0)
+        logits = engine.prefill_all_logits(0, seq[:-1])  # (len(seq) - 1, vocab)
         for j, step in enumerate(prompt["steps"]):
             ranks.append(rank_of(logits[n_prompt + j - 1], step["next_id"]))
     top1 = ranks.count(0)
@@ -79,17 +79,17 @@ def test_text_level_teacher_forcing(model):
     ranks, retokenized = [], []
     for prompt in load_prompts():
         seq, _ = llama_cpp_context(tokenizer, prompt)
-        engine.reset()
-        batched = engine.prefill_all_logits(seq[:-1])
+        engine.release(0)
+        batched = engine.prefill_all_logits(0, seq[:-1])
         for step in prompt["steps"]:
             ids = tokenizer.encode(step["prefix"], parse_special=True, add_bos=False)
             if ids == seq[: len(ids)]:
                 rank = rank_of(batched[len(ids) - 1], step["next_id"])
                 assert rank < 5, (step["prefix"][-30:], step["next"], rank)
             else:
-                engine.reset()
-                engine.prefill(ids)
-                rank = rank_of(engine.logits(), step["next_id"])
+                engine.release(0)
+                engine.prefill(0, ids)
+                rank = rank_of(engine.logits(0), step["next_id"])
                 retokenized.append((step["prefix"][-12:], rank))
             ranks.append(rank)
     top1 = ranks.count(0)
