@@ -210,25 +210,27 @@ class Executor:
 
     async def _receive_commands(self, block: bool, room: int) -> list[object]:
         """On the trio thread: the commands waiting (at least one when `block`), taking at most
-        `room` jobs; a job ended while queued is skipped, a taken one is RUNNING."""
-        commands: list[object] = []
+        `room` jobs; a job ended while queued is skipped, a taken one is RUNNING. Jobs beyond
+        `room` stay in the channel for a later call (never received, so never lost)."""
+        taken: list[object] = []
+
+        def take(command: object) -> None:
+            nonlocal room
+            if not isinstance(command, JobHandle):
+                taken.append(command)
+            elif room > 0 and self._take(command):
+                taken.append(command)
+                room -= 1
+            # else: ended while queued (its terminal event is out): nothing to run
+
         if block:
-            commands.append(await self._receive.receive())
-        while room > 0 and not (commands and commands[-1] is _STOP):
+            take(await self._receive.receive())
+        while room > 0 and not (taken and taken[-1] is _STOP):
             try:
                 command = self._receive.receive_nowait()
             except trio.WouldBlock:
                 break
-            commands.append(command)
-        taken: list[object] = []
-        for command in commands:
-            if isinstance(command, JobHandle):
-                if room > 0 and self._take(command):
-                    taken.append(command)
-                    room -= 1
-                # else: ended while queued (its terminal event is out): nothing to run
-            else:
-                taken.append(command)
+            take(command)
         return taken
 
     def _thread_main(self, started: Callable[[Executor], None]) -> None:

@@ -53,13 +53,15 @@ async def test_eight_jobs_decode_together_each_with_its_own_tokens():
 async def test_a_full_batch_queues_then_answers_busy_with_retry_after():
     gate = threading.Event()
     gate.set()
-    script = Script(step_gate=gate)
+    # 2 ms a step and 200 tokens: the running pair is still running when the gate closes (at
+    # full speed 50 tokens could end between two polls of `running`, and q1, q2 never queue).
+    script = Script(step_gate=gate, step_delay_s=0.002)
     async with running_worker(script, max_batch=2, queue_size=2) as h:
         results: dict = {}
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 for job_id in ("r1", "r2"):
-                    nursery.start_soon(_run_all, h, {job_id: ("a", 50)}, results)
+                    nursery.start_soon(_run_all, h, {job_id: ("a", 200)}, results)
                 await wait_until(lambda: h.worker.service.stats().running == 2)
                 gate.clear()  # the batch now waits inside a step
                 for job_id in ("q1", "q2"):

@@ -94,7 +94,8 @@ async def test_a_client_that_leaves_while_its_prompt_is_tokenized_leaves_no_job(
 
 @pytest.mark.parametrize("how", LEAVES)
 async def test_a_client_that_leaves_while_queued_never_runs(how):
-    async with running_worker(Script(step_delay_s=STEP_S)) as h:
+    # One slot, so the second job waits in the queue behind the first.
+    async with running_worker(Script(step_delay_s=STEP_S), max_batch=1) as h:
         base = str(h.client.base_url)
         first = await RawConnection.open(base)
         await first.send(execute("first", max_tokens=40))
