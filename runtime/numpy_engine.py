@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import importlib
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
 
 from runtime.engine_api import ProgressCallback, ResidencyReport
 from runtime.errors import InvalidRequest, ModelLoadError
+from runtime.expert_weights import LayerExperts
 from runtime.gguf_file import GGUFModel
 from runtime.model_config import ModelConfig
 from runtime.models.vocab import unsampleable_ids
@@ -39,7 +41,9 @@ class LayerPass:
     """What a family's block sees of one layer in one pass (runtime.models.<block>)."""
 
     config: ModelConfig
-    w: dict[str, np.ndarray]  # slot -> this layer's array: (out, in) matrices, (n,) vectors
+    #: slot -> this layer's array: (out, in) matrices, (n,) vectors; an `experts` slot is a
+    #: LayerExperts (runtime.expert_weights: quantized, decoded per expert)
+    w: dict[str, Any]
     k_cache: np.ndarray  # (KV, max_context, D) this layer's keys
     v_cache: np.ndarray  # (KV, max_context, D)
     cos: np.ndarray  # (T, rope_dim/2) rows of this pass's positions, this layer's base
@@ -47,13 +51,16 @@ class LayerPass:
     start: int  # position of the pass's first token
     window: int  # this layer's attention window (0: all earlier keys)
 
-    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Store k, v (T, KV, D) at the pass's positions, attend q (T, H, D): (T, H * D)."""
+    def attend(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, sinks: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Store k, v (T, KV, D) at the pass's positions, attend q (T, H, D): (T, H * D).
+        `sinks` (H,): gpt-oss's per-head sink logits (runtime.numpy_layers.attention)."""
         end = self.start + q.shape[0]
         self.k_cache[:, self.start : end] = k.transpose(1, 0, 2)  # (KV, T, D)
         self.v_cache[:, self.start : end] = v.transpose(1, 0, 2)
         return attention(
-            q, self.k_cache, self.v_cache, self.start, self.config.attn_scale, self.window
+            q, self.k_cache, self.v_cache, self.start, self.config.attn_scale, self.window, sinks
         )
 
 
@@ -71,7 +78,7 @@ class NumpyEngine:
     def __init__(
         self,
         config: ModelConfig,
-        weights: dict[str, np.ndarray],
+        weights: dict[str, Any],
         *,
         max_context: int,
         quant_kind: str,
@@ -82,7 +89,9 @@ class NumpyEngine:
         c = self.config = config
         self.max_context = max_context
         self.quant_kind = quant_kind
-        self.w = weights  # slot -> read-only fp32 array; shapes in NumpyEngine.load
+        #: slot -> read-only fp32 array (shapes in NumpyEngine.load), or for an `experts` slot
+        #: a list of LayerExperts, one per layer
+        self.w = weights
         self._block = block
         self._layer_slots = layer_slots  # the keys of `w` stacked over the layers
         #: ids never sampled (padding rows of the head: runtime.models.vocab)
@@ -90,11 +99,11 @@ class NumpyEngine:
         self.k_cache = np.zeros((c.n_layers, c.n_kv_heads, max_context, c.head_dim), np.float32)
         self.v_cache = np.zeros_like(self.k_cache)  # (n_layers, n_kv_heads, max_context, head_dim)
         # one (cos, sin) pair of (max_context, rope_dim/2) tables per distinct rope base
-        self.rope = {b: rope_tables(max_context, c.rope_dim, b) for b in c.rope_bases}
+        self.rope = {b: rope_tables(max_context, c.rope_dim, b, c.rope_yarn) for b in c.rope_bases}
         self._logits = np.zeros(c.vocab_size, np.float32)  # (vocab,) of the last position
         self._pos = 0
         self._closed = False
-        self._fingerprint = {name: _fingerprint(a) for name, a in self.w.items()}
+        self._fingerprint = {name: _fingerprint(a) for name, a in self._weight_arrays()}
 
     # -- load ----------------------------------------------------------------------------------
 
@@ -116,6 +125,13 @@ class NumpyEngine:
                 w[slot.name] = np.concatenate([r.dequantize() for r in recs])
                 reporter.advance(sum(r.nbytes for r in recs))
                 continue
+            if slot.kind == "experts":  # kept quantized: the chosen experts decode per pass
+                w[slot.name] = []
+                for layer in slot.layers(c.n_layers):
+                    (r,) = model.slot_records(slot, layer)
+                    w[slot.name].append(LayerExperts(r.raw, r.qtype, r.shape))
+                    reporter.advance(r.nbytes)
+                continue
             # (n_layers, rows, cols) in the file's own (out_features, in_features) order, the
             # parts stacked along rows: each tensor decodes straight into its rows (no copy,
             # no transpose; the blocks multiply by W.T, which BLAS takes as it is)
@@ -132,7 +148,9 @@ class NumpyEngine:
                 reporter.advance(sum(r.nbytes for r in recs))
             w[slot.name] = stacked
         for a in w.values():
-            a.flags.writeable = False  # nothing may change a weight after load
+            for array in a if isinstance(a, list) else (a,):
+                if isinstance(array, np.ndarray):  # experts: memory-mapped read-only already
+                    array.flags.writeable = False  # nothing may change a weight after load
         engine = cls(
             c,
             w,
@@ -174,15 +192,16 @@ class NumpyEngine:
         if self._closed:
             return 0
         tables = [t for pair in self.rope.values() for t in pair]
-        arrays = [*self.w.values(), self.k_cache, self.v_cache, *tables]
+        arrays = [a for _, a in self._weight_arrays()] + [self.k_cache, self.v_cache, *tables]
         return sum(a.nbytes for a in arrays) + self._logits.nbytes
 
     def check_residency(self) -> ResidencyReport:
         if self._closed:
             return ResidencyReport(False, 0, "the engine is closed: no weights are held")
         checked = 0
+        held = dict(self._weight_arrays())
         for name, (ptr, shape, crc, nbytes) in self._fingerprint.items():
-            a = self.w.get(name)
+            a = held.get(name)
             if a is None:
                 return ResidencyReport(False, checked, f"weight {name} is no longer held")
             now = _fingerprint(a)
@@ -197,6 +216,16 @@ class NumpyEngine:
             f"{len(self._fingerprint)} weight arrays intact "
             f"(sampled checksum over {checked} bytes)",
         )
+
+    def _weight_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) of every weight held: the fp32 arrays, and each layer's raw expert
+        bytes (`slot.layer`)."""
+        for name, a in self.w.items():
+            if isinstance(a, list):
+                for layer, experts in enumerate(a):
+                    yield f"{name}.{layer}", experts.raw
+            else:
+                yield name, a
 
     def close(self) -> None:
         self._closed = True
