@@ -83,9 +83,10 @@ def file_bytes(model: GGUFModel) -> int:
 
 
 def slot_bytes(model: GGUFModel, slot: Slot, layer: int | None) -> int:
-    """VRAM of one slot's allocation(s): the raw bytes of matrices, float32 for vectors."""
+    """VRAM of one slot's allocation(s): the raw bytes of matrices (and expert stacks), float32
+    for vectors."""
     recs = model.slot_records(slot, layer)
-    if slot.kind == "matrix":
+    if slot.kind in ("matrix", "experts"):
         return sum(r.nbytes for r in recs)
     return 4 * sum(int(np.prod(r.shape)) for r in recs)
 

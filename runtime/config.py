@@ -54,6 +54,8 @@ def default_worker_id() -> str:
 @attrs.frozen
 class WorkerConfig:
     model: Path | None = None  # a GGUF path or a catalog name; None: the embedded default
+    # a Hugging Face tokenizer.json to use instead of the GGUF's tokenizer (kind "hf-json")
+    tokenizer: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080  # 0 picks a free port (tests)
     worker_id: str = attrs.field(factory=default_worker_id)
@@ -86,6 +88,7 @@ class WorkerConfig:
         """Build from string settings (flag values or environment); missing or None keeps the default."""
         converters = {
             "model": Path,
+            "tokenizer": Path,
             "host": str,
             "port": int,
             "worker_id": str,
