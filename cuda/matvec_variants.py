@@ -119,6 +119,22 @@ MATVEC_DEFAULTS: dict[str, str] = {
     "glu.long": "plain",
     "seg.short": "plain",  # the segmented q|k|v (qwen2, gemma3)
     "seg.long": "plain",
+    # Measured fastest on an NVIDIA H200, 2026-12-01 (bench/bench_matvec_variants.py, cold L2;
+    # bench/results/2026-12-01-h200-matvec-variants.txt): per key, the least time summed over
+    # the decode products that share it. Qwen2.5's step 633 -> 503 us of products, Gemma 3's
+    # 361 -> 293 us, SmolLM2's 373 -> 325 us.
+    "seg.long.Q5_0": "mr-r1b8",
+    "mv.long.Q5_0": "mr-w4",
+    "glu.long.Q5_0": "mr-r4",
+    "mv.longer.Q6_K": "mr-w4",
+    "mv.longer.Q4_K": "mr-w4",
+    "seg.short.Q5_0": "mr-r1b8",
+    "mv.long.Q4_K": "mr-w4r2",
+    "glu.short.Q5_0": "mr-r2",
+    "mv.long.Q6_K": "mr-w4r2",
+    "norm.short.Q4_1": "mr-p4",
+    "mv.short.Q4_1": "mr-w8",
+    "mv.long.Q4_1": "mr-w8",
 }
 
 

@@ -1,9 +1,8 @@
 """How much device memory a worker will take: the number preflight compares with the device.
 
-One function, `memory_needed`, so that switching to the "models" branch's pure
-`vram_needed(gguf_model, max_context)` is one line. Today:
+One function, `memory_needed`:
 
-- a GPU device: `cuda.engine.vram_needed` (importable without PyCUDA), the same buffer table
+- a GPU device: `cuda.estimate.vram_needed` (pure: importable without PyCUDA), the same buffer table
   the CUDA engine allocates from, so the estimate is what the worker will hold;
 - the cpu device: the numpy engine's host arrays, computed from the file the way the engine
   lays them out (every weight dequantized to fp32, the fp32 KV cache, the rotary tables and
@@ -28,7 +27,7 @@ def effective_context(model: GGUFModel, max_context: int | None) -> int:
 
 def memory_needed(model: GGUFModel, *, device_kind: str, max_context: int) -> int:
     if device_kind == "cuda":
-        from cuda.engine import vram_needed
+        from cuda.estimate import vram_needed
 
         return vram_needed(model, max_context)
     return host_memory_needed(model, max_context)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pool_managerd.catalog import resolve_catalog_name
 from pool_managerd.errors import invalid, not_found
 from runtime.errors import ModelLoadError
+from runtime.models.catalog import CATALOG, resolve_model
 
 FIELD = "model_ref"
 MAX_REF_CHARS = 1024
@@ -44,8 +44,14 @@ def resolve_model_ref(
     if ref.startswith("hf:"):
         return _hf(ref, hf_cache, hf_download)
     if CATALOG_RE.fullmatch(ref):
+        if ref not in CATALOG:  # a bare word that is no catalog name is not a path either here
+            raise not_found(
+                f"unknown catalog model {ref!r}; known: {', '.join(sorted(CATALOG))}",
+                FIELD,
+                model_ref=ref,
+            )
         try:
-            return resolve_catalog_name(ref)
+            return resolve_model(ref)
         except ModelLoadError as error:
             raise not_found(error.message, FIELD, model_ref=ref) from None
     raise invalid(f"model_ref {ref!r} is not one of: {FORMS}", FIELD)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import importlib.util
 import os
 import signal
 import subprocess
@@ -29,15 +28,15 @@ import trio
 
 #: The worker's entry module: the service layer (branch svc) moves it from `runtime.cli` to
 #: `worker_orcd`; until that lands on main both are looked for (`worker_module`).
-WORKER_MODULES = ("worker_orcd", "runtime.cli")
+WORKER_MODULE = "worker_orcd"  # `python -m worker_orcd`: the worker's own entry point
 MAX_LINE_BYTES = 64 * 1024  # a longer line (no newline in sight) is cut, never buffered forever
 SHUTDOWN_REQUEST_TIMEOUT_S = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
 def worker_module() -> str:
-    """The first of WORKER_MODULES that exists here (one line once svc has landed on main)."""
-    return next(m for m in WORKER_MODULES if importlib.util.find_spec(m.split(".")[0]))
+    """The module a worker process runs (`python -m ...`)."""
+    return WORKER_MODULE
 
 
 def worker_command(
