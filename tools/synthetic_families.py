@@ -103,13 +103,29 @@ GPT_OSS_META: dict[str, tuple[Any, V]] = {
 }
 #: o200k_harmony's named specials, ids 199998..200018 in the real vocabulary; the ids after them
 #: (to 201,088) are reserved tokens. bos <|startoftext|>, eos <|return|>, padding <|endoftext|>.
-HARMONY_SPECIALS = (
-    "<|startoftext|> <|endoftext|> <|reserved_200000|> <|reserved_200001|> <|return|> "
-    "<|constrain|> <|reserved_200004|> <|channel|> <|start|> <|end|> <|message|> "
-    "<|reserved_200009|> <|reserved_200010|> <|reserved_200011|> <|call|> <|reserved_200013|> "
-    "<|reserved_200014|> <|reserved_200015|> <|reserved_200016|> <|reserved_200017|> "
-    "<|endofprompt|>"
-).split()
+HARMONY_SPECIALS = [
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|reserved_200000|>",
+    "<|reserved_200001|>",
+    "<|return|>",
+    "<|constrain|>",
+    "<|reserved_200004|>",
+    "<|channel|>",
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|reserved_200009|>",
+    "<|reserved_200010|>",
+    "<|reserved_200011|>",
+    "<|call|>",
+    "<|reserved_200013|>",
+    "<|reserved_200014|>",
+    "<|reserved_200015|>",
+    "<|reserved_200016|>",
+    "<|reserved_200017|>",
+    "<|endofprompt|>",
+]
 HARMONY_FIRST = 199998  # the first special's id in the real vocabulary
 
 REAL_VOCAB = {"qwen2": 151936, "gemma3": 262144, "gpt-oss": 201088}
