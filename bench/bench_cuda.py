@@ -5,8 +5,8 @@
 
 Without --model it uses $WORKER_ORCD_MODEL, else a synthetic model with the exact shapes and
 types of --family's real model (tools/make_synthetic_gguf.py: smollm2, the default; qwen2 for
-Qwen2.5-Coder-0.5B Q4_K_M; gemma3 for Gemma-3-270M Q4_K_M, once the engine runs gemma3); kernel
-time does not depend on the weights.
+Qwen2.5-Coder-0.5B Q4_K_M; gemma3 for Gemma-3-270M Q4_K_M); kernel time does not depend on the
+weights.
 Decode is measured as the generation loop runs it: n decode steps from an empty cache, the first
 on token 1, each later one on the token sampled (on the GPU, the id copied back and waited for)
 after the one before; "step only" is llama-bench's tg (n one-token decodes, no sampling, one wait

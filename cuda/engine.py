@@ -2,9 +2,12 @@
 
 Ownership: `CudaEngine.load` pushes the device's primary context on the calling thread (the
 executor's) and every later call must come from that thread; `close()` frees everything and pops
-the context. Load = shape checks (`weights.check_model`, before the GPU is touched) -> compile
-the kernels (our cubin cache) -> preflight (bytes needed vs free VRAM and the optional cap) -> upload the weights tensor by tensor -> allocate KV cache and scratch -> capture the
-decode step as a CUDA graph. Nothing is allocated per decode step.
+the context. Load = checks made from the file alone (`weights.check_model`, the family's CUDA
+block, the sampling mask; before the GPU is touched) -> compile the kernels (our cubin cache) ->
+preflight (bytes needed vs free VRAM and the optional cap) -> upload the weights slot by slot of
+the plan -> allocate KV cache and scratch -> capture the decode step as CUDA graphs (one per
+attention split count). Nothing is allocated per decode step. The engine follows `model.plan`
+and `model.config` only; `cuda.models.<model.family.block>` orders each layer's steps.
 
 Errors: a failed allocation at load is INSUFFICIENT_VRAM; during a job it is VRAM_OOM, the job's
 memory (ledger scope "job") is freed and the engine serves the next job. A CUDA error that
@@ -26,14 +29,15 @@ from cuda import errors as cuda_errors
 from cuda import graph as cuda_graph
 from cuda import residency
 from cuda.compile import prefetch
-from cuda.estimate import CHECKSUM_SLOTS, DEFAULT_MAX_CHUNK, vram_needed
+from cuda.estimate import CHECKSUM_SLOTS, DEFAULT_MAX_CHUNK, preflight, vram_needed
 from cuda.forward import Forward, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
+from cuda.models import BLOCKS
 from cuda.ops import Ops
 from cuda.ops import sources as ops_sources
 from cuda.quant_ops import QuantKernels
 from cuda.quant_ops import sources as quant_sources
-from cuda.sampler import GpuSampler
+from cuda.sampler import GpuSampler, SampleMask
 from cuda.weights import check_model, file_bytes, upload_weights
 from runtime.engine_api import ProgressCallback, ResidencyReport
 from runtime.errors import (
@@ -46,9 +50,6 @@ from runtime.errors import (
 from runtime.gguf_file import GGUFModel
 from runtime.progress import ProgressReporter
 from runtime.sampling import SamplingParams
-
-#: VRAM kept free beyond our own buffers: kernel code, the graph, driver bookkeeping
-HEADROOM_BYTES = 64 << 20
 
 __all__ = ["CHECKSUM_SLOTS", "DEFAULT_MAX_CHUNK", "CudaEngine", "vram_needed"]
 
@@ -83,12 +84,13 @@ class CudaEngine:
         pdl: bool = True,
     ) -> CudaEngine:
         check_model(model, max_context, max_chunk)  # ModelLoadError before any GPU work
+        block = BLOCKS[model.family.block]
+        mask = SampleMask.of(model.metadata, model.config.vocab_size)
         import pycuda.driver as drv
 
-        c = model.config
         self = cls()
-        self.config, self.max_context, self.quant_kind = c, max_context, model.quant_kind
-        self.device = device
+        self.config, self.max_context, self.device = model.config, max_context, device
+        self.quant_kind = model.quant_kind
         max_chunk = min(max_chunk, max_context)
         drv.init()
         if not 0 <= device < drv.Device.count():
@@ -97,9 +99,8 @@ class CudaEngine:
         self._ctx = drv.Device(device).retain_primary_context()
         self._ctx.push()
         try:
-            self._load(
-                model, max_context, max_chunk, progress, max_vram_bytes, use_graph, fuse, pdl
-            )
+            self._load(model, max_context, max_chunk, progress, max_vram_bytes, block, mask,
+                       use_graph=use_graph, fuse=fuse, pdl=pdl)  # fmt: skip
         except BaseException as exc:
             self._teardown()
             if isinstance(exc, AllocationFailed | drv.MemoryError):
@@ -107,23 +108,12 @@ class CudaEngine:
             raise
         return self
 
-    def _load(self, model, max_context, max_chunk, progress, cap, use_graph, fuse, pdl) -> None:
+    def _load(self, model, max_context, max_chunk, progress, cap, block, mask, **opts) -> None:
         drv, c = self._drv, self.config
         prefetch([*ops_sources(c.head_dim).values(), *quant_sources()])  # nvcc in parallel
         self.ops, quant = Ops(c.head_dim), QuantKernels()  # compiled before measuring free VRAM
         needed = vram_needed(model, max_context, max_chunk)
-        free, total = drv.mem_get_info()
-        if needed + HEADROOM_BYTES > free:
-            raise InsufficientVram(
-                f"{model.path.name} with a {max_context}-token context needs {needed} bytes of "
-                f"VRAM (+{HEADROOM_BYTES} headroom) but device {self.device} has {free} bytes "
-                f"free of {total}"
-            )
-        if cap is not None and needed > cap:
-            raise InsufficientVram(
-                f"{model.path.name} with a {max_context}-token context needs {needed} bytes of "
-                f"VRAM but --max-vram-bytes allows {cap} ({free} bytes free on the device)"
-            )
+        preflight(model.path.name, max_context, needed, drv.mem_get_info(), cap, self.device)
         self.ledger = Ledger(drv, cap_bytes=cap)
         self.stream = drv.Stream()
         reporter = ProgressReporter(file_bytes(model), progress)
@@ -131,19 +121,21 @@ class CudaEngine:
             drv, model, self.ledger, reporter, quant.matrix_problem
         )
         # programmatic dependent launch needs sm_90 (Hopper) or newer
-        pdl = pdl and drv.Context.get_device().compute_capability() >= (9, 0)
+        pdl = opts["pdl"] and drv.Context.get_device().compute_capability() >= (9, 0)
         self.fwd = Forward(
-            drv, c, self.weights, self.ledger, self.ops, quant, self.stream,
-            max_context=max_context, max_chunk=max_chunk, fuse=fuse, pdl=pdl,
+            drv, c, self.weights, self.ledger, self.ops, quant, self.stream, block=block,
+            mask=mask, max_context=max_context, max_chunk=max_chunk, fuse=opts["fuse"], pdl=pdl,
         )  # fmt: skip
-        self._sum_slots = self.ledger.alloc("scratch.checksums", 8 * CHECKSUM_SLOTS)
+        self._checksums |= self.fwd.checksums  # the rope tables and the mask ids never change
+        self._residency = residency.Checker(
+            drv, self.ops, self.stream, self.ledger, self.device, self._checksums, CHECKSUM_SLOTS
+        )
         self.sampler = GpuSampler(
-            drv, self.ops, self.ledger, self.stream, vocab=c.vocab_size,
+            drv, self.ops, self.ledger, self.stream, vocab=mask.n_sampled,
             logits=self.fwd.b["act.logits"], out=self.fwd.b["state.ids"],
             host=self.fwd.token_host,
         )  # fmt: skip
-        self._logits_host = np.empty(c.vocab_size, np.float32)
-        if use_graph:  # one graph per split count: the step replays the one for its length
+        if opts["use_graph"]:  # one graph per split count: the step replays the one for its length
             for splits in split_levels(max_context):
                 self._graphs[splits] = cuda_graph.capture(
                     self.stream, lambda n=splits: self.fwd.enqueue_decode(n)
@@ -177,13 +169,13 @@ class CudaEngine:
             self.stream.synchronize()
         self.sampler.release_workspace()
         self.ledger.free_scope("job")
-        self._set_position(0)
+        self._new_sequence()
+
+    def _new_sequence(self) -> None:
+        self._drv.memcpy_htod(self.fwd.b["state.pos"], np.array([0], np.int32))
+        self._pos = 0
         self._last_sampled = None
         self._greedy_ready = False
-
-    def _set_position(self, pos: int) -> None:
-        self._drv.memcpy_htod(self.fwd.b["state.pos"], np.array([pos], np.int32))
-        self._pos = pos
 
     # -- Engine protocol -------------------------------------------------------------------------
 
@@ -196,9 +188,7 @@ class CudaEngine:
         with self._job():
             self.stream.synchronize()
             self.sampler.release_workspace()
-            self._set_position(0)
-            self._last_sampled = None
-            self._greedy_ready = False
+            self._new_sequence()
 
     def prefill(self, tokens: Sequence[int]) -> None:
         ids = self._check_tokens(tokens)
@@ -235,9 +225,7 @@ class CudaEngine:
 
     def logits(self) -> np.ndarray:
         with self._job():
-            self._drv.memcpy_dtoh_async(self._logits_host, self.fwd.b["act.logits"], self.stream)
-            self.stream.synchronize()
-        return self._logits_host.copy()
+            return self.fwd.logits()
 
     def sample(self, params: SamplingParams, history: Sequence[int], draw: int) -> int:
         with self._job():
@@ -269,19 +257,7 @@ class CudaEngine:
         self._usable()
         # its own guard: a failed check reports, and never touches the running job's state
         with cuda_errors.guard(self._drv, poison=self._poison):
-            self.stream.synchronize()
-            return residency.run_check(
-                self.ledger.entries(),
-                device_ordinal=self.device,
-                mem_get_info=self._drv.mem_get_info,
-                checksums=self._checksums,
-                device_checksums=self._device_checksums,
-            )
-
-    def _device_checksums(self, entries: list) -> list[int]:
-        return residency.device_checksums(
-            self._drv, self.ops, self.stream, self._sum_slots, CHECKSUM_SLOTS, entries
-        )
+            return self._residency.run()
 
     def close(self) -> None:
         if self._closed:

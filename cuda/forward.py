@@ -1,32 +1,32 @@
-"""The llama forward pass on the GPU: buffers allocated once at load, a decode step and a
-prefill chunk enqueued as kernel launches on one stream.
+"""The forward pass on the GPU: buffers allocated once at load, a decode step and a prefill chunk
+enqueued as kernel launches on one stream, around the model family's block.
+
+The block (`cuda.models.<block>`, picked by `model.family.block`) writes one layer as steps of
+cuda/layers.py; this module owns what every family shares: the buffer table (which drives both
+allocation and the VRAM estimate), the rotary tables (one per distinct rope base), the
+embedding, the output head, the sampling mask, the step's greedy argmax and the two passes.
 
 Everything a step reads that changes from step to step lives in device memory: the token id
 (`ids[0]`, written by the sampler or uploaded by the engine) and the position (`pos`, advanced by
 the last kernel of each pass). So `enqueue_decode` issues the very same launches every step and
-the engine captures it once as a CUDA graph. Per layer of a decode step:
-
-    rms_norm -> qkv matvec -> rope + KV write -> attention (split over the sequence)
-    -> o matvec accumulated into the residual -> rms_norm -> gate|up matvec -> SwiGLU
-    -> down matvec accumulated into the residual
-
-Prefill runs the same sequence with matrix-matrix products over the chunk and causal attention.
-A projection group whose matrices differ in type (q | k | v of a mixed-quant file) runs one
-product per matrix for all the chunk's tokens, each into its columns of the group's output, with
-qwen2's bias added in the product's epilogue; in the decode step such a group (or any biased one)
-is one segmented matvec launch with the RMSNorm and the bias fused. No launch is made per token.
+the engine captures it once as a CUDA graph (one per attention split count). A prefill chunk
+runs matrix-matrix products over all its tokens: no launch is made per token.
 """
 
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from cuda import residency
+from cuda.layers import Layers
 from cuda.ledger import Ledger
 from cuda.ops import ARGMAX_BLOCKS, Ops
-from cuda.weights import ModelWeights, Segment
+from cuda.sampler import SampleMask
+from cuda.weights import ModelWeights
 from runtime.model_config import ModelConfig
 from runtime.numpy_layers import rope_tables
 
@@ -48,22 +48,29 @@ def splits_for(seq_len: int) -> int:
     return min(MAX_SPLITS, 1 << (need - 1).bit_length())
 
 
-def buffer_shapes(c: ModelConfig, max_context: int, max_chunk: int) -> dict[str, tuple]:
-    """name -> (numpy dtype, shape) of every non-weight model-state buffer."""
-    q_dim, qkv_dim = c.n_heads * c.head_dim, c.n_heads * c.head_dim + 2 * c.kv_dim
+def buffer_shapes(
+    c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0
+) -> dict[str, tuple]:
+    """name -> (numpy dtype, shape) of every non-weight model-state buffer; `n_masked`: ids the
+    sampling mask keeps from sampling (`SampleMask.ids`)."""
+    qkv_dim = c.q_dim + 2 * c.kv_dim
     kv = (c.n_layers, c.n_kv_heads, max_context, c.head_dim)
     splits = splits_for(max_context)
-    return {
+    shapes: dict[str, tuple] = {
         "kv.k": (np.float16, kv),  # (n_layers, n_kv_heads, max_context, head_dim)
         "kv.v": (np.float16, kv),
-        "rope.cos": (np.float32, (max_context, c.rope_dim // 2)),
-        "rope.sin": (np.float32, (max_context, c.rope_dim // 2)),
+    }
+    for k in range(len(c.rope_bases)):  # (max_context, rope_dim / 2) per distinct base
+        shapes[f"rope.{k}.cos"] = (np.float32, (max_context, c.rope_dim // 2))
+        shapes[f"rope.{k}.sin"] = (np.float32, (max_context, c.rope_dim // 2))
+    shapes |= {
         "act.x": (np.float32, (max_chunk, c.d_model)),  # residual stream
-        "act.xn": (np.float32, (max_chunk, c.d_model)),  # normed input of a projection
+        # normed input of a projection; gemma3: a projection's output before its post-norm
+        "act.xn": (np.float32, (max_chunk, c.d_model)),
         "act.qkv": (np.float32, (max_chunk, qkv_dim)),  # q | k | v rows
-        "act.attn": (np.float32, (max_chunk, q_dim)),  # attention output
+        "act.attn": (np.float32, (max_chunk, c.q_dim)),  # attention output (q_dim, not d_model)
         "act.gate_up": (np.float32, (max_chunk, 2 * c.d_ff)),  # gate | up rows
-        "act.h": (np.float32, (max_chunk, c.d_ff)),  # SwiGLU output
+        "act.h": (np.float32, (max_chunk, c.d_ff)),  # act(gate) * up
         "act.logits": (np.float32, (c.vocab_size,)),  # last position's logits
         "state.ids": (np.int32, (max_chunk,)),  # token ids of the pass; ids[0] in decode
         "state.pos": (np.int32, (1,)),  # tokens in the cache before the pass
@@ -73,10 +80,14 @@ def buffer_shapes(c: ModelConfig, max_context: int, max_chunk: int) -> dict[str,
         "greedy.part_i": (np.int32, (ARGMAX_BLOCKS,)),  # and their ids
         "greedy.counter": (np.uint32, (1,)),  # blocks done (reset by the last)
     }
+    if n_masked:
+        shapes["mask.ids"] = (np.int32, (n_masked,))  # ids never sampled
+        shapes["mask.saved"] = (np.float32, (n_masked,))  # their logits before the mask
+    return shapes
 
 
-def buffer_bytes(c: ModelConfig, max_context: int, max_chunk: int) -> int:
-    shapes = buffer_shapes(c, max_context, max_chunk).values()
+def buffer_bytes(c: ModelConfig, max_context: int, max_chunk: int, n_masked: int = 0) -> int:
+    shapes = buffer_shapes(c, max_context, max_chunk, n_masked).values()
     return sum(np.dtype(dt).itemsize * math.prod(shape) for dt, shape in shapes)
 
 
@@ -96,7 +107,7 @@ class _Counting:
         return counted
 
 
-class Forward:
+class Forward(Layers):
     def __init__(
         self,
         drv: Any,
@@ -107,26 +118,34 @@ class Forward:
         quant: Any,
         stream: Any,
         *,
+        block: ModuleType,
+        mask: SampleMask,
         max_context: int,
         max_chunk: int,
         fuse: bool = True,
         pdl: bool = True,
     ):
         self.c, self.w, self.ops, self.stream, self.drv = c, w, ops, stream, drv
+        self.block, self.mask = block, mask  # cuda.models.<block>; what sampling may pick
         # the sampled id comes back through this small pinned buffer (not model state)
         self.token_host = drv.pagelocked_empty((1,), np.int32)
         self.q = _Counting(quant)
         self.max_context, self.max_chunk = max_context, max_chunk
         self.max_splits = splits_for(max_context)
         self.b: dict[str, int] = {}
-        for name, (dt, shape) in buffer_shapes(c, max_context, max_chunk).items():
+        for name, (dt, shape) in buffer_shapes(c, max_context, max_chunk, mask.ids.size).items():
             nbytes = np.dtype(dt).itemsize * math.prod(shape)
             self.b[name] = ledger.alloc(
                 name, nbytes, zero=name.startswith(("state.", "attn.", "greedy."))
             )
-        cos, sin = rope_tables(max_context, c.rope_dim, c.rope_base)
-        drv.memcpy_htod(self.b["rope.cos"], np.ascontiguousarray(cos))
-        drv.memcpy_htod(self.b["rope.sin"], np.ascontiguousarray(sin))
+        #: residency checksums of the buffers that hold constants (rope tables, the mask ids)
+        self.checksums: dict[str, int] = {}
+        for k, base in enumerate(c.rope_bases):
+            cos, sin = rope_tables(max_context, c.rope_dim, base)
+            self._constant(f"rope.{k}.cos", cos)
+            self._constant(f"rope.{k}.sin", sin)
+        if mask.ids.size:
+            self._constant("mask.ids", mask.ids)
         self._layer_kv = c.n_kv_heads * max_context * c.head_dim * 2  # bytes per layer
         # fused decode kernels, where the layout and the quant kernels allow them
         self.fuse_norm = fuse and hasattr(quant, "matvec_norm")
@@ -135,141 +154,26 @@ class Forward:
         # programmatic dependent launch for the decode step's kernels after the first
         self.pdl = pdl
 
-    # -- pieces ----------------------------------------------------------------------------------
+    def _constant(self, name: str, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data)
+        self.drv.memcpy_htod(self.b[name], data)
+        checksum = residency.window_checksum(data)
+        if checksum is not None:
+            self.checksums[name] = checksum
 
-    def _project(
-        self, segs: tuple[Segment, ...], x: int, y: int, n: int, width: int, bias: int | None
-    ) -> None:
-        """y (n, width) = x (n, cols) @ W.T (+ bias), one product per segment, each writing its
-        column slice [row0, row0 + rows) of y for all n rows at once (no launch per token)."""
-        for sg in segs:
-            b = None if bias is None else bias + 4 * sg.row0
-            if n == 1:
-                self.q.matvec(
-                    sg.qtype, sg.ptr, sg.rows, sg.cols, x, y + 4 * sg.row0, self.stream,
-                    pdl=self.pdl,
-                )  # fmt: skip
-                if b is not None:  # the unfused decode step only: the fused one has it in
-                    self.ops.add(y + 4 * sg.row0, b, sg.rows, self.stream, pdl=self.pdl)
-            else:
-                self.q.matmul(
-                    sg.qtype, sg.ptr, sg.rows, sg.cols, x, n, y, self.stream, ldy=width,
-                    col0=sg.row0, bias_ptr=b,
-                )  # fmt: skip
+    # -- what every family shares ----------------------------------------------------------------
 
-    def _project_normed(
-        self, segs: tuple[Segment, ...], norm_w: int, y: int, bias: int | None
-    ) -> None:
-        """Decode: y = W @ (rmsnorm(x) * norm_w) (+ bias) in one launch: the plain fused kernel
-        for one segment without bias, else the segmented one (mixed types, qwen2's bias)."""
-        c, x = self.c, self.b["act.x"]
-        if len(segs) == 1 and bias is None:
-            g = segs[0]
-            self.q.matvec_norm(
-                g.qtype, g.ptr, g.rows, g.cols, x, norm_w, c.norm_eps, y, self.stream,
-                pdl=self.pdl,
-            )  # fmt: skip
-            return
-        self.q.matvec_seg(
-            [(g.qtype, g.ptr, g.rows) for g in segs], segs[0].cols, x, y, self.stream,
-            norm_w_ptr=norm_w, eps=c.norm_eps, bias_ptr=bias, pdl=self.pdl,
+    def _embed(self, n: int) -> None:
+        """act.x (n, d_model) = token_embd rows of ids[0:n], times the family's embed_scale."""
+        e = self.w.token_embd
+        self.q.embed_rows(
+            e.qtype, e.ptr, e.cols, self.b["state.ids"], n, self.b["act.x"], self.stream,
+            scale=self.c.embed_scale,
         )  # fmt: skip
 
-    def _residual(self, seg: Segment, x: int, n: int) -> None:
-        """residual (n, d_model) += x (n, cols) @ W.T: the residual add fused into the product."""
-        b, s = self.b, self.stream
-        if n == 1:
-            self.q.matvec(
-                seg.qtype, seg.ptr, seg.rows, seg.cols, x, b["act.x"], s, accumulate=True,
-                pdl=self.pdl,
-            )  # fmt: skip
-        else:
-            self.q.matmul(
-                seg.qtype, seg.ptr, seg.rows, seg.cols, x, n, b["act.x"], s, accumulate=True
-            )
-
-    def _layers(self, n: int, splits: int | None = None) -> None:
-        c, b, ops, s = self.c, self.b, self.ops, self.stream
-        pdl = self.pdl and n == 1  # the unfused decode step
-        q_dim = c.n_heads * c.head_dim
-        qkv_dim = q_dim + 2 * c.kv_dim
-        for i, lw in enumerate(self.w.layers):
-            kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
-            ops.rms_norm(
-                b["act.x"], lw.attn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s, pdl=pdl
-            )
-            self._project(lw.qkv, b["act.xn"], b["act.qkv"], n, qkv_dim, lw.qkv_bias)
-            ops.rope_kv_write(
-                b["act.qkv"], n, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
-                n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
-                max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s, pdl=pdl,
-            )  # fmt: skip
-            if n == 1:
-                ops.attn_decode(
-                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
-                    b["attn.counters"], n_heads=c.n_heads, n_kv=c.n_kv_heads,
-                    max_ctx=self.max_context, n_splits=splits or self.max_splits, stream=s,
-                    pdl=pdl,
-                )  # fmt: skip
-            else:
-                ops.attn_prefill(
-                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], n, n_heads=c.n_heads,
-                    n_kv=c.n_kv_heads, max_ctx=self.max_context, stream=s,
-                )  # fmt: skip
-            self._residual(lw.attn_output, b["act.attn"], n)
-            ops.rms_norm(b["act.x"], lw.ffn_norm, b["act.xn"], n, c.d_model, c.norm_eps, s, pdl=pdl)
-            self._project(lw.gate_up, b["act.xn"], b["act.gate_up"], n, 2 * c.d_ff, None)
-            ops.glu(b["act.gate_up"], b["act.h"], c.d_ff, n, s, pdl=pdl)
-            self._residual(lw.down, b["act.h"], n)
-
-    def _decode_layers(self, splits: int) -> None:
-        """The decode step's layers with the fused kernels (5 launches per llama / qwen2 layer)."""
-        c, b, ops, s, q, pdl = self.c, self.b, self.ops, self.stream, self.q, self.pdl
-        qkv_dim = c.n_heads * c.head_dim + 2 * c.kv_dim
-        for i, lw in enumerate(self.w.layers):
-            kc, vc = b["kv.k"] + i * self._layer_kv, b["kv.v"] + i * self._layer_kv
-            if self.fuse_norm:
-                self._project_normed(lw.qkv, lw.attn_norm, b["act.qkv"], lw.qkv_bias)
-            else:
-                ops.rms_norm(
-                    b["act.x"], lw.attn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=pdl
-                )
-                self._project(lw.qkv, b["act.xn"], b["act.qkv"], 1, qkv_dim, lw.qkv_bias)
-            geometry = dict(n_heads=c.n_heads, n_kv=c.n_kv_heads, max_ctx=self.max_context)
-            if self.fuse_rope:
-                ops.attn_decode_rope(
-                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
-                    b["attn.counters"], b["rope.cos"], b["rope.sin"], **geometry,
-                    rope_half=c.rope_dim // 2, neox=c.rope_style == "neox",
-                    n_splits=splits, stream=s, pdl=pdl,
-                )  # fmt: skip
-            else:
-                ops.rope_kv_write(
-                    b["act.qkv"], 1, b["state.pos"], b["rope.cos"], b["rope.sin"], kc, vc,
-                    n_heads=c.n_heads, n_kv=c.n_kv_heads, rope_half=c.rope_dim // 2,
-                    max_ctx=self.max_context, neox=c.rope_style == "neox", stream=s, pdl=pdl,
-                )  # fmt: skip
-                ops.attn_decode(
-                    b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
-                    b["attn.counters"], **geometry, n_splits=splits, stream=s, pdl=pdl,
-                )  # fmt: skip
-            self._residual(lw.attn_output, b["act.attn"], 1)
-            if self.fuse_glu and len(lw.gate_up) == 1:
-                g = lw.gate_up[0]
-                q.matvec_norm_glu(
-                    g.qtype, g.ptr, c.d_ff, g.cols, b["act.x"], lw.ffn_norm, c.norm_eps,
-                    b["act.h"], s, pdl=pdl,
-                )  # fmt: skip
-            else:
-                ops.rms_norm(
-                    b["act.x"], lw.ffn_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=pdl
-                )
-                self._project(lw.gate_up, b["act.xn"], b["act.gate_up"], 1, 2 * c.d_ff, None)
-                ops.glu(b["act.gate_up"], b["act.h"], c.d_ff, 1, s, pdl=pdl)
-            self._residual(lw.down, b["act.h"], 1)
-
     def _head(self, row: int) -> None:
-        """logits = output @ rmsnorm(x[row]) for one row of the residual stream."""
+        """logits = output @ rmsnorm(x[row]) for one row of the residual stream, then the
+        sampling mask where the unsampleable ids are not a suffix."""
         c, b, s, o = self.c, self.b, self.stream, self.w.output
         x_row = b["act.x"] + 4 * row * c.d_model
         if self.fuse_norm:  # (PDL is safe after any kernel: the head waits before reading x)
@@ -277,11 +181,30 @@ class Forward:
                 o.qtype, o.ptr, o.rows, o.cols, x_row, self.w.output_norm, c.norm_eps,
                 b["act.logits"], s, pdl=self.pdl,
             )  # fmt: skip
-            return
-        self.ops.rms_norm(
-            x_row, self.w.output_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=self.pdl
-        )
-        self.q.matvec(o.qtype, o.ptr, o.rows, o.cols, b["act.xn"], b["act.logits"], s, pdl=self.pdl)
+        else:
+            self.ops.rms_norm(
+                x_row, self.w.output_norm, b["act.xn"], 1, c.d_model, c.norm_eps, s, pdl=self.pdl
+            )
+            self.q.matvec(
+                o.qtype, o.ptr, o.rows, o.cols, b["act.xn"], b["act.logits"], s, pdl=self.pdl
+            )
+        if self.mask.ids.size:
+            self.ops.mask_logits(
+                b["act.logits"], b["mask.ids"], b["mask.saved"], self.mask.ids.size, s,
+                pdl=self.pdl,
+            )  # fmt: skip
+
+    def logits(self) -> np.ndarray:
+        """The last pass's logits (vocab,), unmasked: the mask's ids get back the head's values."""
+        b, s = self.b, self.stream
+        out = np.empty(self.c.vocab_size, np.float32)
+        self.drv.memcpy_dtoh_async(out, b["act.logits"], s)
+        saved = np.empty(self.mask.ids.size, np.float32)
+        if saved.size:
+            self.drv.memcpy_dtoh_async(saved, b["mask.saved"], s)
+        s.synchronize()
+        out[self.mask.ids] = saved
+        return out
 
     # -- passes ----------------------------------------------------------------------------------
 
@@ -290,25 +213,21 @@ class Forward:
 
         `splits`: thread blocks per head of the decode attention (default: the most the context
         needs); any value works for any position, fewer are faster on short sequences.
-        The step ends with the greedy choice (argmax, no penalty) written to ids[0] and copied
-        to `token_host`, so a greedy generation loop only has to wait for the step: the most
-        common request needs no launch of its own (other sampling overwrites ids[0])."""
+        The step ends with the greedy choice (argmax over the sampleable logits, no penalty)
+        written to ids[0] and copied to `token_host`, so a greedy generation loop only has to
+        wait for the step: the most common request needs no launch of its own (other sampling
+        overwrites ids[0])."""
         splits = self.max_splits if splits is None else splits
         start = self.ops.launches + self.q.launches
-        e = self.w.token_embd
         # the step's first kernel runs without PDL: it starts after everything before it is
         # done, which lets later kernels read the position and older KV rows before waiting
-        self.q.embed_rows(
-            e.qtype, e.ptr, e.cols, self.b["state.ids"], 1, self.b["act.x"], self.stream
-        )
-        if self.fuse_norm or self.fuse_glu or self.fuse_rope:
-            self._decode_layers(splits)
-        else:
-            self._layers(1, splits)
+        self._embed(1)
+        for i, lw in enumerate(self.w.layers):
+            self.block.decode_layer(self, i, lw, splits)
         self._head(0)
         b = self.b
         self.ops.argmax(  # ... and the position moves on in its last block
-            b["act.logits"], self.c.vocab_size, b["greedy.part_v"], b["greedy.part_i"],
+            b["act.logits"], self.mask.n_sampled, b["greedy.part_v"], b["greedy.part_i"],
             b["greedy.counter"], b["state.ids"], self.stream, pos=b["state.pos"], advance=1,
             pdl=self.pdl,
         )  # fmt: skip
@@ -318,10 +237,8 @@ class Forward:
     def enqueue_prefill(self, n: int) -> None:
         """n (<= max_chunk) tokens already in ids[0:n], from position *pos; advances *pos."""
         assert 1 <= n <= self.max_chunk
-        e = self.w.token_embd
-        self.q.embed_rows(
-            e.qtype, e.ptr, e.cols, self.b["state.ids"], n, self.b["act.x"], self.stream
-        )
-        self._layers(n)
+        self._embed(n)
+        for i, lw in enumerate(self.w.layers):
+            self.block.prefill_layer(self, i, lw, n)
         self._head(n - 1)
         self.ops.advance_position(self.b["state.pos"], n, self.stream)

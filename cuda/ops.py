@@ -1,6 +1,6 @@
 """Launchers for the engine's own (non-quantized) kernels: RMSNorm (plain and gemma3's post-norm
 residual add), rotary + KV write (with optional per-head q/k RMSNorm), attention (optional
-sliding window and scale), the gated activations, adds, sampling, checksums.
+sliding window and scale), the gated activations, adds, sampling and its mask, checksums.
 
 Like `cuda.quant_ops`, every launch is a `prepared_async_call` on the caller's stream with no
 host sync and no allocation, and no argument that changes from one decode step to the next
@@ -136,6 +136,7 @@ class Ops:
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
         self._argmax = pair("smp", "argmax_multi", "PiPPPPPi")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
+        self._mask = pair("smp", "mask_logits", "PPPi")
         self.head_dim = head_dim
         self.launches = 0
 
@@ -278,6 +279,14 @@ class Ops:
             (ARGMAX_BLOCKS, 1), (256, 1, 1), stream, logits, vocab, part_v, part_i, counter, out,
             pos, advance, pdl=pdl,
         )  # fmt: skip
+        self.launches += 1
+
+    def mask_logits(self, logits, ids, saved, n: int, stream, pdl=False) -> None:
+        """logits[ids[j]] = MASKED_LOGIT (-3e38: finite, never sampled; sampling.cu) for j < n
+        (distinct int32 ids; a non-finite logit stays, for the samplers' flag), the old values
+        into saved[j]."""
+        grid = (_blocks(n, _EW_THREADS), 1)
+        self._mask(grid, (_EW_THREADS, 1, 1), stream, logits, ids, saved, n, pdl=pdl)
         self.launches += 1
 
     def sample_full(

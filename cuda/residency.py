@@ -84,6 +84,13 @@ def host_checksum(data: np.ndarray) -> int:
         return int(np.sum(words * weights, dtype=np.uint64))
 
 
+def window_checksum(data: np.ndarray) -> int | None:
+    """The checksum of the window of an allocation holding exactly `data` (None: too small)."""
+    flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    off, length = window(flat.size)
+    return host_checksum(flat[off : off + length]) if length else None
+
+
 def run_check(
     entries: Iterable[Entry],
     *,
@@ -119,6 +126,28 @@ def run_check(
         f"{device_ordinal}; {used} bytes used on the device; {len(checksums)} weight "
         "checksums match",
     )
+
+
+class Checker:
+    """The engine's residency check (`run`): its ledger, the load-time checksums, and the
+    `n_slots` uint64 checksum slots it allocates in VRAM at load (a check allocates nothing)."""
+
+    def __init__(self, drv, ops, stream, ledger, device: int, checksums: dict, n_slots: int):
+        self._drv, self._ops, self._stream, self._ledger = drv, ops, stream, ledger
+        self._device, self._checksums, self._n_slots = device, checksums, n_slots
+        self._slots = ledger.alloc("scratch.checksums", 8 * n_slots)
+
+    def run(self) -> ResidencyReport:
+        self._stream.synchronize()
+        return run_check(
+            self._ledger.entries(),
+            device_ordinal=self._device,
+            mem_get_info=self._drv.mem_get_info,
+            checksums=self._checksums,
+            device_checksums=lambda entries: device_checksums(
+                self._drv, self._ops, self._stream, self._slots, self._n_slots, entries
+            ),
+        )
 
 
 def device_checksums(

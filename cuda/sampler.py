@@ -12,17 +12,26 @@ engine allocates it under ledger scope "job" at the job's first prefill (where a
 during a job shows up) and keeps it after the job's last token: the engine is not told when a
 job ends, so the workspace is freed at the next `reset()` (the next job's start) or when a job
 fails (the engine then frees the whole "job" scope).
+
+Ids that are no token (padding rows of the head, runtime.models.vocab) are never sampled
+(`SampleMask`): when they are the end of the vocabulary (Qwen2.5: 151,665..151,935) the sampler
+and the decode step's argmax read only the logits before them; otherwise the forward pass sets
+them to a finite -3e38 after the head (one small launch: `Ops.mask_logits`), keeping the values it
+overwrote for `logits()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 
 from cuda.ledger import Ledger
 from cuda.ops import Ops
+from runtime.errors import ModelLoadError
+from runtime.models.vocab import sampled_prefix, unsampleable_ids
 from runtime.sampling import SamplingParams, uniform
 
 _WS = ("job.sample.pen_ids", "job.sample.marks", "job.sample.xs")
@@ -30,6 +39,26 @@ _WS = ("job.sample.pen_ids", "job.sample.marks", "job.sample.xs")
 
 def workspace_bytes(vocab: int) -> int:
     return vocab * (4 + 1 + 8)
+
+
+@attrs.frozen(eq=False)
+class SampleMask:
+    """What sampling may pick: logits [0, n_sampled) (the sampler's and the argmax's range),
+    except `ids` (int32, sorted; empty when the unsampleable ids are a suffix), which the
+    forward pass sets to -3e38 after the head (`Ops.mask_logits`)."""
+
+    n_sampled: int
+    ids: np.ndarray
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any], n_logits: int) -> SampleMask:
+        banned = unsampleable_ids(metadata, n_logits)
+        n = sampled_prefix(banned, n_logits)
+        if n == 0:
+            raise ModelLoadError(f"none of the {n_logits} logits is a token that can be sampled")
+        if n is not None:
+            return cls(n, np.zeros(0, np.int32))
+        return cls(n_logits, banned.astype(np.int32))
 
 
 class GpuSampler:

@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType as Q
 
 from cuda import residency
 from cuda.ledger import Ledger
+from cuda.models import BLOCKS
 from cuda.ops import head_dim_supported
 from cuda.quant_ops import QuantKernels
 from runtime.errors import ModelLoadError
@@ -116,10 +117,9 @@ class _Uploader:
             self.drv.memcpy_htod(ptr + offset, p)
             offset += p.nbytes
         self.reporter.advance(advance)
-        off, length = residency.window(nbytes)
-        if length:
-            whole = flat[0] if len(flat) == 1 else np.concatenate(flat)
-            self.checksums[name] = residency.host_checksum(whole[off : off + length])
+        checksum = residency.window_checksum(flat[0] if len(flat) == 1 else np.concatenate(flat))
+        if checksum is not None:
+            self.checksums[name] = checksum
         return ptr
 
     def matrices(self, name: str, recs: Sequence[TensorRecord]) -> tuple[Segment, ...]:
@@ -143,13 +143,6 @@ class _Uploader:
         return self.put(name, [_vector_f32(r) for r in recs], sum(r.nbytes for r in recs))
 
 
-#: the transformer blocks (Family.block) that cuda/forward.py runs. gemma3's kernels exist
-#: (decision 0012) but its layer sequence is not wired yet: loading it would run the llama
-#: block on gemma's weights, without its q/k and post norms, window or GELU, and stream
-#: plausible-looking wrong tokens. Refused until then (the cpu backend serves it).
-BLOCKS = frozenset({"llama"})
-
-
 def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
     """ModelLoadError for what the CUDA engine cannot run, found from the file alone (no GPU):
     the family's block, sizes, rope, the head size (attention kernels) and every matrix
@@ -158,10 +151,10 @@ def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
         raise ModelLoadError(f"max_context and max_chunk must be positive: {max_context}")
     c = model.config
     block = model.family.block
-    if block not in BLOCKS:
+    if block not in BLOCKS:  # another block's kernels on its weights: plausible wrong tokens
         raise ModelLoadError(
-            f"{model.path}: the cuda backend does not run the {block} block ({c.arch}) yet; "
-            "serve it with --backend cpu"
+            f"{model.path}: the cuda backend does not run the {block} block ({c.arch}) yet "
+            f"(it runs {', '.join(BLOCKS)}); serve it with --backend cpu"
         )
     if c.rope_style not in ("norm", "neox") or c.rope_dim % 2 or c.rope_dim > c.head_dim:
         raise ModelLoadError(f"{model.path}: rope {c.rope_style}/{c.rope_dim} unsupported")

@@ -33,7 +33,7 @@ class Engine(Protocol):
     backend: str  # "cpu" | "cuda"
     config: ModelConfig
     max_context: int  # KV-cache capacity in tokens, fixed at load
-    quant_kind: str  # e.g. "Q4_1" (the file's dominant weight type)
+    quant_kind: str  # e.g. "Q4_1", "Q4_K_M" (GGUFModel.quant_kind: the file's general.file_type)
 
     @property
     def position(self) -> int:

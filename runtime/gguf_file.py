@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from runtime import quants
 from runtime.errors import ModelLoadError
@@ -29,6 +29,13 @@ from runtime.model_checks import check_model
 from runtime.model_config import ModelConfig
 from runtime.models import Family, get_family
 from runtime.models.plan import BoundPlan, Slot
+
+#: `general.file_type` -> llama.cpp's name for it ("MOSTLY_Q4_K_M" -> "Q4_K_M")
+_FILE_TYPES = {
+    t.value: t.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    for t in LlamaFileType
+    if t.name != "GUESSED"
+}
 
 
 @attrs.frozen
@@ -117,7 +124,12 @@ class GGUFModel:
 
     @property
     def quant_kind(self) -> str:
-        """The type holding most bytes among the 2-D weights (e.g. "Q4_1")."""
+        """The file's quantization as llama.cpp names it from `general.file_type` ("Q4_K_M" for
+        Qwen2.5's and Gemma 3's files, whose weights mix Q4_K, Q5_0, Q6_K and Q8_0; "Q4_1"),
+        else the type holding most bytes among the 2-D weights."""
+        file_type = self.metadata.get("general.file_type")
+        if isinstance(file_type, int) and file_type in _FILE_TYPES:
+            return _FILE_TYPES[file_type]
         by_type: Counter[str] = Counter()
         for t in self.tensors.values():
             if len(t.shape) >= 2:

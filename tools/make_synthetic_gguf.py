@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
-from gguf import GGUFWriter
+from gguf import GGUFWriter, LlamaFileType
 
 from runtime.gguf_header import read_header
 from runtime.models import get_family
@@ -317,6 +317,9 @@ def write_synthetic_model(
         if new not in BLOCK_SIZES:
             raise ValueError(f"matrix_type {matrix_type} is not a supported type")
         plan = [(n, new if n.startswith("blk.") and len(s) == 2 else q, s) for n, q, s in plan]
+        # the file type the metadata declares follows (quant_kind reads it)
+        file_type = LlamaFileType.__members__.get(f"MOSTLY_{new.name}", LlamaFileType.GUESSED)
+        meta["general.file_type"] = (int(file_type), V.UINT32)
         for name, qtype, shape in plan:
             if shape[-1] % BLOCK_SIZES[qtype][0]:
                 raise ValueError(

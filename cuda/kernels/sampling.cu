@@ -18,7 +18,8 @@
 // scan that finds the maximum carries the flag as the pair (+inf, -1), which wins every later
 // comparison, so the flag costs one isfinite per logit already loaded and no extra reduction.
 // So ids that must never be sampled (padding rows of the head) are kept out by the length
-// passed as `vocab` (runtime.models.vocab.sampled_prefix), never by writing -inf into logits.
+// passed as `vocab` (runtime.models.vocab.sampled_prefix) where they end the vocabulary, else
+// by mask_logits below, which writes the finite MASKED_LOGIT, never -inf, into them.
 #include <stdint.h>
 
 #include "pdl.cuh"
@@ -400,5 +401,27 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
         *out = best_id;
         *counter = 0;
         if (pos_dev != nullptr) *pos_dev += advance;  // the step's last kernel moves it on
+    }
+}
+
+// The sampling mask for ids that are no token (runtime/models/vocab.py), where they are not a
+// suffix of the vocabulary (a suffix is cut off by sampling over the first n logits instead):
+// logits[ids[j]] = MASKED_LOGIT for j < n, the head's values kept in saved[j] so that the engine
+// can report the logits unmasked. MASKED_LOGIT is finite, so the samplers' non-finite flag stays
+// the model's alone (a non-finite value is left in place: flagged, as the host chain raises
+// before its ban), and far below any logit: greedy never picks it, and after any temperature it
+// lies more than NEGLIGIBLE below the maximum, so sample_full never counts it as a candidate
+// (the host chain's -inf, to the token). ids are distinct and written once at load; the logits
+// come from the head, the kernel before this one (PDL: read after the wait, not with .nc loads).
+#define MASKED_LOGIT (-3.0e38f)
+
+extern "C" __global__ void mask_logits(float *logits, const int *__restrict__ ids, float *saved,
+                                       int n) {
+    pdl_wait();
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+        const int i = ids[j];
+        const float v = __ldcg(logits + i);
+        saved[j] = v;
+        logits[i] = isfinite(v) ? MASKED_LOGIT : v;
     }
 }

@@ -23,6 +23,7 @@ _NO_GPU_MARK = {
     "test_upload_plan.py",  # a stand-in driver records what the upload would send
     "test_launcher_signatures.py",  # nvcc's PTX against recording stand-ins of the loaders
     "test_matvec_variant_table.py",  # the variant table against the kernel source's lists
+    "test_engine_sim.py",  # the engine on the numpy stand-in for the GPU (sim_gpu.py)
 }
 
 

@@ -187,3 +187,32 @@ def test_non_finite_logits_make_every_sampler_answer_minus_one(smp, cuda_ctx, wh
     )  # fmt: skip
     s.synchronize()
     assert int(out.get()[0]) == -1 and int(counter.get()[0]) == 0
+
+
+@pytest.mark.parametrize(("vocab", "n_masked"), [(1000, 1), (262_144, 3000), (151_936, 271)])
+@pytest.mark.parametrize("pdl", [False, True])
+def test_mask_logits(cuda_ctx, vocab, n_masked, pdl):
+    """The sampling mask: the chosen ids become -3e38 (finite: the samplers' non-finite flag is
+    the model's alone), a non-finite one stays as it was, their old values land in `saved` in
+    the ids' order, every other logit is untouched (a guard after the logits too)."""
+    import pycuda.driver as drv
+    import pycuda.gpuarray as ga
+
+    from cuda.ops import Ops
+    from tests.cuda.checks import GUARD, SENTINEL
+
+    ops, s = Ops(64), drv.Stream()
+    rng = np.random.default_rng(n_masked)
+    x = rng.standard_normal(vocab).astype(np.float32)
+    ids = np.sort(rng.choice(vocab, n_masked, replace=False)).astype(np.int32)
+    x[ids[-1]] = np.nan  # a masked id the model got wrong: still flagged
+    buf = ga.to_gpu(np.concatenate([x, np.full(GUARD, SENTINEL, np.float32)]))
+    saved = ga.to_gpu(np.full(n_masked + GUARD, SENTINEL, np.float32))
+    ops.mask_logits(buf.gpudata, ga.to_gpu(ids).gpudata, saved.gpudata, n_masked, s, pdl=pdl)
+    s.synchronize()
+    got, kept = buf.get(), saved.get()
+    want = x.copy()
+    want[ids[:-1]] = np.float32(-3.0e38)
+    np.testing.assert_array_equal(got[:vocab], want)  # (NaN equals NaN here)
+    np.testing.assert_array_equal(kept[:n_masked], x[ids])
+    assert np.all(got[vocab:] == SENTINEL) and np.all(kept[n_masked:] == SENTINEL)

@@ -84,13 +84,16 @@ def test_an_mxfp4_matrix_is_refused_until_the_kernels_decode_it(model):
 
 
 def test_a_family_whose_block_is_not_wired_is_refused_before_any_gpu_work(model):
-    """gemma3's block is not on the CUDA engine yet: loading it must not run llama's block on
-    its weights (no q/k or post norms, window, GELU), it is refused naming the backend to use."""
+    """A block without a CUDA module (cuda.models.BLOCKS) must not run another block's layer
+    sequence on its weights: it is refused naming the backend to use. llama and gemma3 run."""
+    from cuda.models import BLOCKS
     from runtime.models import FAMILIES
 
-    gemma_like = attrs.evolve(model.family, block="gemma3", name="gemma3")
+    assert {f.block for f in FAMILIES.values()} <= set(BLOCKS) == {"llama", "gemma3"}
     variant = _variant(model)
-    variant.family = gemma_like
-    assert FAMILIES["gemma3"].block == "gemma3"
-    with pytest.raises(ModelLoadError, match="does not run the gemma3 block .*--backend cpu"):
+    variant.family = attrs.evolve(model.family, block="mamba", name="mamba")
+    with pytest.raises(
+        ModelLoadError,
+        match=r"does not run the mamba block .*\(it runs llama, gemma3\).*--backend cpu",
+    ):
         CudaEngine.load(variant, max_context=64)

@@ -356,3 +356,29 @@ def test_absurd_block_count_fails_at_first_absent_layer(tiny: Path):
 
     msg = _load_error(_patch(tiny, many))
     assert f"'blk.{LAYERS}.attn_norm.weight'" in msg and "missing" in msg
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "gemma3-270m"])
+def test_quant_kind_is_the_files_declared_type(name):
+    """Q4_K_M files mix Q4_K, Q5_0, Q6_K and Q8_0 (Qwen2.5's largest share is Q5_0, Gemma 3's
+    its Q8_0 embedding): /health reports the type the file declares, llama.cpp's name for it."""
+    from collections import Counter
+
+    from tests.reference_data import catalog_model_file
+
+    with open_gguf(catalog_model_file(name)) as model:
+        assert model.metadata["general.file_type"] == 15 and model.quant_kind == "Q4_K_M"
+        by_type = Counter()
+        for t in model.tensors.values():
+            by_type[t.qtype.name] += t.nbytes
+        assert by_type.most_common(1)[0][0] in ("Q5_0", "Q8_0")  # what it said before
+
+
+def test_quant_kind_without_a_file_type_is_the_dominant_type(tmp_path: Path):
+    model = open_gguf(write_tiny(tmp_path / "t.gguf"))
+    assert "general.file_type" not in model.metadata
+    by_type = {}
+    for t in model.tensors.values():
+        if len(t.shape) == 2:
+            by_type[t.qtype.name] = by_type.get(t.qtype.name, 0) + t.nbytes
+    assert model.quant_kind == max(by_type, key=by_type.get)
