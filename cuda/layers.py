@@ -70,8 +70,23 @@ class Layers:
                     col0=sg.row0, bias_ptr=b,
                 )  # fmt: skip
 
-    def product(self, seg: Segment, x: int, y: int, n: int, *, accumulate: bool) -> None:
-        """y (n, rows) = x (n, cols) @ W.T, added to y when `accumulate`."""
+    def product(
+        self, seg: Segment, x: int, y: int, n: int, *, accumulate: bool, bias: int | None = None
+    ) -> None:
+        """y (n, rows) = x (n, cols) @ W.T (+ bias, `rows` floats), added to y when
+        `accumulate`."""
+        if bias is not None:  # decode: the segmented kernel adds it; prefill: the epilogue
+            if n == 1:
+                self.q.matvec_seg(
+                    [(seg.qtype, seg.ptr, seg.rows)], seg.cols, x, y, self.stream,
+                    bias_ptr=bias, accumulate=accumulate, pdl=self.pdl,
+                )  # fmt: skip
+            else:
+                self.q.matmul(
+                    seg.qtype, seg.ptr, seg.rows, seg.cols, x, n, y, self.stream,
+                    accumulate=accumulate, bias_ptr=bias,
+                )  # fmt: skip
+            return
         if n == 1:
             self.q.matvec(
                 seg.qtype, seg.ptr, seg.rows, seg.cols, x, y, self.stream, accumulate=accumulate,
@@ -145,6 +160,7 @@ class Layers:
         geometry = dict(
             n_heads=c.n_heads, n_kv=c.n_kv_heads, max_ctx=self.max_context, n_splits=splits,
             scale=c.attn_scale, window=c.layer_window[i], stream=self.stream, pdl=self.pdl,
+            sinks=lw.attn_sinks,
         )  # fmt: skip
         if self.fuse_rope:
             ops.attn_decode_rope(
@@ -159,14 +175,15 @@ class Layers:
             b["attn.counters"], **geometry,
         )  # fmt: skip
 
-    def attend_prefill(self, i: int, n: int) -> None:
-        """act.attn (n, q_dim): causal attention of the chunk over layer i's cache (its window)."""
+    def attend_prefill(self, i: int, n: int, sinks: int | None = None) -> None:
+        """act.attn (n, q_dim): causal attention of the chunk over layer i's cache (its window);
+        `sinks`: gpt-oss's sink logit per head (`LayerWeights.attn_sinks`)."""
         c, b = self.c, self.b
         kc, vc = self.layer_kv(i)
         self.ops.attn_prefill(
             b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], n, n_heads=c.n_heads,
             n_kv=c.n_kv_heads, max_ctx=self.max_context, stream=self.stream, scale=c.attn_scale,
-            window=c.layer_window[i],
+            window=c.layer_window[i], sinks=sinks,
         )  # fmt: skip
 
     def norm_ffn(self, lw: LayerWeights, n: int) -> None:

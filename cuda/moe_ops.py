@@ -34,6 +34,11 @@ _GATE_UP_ARGS = "PPPPiiPPfPiffP"  # Wg, Wu, bg, bu, d_ff, cols, x, g, eps, ids, 
 _DOWN_ARGS = "PPiiPPPiPi"  # Wd, bd, rows, d_ff, h, ids, weights, k, y, accumulate
 
 
+def sources(moe) -> list[tuple]:
+    """(file, defines) of the module MoeKernels loads, for a config's `moe` (none without)."""
+    return [] if moe is None else [(SOURCE, None)]
+
+
 def _driver_module():
     with warnings.catch_warnings(record=True) as caught:  # nvcc's notes: logged, not raised
         warnings.simplefilter("always")
