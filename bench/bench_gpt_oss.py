@@ -1,163 +1,171 @@
-"""gpt-oss-20b on the GPU machine: a synthetic file of the real shapes and types, its VRAM, the
-decode step's kernels, llama.cpp on the same file, and (once the CUDA engine runs the gpt_oss
-block) a real worker's /health and decode speed.
+"""gpt-oss-20b on the GPU machine (issue 14, item 5): a synthetic file of the real shapes and
+types loaded by the CUDA engine, its VRAM against W-1823's envelope, what /health would say, the
+decode speed, and llama.cpp's on the same file. No network; bounded by --budget-s.
 
-    python3 bench/bench_gpt_oss.py [--model /tmp/gpt-oss-20b-synth.gguf] [--llama-cpp DIR]
-        [--ctx 4096] [--pos 1024] [--reps 20] [--worker] [--json OUT.json]
+    python3 bench/bench_gpt_oss.py [--model /tmp/gpt-oss-20b-synth.gguf] [--layers N]
+        [--ctx 4096] [--prompt 128] [--steps 128] [--llama-bench PATH] [--json OUT.json]
+        [--budget-s 110]
 
-1. The file: written here by tools/make_synthetic_gguf.py --family gpt-oss when absent (12.1 GB:
-   459 tensors, experts MXFP4, other matrices Q8_0, random weights; ~1 min), never carried.
-   Reported: quant_kind (the type holding most bytes: MXFP4), weight bytes.
-2. The decode step (cuda/gpt_oss_decode.py: the gpt_oss block's launch sequence, 171 launches,
-   on the file's own weights, every layer uploaded), captured as one CUDA graph with PDL and
-   replayed from position --pos: median of --reps replays, step time and tokens/s (llama-bench's
-   tg: no sampling round trip). VRAM: the device memory all of it took (mem_get_info).
-3. --llama-cpp DIR (a build: bench/llama_cpp.py build; or the packed source): llama-bench tg128
-   and pp512 (-fa 1 -ngl 99) on the same file.
-4. --worker: `python -m worker_orcd --backend cuda` on the file: /health (status, quant_kind,
-   resident, vram_bytes_used, tokenizer_kind) once ready, or the load error (the CUDA engine
-   refuses the gpt_oss block until its wiring lands: cuda.weights.BLOCKS).
-
-The W-1823 envelope is ~16 GB +-20 % (12.8 .. 19.2 GB): printed beside the VRAM figures.
+1. The file: written by tools/make_synthetic_gguf.py --family gpt-oss when absent (12.1 GB: 459
+   tensors, experts MXFP4, other matrices Q8_0, random weights), never carried. --layers N
+   writes (and reports) a shorter model, for a dry run.
+2. `CudaEngine.load` (the engine the worker runs, the gpt_oss block on the family seam) with
+   --ctx positions: seconds, the engine's own allocations (`memory_bytes`, what /health calls
+   vram_bytes_used), the device memory in use after the load (mem_get_info, with the context's
+   own), both against W-1823's ~16 GB +-20 % (12.8 .. 19.2 GB).
+3. /health's model fields from the loaded engine: quant_kind (the file's general.file_type as
+   llama.cpp names it: MXFP4_MOE), resident (the residency check: every allocation device
+   memory, the weight checksums intact).
+4. Decode: a --prompt-token prefill, then --steps greedy steps as the generation loop runs them
+   (each on the token sampled after the one before, waited for): tokens/s; "step only" is
+   llama-bench's tg (steps without sampling, one wait at the end). Prefill tokens/s too.
+5. --llama-bench PATH (the binary, or a build folder holding it: bench/llama_cpp.py build):
+   tg128 and pp512 (-fa 1 -ngl 99, 2 reps) on the same file, skipped when --budget-s is spent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from runtime.gguf_file import open_gguf  # noqa: E402
+from runtime.sampling import SamplingParams  # noqa: E402
 
 DEFAULT_MODEL = Path("/tmp/gpt-oss-20b-synth.gguf")
 ENVELOPE = (0.8 * 16e9, 1.2 * 16e9)  # W-1823: ~16 GB +- 20 %
+GREEDY = SamplingParams(temperature=0.0)
+LLAMA_BENCH_S = 60  # what llama-bench needs at most: two 12 GB loads, tg128 and pp512 twice
 
 
-def ensure_file(path: Path) -> dict:
+def ensure_file(path: Path, layers: int | None) -> dict:
     if path.is_file():
-        return {"written": False, "bytes": path.stat().st_size}
+        return {"path": str(path), "written": False, "bytes": path.stat().st_size}
     from tools.make_synthetic_gguf import write_synthetic_model
 
     t0 = time.perf_counter()
-    write_synthetic_model(path, family="gpt-oss")
-    return {"written": True, "seconds": round(time.perf_counter() - t0, 1),
+    write_synthetic_model(path, family="gpt-oss", n_layers=layers)
+    return {"path": str(path), "written": True, "seconds": round(time.perf_counter() - t0, 1),
             "bytes": path.stat().st_size}  # fmt: skip
 
 
-def time_step(step, pos: int, reps: int) -> dict:
-    """Median replay time of the decode step captured as one graph, from position `pos`."""
-    import pycuda.driver as drv
+def load(path: Path, ctx: int) -> tuple[object, dict]:
+    from cuda.engine import CudaEngine, vram_needed
 
-    from cuda.graph import capture
-
-    step.reset(pos)
-    drv.memcpy_htod(step.token, np.array([1000], np.int32))
-    graph = capture(step.stream, step.enqueue)
-    start, end = drv.Event(), drv.Event()
-    graph.launch()
-    step.stream.synchronize()
-    times = []
-    for _ in range(reps):  # each replay advances the position by one
-        start.record(step.stream)
-        graph.launch()
-        end.record(step.stream)
-        end.synchronize()
-        times.append(end.time_since(start) / 1e3)
-    logits = np.empty(step.c.vocab_size, np.float32)
-    drv.memcpy_dtoh(logits, step.logits)
-    graph.close()
-    median = statistics.median(times)
-    return {"launches": graph.n_launches, "step_ms": round(median * 1e3, 3),
-            "tokens_per_s": round(1 / median, 1), "finite": bool(np.isfinite(logits).all())}  # fmt: skip
-
-
-def worker_health(path: Path, ctx: int) -> dict:
-    import httpx
-
-    port = 18000 + os.getpid() % 1000
-    cmd = [sys.executable, "-m", "worker_orcd", "--model", str(path), "--backend", "cuda",
-           "--port", str(port), "--max-context", str(ctx), "--worker-id", "gpt-oss-bench"]  # fmt: skip
-    log = Path("/tmp/gpt-oss-worker.log")
     t0 = time.perf_counter()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=BENCH.parent, stdout=f, stderr=f, stdin=subprocess.DEVNULL)
-    try:
-        with httpx.Client(timeout=2.0) as client:
-            while time.perf_counter() - t0 < 300:
-                if proc.poll() is not None:
-                    return {"exit": proc.returncode, "log_tail": log.read_text()[-2000:]}
-                try:
-                    health = client.get(f"http://127.0.0.1:{port}/health").json()
-                    if health.get("status") == "ready":
-                        return {"seconds_to_ready": round(time.perf_counter() - t0, 1), **health}
-                except (httpx.TransportError, ValueError):
-                    pass
-                time.sleep(0.05)
-        return {"error": "not ready in 300 s"}
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with open_gguf(path) as model:
+        engine = CudaEngine.load(model, max_context=ctx)
+        needed = vram_needed(model, ctx)
+        tensors = len(model.tensors)
+    import pycuda.driver as drv  # the engine's context is current on this thread
+
+    free, total = drv.mem_get_info()
+    lo, hi = ENVELOPE
+    used = engine.memory_bytes()
+    return engine, {
+        "seconds": round(time.perf_counter() - t0, 1), "tensors": tensors,
+        "vram_bytes_used": used, "vram_needed_estimate": needed,
+        "device_bytes_in_use": total - free, "device_bytes_total": total,
+        "in_w1823_envelope": bool(lo <= used <= hi),
+        "device_in_w1823_envelope": bool(lo <= total - free <= hi),
+    }  # fmt: skip
+
+
+def health(engine) -> dict:
+    report = engine.check_residency()
+    return {"backend": engine.backend, "quant_kind": engine.quant_kind, "resident": report.ok,
+            "residency_detail": report.detail, "vram_bytes_used": engine.memory_bytes()}  # fmt: skip
+
+
+def decode(engine, prompt: int, steps: int) -> dict:
+    vocab = engine.config.vocab_size
+    ids = [(7 * i + 3) % vocab for i in range(prompt)]
+    engine.reset()
+    engine.prefill(ids[:8])  # warm-up: the first launches of each kernel
+    engine.step(1)
+    engine.sample(GREEDY, (), 0)
+    engine.reset()
+    t0 = time.perf_counter()
+    engine.prefill(ids)
+    engine.stream.synchronize()
+    t1 = time.perf_counter()
+    token = engine.sample(GREEDY, (), 0)
+    t2 = time.perf_counter()
+    for i in range(steps):  # the generation loop: step, sample (waits for the step), repeat
+        engine.step(token)
+        token = engine.sample(GREEDY, (), i + 1)
+    t3 = time.perf_counter()
+    engine.reset()
+    engine.prefill(ids)
+    engine.stream.synchronize()
+    t4 = time.perf_counter()
+    for _ in range(steps):  # llama-bench's tg: steps only, one wait at the end
+        engine.step(1)
+    engine.stream.synchronize()
+    t5 = time.perf_counter()
+    return {"prompt": prompt, "steps": steps, "prefill_tokens_per_s": round(prompt / (t1 - t0), 1),
+            "decode_tokens_per_s": round(steps / (t3 - t2), 1),
+            "decode_step_only_tokens_per_s": round(steps / (t5 - t4), 1),
+            "last_token": int(token)}  # fmt: skip
+
+
+def llama_bench(path: Path, binary: Path, timeout_s: float) -> dict:
+    import llama_cpp
+
+    return llama_cpp.run(binary, path, n_prompt=(512,), n_gen=(128,), reps=2, timeout_s=timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp build (or packed source)")
+    ap.add_argument("--layers", type=int, help="write a model of this many layers (dry run)")
     ap.add_argument("--ctx", type=int, default=4096, help="KV-cache positions allocated")
-    ap.add_argument("--pos", type=int, default=1024, help="decode position timed")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--worker", action="store_true", help="start a real worker, read /health")
+    ap.add_argument("--prompt", type=int, default=128, help="prefill tokens before decoding")
+    ap.add_argument("--steps", type=int, default=128, help="decode steps timed")
+    ap.add_argument("--llama-bench", type=Path, help="llama-bench binary or its build folder")
+    ap.add_argument("--budget-s", type=float, default=110.0, help="skip llama-bench after this")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    res: dict = {"file": ensure_file(args.model)}
-    with open_gguf(args.model) as model:
-        from cuda.weights import weight_bytes
-
-        c = model.config
-        kv = 2 * c.n_layers * c.kv_dim * args.ctx * 2  # fp16 keys and values
-        res["model"] = {"quant_kind": model.quant_kind, "weight_bytes": weight_bytes(model),
-                        "kv_bytes": kv, "tensors": len(model.tensors)}  # fmt: skip
-        import pycuda.autoinit  # noqa: F401  (this process's context on device 0)
-
-        from cuda.gpt_oss_decode import GptOssDecode
-
-        step = GptOssDecode(model, args.ctx)
-        res["kernels"] = {"vram_bytes": step.vram_bytes, **time_step(step, args.pos, args.reps)}
-    lo, hi = ENVELOPE
-    vram = res["kernels"]["vram_bytes"]
-    res["kernels"]["in_w1823_envelope"] = bool(vram <= hi)
-    print(f"file: {res['file']}  quant_kind {res['model']['quant_kind']}, weights "
-          f"{res['model']['weight_bytes'] / 1e9:.2f} GB, KV at ctx {args.ctx} {kv / 1e9:.2f} GB")  # fmt: skip
-    print(f"decode step kernels (graph, pos {args.pos}): {res['kernels']['step_ms']} ms = "
-          f"{res['kernels']['tokens_per_s']} tokens/s, {res['kernels']['launches']} launches, "
-          f"VRAM {vram / 1e9:.2f} GB (W-1823: {lo / 1e9:.1f}..{hi / 1e9:.1f} GB)")  # fmt: skip
-    if args.llama_cpp:
-        import llama_cpp
-
-        build = args.llama_cpp
-        if llama_cpp.find_llama_bench(build) is None:
-            build = llama_cpp.build(args.llama_cpp, Path("/tmp/llama-cpp-build"))  # the binary
-        res["llama_cpp"] = llama_cpp.run(build, args.model, n_prompt=(512,), n_gen=(128,), reps=3)
-        tg = res["llama_cpp"]["tests"].get("tg128", {}).get("tokens_per_s")
-        print(f"llama-bench tg128 {tg} tokens/s; ours (kernels) / llama.cpp = "
-              f"{res['kernels']['tokens_per_s'] / tg:.2f}" if tg else res["llama_cpp"])  # fmt: skip
-    if args.worker:
-        res["worker"] = worker_health(args.model, args.ctx)
-        print(f"worker /health: {json.dumps(res['worker'])[:600]}")
+    start = time.perf_counter()
+    res: dict = {"file": ensure_file(args.model, args.layers)}
+    print(f"file: {res['file']}", flush=True)
+    engine, res["load"] = load(args.model, args.ctx)
+    try:
+        lo, hi = ENVELOPE
+        ld = res["load"]
+        print(f"load: {ld['seconds']} s, {ld['tensors']} tensors; vram_bytes_used "
+              f"{ld['vram_bytes_used'] / 1e9:.2f} GB (estimate {ld['vram_needed_estimate'] / 1e9:.2f}"
+              f"), device in use {ld['device_bytes_in_use'] / 1e9:.2f} GB; W-1823 "
+              f"{lo / 1e9:.1f}..{hi / 1e9:.1f} GB: {ld['in_w1823_envelope']}", flush=True)  # fmt: skip
+        res["health"] = health(engine)
+        print(f"health: {json.dumps(res['health'])}", flush=True)
+        res["decode"] = decode(engine, args.prompt, args.steps)
+        print(f"ours: {json.dumps(res['decode'])}", flush=True)
+    finally:
+        engine.close()
+    left = args.budget_s - (time.perf_counter() - start)
+    if args.llama_bench is not None:
+        if left < LLAMA_BENCH_S / 2:
+            res["llama_cpp"] = {"skipped": f"{left:.0f} s of --budget-s left"}
+        else:
+            try:
+                res["llama_cpp"] = llama_bench(args.model, args.llama_bench, left)
+            except Exception as exc:  # a report, not a crash: ours is measured already
+                res["llama_cpp"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        tg = res["llama_cpp"].get("tests", {}).get("tg128", {}).get("tokens_per_s")
+        ours = res["decode"]["decode_step_only_tokens_per_s"]
+        ratio = f"; ours (step only) / llama.cpp tg128 = {ours / tg:.2f}" if tg else ""
+        print(f"llama.cpp: {json.dumps(res['llama_cpp'])[:1500]}{ratio}")
+    res["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
-    return 0 if math.isfinite(res["kernels"]["tokens_per_s"]) else 1
+    ok = res["health"]["resident"] and res["health"]["quant_kind"].startswith("MXFP4")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

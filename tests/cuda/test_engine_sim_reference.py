@@ -9,6 +9,8 @@ residency check covering the experts, and the load-time refusals of MoE shapes t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import numpy as np
 import pytest
@@ -119,3 +121,27 @@ def test_moe_shapes_the_kernels_lack_are_refused_at_load(sim, change, message):
         m.config = attrs.evolve(m.config, moe=change(m.config.moe))
         with pytest.raises(ModelLoadError, match=message):
             _load(m, max_context=64)
+
+
+def test_the_gpt_oss_bench_runs_on_the_simulated_gpu(sim, tmp_path, capsys):
+    """bench/bench_gpt_oss.py end to end on the fixture (the GPU run has one try): load, VRAM
+    against the envelope, /health's fields, decode; a llama-bench that is absent is reported."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        import bench_gpt_oss
+    finally:
+        sys.path.pop(0)
+    path, _, _ = reference_fixture("gpt-oss-tiny")
+    out = tmp_path / "r.json"
+    argv = ["--model", str(path), "--ctx", "64", "--prompt", "12", "--steps", "6",
+            "--llama-bench", str(tmp_path / "none"), "--json", str(out)]  # fmt: skip
+    assert bench_gpt_oss.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["health"]["quant_kind"] == "MXFP4_MOE" and res["health"]["resident"]
+    assert res["load"]["vram_bytes_used"] > 0 and not res["load"]["in_w1823_envelope"]
+    assert res["decode"]["steps"] == 6 and res["decode"]["decode_tokens_per_s"] > 0
+    assert "FileNotFoundError" in res["llama_cpp"]["error"]
+    assert "health:" in capsys.readouterr().out
