@@ -12,7 +12,8 @@ decode speed, and llama.cpp's on the same file. No network; bounded by --budget-
 2. `CudaEngine.load` (the engine the worker runs, the gpt_oss block on the family seam) with
    --ctx positions: seconds, the engine's own allocations (`memory_bytes`, what /health calls
    vram_bytes_used), the device memory in use after the load (mem_get_info, with the context's
-   own), both against W-1823's ~16 GB +-20 % (12.8 .. 19.2 GB).
+   own), both against W-1823's ~16 GB +-20 % (12.8 .. 19.2 GB), and the estimate
+   (`vram_needed`, which the load allocates exactly) at the model's full context.
 3. /health's model fields from the loaded engine: quant_kind (the file's general.file_type as
    llama.cpp names it: MXFP4_MOE), resident (the residency check: every allocation device
    memory, the weight checksums intact).
@@ -61,6 +62,8 @@ def load(path: Path, ctx: int) -> tuple[object, dict]:
     with open_gguf(path) as model:
         engine = CudaEngine.load(model, max_context=ctx)
         needed = vram_needed(model, ctx)
+        full_ctx = model.config.context_length
+        at_full = vram_needed(model, full_ctx)  # the estimate only: nothing allocated
         tensors = len(model.tensors)
     import pycuda.driver as drv  # the engine's context is current on this thread
 
@@ -71,8 +74,10 @@ def load(path: Path, ctx: int) -> tuple[object, dict]:
         "seconds": round(time.perf_counter() - t0, 1), "tensors": tensors,
         "vram_bytes_used": used, "vram_needed_estimate": needed,
         "device_bytes_in_use": total - free, "device_bytes_total": total,
-        "in_w1823_envelope": bool(lo <= used <= hi),
-        "device_in_w1823_envelope": bool(lo <= total - free <= hi),
+        "in_w1823_band": bool(lo <= used <= hi), "within_w1823_max": bool(used <= hi),
+        "device_in_w1823_band": bool(lo <= total - free <= hi),
+        "full_context": full_ctx, "vram_needed_at_full_context": at_full,
+        "full_context_in_w1823_band": bool(lo <= at_full <= hi),
     }  # fmt: skip
 
 
@@ -141,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load: {ld['seconds']} s, {ld['tensors']} tensors; vram_bytes_used "
               f"{ld['vram_bytes_used'] / 1e9:.2f} GB (estimate {ld['vram_needed_estimate'] / 1e9:.2f}"
               f"), device in use {ld['device_bytes_in_use'] / 1e9:.2f} GB; W-1823 "
-              f"{lo / 1e9:.1f}..{hi / 1e9:.1f} GB: {ld['in_w1823_envelope']}", flush=True)  # fmt: skip
+              f"{lo / 1e9:.1f}..{hi / 1e9:.1f} GB: in band {ld['in_w1823_band']}, at most the top "
+              f"{ld['within_w1823_max']}; at the full {ld['full_context']}-token context the "
+              f"estimate is {ld['vram_needed_at_full_context'] / 1e9:.2f} GB", flush=True)  # fmt: skip
         res["health"] = health(engine)
         print(f"health: {json.dumps(res['health'])}", flush=True)
         res["decode"] = decode(engine, args.prompt, args.steps)

@@ -94,6 +94,6 @@ def test_a_family_whose_block_is_not_wired_is_refused_before_any_gpu_work(model)
     variant.family = attrs.evolve(model.family, block="mamba", name="mamba")
     with pytest.raises(
         ModelLoadError,
-        match=r"does not run the mamba block .*\(it runs llama, gemma3\).*--backend cpu",
+        match=r"does not run the mamba block .*\(it runs llama, gemma3, gpt_oss\).*--backend cpu",
     ):
         CudaEngine.load(variant, max_context=64)
