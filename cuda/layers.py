@@ -6,8 +6,9 @@ a projection, for rope + KV write + attention, for the norm, gate|up and the act
 is a prefill chunk, matrix-matrix products over all n tokens, no launch per token. A step takes
 the layer's values from the config alone: its rotary table (`layer_rope_base[i]`: one table per
 distinct base), its window (`layer_window[i]`), the score scale, whether q and k are normed
-(`qk_norm`), the activation (`ffn_act`). `Forward` (cuda/forward.py) inherits these steps and
-owns the buffers they name; each buffer's shape is in its table (`buffer_shapes`).
+(`qk_norm`), the activation (`ffn_act`); and from the layer's weights what only some families
+have (a bias, gpt-oss's attention sinks: None elsewhere). `Forward` (cuda/forward.py) inherits
+these steps and owns the buffers they name; each buffer's shape is in its table (`buffer_shapes`).
 """
 
 from __future__ import annotations
