@@ -87,7 +87,7 @@ GPT_OSS_META: dict[str, tuple[Any, V]] = {
     "gpt-oss.expert_used_count": (4, V.UINT32),
     "gpt-oss.attention.key_length": (64, V.UINT32),
     "gpt-oss.attention.value_length": (64, V.UINT32),
-    "general.file_type": (38, V.UINT32),  # MOSTLY_MXFP4
+    "general.file_type": (38, V.UINT32),  # MOSTLY_MXFP4_MOE
     "gpt-oss.attention.sliding_window": (128, V.UINT32),
     "gpt-oss.expert_feed_forward_length": (2880, V.UINT32),
     "gpt-oss.rope.scaling.type": ("yarn", V.STRING),

@@ -61,9 +61,9 @@ async def test_gpt_oss_fixture_serves_with_either_tokenizer():
     assert health["status"] == "ready" and health["resident"] is True
     assert health["tokenizer_kind"] == "gguf-bpe" and health["backend"] == "cpu"
     assert health["vocab_size"] == manifest["config"]["vocab_size"]
-    # the tiny fixture's F16 attention and head outweigh its MXFP4 experts; the real 20B file's
-    # experts are most of its bytes (tests/tools: the synthetic 20B plan reports MXFP4)
-    assert health["quant_kind"] == "F16"
+    # the file's declared general.file_type (MOD-24): 38, llama.cpp's MXFP4_MOE, as the real
+    # gpt-oss files declare it
+    assert health["quant_kind"] == "MXFP4_MOE"
     hf_json = REFERENCE_MODELS_DIR / "gpt-oss-tiny.tokenizer.json"
     hf_health, hf_events = await _serve_once(path, {**body, "job_id": "k"}, tokenizer=hf_json)
     assert hf_health["tokenizer_kind"] == "hf-json"
