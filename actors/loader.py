@@ -95,10 +95,11 @@ def _opened(source: Path | SharedModelFile) -> SharedModelFile:
     return source if isinstance(source, SharedModelFile) else SharedModelFile(source, users=1)
 
 
-def open_model_info(path: Path | SharedModelFile) -> ModelInfo:
-    """Read tokenizer, chat template and context length from the GGUF metadata (any thread)."""
+def open_model_info(path: Path | SharedModelFile, *, tokenizer: Path | None = None) -> ModelInfo:
+    """Read tokenizer, chat template and context length from the GGUF metadata (any thread).
+    `tokenizer`: a tokenizer.json to use instead of the GGUF's (`--tokenizer`, kind hf-json)."""
     from runtime.chat import compile_chat_template
-    from runtime.tokenizer import Tokenizer
+    from runtime.hf_tokenizer import load_tokenizer
 
     shared = _opened(path)
     try:
@@ -107,7 +108,7 @@ def open_model_info(path: Path | SharedModelFile) -> ModelInfo:
         context_length = model.config.context_length
     finally:
         shared.release()
-    tokenizer = Tokenizer.from_metadata(metadata)
+    tokenizer = load_tokenizer(metadata, tokenizer)
     chat_template = metadata.get("tokenizer.chat_template")
     if chat_template:
         # Parsed here, beside the engine's load, rather than after it: the supervisor's check
@@ -247,6 +248,8 @@ async def run_loader(
         gpu_device=config.gpu_device,
     )
     source: Path | SharedModelFile = path
+    # passed only when set, so info loaders that know nothing of it (test fakes) keep theirs
+    info_opts = {"tokenizer": config.tokenizer} if config.tokenizer is not None else {}
     if info_loader is open_model_info and engine_loader is default_engine_loader:
         source = SharedModelFile(path)  # the real loaders parse the header once between them
     try:
@@ -259,7 +262,7 @@ async def run_loader(
             **engine_options(config, backend),
         )
         info, facts = await _load_concurrently(
-            lambda: trio.to_thread.run_sync(info_loader, source),
+            lambda: trio.to_thread.run_sync(functools.partial(info_loader, source, **info_opts)),
             lambda: executor.load(
                 lambda progress: load(progress=progress), _ProgressNarration(state, narrator)
             ),

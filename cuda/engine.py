@@ -41,6 +41,7 @@ from cuda.estimate import CHECKSUM_SLOTS, DEFAULT_MAX_CHUNK, preflight, vram_nee
 from cuda.forward import Forward, split_levels, splits_for
 from cuda.ledger import AllocationFailed, Ledger
 from cuda.models import BLOCKS
+from cuda.moe_ops import sources as moe_sources
 from cuda.ops import Ops
 from cuda.ops import sources as ops_sources
 from cuda.quant_ops import QuantKernels
@@ -130,7 +131,7 @@ class CudaEngine:
 
     def _load(self, model, max_context, max_chunk, progress, cap, block, mask, **opts) -> None:
         drv, c = self._drv, self.config
-        prefetch([*ops_sources(c.head_dim).values(), *quant_sources()])  # nvcc in parallel
+        prefetch([*ops_sources(c.head_dim).values(), *quant_sources(), *moe_sources(c.moe)])
         self.ops, quant = Ops(c.head_dim), QuantKernels()  # compiled before measuring free VRAM
         b = self.max_batch
         needed = vram_needed(model, max_context, max_chunk, b)

@@ -80,8 +80,21 @@ def buffer_shapes(
         "act.xn": (np.float32, (max_chunk, c.d_model)),
         "act.qkv": (np.float32, (max_chunk, qkv_dim)),  # q | k | v rows
         "act.attn": (np.float32, (max_chunk, c.q_dim)),  # attention output (q_dim, not d_model)
-        "act.gate_up": (np.float32, (max_chunk, 2 * c.d_ff)),  # gate | up rows
-        "act.h": (np.float32, (max_chunk, c.d_ff)),  # act(gate) * up
+    }
+    if c.moe is None:  # a dense FFN
+        shapes |= {
+            "act.gate_up": (np.float32, (max_chunk, 2 * c.d_ff)),  # gate | up rows
+            "act.h": (np.float32, (max_chunk, c.d_ff)),  # act(gate) * up
+        }
+    else:  # a mixture of experts (cuda/moe_ops.py); activations, shared by the slots
+        m = c.moe
+        shapes |= {
+            "moe.logits": (np.float32, (max_chunk, m.n_experts)),  # router logits
+            "moe.ids": (np.int32, (max_chunk, m.top_k)),  # each token's chosen experts
+            "moe.weights": (np.float32, (max_chunk, m.top_k)),  # and their weights
+            "moe.h": (np.float32, (max_chunk, m.top_k, m.d_ff)),  # each one's activation
+        }
+    shapes |= {
         "act.logits": (np.float32, (max_batch, c.vocab_size)),  # last position's logits
         "state.ids": (np.int32, (max_batch, max_chunk)),  # token ids of the pass; [0] in decode
         "state.pos": (np.int32, (max_batch,)),  # tokens in the cache before the pass
@@ -120,6 +133,12 @@ class _Counting:
         return counted
 
 
+def _moe_kernels() -> Any:
+    from cuda.moe_ops import MoeKernels
+
+    return MoeKernels()
+
+
 class Forward(Layers):
     def __init__(
         self,
@@ -144,6 +163,8 @@ class Forward(Layers):
         # each slot's sampled id comes back through this small pinned buffer (not model state)
         self.token_host = drv.pagelocked_empty((max_batch,), np.int32)
         self.q = _Counting(quant)
+        # the mixture-of-experts kernels, for a family with experts (compiled here: only then)
+        self.moe = _Counting(_moe_kernels()) if c.moe is not None else None
         self.max_context, self.max_chunk, self.max_batch = max_context, max_chunk, max_batch
         self.max_splits = splits_for(max_context)
         self.base: dict[str, int] = {}  # buffer name -> its allocation (slot 0's row)
@@ -161,7 +182,7 @@ class Forward(Layers):
         #: residency checksums of the buffers that hold constants (rope tables, the mask ids)
         self.checksums: dict[str, int] = {}
         for k, base in enumerate(c.rope_bases):
-            cos, sin = rope_tables(max_context, c.rope_dim, base)
+            cos, sin = rope_tables(max_context, c.rope_dim, base, c.rope_yarn)
             self._constant(f"rope.{k}.cos", cos)
             self._constant(f"rope.{k}.sin", sin)
         if mask.ids.size:
@@ -251,7 +272,7 @@ class Forward(Layers):
         wait for the step: the most common request needs no launch of its own (other sampling
         overwrites ids[0])."""
         splits = self.max_splits if splits is None else splits
-        start = self.ops.launches + self.q.launches
+        start = self._launches()
         # the step's first kernel runs without PDL: it starts after everything before it is
         # done, which lets later kernels read the position and older KV rows before waiting
         self._embed(1)
@@ -266,7 +287,10 @@ class Forward(Layers):
         )  # fmt: skip
         slot = self.slot
         self.drv.memcpy_dtoh_async(self.token_host[slot : slot + 1], b["state.ids"], self.stream)
-        return self.ops.launches + self.q.launches - start
+        return self._launches() - start
+
+    def _launches(self) -> int:
+        return self.ops.launches + self.q.launches + (self.moe.launches if self.moe else 0)
 
     def enqueue_prefill(self, n: int) -> None:
         """n (<= max_chunk) tokens already in the bound slot's ids[0:n], from position *pos;

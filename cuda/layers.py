@@ -6,8 +6,9 @@ a projection, for rope + KV write + attention, for the norm, gate|up and the act
 is a prefill chunk, matrix-matrix products over all n tokens, no launch per token. A step takes
 the layer's values from the config alone: its rotary table (`layer_rope_base[i]`: one table per
 distinct base), its window (`layer_window[i]`), the score scale, whether q and k are normed
-(`qk_norm`), the activation (`ffn_act`). `Forward` (cuda/forward.py) inherits these steps and
-owns the buffers they name; each buffer's shape is in its table (`buffer_shapes`).
+(`qk_norm`), the activation (`ffn_act`); and from the layer's weights what only some families
+have (a bias, gpt-oss's attention sinks: None elsewhere). `Forward` (cuda/forward.py) inherits
+these steps and owns the buffers they name; each buffer's shape is in its table (`buffer_shapes`).
 """
 
 from __future__ import annotations
@@ -70,8 +71,23 @@ class Layers:
                     col0=sg.row0, bias_ptr=b,
                 )  # fmt: skip
 
-    def product(self, seg: Segment, x: int, y: int, n: int, *, accumulate: bool) -> None:
-        """y (n, rows) = x (n, cols) @ W.T, added to y when `accumulate`."""
+    def product(
+        self, seg: Segment, x: int, y: int, n: int, *, accumulate: bool, bias: int | None = None
+    ) -> None:
+        """y (n, rows) = x (n, cols) @ W.T (+ bias, `rows` floats), added to y when
+        `accumulate`."""
+        if bias is not None:  # decode: the segmented kernel adds it; prefill: the epilogue
+            if n == 1:
+                self.q.matvec_seg(
+                    [(seg.qtype, seg.ptr, seg.rows)], seg.cols, x, y, self.stream,
+                    bias_ptr=bias, accumulate=accumulate, pdl=self.pdl,
+                )  # fmt: skip
+            else:
+                self.q.matmul(
+                    seg.qtype, seg.ptr, seg.rows, seg.cols, x, n, y, self.stream,
+                    accumulate=accumulate, bias_ptr=bias,
+                )  # fmt: skip
+            return
         if n == 1:
             self.q.matvec(
                 seg.qtype, seg.ptr, seg.rows, seg.cols, x, y, self.stream, accumulate=accumulate,
@@ -145,6 +161,7 @@ class Layers:
         geometry = dict(
             n_heads=c.n_heads, n_kv=c.n_kv_heads, max_ctx=self.max_context, n_splits=splits,
             scale=c.attn_scale, window=c.layer_window[i], stream=self.stream, pdl=self.pdl,
+            sinks=lw.attn_sinks,
         )  # fmt: skip
         if self.fuse_rope:
             ops.attn_decode_rope(
@@ -159,14 +176,15 @@ class Layers:
             b["attn.counters"], **geometry,
         )  # fmt: skip
 
-    def attend_prefill(self, i: int, n: int) -> None:
-        """act.attn (n, q_dim): causal attention of the chunk over layer i's cache (its window)."""
+    def attend_prefill(self, i: int, n: int, sinks: int | None = None) -> None:
+        """act.attn (n, q_dim): causal attention of the chunk over layer i's cache (its window);
+        `sinks`: gpt-oss's sink logit per head (`LayerWeights.attn_sinks`)."""
         c, b = self.c, self.b
         kc, vc = self.layer_kv(i)
         self.ops.attn_prefill(
             b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], n, n_heads=c.n_heads,
             n_kv=c.n_kv_heads, max_ctx=self.max_context, stream=self.stream, scale=c.attn_scale,
-            window=c.layer_window[i],
+            window=c.layer_window[i], sinks=sinks,
         )  # fmt: skip
 
     def norm_ffn(self, lw: LayerWeights, n: int) -> None:

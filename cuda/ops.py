@@ -120,12 +120,19 @@ class Ops:
         self._glu = {act: pair("ew", name, "PPii") for act, name in GLU_KERNELS.items()}
         self._add = pair("ew", "add_inplace", "PPi")
         self._checksum = ew.get_function("checksum_words").prepare("PlP")
+        # each attention kernel and its gpt-oss twin with a sink logit per head (one more P)
         self._attn_dec = pair("attn", "attn_decode", "PPPPPPPiiifi")
-        self._attn_pre = mods["attn_pre"].get_function("attn_prefill").prepare("PPPPPiiifi")
-        self._attn_tc = None
+        self._attn_dec_sinks = pair("attn", "attn_decode_sinks", "PPPPPPPiiifiP")
+        pre = mods["attn_pre"]
+        self._attn_pre = pre.get_function("attn_prefill").prepare("PPPPPiiifi")
+        self._attn_pre_sinks = pre.get_function("attn_prefill_sinks").prepare("PPPPPiiifiP")
+        self._attn_tc = self._attn_tc_sinks = None
         if "attn_tc" in mods:
-            self._attn_tc = mods["attn_tc"].get_function("attn_prefill_tc").prepare("PPPPPiiiifi")
+            tc = mods["attn_tc"]
+            self._attn_tc = tc.get_function("attn_prefill_tc").prepare("PPPPPiiiifi")
+            self._attn_tc_sinks = tc.get_function("attn_prefill_tc_sinks").prepare("PPPPPiiiifiP")
         self._attn_rope = pair("attn", "attn_decode_rope", "PPPPPPPPPPPfiiiiifi")
+        self._attn_rope_sinks = pair("attn", "attn_decode_rope_sinks", "PPPPPPPPPPPfiiiiifiP")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
         self._argmax = pair("smp", "argmax_multi", "PiPPPPPi")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
@@ -175,28 +182,32 @@ class Ops:
 
     def attn_decode(
         self, qkv, k_cache, v_cache, out, pos, part, counters, *, n_heads, n_kv, max_ctx,
-        n_splits, stream, scale=None, window=0, pdl=False,
+        n_splits, stream, scale=None, window=0, sinks=None, pdl=False,
     ) -> None:  # fmt: skip
         """out (n_heads * head_dim) for the one query of qkv over the keys it sees: *pos + 1
-        cached keys, the last `window` of them when window > 0. scale: 1/sqrt(head_dim) if None."""
-        self._attn_dec(
-            (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
-            part, counters, n_heads, n_kv, max_ctx, self._scale(scale), int(window), pdl=pdl,
-        )  # fmt: skip
+        cached keys, the last `window` of them when window > 0. scale: 1/sqrt(head_dim) if None.
+        sinks: (n_heads,) f32, gpt-oss's sink logit joining each head's softmax."""
+        args = [qkv, k_cache, v_cache, out, pos, part, counters, n_heads, n_kv, max_ctx]
+        args += [self._scale(scale), int(window)]
+        kernel = self._attn_dec if sinks is None else self._attn_dec_sinks
+        extra = () if sinks is None else (sinks,)
+        kernel((n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, *args, *extra, pdl=pdl)
         self.launches += 1
 
     def attn_decode_rope(
         self, qkv, k_cache, v_cache, out, pos, part, counters, cos, sin, *, n_heads, n_kv,
         max_ctx, rope_half, neox, n_splits, stream, q_norm=None, k_norm=None, norm_eps=0.0,
-        scale=None, window=0, pdl=False,
+        scale=None, window=0, sinks=None, pdl=False,
     ) -> None:  # fmt: skip
         """The fused decode attention: (per-head q/k RMSNorm,) rope of q and the new k, KV write,
         attention (qkv is pre-rope). neox needs rope_half % (head_dim / 32) == 0 (see
-        `rope_fusable`). window, scale: as `attn_decode`."""
-        self._attn_rope(
+        `rope_fusable`). window, scale, sinks: as `attn_decode`."""
+        kernel = self._attn_rope if sinks is None else self._attn_rope_sinks
+        extra = () if sinks is None else (sinks,)
+        kernel(
             (n_heads, n_splits), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out, pos,
             part, counters, cos, sin, q_norm or 0, k_norm or 0, float(norm_eps), n_heads, n_kv,
-            max_ctx, rope_half, int(neox), self._scale(scale), int(window), pdl=pdl,
+            max_ctx, rope_half, int(neox), self._scale(scale), int(window), *extra, pdl=pdl,
         )  # fmt: skip
         self.launches += 1
 
@@ -205,22 +216,26 @@ class Ops:
 
     def attn_prefill(
         self, qkv, k_cache, v_cache, out, pos, n_tokens, *, n_heads, n_kv, max_ctx, stream,
-        scale=None, window=0, kernel: str | None = None,
+        scale=None, window=0, sinks=None, kernel: str | None = None,
     ) -> None:  # fmt: skip
         """out (n_tokens, n_heads * head_dim): causal attention of the chunk over the cache
         (query at position p sees keys p - window + 1 .. p when window > 0, else 0 .. p).
-        `kernel`: "simt" or "tc" (tests, benchmarks); default PREFILL_ATTENTION where it builds."""
+        sinks: as `attn_decode`. `kernel`: "simt" or "tc" (tests, benchmarks); default
+        PREFILL_ATTENTION where it builds."""
         kernel = kernel or PREFILL_ATTENTION
+        extra = () if sinks is None else (sinks,)
         if kernel == "tc" and self._attn_tc is not None:
-            self._attn_tc.prepared_async_call(
+            fn = self._attn_tc if sinks is None else self._attn_tc_sinks
+            fn.prepared_async_call(
                 ((n_tokens + _TC_QUERIES - 1) // _TC_QUERIES, n_heads), (_ATTN_THREADS, 1, 1),
                 stream, qkv, k_cache, v_cache, out, pos, n_tokens, n_heads, n_kv, max_ctx,
-                self._scale(scale), int(window),
+                self._scale(scale), int(window), *extra,
             )  # fmt: skip
         elif kernel in ("simt", "tc"):  # tc falls back where it does not build (head_dim 256)
-            self._attn_pre.prepared_async_call(
+            fn = self._attn_pre if sinks is None else self._attn_pre_sinks
+            fn.prepared_async_call(
                 (n_tokens, n_heads), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache, out,
-                pos, n_heads, n_kv, max_ctx, self._scale(scale), int(window),
+                pos, n_heads, n_kv, max_ctx, self._scale(scale), int(window), *extra,
             )  # fmt: skip
         else:
             raise ValueError(f"unknown prefill attention kernel {kernel!r}")

@@ -43,6 +43,7 @@ _TYPES: dict[Q, tuple[str, int]] = {
     Q.Q5_0: ("q5_0", 32),
     Q.Q4_K: ("q4_k", 256),
     Q.Q6_K: ("q6_k", 256),
+    Q.MXFP4: ("mxfp4", 32),  # gpt-oss's experts (ggml_blocks.cuh)
 }
 #: the segmented matvec's type codes: the order of _TYPES (GGML_FOR_EACH_TYPE in the kernels)
 _TYPE_CODES = {qtype: code for code, qtype in enumerate(_TYPES)}

@@ -43,6 +43,18 @@ class Segment:
 
 
 @attrs.frozen
+class ExpertStack:
+    """A mixture-of-experts FFN's matrices in VRAM: (n_experts, rows, cols) rows of GGML blocks,
+    the file's bytes (expert e's row r at (e * rows + r) * row bytes; cuda/kernels/moe.cu)."""
+
+    ptr: int
+    qtype: Q
+    n_experts: int
+    rows: int
+    cols: int
+
+
+@attrs.frozen
 class LayerWeights:
     """One layer's device pointers, a field per slot of the plan (fields of slots the file or
     the family lacks are None)."""
@@ -51,13 +63,25 @@ class LayerWeights:
     ffn_norm: int  # (d_model,) f32
     qkv: tuple[Segment, ...]  # output rows q | k | v
     attn_output: Segment
-    gate_up: tuple[Segment, ...]  # output rows gate | up
-    down: Segment
+    gate_up: tuple[Segment, ...] | None = None  # output rows gate | up (dense FFN)
+    down: Segment | None = None
     qkv_bias: int | None = None  # (q_dim + 2 kv_dim,) f32
     q_norm: int | None = None  # gemma3: (head_dim,) f32, per-head RMSNorm of q
     k_norm: int | None = None  # gemma3: (head_dim,) f32
     post_attn_norm: int | None = None  # gemma3: (d_model,) f32, on the attention output
     post_ffn_norm: int | None = None  # gemma3: (d_model,) f32, on the FFN output
+    # gpt-oss (runtime/models/gpt_oss.py's plan): attention sinks and output bias, the router
+    # and its bias, the experts' stacks and their biases (n_experts, rows) f32
+    attn_sinks: int | None = None  # (n_heads,) f32
+    attn_output_bias: int | None = None  # (d_model,) f32
+    router: Segment | None = None  # (n_experts, d_model)
+    router_bias: int | None = None
+    gate_exps: ExpertStack | None = None  # (n_experts, expert d_ff, d_model)
+    up_exps: ExpertStack | None = None
+    down_exps: ExpertStack | None = None  # (n_experts, d_model, expert d_ff)
+    gate_exps_bias: int | None = None
+    up_exps_bias: int | None = None
+    down_exps_bias: int | None = None
 
 
 #: matrix slots uploaded as a group of segments (the others are one Segment)
@@ -84,9 +108,10 @@ def file_bytes(model: GGUFModel) -> int:
 
 
 def slot_bytes(model: GGUFModel, slot: Slot, layer: int | None) -> int:
-    """VRAM of one slot's allocation(s): the raw bytes of matrices, float32 for vectors."""
+    """VRAM of one slot's allocation(s): the raw bytes of matrices (and expert stacks), float32
+    for vectors."""
     recs = model.slot_records(slot, layer)
-    if slot.kind == "matrix":
+    if slot.kind in ("matrix", "experts"):
         return sum(r.nbytes for r in recs)
     return 4 * sum(int(np.prod(r.shape)) for r in recs)
 
@@ -141,6 +166,11 @@ class _Uploader:
     def vector(self, name: str, recs: Sequence[TensorRecord]) -> int:
         return self.put(name, [_vector_f32(r) for r in recs], sum(r.nbytes for r in recs))
 
+    def experts(self, name: str, rec: TensorRecord) -> ExpertStack:
+        """One expert stack, its raw bytes as the file has them (decoded in the MoE kernels)."""
+        n_experts, rows, cols = rec.shape
+        return ExpertStack(self.put(name, [rec.raw], rec.nbytes), rec.qtype, n_experts, rows, cols)
+
 
 def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
     """ModelLoadError for what the CUDA engine cannot run, found from the file alone (no GPU):
@@ -163,6 +193,28 @@ def check_model(model: GGUFModel, max_context: int, max_chunk: int) -> None:
             "(a multiple of 32, at most 256)"
         )
     check_matrices(model, QuantKernels.matrix_problem)
+    if c.moe is not None:
+        check_experts(model)
+
+
+def check_experts(model: GGUFModel) -> None:
+    """ModelLoadError for a mixture of experts the MoE kernels cannot run (cuda/moe_ops.py):
+    too many experts or chosen experts, gate and up stacks of different types."""
+    from cuda.moe_ops import MAX_EXPERTS, MAX_TOP_K
+
+    m = model.config.moe
+    if m.n_experts > MAX_EXPERTS or m.top_k > MAX_TOP_K:
+        raise ModelLoadError(
+            f"{model.path}: {m.n_experts} experts, top-{m.top_k}: the MoE kernels take at most "
+            f"{MAX_EXPERTS} experts and top-{MAX_TOP_K}"
+        )
+    for i in range(model.config.n_layers):
+        gate, up = (model.tensors[f"blk.{i}.ffn_{p}_exps.weight"] for p in ("gate", "up"))
+        if gate.qtype != up.qtype:
+            raise ModelLoadError(
+                f"{model.path}: {gate.name} is {gate.qtype.name} but {up.name} is "
+                f"{up.qtype.name} (one MoE launch decodes both: they must share a type)"
+            )
 
 
 def check_matrices(model: GGUFModel, problem: Callable[[Q, int], str | None]) -> None:
@@ -172,8 +224,8 @@ def check_matrices(model: GGUFModel, problem: Callable[[Q, int], str | None]) ->
     bad file fails at load rather than at a kernel's first use in some later job.
     """
     for rec in model.tensors.values():
-        if len(rec.shape) == 2:
-            why = problem(rec.qtype, int(rec.shape[1]))
+        if len(rec.shape) in (2, 3):  # a matrix, or a stack of expert matrices
+            why = problem(rec.qtype, int(rec.shape[-1]))
             if why is not None:
                 raise ModelLoadError(f"{model.path}: tensor {rec.name} {rec.shape}: {why}")
 
@@ -190,6 +242,8 @@ def upload_weights(
         recs, name = model.slot_records(slot, layer), slot.alloc_name(layer)
         if slot.kind == "vector":
             return up.vector(name, recs)
+        if slot.kind == "experts":
+            return up.experts(name, recs[0])
         segs = up.matrices(name, recs)
         return segs if slot.name in GROUPS else segs[0]
 

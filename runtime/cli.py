@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "qwen2.5-coder-0.5b, gemma3-270m (install those with `worker-orcd pull NAME`)",
     )
     parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="a Hugging Face tokenizer.json to use instead of the tokenizer in the GGUF file "
+        "(BOS/EOS from a tokenizer_config.json beside it, else from the GGUF)",
+    )
+    parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     parser.add_argument(
@@ -169,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig.from_mapping(
         {
             "model": args.model,
+            "tokenizer": args.tokenizer,
             "host": args.host,
             "port": str(args.port),
             "worker_id": args.worker_id or default_worker_id(),

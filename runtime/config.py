@@ -72,6 +72,8 @@ def _host_list(raw: str) -> tuple[str, ...]:
 @attrs.frozen
 class WorkerConfig:
     model: Path | None = None  # a GGUF path or a catalog name; None: the embedded default
+    # a Hugging Face tokenizer.json to use instead of the GGUF's tokenizer (kind "hf-json")
+    tokenizer: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080  # 0 picks a free port (tests)
     worker_id: str = attrs.field(factory=default_worker_id)
@@ -116,6 +118,7 @@ class WorkerConfig:
         """Build from string settings (flag values or environment); missing or None keeps the default."""
         converters = {
             "model": Path,
+            "tokenizer": Path,
             "host": str,
             "port": int,
             "worker_id": str,

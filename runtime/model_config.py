@@ -15,8 +15,43 @@ ACTIVATIONS = ("silu", "gelu_tanh")  # the gated FFN's activation: act(gate) * u
 
 
 @attrs.frozen
+class YarnScaling:
+    """YaRN rotary scaling (gpt-oss; transformers' `_compute_yarn_parameters`): frequencies
+    between the two correction dimensions are blended from the plain ones and the plain ones
+    divided by `factor`; cos and sin are both multiplied by 0.1 ln(factor) + 1.
+
+    `truncate`: round the correction range to whole dimensions (llama.cpp always does; gpt-oss's
+    config says false, and the GGUF has no key for it: a family constant, decision 0013)."""
+
+    factor: float
+    original_context: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+
+    @property
+    def attention_factor(self) -> float:
+        return 0.1 * math.log(self.factor) + 1.0 if self.factor > 1 else 1.0
+
+
+@attrs.frozen
+class MixtureOfExperts:
+    """A routed FFN (gpt-oss): per token, the `top_k` experts of the largest router logits, their
+    outputs weighted by the softmax of those k logits. Each expert is a gated FFN of width d_ff
+    with gpt-oss's clamped SwiGLU: gate = min(gate, limit), up = clip(up, -limit, limit),
+    out = (up + 1) * gate * sigmoid(alpha * gate) (constants of the family, not in the file)."""
+
+    n_experts: int
+    top_k: int
+    d_ff: int
+    alpha: float
+    limit: float
+
+
+@attrs.frozen
 class ModelConfig:
-    arch: str  # "llama", "qwen2", "phi3", "gemma3" (for messages; engines follow the fields)
+    arch: str  # "llama", "qwen2", "phi3", "gemma3", "gpt-oss" (messages only: engines follow
+    # the fields)
     n_layers: int
     d_model: int  # embedding width
     n_heads: int
@@ -42,6 +77,10 @@ class ModelConfig:
     qk_norm: bool = False  # per-head RMSNorm of q and k before the rotation (attn_q/k_norm)
     post_norms: bool = False  # RMSNorm of the attention and FFN outputs before each residual add
     ffn_act: str = attrs.field(default="silu", validator=attrs.validators.in_(ACTIVATIONS))
+    # -- what gpt-oss adds --------------------------------------------------------------------
+    rope_yarn: YarnScaling | None = None  # YaRN-scaled rotary tables (every layer)
+    attn_sinks: bool = False  # a learned per-head logit joins every softmax row (no value)
+    moe: MixtureOfExperts | None = None  # the FFN is routed over experts (None: dense)
 
     @attn_scale.default
     def _default_scale(self) -> float:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import importlib
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from runtime.config import MAX_BATCH
 from runtime.engine_api import NON_FINITE, ProgressCallback, ResidencyReport
 from runtime.errors import InvalidRequest, ModelLoadError, NonFiniteLogits
+from runtime.expert_weights import LayerExperts
 from runtime.gguf_file import GGUFModel
 from runtime.model_config import ModelConfig
 from runtime.models.vocab import unsampleable_ids
@@ -57,7 +59,9 @@ class LayerPass:
     """
 
     config: ModelConfig
-    w: dict[str, np.ndarray]  # slot -> this layer's array: (out, in) matrices, (n,) vectors
+    #: slot -> this layer's array: (out, in) matrices, (n,) vectors; an `experts` slot is a
+    #: LayerExperts (runtime.expert_weights: quantized, decoded per expert)
+    w: dict[str, Any]
     k_cache: np.ndarray  # (max_batch, KV, max_context, D) this layer's keys, per sequence slot
     v_cache: np.ndarray  # (max_batch, KV, max_context, D)
     cos: np.ndarray  # (T, rope_dim/2) rows of each row's position, this layer's base
@@ -65,8 +69,11 @@ class LayerPass:
     segments: tuple[Segment, ...]
     window: int  # this layer's attention window (0: all earlier keys)
 
-    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Store k, v (T, KV, D) at each row's slot and position, attend q (T, H, D): (T, H * D)."""
+    def attend(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, sinks: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Store k, v (T, KV, D) at each row's slot and position, attend q (T, H, D): (T, H * D).
+        `sinks` (H,): gpt-oss's per-head sink logits (runtime.numpy_layers.attention)."""
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)  # (T, H * D)
         row = 0
         for seg in self.segments:
@@ -75,7 +82,7 @@ class LayerPass:
             k_cache[:, seg.start : end] = k[rows].transpose(1, 0, 2)  # (KV, rows, D)
             v_cache[:, seg.start : end] = v[rows].transpose(1, 0, 2)
             out[rows] = attention(
-                q[rows], k_cache, v_cache, seg.start, self.config.attn_scale, self.window
+                q[rows], k_cache, v_cache, seg.start, self.config.attn_scale, self.window, sinks
             )
             row += seg.rows
         return out
@@ -95,7 +102,7 @@ class NumpyEngine:
     def __init__(
         self,
         config: ModelConfig,
-        weights: dict[str, np.ndarray],
+        weights: dict[str, Any],
         *,
         max_context: int,
         quant_kind: str,
@@ -111,7 +118,9 @@ class NumpyEngine:
         self.max_batch = max_batch
         self.prefill_chunk = PREFILL_CHUNK
         self.quant_kind = quant_kind
-        self.w = weights  # slot -> read-only fp32 array; shapes in NumpyEngine.load
+        #: slot -> read-only fp32 array (shapes in NumpyEngine.load), or for an `experts` slot
+        #: a list of LayerExperts, one per layer
+        self.w = weights
         self._block = block
         self._layer_slots = layer_slots  # the keys of `w` stacked over the layers
         #: ids never sampled (padding rows of the head: runtime.models.vocab)
@@ -121,12 +130,12 @@ class NumpyEngine:
         self.k_cache = np.zeros(shape, np.float32)
         self.v_cache = np.zeros_like(self.k_cache)
         # one (cos, sin) pair of (max_context, rope_dim/2) tables per distinct rope base
-        self.rope = {b: rope_tables(max_context, c.rope_dim, b) for b in c.rope_bases}
+        self.rope = {b: rope_tables(max_context, c.rope_dim, b, c.rope_yarn) for b in c.rope_bases}
         self._logits = np.zeros((max_batch, c.vocab_size), np.float32)  # each slot's last row
         self._pos = [0] * max_batch  # tokens in each slot's cache
         self._pending: tuple[tuple[int, ...], list[tuple[int]]] | None = None  # decode to run
         self._closed = False
-        self._fingerprint = {name: _fingerprint(a) for name, a in self.w.items()}
+        self._fingerprint = {name: _fingerprint(a) for name, a in self._weight_arrays()}
 
     # -- load ----------------------------------------------------------------------------------
 
@@ -153,6 +162,13 @@ class NumpyEngine:
                 w[slot.name] = np.concatenate([r.dequantize() for r in recs])
                 reporter.advance(sum(r.nbytes for r in recs))
                 continue
+            if slot.kind == "experts":  # kept quantized: the chosen experts decode per pass
+                w[slot.name] = []
+                for layer in slot.layers(c.n_layers):
+                    (r,) = model.slot_records(slot, layer)
+                    w[slot.name].append(LayerExperts(r.raw, r.qtype, r.shape))
+                    reporter.advance(r.nbytes)
+                continue
             # (n_layers, rows, cols) in the file's own (out_features, in_features) order, the
             # parts stacked along rows: each tensor decodes straight into its rows (no copy,
             # no transpose; the blocks multiply by W.T, which BLAS takes as it is)
@@ -169,7 +185,9 @@ class NumpyEngine:
                 reporter.advance(sum(r.nbytes for r in recs))
             w[slot.name] = stacked
         for a in w.values():
-            a.flags.writeable = False  # nothing may change a weight after load
+            for array in a if isinstance(a, list) else (a,):
+                if isinstance(array, np.ndarray):  # experts: memory-mapped read-only already
+                    array.flags.writeable = False  # nothing may change a weight after load
         engine = cls(
             c,
             w,
@@ -244,15 +262,16 @@ class NumpyEngine:
         if self._closed:
             return 0
         tables = [t for pair in self.rope.values() for t in pair]
-        arrays = [*self.w.values(), self.k_cache, self.v_cache, *tables]
+        arrays = [a for _, a in self._weight_arrays()] + [self.k_cache, self.v_cache, *tables]
         return sum(a.nbytes for a in arrays) + self._logits.nbytes
 
     def check_residency(self) -> ResidencyReport:
         if self._closed:
             return ResidencyReport(False, 0, "the engine is closed: no weights are held")
         checked = 0
+        held = dict(self._weight_arrays())
         for name, (ptr, shape, crc, nbytes) in self._fingerprint.items():
-            a = self.w.get(name)
+            a = held.get(name)
             if a is None:
                 return ResidencyReport(False, checked, f"weight {name} is no longer held")
             now = _fingerprint(a)
@@ -267,6 +286,16 @@ class NumpyEngine:
             f"{len(self._fingerprint)} weight arrays intact "
             f"(sampled checksum over {checked} bytes)",
         )
+
+    def _weight_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) of every weight held: the fp32 arrays, and each layer's raw expert
+        bytes (`slot.layer`)."""
+        for name, a in self.w.items():
+            if isinstance(a, list):
+                for layer, experts in enumerate(a):
+                    yield f"{name}.{layer}", experts.raw
+            else:
+                yield name, a
 
     def close(self) -> None:
         self._closed = True

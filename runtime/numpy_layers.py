@@ -1,5 +1,5 @@
 """The transformer building blocks in fp32 numpy: RMSNorm, rotary embedding, causal GQA attention
-(optionally windowed), gated FFN (SiLU or GELU-tanh).
+(optionally windowed, optionally with gpt-oss's attention sinks), gated FFN (SiLU or GELU-tanh).
 
 Pure functions on arrays; each family's block (`runtime.models.<block>`) strings them together.
 Kept apart so tests can check each one against a plain per-element loop. Shapes: T = tokens in
@@ -8,7 +8,11 @@ this pass, H = query heads, KV = key/value heads, D = head_dim, P = positions al
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from runtime.model_config import YarnScaling
 
 #: A product gets at least this many outputs (rows of w times columns): below about 1,200
 #: outputs OpenBLAS takes another code path (measured: 0.3.31, Haswell kernels), which sums in
@@ -45,14 +49,40 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
 
 
-def rope_tables(max_context: int, rope_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of pos * base**(-2i / rope_dim): two (max_context, rope_dim // 2) fp32 tables.
+def rope_tables(
+    max_context: int, rope_dim: int, base: float, yarn: YarnScaling | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of pos * inv_freq: two (max_context, rope_dim // 2) fp32 tables, inv_freq_i =
+    base**(-2i / rope_dim), YaRN-blended and both tables scaled by its attention factor when
+    `yarn` is given.
 
     Computed in float64 and rounded once, so long positions keep their accuracy.
     """
     inv_freq = base ** (-np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)  # (rope_dim/2,)
+    scale = 1.0
+    if yarn is not None:
+        inv_freq = _yarn_blend(inv_freq, rope_dim, base, yarn)
+        scale = yarn.attention_factor
     angles = np.arange(max_context, dtype=np.float64)[:, None] * inv_freq[None, :]
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return (np.cos(angles) * scale).astype(np.float32), (np.sin(angles) * scale).astype(np.float32)
+
+
+def _yarn_blend(inv_freq: np.ndarray, dim: int, base: float, yarn: YarnScaling) -> np.ndarray:
+    """YaRN's frequencies: dimension i keeps its own frequency below the correction range
+    (fast rotations: `beta_fast` turns over the original context), takes freq / factor above it
+    (`beta_slow` turns), and a linear blend in between."""
+
+    def correction_dim(turns: float) -> float:  # the dimension that turns `turns` times
+        return dim * math.log(yarn.original_context / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(yarn.beta_fast), correction_dim(yarn.beta_slow)
+    if yarn.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0.0), min(high, dim - 1.0)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    return inv_freq / yarn.factor * ramp + inv_freq * (1.0 - ramp)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> None:
@@ -82,13 +112,16 @@ def attention(
     start: int,
     scale: float,
     window: int = 0,
+    sinks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Causal grouped-query attention of T new queries over the cache.
 
     q (T, H, D) for positions start .. start+T-1; k_cache, v_cache (KV, >= start+T, D) already hold
     those positions' keys/values. Query head h reads kv head h // (H // KV) (llama.cpp's grouping).
     window > 0: the key at position p is visible from the query at t iff 0 <= t - p < window
-    (llama.cpp's standard sliding window); 0: every earlier key. Returns (T, H * D).
+    (llama.cpp's standard sliding window); 0: every earlier key. `sinks` (H,) (gpt-oss): head
+    h's softmax row gets one more logit sinks[h], which weighs no value (it only takes a share
+    of the probability). Returns (T, H * D).
     """
     t_new, n_heads, d = q.shape
     n_kv = k_cache.shape[0]
@@ -106,9 +139,17 @@ def attention(
         hidden |= query_pos - key_pos >= window
     if hidden.any():
         scores.reshape(n_kv, group, t_new, n - lo)[:, :, hidden] = -np.inf
-    scores -= scores.max(axis=-1, keepdims=True)
+    top = scores.max(axis=-1, keepdims=True)  # (KV, group*T, 1)
+    if sinks is not None:  # rows are (kv, g, t): the sink of head kv * group + g
+        sink = np.repeat(sinks.astype(np.float32).reshape(n_kv, group, 1), t_new, axis=1)
+        sink = sink.reshape(n_kv, group * t_new, 1)
+        top = np.maximum(top, sink)
+    scores -= top
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    total = scores.sum(axis=-1, keepdims=True)
+    if sinks is not None:
+        total += np.exp(sink - top)
+    scores /= total
     out = np.matmul(scores, v_cache[:, lo:n])  # (KV, group*T, D)
     return out.reshape(n_kv, group, t_new, d).transpose(2, 0, 1, 3).reshape(t_new, n_heads * d)
 

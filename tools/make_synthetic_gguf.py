@@ -4,8 +4,9 @@ Speed work on the GPU machine needs a model of the right size and weight types, 
 numbers, and that machine has no model file. With `like=PATH` the metadata (tokenizer included)
 is copied key for key with its original value types; without it, a built-in spec: `family`
 "smollm2" (SmolLM2-135M-Instruct Q4_1, the default), "qwen2" (Qwen2.5-Coder-0.5B-Instruct
-Q4_K_M) or "gemma3" (Gemma-3-270M Q4_K_M) (tools/synthetic_families.py), with a small
-self-consistent vocabulary.
+Q4_K_M), "gemma3" (Gemma-3-270M Q4_K_M) or "gpt-oss" (gpt-oss-20b MXFP4: 12.1 GB, written on
+the GPU machine, never carried) (tools/synthetic_families.py), with a self-consistent
+vocabulary that llama.cpp loads too.
 
 Weights are built directly as quantized blocks: random payload bytes with explicit small fp16
 scales chosen so every decoded weight is finite with a standard deviation near 0.02 (norm weights
@@ -89,20 +90,24 @@ def byte_chars() -> list[str]:
     return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
-def synthetic_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+def synthetic_vocab(
+    vocab_size: int, specials: list[str] = SPECIALS
+) -> tuple[list[str], list[int], list[str]]:
     """tokens, token types, merges: specials, the 256 byte tokens, then two-byte merges and,
     past those (vocabularies the size of qwen2's), three-byte merges of a pair and a byte."""
     chars = byte_chars()
-    n_merges = vocab_size - len(SPECIALS) - 256
+    n_merges = vocab_size - len(specials) - 256
     n_pairs = min(max(n_merges, 0), 256 * 256)
     n_triples = n_merges - n_pairs
     if n_merges < 0 or n_triples > 256 * 256 * 256:
-        raise ValueError(f"vocab_size must be in {len(SPECIALS) + 256}..{256**3 + 256**2 + 259}")
+        raise ValueError(
+            f"vocab_size must be in {len(specials) + 256}..{256**3 + 256**2 + 256 + len(specials)}"
+        )
     pairs = [(a, b) for a in chars for b in chars][:n_pairs]
     triples = list(itertools.islice(((a + b, c) for a, b in pairs for c in chars), n_triples))
     merged = pairs + triples
-    tokens = SPECIALS + chars + [a + b for a, b in merged]
-    types = [3] * len(SPECIALS) + [1] * (256 + n_merges)  # 3 = control, 1 = normal
+    tokens = specials + chars + [a + b for a, b in merged]
+    types = [3] * len(specials) + [1] * (256 + n_merges)  # 3 = control, 1 = normal
     return tokens, types, [f"{a} {b}" for a, b in merged]
 
 
@@ -198,7 +203,7 @@ def _builtin_plan(
     return meta, plan
 
 
-FAMILIES = ("smollm2", "qwen2", "gemma3")
+FAMILIES = ("smollm2", "qwen2", "gemma3", "gpt-oss")
 
 
 def _family_plan(
@@ -233,6 +238,17 @@ def _family_plan(
             meta[f"tokenizer.ggml.{key}_token_id"] = (tokens.index(token), V.UINT32)
         meta["tokenizer.chat_template"] = (CHATML, V.STRING)
         plan = fam.qwen2_tensors(n_layers, vocab)
+    elif family == "gpt-oss":  # no chat template: harmony's is not available (decision 0013)
+        meta = dict(fam.GPT_OSS_META)
+        tokens, types, merges = fam.harmony_vocab(vocab, lambda n: synthetic_vocab(n, []))
+        meta["tokenizer.ggml.merges"] = (merges, V.STRING)
+        for key, token in (
+            ("bos", "<|startoftext|>"),
+            ("eos", "<|return|>"),
+            ("padding", "<|endoftext|>"),
+        ):
+            meta[f"tokenizer.ggml.{key}_token_id"] = (tokens.index(token), V.UINT32)
+        plan = fam.gpt_oss_tensors(n_layers, vocab)
     else:
         meta = dict(fam.GEMMA3_META)
         tokens, scores, types = fam.sentencepiece_vocab(vocab)

@@ -1,6 +1,6 @@
 """Built-in synthetic specs of the served models beyond SmolLM2: Qwen2.5-Coder-0.5B-Instruct
-Q4_K_M (qwen2) and Gemma-3-270M Q4_K_M (gemma3), with their real shapes, per-layer weight types
-and metadata (tools/make_synthetic_gguf.py writes the file).
+Q4_K_M (qwen2), Gemma-3-270M Q4_K_M (gemma3) and gpt-oss-20b MXFP4 (gpt-oss), with their real
+shapes, per-layer weight types and metadata (tools/make_synthetic_gguf.py writes the file).
 
 The speed work on the GPU machine needs these files (that machine has no model file). The type
 mix is the real files' own: llama.cpp's Q4_K_M gives some layers more bits (attn_v Q8_0 instead
@@ -71,8 +71,65 @@ GEMMA3_META: dict[str, tuple[Any, V]] = {
     "general.file_type": (15, V.UINT32),
 }
 
-REAL_VOCAB = {"qwen2": 151936, "gemma3": 262144}
-REAL_LAYERS = {"qwen2": 24, "gemma3": 18}
+#: gpt-oss-20b as llama.cpp's converter writes it (ggml-org/gpt-oss-20b-GGUF's mxfp4 file: 459
+#: tensors, 35 keys; YaRN and the sliding window as the model's config says)
+GPT_OSS_META: dict[str, tuple[Any, V]] = {
+    "general.type": ("model", V.STRING),
+    "general.name": ("Synthetic gpt-oss 20b (random weights)", V.STRING),
+    "gpt-oss.context_length": (131072, V.UINT32),
+    "gpt-oss.embedding_length": (2880, V.UINT32),
+    "gpt-oss.feed_forward_length": (2880, V.UINT32),
+    "gpt-oss.attention.head_count": (64, V.UINT32),
+    "gpt-oss.attention.head_count_kv": (8, V.UINT32),
+    "gpt-oss.rope.freq_base": (150000.0, V.FLOAT32),
+    "gpt-oss.attention.layer_norm_rms_epsilon": (1e-5, V.FLOAT32),
+    "gpt-oss.expert_count": (32, V.UINT32),
+    "gpt-oss.expert_used_count": (4, V.UINT32),
+    "gpt-oss.attention.key_length": (64, V.UINT32),
+    "gpt-oss.attention.value_length": (64, V.UINT32),
+    "general.file_type": (38, V.UINT32),  # MOSTLY_MXFP4_MOE
+    "gpt-oss.attention.sliding_window": (128, V.UINT32),
+    "gpt-oss.expert_feed_forward_length": (2880, V.UINT32),
+    "gpt-oss.rope.scaling.type": ("yarn", V.STRING),
+    "gpt-oss.rope.scaling.factor": (32.0, V.FLOAT32),
+    "gpt-oss.rope.scaling.original_context_length": (4096, V.UINT32),
+    "gpt-oss.rope.scaling.yarn_beta_fast": (32.0, V.FLOAT32),
+    "gpt-oss.rope.scaling.yarn_beta_slow": (1.0, V.FLOAT32),
+    "tokenizer.ggml.model": ("gpt2", V.STRING),
+    "tokenizer.ggml.pre": ("gpt-4o", V.STRING),
+    "tokenizer.ggml.add_bos_token": (False, V.BOOL),
+    "tokenizer.ggml.add_eos_token": (False, V.BOOL),
+    "general.quantization_version": (2, V.UINT32),
+}
+#: o200k_harmony's named specials, ids 199998..200018 in the real vocabulary; the ids after them
+#: (to 201,088) are reserved tokens. bos <|startoftext|>, eos <|return|>, padding <|endoftext|>.
+HARMONY_SPECIALS = [
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|reserved_200000|>",
+    "<|reserved_200001|>",
+    "<|return|>",
+    "<|constrain|>",
+    "<|reserved_200004|>",
+    "<|channel|>",
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|reserved_200009|>",
+    "<|reserved_200010|>",
+    "<|reserved_200011|>",
+    "<|call|>",
+    "<|reserved_200013|>",
+    "<|reserved_200014|>",
+    "<|reserved_200015|>",
+    "<|reserved_200016|>",
+    "<|reserved_200017|>",
+    "<|endofprompt|>",
+]
+HARMONY_FIRST = 199998  # the first special's id in the real vocabulary
+
+REAL_VOCAB = {"qwen2": 151936, "gemma3": 262144, "gpt-oss": 201088}
+REAL_LAYERS = {"qwen2": 24, "gemma3": 18, "gpt-oss": 24}
 
 
 def _more_bits(family: str, i: int, high: Q, low: Q) -> Q:
@@ -125,6 +182,55 @@ def gemma3_tensors(n_layers: int, vocab: int) -> Plan:
             (b + "post_ffw_norm.weight", Q.F32, (d,)),
         ]
     return plan
+
+
+def gpt_oss_tensors(n_layers: int, vocab: int) -> Plan:
+    """The tensor table of gpt-oss-20b's MXFP4 GGUF: experts MXFP4 (3-D, as the checkpoint ships
+    them), the other matrices Q8_0 (98 tensors; that makes the real file's 12.1 GB), router,
+    norms, biases and sinks F32 (289 tensors)."""
+    d, heads, kv, hd, e, ff = 2880, 64, 8, 64, 32, 2880
+    q = heads * hd
+    plan: Plan = [
+        ("token_embd.weight", Q.Q8_0, (vocab, d)),
+        ("output_norm.weight", Q.F32, (d,)),
+        ("output.weight", Q.Q8_0, (vocab, d)),
+    ]
+    for i in range(n_layers):
+        b = f"blk.{i}."
+        plan += [
+            (b + "attn_norm.weight", Q.F32, (d,)),
+            (b + "attn_q.weight", Q.Q8_0, (q, d)),
+            (b + "attn_q.bias", Q.F32, (q,)),
+            (b + "attn_k.weight", Q.Q8_0, (kv * hd, d)),
+            (b + "attn_k.bias", Q.F32, (kv * hd,)),
+            (b + "attn_v.weight", Q.Q8_0, (kv * hd, d)),
+            (b + "attn_v.bias", Q.F32, (kv * hd,)),
+            (b + "attn_sinks.weight", Q.F32, (heads,)),
+            (b + "attn_output.weight", Q.Q8_0, (d, q)),
+            (b + "attn_output.bias", Q.F32, (d,)),
+            (b + "post_attention_norm.weight", Q.F32, (d,)),
+            (b + "ffn_gate_inp.weight", Q.F32, (e, d)),
+            (b + "ffn_gate_inp.bias", Q.F32, (e,)),
+            (b + "ffn_gate_exps.weight", Q.MXFP4, (e, ff, d)),
+            (b + "ffn_gate_exps.bias", Q.F32, (e, ff)),
+            (b + "ffn_up_exps.weight", Q.MXFP4, (e, ff, d)),
+            (b + "ffn_up_exps.bias", Q.F32, (e, ff)),
+            (b + "ffn_down_exps.weight", Q.MXFP4, (e, d, ff)),
+            (b + "ffn_down_exps.bias", Q.F32, (e, d)),
+        ]
+    return plan
+
+
+def harmony_vocab(vocab_size: int, base_vocab) -> tuple[list[str], list[int], list[str]]:
+    """tokens, types, merges of an o200k_harmony-shaped vocabulary: `base_vocab(n)` byte-level
+    tokens (ids 0 .. min(199998, size - 21) - 1), the 21 named harmony specials, then reserved
+    tokens up to `vocab_size` (specials and reserved are CONTROL, as llama.cpp types them)."""
+    n_base = min(HARMONY_FIRST, vocab_size - len(HARMONY_SPECIALS))
+    tokens, types, merges = base_vocab(n_base)
+    tokens = tokens + list(HARMONY_SPECIALS)
+    first_reserved = HARMONY_FIRST + len(HARMONY_SPECIALS)
+    tokens += [f"<|reserved_{first_reserved + i}|>" for i in range(vocab_size - len(tokens))]
+    return tokens, types + [3] * (vocab_size - n_base), merges
 
 
 def sentencepiece_vocab(vocab_size: int) -> tuple[list[str], list[float], list[int]]:

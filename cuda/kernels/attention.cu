@@ -65,7 +65,8 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
                                             const float *__restrict__ q_norm,
                                             const float *__restrict__ k_norm, float norm_eps,
                                             int n_heads, int n_kv, int max_ctx, int rope_half,
-                                            int neox, float scale, int window) {
+                                            int neox, float scale, int window,
+                                            const float *__restrict__ sinks) {
     // s_m, s_l hold the warps' states (AW + 1), later the splits' (MAX_SPLITS)
     __shared__ float s_m[MAX_SPLITS], s_l[MAX_SPLITS], s_w[MAX_SPLITS];
     __shared__ float s_acc[(AW + 1) * HEAD_DIM];
@@ -152,7 +153,7 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     scan_keys(st, q, kc, vc, t0 + warp + AW * KPRE, t1, AW, lane, pos, ck, cv);
     block_merge(st, s_m, s_l, s_acc, lane, warp);
     if (n_splits == 1) {
-        const float inv = 1.f / s_l[AW];
+        const float inv = 1.f / (s_l[AW] + sink_term(sinks, h, s_m[AW]));
         for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x)
             out[h * HEAD_DIM + d] = s_acc[AW * HEAD_DIM + d] * inv;
         return;
@@ -184,7 +185,7 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
     if (threadIdx.x < n_splits) s_w[threadIdx.x] = weight_of(s_m[threadIdx.x], m_max);
     __syncthreads();
     for (int i = 0; i < n_splits; ++i) l += s_l[i] * s_w[i];
-    const float inv = 1.f / l;
+    const float inv = 1.f / (l + sink_term(sinks, h, m_max));
     for (int d = threadIdx.x; d < HEAD_DIM; d += blockDim.x) {
         float a = 0.f;
 #pragma unroll 4
@@ -199,7 +200,8 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                 float *__restrict__ out, const int *__restrict__ pos_dev, float *part,
                 unsigned *counters, int n_heads, int n_kv, int max_ctx, float scale, int window) {
     decode_impl<false>(qkv, k_cache, v_cache, out, pos_dev, part, counters, nullptr, nullptr,
-                       nullptr, nullptr, 0.f, n_heads, n_kv, max_ctx, 0, 0, scale, window);
+                       nullptr, nullptr, 0.f, n_heads, n_kv, max_ctx, 0, 0, scale, window,
+                       nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(AW * 32)
@@ -210,5 +212,30 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                      const float *__restrict__ k_norm, float norm_eps, int n_heads, int n_kv,
                      int max_ctx, int rope_half, int neox, float scale, int window) {
     decode_impl<true>(qkv, k_cache, v_cache, out, pos_dev, part, counters, cos_t, sin_t, q_norm,
-                      k_norm, norm_eps, n_heads, n_kv, max_ctx, rope_half, neox, scale, window);
+                      k_norm, norm_eps, n_heads, n_kv, max_ctx, rope_half, neox, scale, window,
+                      nullptr);
+}
+
+// attn_decode_rope with gpt-oss's attention sinks: sinks (n_heads,) f32, one logit per head.
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_decode_rope_sinks(const float *__restrict__ qkv, __half *k_cache, __half *v_cache,
+                           float *__restrict__ out, const int *__restrict__ pos_dev, float *part,
+                           unsigned *counters, const float *__restrict__ cos_t,
+                           const float *__restrict__ sin_t, const float *__restrict__ q_norm,
+                           const float *__restrict__ k_norm, float norm_eps, int n_heads, int n_kv,
+                           int max_ctx, int rope_half, int neox, float scale, int window,
+                           const float *__restrict__ sinks) {
+    decode_impl<true>(qkv, k_cache, v_cache, out, pos_dev, part, counters, cos_t, sin_t, q_norm,
+                      k_norm, norm_eps, n_heads, n_kv, max_ctx, rope_half, neox, scale, window,
+                      sinks);
+}
+
+// attn_decode (after rope_kv_write) with attention sinks.
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_decode_sinks(const float *__restrict__ qkv, __half *k_cache, __half *v_cache,
+                      float *__restrict__ out, const int *__restrict__ pos_dev, float *part,
+                      unsigned *counters, int n_heads, int n_kv, int max_ctx, float scale,
+                      int window, const float *__restrict__ sinks) {
+    decode_impl<false>(qkv, k_cache, v_cache, out, pos_dev, part, counters, nullptr, nullptr,
+                       nullptr, nullptr, 0.f, n_heads, n_kv, max_ctx, 0, 0, scale, window, sinks);
 }

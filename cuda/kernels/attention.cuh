@@ -11,6 +11,8 @@
 // so the decode launch is graph capturable.
 // Window (gemma3's sliding-window layers): a query at position t sees the key at position p iff
 // 0 <= t - p < window; window 0 means every earlier key (full causal attention).
+// Sinks (gpt-oss; the *_sinks kernels): head h's softmax row has one more logit, sinks[h], which
+// weighs no value: the output is acc / (l + exp(sinks[h] - m)) for the row's max m and sum l.
 #pragma once
 #include <cuda_fp16.h>
 
@@ -86,6 +88,12 @@ __device__ __forceinline__ void scan_keys(Online &st, const float *q, const __ha
         fetch_key(kc, vc, t, lane, cur, cur_k, cur_v, k0, v0);
         fold(st, warp_dot(q, k0), v0);
     }
+}
+
+// The sink's share of a softmax denominator whose scores have max m (0 without sinks). A sink
+// far above every score makes it inf and the output 0, the limit.
+__device__ __forceinline__ float sink_term(const float *sinks, int h, float m) {
+    return sinks == nullptr ? 0.f : expf(sinks[h] - m);
 }
 
 __device__ __forceinline__ float weight_of(float m, float m_max) {

@@ -70,11 +70,14 @@ __device__ __forceinline__ void tile_scores(AttnSmem &sm, int warp) {
         wmma::store_matrix_sync(&sm.sp.s[warp][0][16 * j], acc[j], LDS, wmma::mem_row_major);
 }
 
-extern "C" __global__ void __launch_bounds__(TW * 32)
-    attn_prefill_tc(const float *__restrict__ qkv, const __half *__restrict__ k_cache,
-                    const __half *__restrict__ v_cache, float *__restrict__ out,
-                    const int *__restrict__ pos_dev, int n_tokens, int n_heads, int n_kv,
-                    int max_ctx, float scale, int window) {
+// sinks: null, or one logit per head joining each softmax row (attention.cuh)
+__device__ __forceinline__ void prefill_tc_impl(const float *__restrict__ qkv,
+                                                const __half *__restrict__ k_cache,
+                                                const __half *__restrict__ v_cache,
+                                                float *__restrict__ out,
+                                                const int *__restrict__ pos_dev, int n_tokens,
+                                                int n_heads, int n_kv, int max_ctx, float scale,
+                                                int window, const float *__restrict__ sinks) {
     __shared__ AttnSmem sm;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int h = blockIdx.y, g = h / (n_heads / n_kv), t0 = blockIdx.x * QT;
@@ -192,10 +195,29 @@ extern "C" __global__ void __launch_bounds__(TW * 32)
 #pragma unroll
     for (int n = 0; n < HEAD_DIM / 16; ++n)
         wmma::store_matrix_sync(&sm.u.o[warp][0][16 * n], o[n], LDO, wmma::mem_row_major);
-    if (hc == 0) sm.l[warp][rr] = l;
+    if (hc == 0) sm.l[warp][rr] = l + sink_term(sinks, h, m);
     __syncwarp();
     for (int idx = lane; idx < 16 * HEAD_DIM; idx += 32) {
         const int r = idx / HEAD_DIM, d = idx % HEAD_DIM, t = t0 + warp * 16 + r;
         if (t < n_tokens) out[(size_t)t * q_dim + h * HEAD_DIM + d] = sm.u.o[warp][r][d] / sm.l[warp][r];
     }
+}
+
+extern "C" __global__ void __launch_bounds__(TW * 32)
+    attn_prefill_tc(const float *__restrict__ qkv, const __half *__restrict__ k_cache,
+                    const __half *__restrict__ v_cache, float *__restrict__ out,
+                    const int *__restrict__ pos_dev, int n_tokens, int n_heads, int n_kv,
+                    int max_ctx, float scale, int window) {
+    prefill_tc_impl(qkv, k_cache, v_cache, out, pos_dev, n_tokens, n_heads, n_kv, max_ctx, scale,
+                    window, nullptr);
+}
+
+// attn_prefill_tc with gpt-oss's attention sinks, (n_heads,) f32.
+extern "C" __global__ void __launch_bounds__(TW * 32)
+    attn_prefill_tc_sinks(const float *__restrict__ qkv, const __half *__restrict__ k_cache,
+                          const __half *__restrict__ v_cache, float *__restrict__ out,
+                          const int *__restrict__ pos_dev, int n_tokens, int n_heads, int n_kv,
+                          int max_ctx, float scale, int window, const float *__restrict__ sinks) {
+    prefill_tc_impl(qkv, k_cache, v_cache, out, pos_dev, n_tokens, n_heads, n_kv, max_ctx, scale,
+                    window, sinks);
 }

@@ -331,6 +331,51 @@ struct Q6_K {
     }
 };
 
+// MXFP4 (OCP microscaling, gpt-oss's experts): uint8 e (E8M0 scale), qs[16] of 4-bit e2m1 codes
+// with Q4_0's nibble layout (value j low nibble of qs[j], value j+16 its high nibble). As ggml:
+// x = kv[code] * 2^(e - 128), kv = the e2m1 values doubled (0 1 2 3 4 6 8 12, code bit 3 the
+// sign; code 8, "-0", is +0). A 17-byte block sits at any byte offset: bytes are loaded one by
+// one. Exact: the doubled value is a small integer (12 + kv in 0..24, minus 12) times a power of
+// two, denormal for e < 2 (the host build keeps denormals; nvcc does not flush them here).
+struct MXFP4 {
+    static constexpr int QK = 32, BYTES = 17;
+    // 2^(e - 128) for every e, as ggml_e8m0_to_fp32_half builds it (e < 2: a denormal)
+    static GGML_HD float half_scale(uint32_t e) {
+        return bits_f(e < 2u ? (0x00200000u << e) : ((e - 1u) << 23));
+    }
+    // the doubled e2m1 value of code c times hs: magnitudes as nibbles of one word
+    static GGML_HD float e2m1(uint32_t c, float hs) {
+        const uint32_t mag = (0xC8643210u >> (4u * (c & 7u))) & 15u;
+        return u2f(c & 8u ? 12u - mag : 12u + mag, 12.f) * hs;
+    }
+    static GGML_HD float4 quad(uint32_t w, int shift, float hs) {
+        const uint32_t n = w >> shift;
+        return make_float4(e2m1(n & 15u, hs), e2m1((n >> 8) & 15u, hs), e2m1((n >> 16) & 15u, hs),
+                           e2m1((n >> 24) & 15u, hs));
+    }
+    static GGML_HD uint32_t ld32_a1(const uint8_t *p) {
+        return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) |
+               (uint32_t(p[3]) << 24);
+    }
+    static GGML_HD void dq4(const uint8_t *b, int q, float4 &v) {
+        v = quad(ld32_a1(b + 1 + 4 * (q & 3)), 4 * (q >> 2), half_scale(b[0]));
+    }
+    struct Raw {
+        uint32_t e, w;
+    };
+    static GGML_HD Raw raw(const uint8_t *b, int s) { return {b[0], ld32_a1(b + 1 + 4 * s)}; }
+    static GGML_HD void decode(const Raw &r, int, float4 &a, float4 &c) {
+        const float hs = half_scale(r.e);
+        a = quad(r.w, 0, hs);
+        c = quad(r.w, 4, hs);
+    }
+    static GGML_HD void slot8(const uint8_t *b, int s, float4 &a, float4 &c) {
+        decode(raw(b, s), s, a, c);
+    }
+    static GGML_HD int P0(int s) { return 4 * s; }
+    static GGML_HD int P1(int s) { return 16 + 4 * s; }
+};
+
 }  // namespace ggml
 
 // One extern "C" kernel per weight type: X(F32, f32) expands to the wrapper for ggml::F32.
@@ -342,4 +387,5 @@ struct Q6_K {
     X(Q4_1, q4_1)             \
     X(Q5_0, q5_0)             \
     X(Q4_K, q4_k)             \
-    X(Q6_K, q6_k)
+    X(Q6_K, q6_k)             \
+    X(MXFP4, mxfp4)

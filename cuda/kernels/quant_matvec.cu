@@ -219,6 +219,7 @@ __device__ __forceinline__ void matvec_seg_row(int type, const uint8_t *__restri
         MV_SEG_CASE(5, Q5_0)
         MV_SEG_CASE(6, Q4_K)
         MV_SEG_CASE(7, Q6_K)
+        MV_SEG_CASE(8, MXFP4)
         default:
             break;
     }

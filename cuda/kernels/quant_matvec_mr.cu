@@ -300,6 +300,7 @@ __device__ __forceinline__ void mr_seg(int cols, const float *__restrict__ x,
         MVX_SEG_CASE(5, Q5_0)
         MVX_SEG_CASE(6, Q4_K)
         MVX_SEG_CASE(7, Q6_K)
+        MVX_SEG_CASE(8, MXFP4)
         default:
             break;
     }

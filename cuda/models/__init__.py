@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from cuda.models import gemma3, llama
+from cuda.models import gemma3, gpt_oss, llama
 
 #: Family.block -> its CUDA layer sequence; `cuda.weights.check_model` refuses any other block
-BLOCKS: dict[str, ModuleType] = {"llama": llama, "gemma3": gemma3}
+BLOCKS: dict[str, ModuleType] = {"llama": llama, "gemma3": gemma3, "gpt_oss": gpt_oss}

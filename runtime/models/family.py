@@ -31,9 +31,10 @@ def _no_extras(_keys: Keys, _fields: dict[str, Any]) -> dict[str, Any]:
 class Family:
     name: str  # `general.architecture`
     plan: WeightPlan
-    block: str  # the transformer block each engine runs: "llama" | "gemma3"
+    block: str  # the transformer block each engine runs: "llama" | "gemma3" | "gpt_oss"
     rope_style: str  # "norm" | "neox"
     hparams: HParams = _no_extras
+    rope_scalings: tuple[str, ...] = ()  # `rope.scaling.type` values `hparams` reads
 
     def required_keys(self) -> tuple[str, ...]:
         return tuple(f"{self.name}.{k}" for k in REQUIRED_KEYS)
@@ -47,7 +48,7 @@ class Family:
         first absent layer's first tensor (before per-layer values are built for 2**32 layers).
         """
         keys = Keys(metadata, self.name)
-        fields = common_config(keys)
+        fields = common_config(keys, self.rope_scalings)
         if tensors is not None and fields["n_layers"] > len(tensors):
             part = self.plan.layer_slots[0].parts[0]
             i = next(i for i in range(fields["n_layers"]) if part.tensor_name(i) not in tensors)

@@ -53,8 +53,11 @@ class Keys:
         return kind(value)
 
 
-def common_config(keys: Keys) -> dict[str, Any]:
-    """ModelConfig fields from the keys every family shares (llama.cpp's defaults elsewhere)."""
+def common_config(keys: Keys, rope_scalings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """ModelConfig fields from the keys every family shares (llama.cpp's defaults elsewhere).
+
+    `rope_scalings`: the `rope.scaling.type` values the family's own hparams read (gpt-oss:
+    "yarn"); any other scaling is refused rather than ignored."""
     a = keys.arch
     d_model = keys.int("embedding_length")
     n_heads = keys.int("attention.head_count")
@@ -79,7 +82,7 @@ def common_config(keys: Keys) -> dict[str, Any]:
     else:
         head_dim = d_model // n_heads
     scaling = keys.metadata.get(f"{a}.rope.scaling.type", "none")
-    if scaling not in ("none", None):
+    if scaling not in ("none", None, *rope_scalings):
         raise ModelLoadError(f"{a}.rope.scaling.type {scaling!r} is not supported")
     vocab = keys.metadata.get(f"{a}.vocab_size")
     if vocab is None:

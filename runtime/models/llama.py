@@ -9,11 +9,12 @@ always, llama optionally), q|k|v and gate|up stored fused (phi3) or apart, the r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime.models import slots
+from runtime.models.hparams import Keys
 from runtime.models.plan import WeightPlan
 from runtime.numpy_layers import apply_rope, glu, linear, rms_norm, split_heads
 
@@ -36,6 +37,14 @@ def plan(*, qkv_bias: str, fused: bool = False) -> WeightPlan:
     return WeightPlan(
         (slots.token_embd(), *layer, slots.output_norm(), slots.output()),
     )
+
+
+def phi3_hparams(keys: Keys, fields: dict[str, Any]) -> dict[str, Any]:
+    """phi3's `attention.sliding_window` (2047 in Phi-3-mini-4k): transformers masks every layer
+    with it; llama.cpp ignores it ("Phi SWA is currently disabled"). The two agree on contexts
+    up to the window; beyond it we follow transformers, which defines the model (decision 0013)."""
+    window = keys.int("attention.sliding_window", 0)
+    return {"layer_window": (window,) * fields["n_layers"]} if window else {}
 
 
 def forward_layer(p: LayerPass, x: np.ndarray) -> None:

@@ -56,7 +56,9 @@ class Slot:
     name: str  # the engines' name: "qkv", "attn_norm", "output", ...
     parts: tuple[TensorSpec, ...]
     per_layer: bool
-    kind: str  # "matrix" (kept quantized on the GPU) | "vector" (float32 everywhere)
+    #: "matrix" (kept quantized on the GPU), "vector" (float32 everywhere), "experts" (a stack
+    #: of matrices (n_experts, out, in) kept quantized everywhere: only the chosen ones are read)
+    kind: str
     alloc: str  # the GPU allocation's name ("blk.{i}.attn_qkv"): one per slot and layer
     required: bool = True  # False: the file may lack the slot as a whole (tied output, a bias)
 
@@ -75,6 +77,11 @@ def matrix(name: str, alloc: str, *parts: tuple[str, str, ShapeFn], required: bo
 
 def vector(name: str, alloc: str, *parts: tuple[str, str, ShapeFn], required: bool = True) -> Slot:
     return _slot("vector", VECTOR_TYPES, name, alloc, parts, required)
+
+
+def experts(name: str, alloc: str, part: tuple[str, str, ShapeFn]) -> Slot:
+    """One 3-D tensor (n_experts, out, in) of expert matrices: a mixture-of-experts FFN's."""
+    return _slot("experts", MATRIX_TYPES, name, alloc, (part,), True)
 
 
 def _slot(kind, types, name, alloc, parts, required) -> Slot:

@@ -46,9 +46,10 @@ def glu_ref(gate: np.ndarray, up: np.ndarray, act: str) -> np.ndarray:
     return GLU_REFS[act][0](np.asarray(gate, np.float64)) * up
 
 
-def attention_ref(q, kc, vc, start: int, scale: float, window: int) -> np.ndarray:
+def attention_ref(q, kc, vc, start: int, scale: float, window: int, sinks=None) -> np.ndarray:
     """q (T, H, D) at positions start..; kc, vc (KV, >= start + T, D). (T, H * D) float64:
-    query t sees keys max(0, p - window + 1) .. p (p = start + t), all of 0 .. p if window 0."""
+    query t sees keys max(0, p - window + 1) .. p (p = start + t), all of 0 .. p if window 0.
+    sinks (H,): one more logit in head h's softmax, with no value (gpt-oss)."""
     t_new, n_heads, d = q.shape
     group = n_heads // kc.shape[0]
     out = np.empty((t_new, n_heads * d))
@@ -58,6 +59,8 @@ def attention_ref(q, kc, vc, start: int, scale: float, window: int) -> np.ndarra
         for h in range(n_heads):
             k, v = kc[h // group, lo : p + 1].astype(np.float64), vc[h // group, lo : p + 1]
             s = k @ q[t, h].astype(np.float64) * scale
-            w = np.exp(s - s.max())
-            out[t, h * d : (h + 1) * d] = (w @ v.astype(np.float64)) / w.sum()
+            top = s.max() if sinks is None else max(s.max(), float(sinks[h]))
+            w = np.exp(s - top)
+            total = w.sum() + (0.0 if sinks is None else np.exp(float(sinks[h]) - top))
+            out[t, h * d : (h + 1) * d] = (w @ v.astype(np.float64)) / total
     return out

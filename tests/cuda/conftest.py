@@ -24,6 +24,7 @@ _NO_GPU_MARK = {
     "test_launcher_signatures.py",  # nvcc's PTX against recording stand-ins of the loaders
     "test_matvec_variant_table.py",  # the variant table against the kernel source's lists
     "test_engine_sim.py",  # the engine on the numpy stand-in for the GPU (sim_gpu.py)
+    "test_engine_sim_reference.py",  # the same, on the transformers reference fixtures
 }
 
 

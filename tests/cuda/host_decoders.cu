@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
         case 5: return run<ggml::Q5_0>(argv[3], argv[4], argv[5], nblk);
         case 6: return run<ggml::Q4_K>(argv[3], argv[4], argv[5], nblk);
         case 7: return run<ggml::Q6_K>(argv[3], argv[4], argv[5], nblk);
+        case 8: return run<ggml::MXFP4>(argv[3], argv[4], argv[5], nblk);
     }
     return 1;
 }

@@ -297,6 +297,7 @@ def simulated_gpu(monkeypatch) -> Sim:
     """Install a fresh simulated GPU for the rest of the test (or the monkeypatch's context)."""
     import cuda.engine
     import cuda.graph
+    import cuda.moe_ops
     import cuda.ops
     import cuda.quant_ops
     import cuda.residency
@@ -308,8 +309,11 @@ def simulated_gpu(monkeypatch) -> Sim:
     pycuda.driver = drv
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
-    for mod in (cuda.ops, cuda.quant_ops):
-        monkeypatch.setattr(mod, "load_module", lambda f, defines=None: _Module(sim, f, defines))
+    for mod in (cuda.ops, cuda.quant_ops, cuda.moe_ops):
+        if hasattr(mod, "load_module"):
+            monkeypatch.setattr(
+                mod, "load_module", lambda f, defines=None: _Module(sim, f, defines)
+            )
         monkeypatch.setattr(
             mod, "load_driver_module", lambda f, defines=None: _Module(sim, f, defines)
         )
@@ -385,8 +389,9 @@ def _cache(sim: Sim, ptr: int, n_kv: int, max_ctx: int, d: int) -> np.ndarray:
     return sim.mem.array(ptr, np.float16, n_kv * max_ctx * d).reshape(n_kv, max_ctx, d)
 
 
-def _attend(q, kc, vc, p: int, window: int, scale: float) -> np.ndarray:
-    """q (H, D) at position p over the fp16 cache layer (KV, ctx, D): (H * D,) float64."""
+def _attend(q, kc, vc, p: int, window: int, scale: float, sinks=None) -> np.ndarray:
+    """q (H, D) at position p over the fp16 cache layer (KV, ctx, D): (H * D,) float64.
+    sinks (H,): gpt-oss's extra logit per head, in each softmax's denominator only."""
     n_heads, d = q.shape
     group = n_heads // kc.shape[0]
     lo = max(0, p - window + 1) if window > 0 else 0
@@ -400,8 +405,10 @@ def _attend(q, kc, vc, p: int, window: int, scale: float) -> np.ndarray:
         k, v = raw_k.astype(np.float64), raw_v.astype(np.float64)
         s = k @ q[h] * scale
         with np.errstate(invalid="ignore"):  # the model's own NaN propagates, as on the GPU
-            w = np.exp(s - s.max())
-            out[h] = w @ v / w.sum()
+            top = s.max() if sinks is None else max(s.max(), float(sinks[h]))
+            w = np.exp(s - top)
+            extra = 0.0 if sinks is None else math.exp(float(sinks[h]) - top)
+            out[h] = w @ v / (w.sum() + extra)
     return out.reshape(-1)
 
 
@@ -452,13 +459,21 @@ def k_rope_kv_write(sim: Sim, ln: Launch, _d) -> None:
         vc[:, p] = rows[t, (n_heads + n_kv) * d :].reshape(n_kv, d).astype(np.float16)
 
 
+def _sinks(sim: Sim, ln: Launch, n_heads: int) -> tuple[tuple, np.ndarray | None]:
+    """The arguments without the *_sinks kernels' last one, and the sink logits it points to."""
+    if not ln.name.endswith("_sinks"):
+        return ln.args, None
+    return ln.args[:-1], sim.f32(ln.args[-1], n_heads).astype(np.float64)
+
+
 def _decode_common(sim: Sim, ln: Launch, defines, rope: bool) -> None:
     d = int(defines["HEAD_DIM"])
+    args, sinks = _sinks(sim, ln, ln.grid[0])
     if rope:
         (qkv, kc_p, vc_p, out, pos_p, part, counters, cos_p, sin_p, qn, kn, eps,
-         n_heads, n_kv, max_ctx, half, neox, scale, window) = ln.args  # fmt: skip
+         n_heads, n_kv, max_ctx, half, neox, scale, window) = args  # fmt: skip
     else:
-        qkv, kc_p, vc_p, out, pos_p, part, counters, n_heads, n_kv, max_ctx, scale, window = ln.args
+        qkv, kc_p, vc_p, out, pos_p, part, counters, n_heads, n_kv, max_ctx, scale, window = args
     n_splits = ln.grid[1]
     if ln.grid[0] != n_heads or not 1 <= n_splits <= 32:
         raise SimFault(f"decode attention grid {ln.grid} for {n_heads} heads")
@@ -478,7 +493,7 @@ def _decode_common(sim: Sim, ln: Launch, defines, rope: bool) -> None:
         q = _rope(_head_norm(q, qn, sim, d, eps), cos, sin, half, neox)
         kc[:, p] = _rope(_head_norm(k, kn, sim, d, eps), cos, sin, half, neox).astype(np.float16)
         vc[:, p] = row[(n_heads + n_kv) * d :].reshape(n_kv, d).astype(np.float16)
-    sim.f32(out, n_heads * d)[:] = _attend(q, kc, vc, p, window, scale)
+    sim.f32(out, n_heads * d)[:] = _attend(q, kc, vc, p, window, scale, sinks)
 
 
 def k_attn_decode(sim, ln, defines) -> None:
@@ -489,7 +504,7 @@ def k_attn_decode_rope(sim, ln, defines) -> None:
     _decode_common(sim, ln, defines, rope=True)
 
 
-def _prefill(sim, defines, args, n) -> None:
+def _prefill(sim, defines, args, n, sinks=None) -> None:
     qkv, kc_p, vc_p, out, pos_p, n_heads, n_kv, max_ctx, scale, window = args
     d = int(defines["HEAD_DIM"])
     pos0 = int(sim.i32(pos_p, 1)[0])
@@ -499,17 +514,18 @@ def _prefill(sim, defines, args, n) -> None:
     res = sim.f32(out, n * n_heads * d).reshape(n, n_heads * d)
     for t in range(n):
         q = rows[t, : n_heads * d].reshape(n_heads, d).astype(np.float64)
-        res[t] = _attend(q, kc, vc, pos0 + t, window, scale)
+        res[t] = _attend(q, kc, vc, pos0 + t, window, scale, sinks)
 
 
 def k_attn_prefill(sim, ln, defines) -> None:
     assert ln.grid[1] == ln.args[5]  # grid (n_tokens, n_heads)
-    _prefill(sim, defines, ln.args, ln.grid[0])
+    args, sinks = _sinks(sim, ln, ln.grid[1])
+    _prefill(sim, defines, args, ln.grid[0], sinks)
 
 
 def k_attn_prefill_tc(sim, ln, defines) -> None:
-    qkv, kc, vc, out, pos, n, *rest = ln.args
-    _prefill(sim, defines, (qkv, kc, vc, out, pos, *rest), n)
+    (qkv, kc, vc, out, pos, n, *rest), sinks = _sinks(sim, ln, ln.grid[1])
+    _prefill(sim, defines, (qkv, kc, vc, out, pos, *rest), n, sinks)
 
 
 def k_advance_position(sim, ln, _d) -> None:
@@ -699,6 +715,10 @@ _FIXED: dict[str, Callable] = {
     "attn_decode_rope": k_attn_decode_rope,
     "attn_prefill": k_attn_prefill,
     "attn_prefill_tc": k_attn_prefill_tc,
+    "attn_decode_sinks": k_attn_decode,
+    "attn_decode_rope_sinks": k_attn_decode_rope,
+    "attn_prefill_sinks": k_attn_prefill,
+    "attn_prefill_tc_sinks": k_attn_prefill_tc,
     "sample_greedy": k_sample_greedy,
     "argmax_multi": k_argmax,
     "sample_full": k_sample_full,
@@ -729,6 +749,10 @@ def resolve(name: str) -> Callable[[Sim, Launch, dict], None]:
     if name in ("embed_plain_f32", "embed_plain_f16"):
         qtype = Q.F32 if name.endswith("f32") else Q.F16
         return lambda sim, ln, d: k_embed(sim, ln, d, qtype)
+    if name.startswith("moe_"):
+        from tests.cuda.sim_moe import resolve_moe
+
+        return resolve_moe(name)
     kind, qtype = _split_type(name)
     if kind == "embed":
         return lambda sim, ln, d: k_embed(sim, ln, d, qtype)
@@ -751,6 +775,8 @@ def kernel_kind(name: str) -> str:
     name = _base_name(name)
     if name in _FIXED:
         return name
+    if name.startswith("moe_"):  # moe_topk, moe_gate_up[_norm]_<type>, moe_down_<type>
+        return name if name == "moe_topk" else _split_type(name)[0]
     if name.startswith("embed"):
         return "embed"
     kind, _ = _split_type(name)

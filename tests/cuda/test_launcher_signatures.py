@@ -60,6 +60,7 @@ def nvcc() -> str:
 def prepared():
     """(file, defines) -> [(kernel, letters)] as Ops(64), Ops(256) and QuantKernels (with the
     mr variants of one type) ask for them."""
+    import cuda.moe_ops as moe_mod
     import cuda.ops as ops_mod
     import cuda.quant_ops as quant_mod
 
@@ -69,6 +70,7 @@ def prepared():
         mp.setattr(quant_mod, "prefetch", lambda specs: None)
         for mod in (ops_mod, quant_mod):
             mp.setattr(mod, "load_module", lambda f, defines=None: _Module(record, f, defines))
+        for mod in (ops_mod, quant_mod, moe_mod):
             mp.setattr(
                 mod, "load_driver_module", lambda f, defines=None: _Module(record, f, defines)
             )
@@ -88,6 +90,7 @@ def prepared():
         # the mr variants: every kind for one type (the kernel names and arguments do not
         # depend on it) and the segmented kernels, which take every type
         quant_mod.QuantKernels(fast_cvt=True, mr=[Q.Q5_0])
+        moe_mod.MoeKernels()
     finally:
         mp.undo()
     by_source: dict[tuple, set] = {}

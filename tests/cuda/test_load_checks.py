@@ -75,25 +75,25 @@ def test_an_unsupported_head_dim_is_a_model_load_error(model, head_dim):
         CudaEngine.load(_variant(model, config=config), max_context=64)
 
 
-def test_an_mxfp4_matrix_is_refused_until_the_kernels_decode_it(model):
-    # the numpy side reads MXFP4 (runtime.quants); the CUDA kernels do not yet, so the load
-    # check must name the tensor and the type rather than let a kernel meet it
-    bad = attrs.evolve(model.weight("ffn_up", 1), qtype=Q.MXFP4)
-    with pytest.raises(ModelLoadError, match=r"blk\.1\.ffn_up\.weight.*unsupported type MXFP4"):
+def test_a_matrix_type_the_kernels_lack_is_refused_at_load(model):
+    # the kernels decode the nine types of MOD-5 (MXFP4 included) and nothing else: the load
+    # check names the tensor and the type rather than let a kernel meet it
+    bad = attrs.evolve(model.weight("ffn_up", 1), qtype=Q.Q5_1)
+    with pytest.raises(ModelLoadError, match=r"blk\.1\.ffn_up\.weight.*unsupported type Q5_1"):
         CudaEngine.load(_variant(model, tensor=bad), max_context=64)
 
 
 def test_a_family_whose_block_is_not_wired_is_refused_before_any_gpu_work(model):
     """A block without a CUDA module (cuda.models.BLOCKS) must not run another block's layer
-    sequence on its weights: it is refused naming the backend to use. llama and gemma3 run."""
+    sequence on its weights: it is refused naming the backend to use. llama, gemma3, gpt_oss run."""
     from cuda.models import BLOCKS
     from runtime.models import FAMILIES
 
-    assert {f.block for f in FAMILIES.values()} <= set(BLOCKS) == {"llama", "gemma3"}
+    assert {f.block for f in FAMILIES.values()} <= set(BLOCKS) == {"llama", "gemma3", "gpt_oss"}
     variant = _variant(model)
     variant.family = attrs.evolve(model.family, block="mamba", name="mamba")
     with pytest.raises(
         ModelLoadError,
-        match=r"does not run the mamba block .*\(it runs llama, gemma3\).*--backend cpu",
+        match=r"does not run the mamba block .*\(it runs llama, gemma3, gpt_oss\).*--backend cpu",
     ):
         CudaEngine.load(variant, max_context=64)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as Q
 
 from cuda.compile import KERNEL_DIR, NVCC_OPTIONS, kernel_sources
 from runtime.quants import dequantize
@@ -89,6 +90,8 @@ def test_cuda_block_decoders_match_numpy_on_the_host(nvcc, tmp_path, fast_cvt):
         qk = block_cols(qtype)
         rows, cols = 48, qk * 4  # 192 blocks of random bits: every scale / nibble pattern
         raw = random_weights(qtype, rows, cols, rng)
+        if qtype == Q.MXFP4:  # every scale byte: denormal (0, 1), normal, overflow to inf (255)
+            raw.reshape(-1, 17)[:, 0] = np.arange(raw.size // 17) * 37 % 256
         src, dq4, slot8 = (tmp_path / f"{qtype.name}.{k}" for k in ("in", "dq4", "slot8"))
         raw.tofile(src)
         args = [str(exe), str(index), str(rows * cols // qk), str(src), str(dq4), str(slot8)]

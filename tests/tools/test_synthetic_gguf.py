@@ -200,3 +200,49 @@ def test_bpe_vocabulary_past_the_two_byte_merges_stays_consistent():
     known = set(tokens)
     assert all(a in known and b in known and a + b in known for a, b in map(str.split, merges))
     assert len(max(tokens[len(syn.SPECIALS) :], key=len)) == 3
+
+
+def test_gpt_oss_family_plan_is_the_real_20b_files_table():
+    """gpt-oss-20b's MXFP4 GGUF (ggml-org's, as llama.cpp loads it): 459 tensors, 289 F32,
+    72 MXFP4 expert tensors, the other 98 matrices Q8_0, 12.1 GB; MXFP4 holds most bytes, so
+    /health's quant_kind says MXFP4."""
+    from collections import Counter
+
+    from runtime.quants import row_bytes
+
+    meta, plan = syn._family_plan("gpt-oss", None, None)
+    counts = Counter(q for _, q, _ in plan)
+    assert len(plan) == 459 and counts == {Q.F32: 289, Q.MXFP4: 72, Q.Q8_0: 98}
+    by_type = Counter()
+    for _, qtype, shape in plan:
+        by_type[qtype] += int(np.prod(shape[:-1])) * row_bytes(qtype, shape[-1])
+    assert by_type.most_common(1)[0][0] == Q.MXFP4
+    assert 12.0e9 < sum(by_type.values()) < 12.2e9
+    shapes = {n: s for n, _, s in plan}
+    assert shapes["blk.23.ffn_gate_exps.weight"] == (32, 2880, 2880)
+    assert shapes["blk.0.attn_q.weight"] == (4096, 2880) and shapes["output.weight"][0] == 201088
+    tokens = meta["tokenizer.ggml.tokens"][0]
+    assert len(tokens) == len(set(tokens)) == 201088
+    assert tokens[199998] == "<|startoftext|>" and tokens[200012] == "<|call|>"
+    assert meta["tokenizer.ggml.eos_token_id"][0] == 200002  # <|return|>, as the real file
+    assert meta["tokenizer.ggml.pre"][0] == "gpt-4o"
+
+
+def test_gpt_oss_family_small_variant_runs_on_the_numpy_engine(tmp_path: Path):
+    from runtime.numpy_engine import NumpyEngine
+    from runtime.tokenizer import Tokenizer
+
+    path = syn.write_synthetic_model(
+        tmp_path / "o.gguf", family="gpt-oss", n_layers=2, vocab_size=1500
+    )
+    with open_gguf(path) as model:
+        c = model.config
+        assert model.quant_kind == "MXFP4_MOE" and model.family.block == "gpt_oss"
+        assert c.layer_window == (128, 0) and c.moe.n_experts == 32 and c.moe.top_k == 4
+        assert c.rope_yarn.factor == 32.0 and c.rope_yarn.truncate is False
+        tok = Tokenizer.from_metadata(model.metadata)
+        engine = NumpyEngine.load(model, max_context=16)
+    tokens = model.metadata["tokenizer.ggml.tokens"]
+    assert {tokens[i] for i in tok.eog_ids} == {"<|return|>", "<|call|>", "<|endoftext|>"}
+    logits = engine.prefill_all_logits(0, tok.encode("a short prompt"))
+    assert np.isfinite(logits).all() and logits.std() > 0.1  # random weights, live activations
