@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on stop, seconds after SIGTERM before SIGKILL (default 30)")  # fmt: skip
     add("--max-context", type=int, default=None,
         help="KV-cache tokens of each worker (default: the worker's own, min(2048, the model's))")  # fmt: skip
+    add("--max-batch", type=int, default=d.max_batch.default,
+        help="sequence slots of each worker, each a KV cache (default 16; in the estimate too)")  # fmt: skip
     add("--memory-limit", type=int, default=None,
         help="bytes of each device's memory the pool may hand out (default: all of it)")  # fmt: skip
     add("--hf-cache", type=Path, default=None,
@@ -64,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> PoolConfig:
         "shutdown_grace_s": args.shutdown_grace,
         "kill_after_s": args.kill_after,
         "max_context": args.max_context,
+        "max_batch": args.max_batch,
         "memory_limit_bytes": args.memory_limit,
         "hf_cache": args.hf_cache,
         "hf_download": args.hf_download,

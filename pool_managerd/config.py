@@ -13,6 +13,8 @@ from pathlib import Path
 
 import attrs
 
+from runtime.config import DEFAULT_MAX_BATCH, MAX_BATCH
+
 BACKENDS = ("auto", "cpu", "cuda")
 POOL_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -50,6 +52,10 @@ class PoolConfig:
     # KV-cache tokens of the workers (passed to them and used by the memory estimate);
     # None: the worker's own default, min(2048, the model's trained context)
     max_context: int | None = attrs.field(default=None, validator=_positive)
+    # sequence slots of the workers (passed to them and used by the memory estimate: each slot
+    # is a KV cache of max_context)
+    max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=attrs.validators.in_(
+        range(1, MAX_BATCH + 1)))  # fmt: skip
     # cap on the memory the pool hands out per device (None: the device's own size)
     memory_limit_bytes: int | None = attrs.field(default=None, validator=_positive)
     hf_cache: Path | None = None  # huggingface_hub's cache folder (None: the library's default)

@@ -25,17 +25,21 @@ def effective_context(model: GGUFModel, max_context: int | None) -> int:
     return min(max_context or DEFAULT_MAX_CONTEXT, model.config.context_length)
 
 
-def memory_needed(model: GGUFModel, *, device_kind: str, max_context: int) -> int:
+def memory_needed(
+    model: GGUFModel, *, device_kind: str, max_context: int, max_batch: int = 1
+) -> int:
+    """With `max_batch` sequence slots of `max_context` tokens, as the worker is started with."""
     if device_kind == "cuda":
         from cuda.estimate import vram_needed
 
-        return vram_needed(model, max_context)
-    return host_memory_needed(model, max_context)
+        return vram_needed(model, max_context, max_batch=max_batch)
+    return host_memory_needed(model, max_context, max_batch)
 
 
-def host_memory_needed(model: GGUFModel, max_context: int) -> int:
+def host_memory_needed(model: GGUFModel, max_context: int, max_batch: int = 1) -> int:
     c = model.config
     weights = FP32 * sum(math.prod(t.shape) for t in model.tensors.values())
-    kv_cache = 2 * FP32 * c.n_layers * c.n_kv_heads * max_context * c.head_dim  # k and v
+    # k and v of every slot, and every slot's logits row
+    kv_cache = 2 * FP32 * max_batch * c.n_layers * c.n_kv_heads * max_context * c.head_dim
     rope = 2 * FP32 * max_context * (c.rope_dim // 2)  # cos and sin tables
-    return weights + kv_cache + rope + FP32 * c.vocab_size
+    return weights + kv_cache + rope + FP32 * max_batch * c.vocab_size

@@ -158,6 +158,7 @@ class Pool:
                 path,
                 device_kind=device.kind,
                 max_context=request.max_context or self.config.max_context,
+                max_batch=self.config.max_batch,
             )
         )
         self._refuse_when_shutting_down()
@@ -177,6 +178,7 @@ class Pool:
             gpu=device.id,
             reserved_bytes=facts.bytes_needed,
             max_context=facts.max_context,
+            max_batch=facts.max_batch,
             log_tail_lines=self.config.log_tail_lines,
         )
         self.workers[record.id] = record
@@ -203,6 +205,7 @@ class Pool:
             backend=handle.device.kind,
             gpu_device=handle.device.ordinal,
             max_context=record.max_context,
+            max_batch=record.max_batch,
             host=self.config.callback_host(),
             callback_url=self.callback_url,
         )

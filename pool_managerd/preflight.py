@@ -21,6 +21,7 @@ import attrs
 
 from pool_managerd.errors import PoolError
 from pool_managerd.estimate import effective_context, memory_needed
+from runtime.config import DEFAULT_MAX_BATCH
 from runtime.errors import ErrorCode, ModelLoadError
 
 
@@ -32,6 +33,7 @@ class ModelFacts:
     file_bytes: int
     max_context: int  # the KV-cache tokens the worker will allocate (and is told to)
     bytes_needed: int  # device memory the worker will hold
+    max_batch: int = 1  # the sequence slots (each a KV cache) it will allocate (and is told to)
 
 
 def incompatible(message: str, path: Path, **details) -> PoolError:
@@ -43,7 +45,9 @@ def incompatible(message: str, path: Path, **details) -> PoolError:
     )
 
 
-def examine(path: Path, *, device_kind: str, max_context: int | None) -> ModelFacts:
+def examine(
+    path: Path, *, device_kind: str, max_context: int | None, max_batch: int = DEFAULT_MAX_BATCH
+) -> ModelFacts:
     """Blocking: open and check the file for `device_kind` ("cpu" | "cuda"); PoolError if not."""
     from runtime.gguf_file import open_gguf
 
@@ -68,7 +72,10 @@ def examine(path: Path, *, device_kind: str, max_context: int | None) -> ModelFa
             quant_kind=model.quant_kind,
             file_bytes=path.stat().st_size,
             max_context=context,
-            bytes_needed=memory_needed(model, device_kind=device_kind, max_context=context),
+            max_batch=max_batch,
+            bytes_needed=memory_needed(
+                model, device_kind=device_kind, max_context=context, max_batch=max_batch
+            ),
         )
 
 

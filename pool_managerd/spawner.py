@@ -47,6 +47,7 @@ def worker_command(
     backend: str,
     gpu_device: int,
     max_context: int,
+    max_batch: int,
     host: str,
     callback_url: str,
 ) -> list[str]:
@@ -66,6 +67,8 @@ def worker_command(
         str(gpu_device),
         "--max-context",
         str(max_context),
+        "--max-batch",
+        str(max_batch),
         "--host",
         host,
         "--port",

@@ -61,6 +61,7 @@ class WorkerRecord:
     gpu: int | str  # the device id
     reserved_bytes: int  # the preflight estimate, held from admission on
     max_context: int
+    max_batch: int = 1  # sequence slots the worker allocates (each a KV cache of max_context)
     log_tail_lines: int = 20
     status: WorkerStatus = WorkerStatus.STARTING
     started_at: str = attrs.field(factory=utc_now_iso)
@@ -118,6 +119,7 @@ class WorkerRecord:
             "exit_code": self.exit_code,
             "load_percent": self.load_percent,
             "max_context": self.max_context,
+            "max_batch": self.max_batch,
             "path": str(self.path),
         }
         if self.reason is not None:
