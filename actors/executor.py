@@ -12,7 +12,7 @@ Trio -> thread: one bounded memory channel of commands (load, job, wake, stop), 
 callbacks through the trio token (`run_sync_soon`), so the step loop never waits for the event
 loop to forward a token. Cancellation is a flag on each job the loop reads before every step: a
 cancelled job gets its terminal event and frees its slot before the next step runs; the others
-go on untouched. See specs/decisions/0023-batch-slots-step-loop.md.
+go on untouched. See specs/decisions/0026-batch-slots-step-loop.md.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ BACKENDS = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_CONTEXT = 2048  # tokens of KV cache unless --max-context says otherwise
-#: sequences decoded together (--max-batch); why 16: specs/decisions/0023-batch-slots-step-loop.md
+#: sequences decoded together (--max-batch); why 16: specs/decisions/0026-batch-slots-step-loop.md
 DEFAULT_MAX_BATCH = 16
 MAX_BATCH = 64
 MAX_BODY_BYTES = 1024 * 1024  # POST bodies above this answer 413

@@ -42,7 +42,7 @@ class Engine(Protocol):
     is allocated per step): a loader takes `max_context` and `max_batch` (runtime.backends;
     `CudaEngine.load(gguf, max_context=..., max_batch=..., ...)`). Every call names its slots, and a slot's results depend on that
     slot's tokens only: not on which other slots run, nor on when (batch invariance, see
-    specs/decisions/0023-batch-slots-step-loop.md).
+    specs/decisions/0026-batch-slots-step-loop.md).
     """
 
     backend: str  # "cpu" | "cuda"

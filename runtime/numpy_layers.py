@@ -23,7 +23,7 @@ MIN_OUTPUTS = 4096
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x (T, in) times w (out, in) transposed -> (T, out), each row the same whatever T is.
 
-    Batch invariance (specs/decisions/0023-batch-slots-step-loop.md): a row's result must not
+    Batch invariance (specs/decisions/0026-batch-slots-step-loop.md): a row's result must not
     depend on the other rows. Computed as w @ x.T, one sgemm in which OpenBLAS reduces every
     output element in the same order for any number of columns and any column position, as long
     as it stays on its general path: at least 2 columns (one goes to sgemv, which sums in another

@@ -4,7 +4,7 @@ Everything a job needs besides the engine's memory lives here, so a sequence can
 beside 63 others and none of its state is shared: the batcher (`runtime.batcher`) only gives
 it a slot. Its prompt is cut into chunks at fixed offsets of its own (0, C, 2C, ...), never at
 boundaries that depend on who else is running, because a chunk's arithmetic depends on its
-length (batch invariance, specs/decisions/0023-batch-slots-step-loop.md).
+length (batch invariance, specs/decisions/0026-batch-slots-step-loop.md).
 
 Event contract (what `accept` returns; `runtime.generate` documents it for a whole job): one
 `TokenOut` per sampled token, in order, `index` 0, 1, 2, ..., then exactly one `Finished`.

@@ -1,4 +1,4 @@
-"""Batch invariance on the cpu engine (issue 13, item 4; specs/decisions/0023-batch-slots-step-loop.md).
+"""Batch invariance on the cpu engine (issue 13, item 4; specs/decisions/0026-batch-slots-step-loop.md).
 
 A seeded request must produce the same token ids alone, beside 7 others and beside 63 others,
 joining the batch early or late, greedy and at temperature 0.8. The reference is the request run
