@@ -24,6 +24,11 @@ def _positive(_instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name.replace('_', '-')} must be positive, got {value!r}")
 
 
+def _batch_size(_instance, attribute, value) -> None:
+    if not 1 <= value <= MAX_BATCH:
+        raise ValueError(f"max-batch must be in 1..{MAX_BATCH}, got {value!r}")
+
+
 def _pool_id(_instance, _attribute, value: str) -> None:
     if not POOL_ID_RE.fullmatch(value):
         raise ValueError(f"pool id must match {POOL_ID_RE.pattern}, got {value!r}")
@@ -54,8 +59,7 @@ class PoolConfig:
     max_context: int | None = attrs.field(default=None, validator=_positive)
     # sequence slots of the workers (passed to them and used by the memory estimate: each slot
     # is a KV cache of max_context)
-    max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=attrs.validators.in_(
-        range(1, MAX_BATCH + 1)))  # fmt: skip
+    max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=_batch_size)
     # cap on the memory the pool hands out per device (None: the device's own size)
     memory_limit_bytes: int | None = attrs.field(default=None, validator=_positive)
     hf_cache: Path | None = None  # huggingface_hub's cache folder (None: the library's default)

@@ -21,12 +21,20 @@ def run_pool(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args",
-    [("--port", "99999"), ("--health-interval", "0"), ("--pool-id", "a b"), ("--backend", "x")],
+    [
+        ("--port", "99999"),
+        ("--health-interval", "0"),
+        ("--pool-id", "a b"),
+        ("--backend", "x"),
+        ("--max-batch", "0"),
+        ("--max-batch", "65"),
+    ],
 )
 def test_bad_flags_exit_2(args):
     done = run_pool(*args)
     assert done.returncode == 2, done.stderr
     assert "pool-managerd" in done.stderr
+    assert "Attribute(" not in done.stderr  # the flag's own sentence, not the validator's repr
 
 
 def test_cuda_without_a_gpu_exits_1():
