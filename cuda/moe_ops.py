@@ -48,10 +48,17 @@ def _driver_module():
     return module
 
 
-def _check_cols(qtype: Q, cols: int, what: str) -> None:
+def _checked_experts(qtype, cols: int, k: int, what: str) -> Q:
+    """The expert stacks' type, once it has kernels, `cols` suits it and `k` is in range."""
+    qtype = Q(qtype)
+    if qtype not in _TYPES:
+        raise ValueError(f"no CUDA kernels for weight type {qtype.name}")
     problem = QuantKernels.matrix_problem(qtype, cols)
     if problem is not None:
         raise ValueError(f"{what}: {problem}")
+    if not 0 < k <= MAX_TOP_K:
+        raise ValueError(f"k must be in 1..{MAX_TOP_K}, got {k}")
+    return qtype
 
 
 class MoeKernels:
@@ -96,12 +103,7 @@ class MoeKernels:
         """h (n_tokens, k, d_ff) = swiglu_clamped(W_gate[e] @ xn + b_gate[e], W_up[e] @ xn +
         b_up[e]) for e = ids[t, j]; W_* (n_experts, d_ff, cols) raw blocks, b_* (n_experts,
         d_ff) f32, x (n_tokens, cols) f32; xn = rmsnorm(x) * norm_w when `norm_w` is given."""
-        qtype = Q(qtype)
-        if qtype not in _TYPES:
-            raise ValueError(f"no CUDA kernels for weight type {qtype.name}")
-        _check_cols(qtype, cols, "expert gate/up")
-        if not 0 < k <= MAX_TOP_K:
-            raise ValueError(f"k must be in 1..{MAX_TOP_K}, got {k}")
+        qtype = _checked_experts(qtype, cols, k, "expert gate/up")
         if d_ff <= 0 or n_tokens <= 0:
             return
         if n_tokens * k > MAX_GRID_Y:
@@ -122,12 +124,7 @@ class MoeKernels:
         """y (n_tokens, rows) (+)= sum_j weights[t, j] * (W_down[e] @ h[t, j] + b_down[e]),
         e = ids[t, j]; W_down (n_experts, rows, d_ff) raw blocks, b_down (n_experts, rows) f32,
         h (n_tokens, k, d_ff) f32. `accumulate`: add to y (the residual stream)."""
-        qtype = Q(qtype)
-        if qtype not in _TYPES:
-            raise ValueError(f"no CUDA kernels for weight type {qtype.name}")
-        _check_cols(qtype, d_ff, "expert down")
-        if not 0 < k <= MAX_TOP_K:
-            raise ValueError(f"k must be in 1..{MAX_TOP_K}, got {k}")
+        qtype = _checked_experts(qtype, d_ff, k, "expert down")
         if rows <= 0 or n_tokens <= 0:
             return
         if n_tokens > MAX_GRID_Y:

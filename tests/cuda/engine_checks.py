@@ -237,6 +237,25 @@ def check_slots_match_numpy(engine, ref: NumpyEngine, *, n_tokens: int = 5) -> N
             reference.step(token)
 
 
+def check_a_nan_slot_on_a_poisoned_file(tmp_path: Path, **synthetic: Any) -> None:
+    """A one-layer synthetic llama whose embedding row of "q" is NaN, on a 2-slot CUDA engine:
+    `check_nonfinite_slot_ends_alone` with "q" poisoned and "a" clean. `synthetic`: more
+    arguments of write_synthetic_model (the vocabulary size, smaller shapes)."""
+    from cuda.engine import CudaEngine
+    from tests.poisoned_gguf import poison_rows
+
+    path = write_synthetic_model(
+        tmp_path / "m.gguf", n_layers=1, seed=3, tied_output=False, **synthetic
+    )
+    poisoned = 3 + ord("q")
+    with open_gguf(poison_rows(path, "token_embd.weight", [poisoned])) as m:
+        e = CudaEngine.load(m, max_context=32, max_batch=2)
+        try:
+            check_nonfinite_slot_ends_alone(e, poisoned, clean=3 + ord("a"))
+        finally:
+            e.close()
+
+
 def check_nonfinite_slot_ends_alone(engine, poisoned: int, clean: int) -> None:
     """A slot whose logits are NaN (its prompt holds `poisoned`, a NaN embedding row) gets
     NON_FINITE from `sample`, greedy and random, while the other slot of the same calls gets

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from tests.cuda.engine_checks import (
+    check_a_nan_slot_on_a_poisoned_file,
     check_batch_invariance,
-    check_nonfinite_slot_ends_alone,
     check_slots_match_numpy,
     gemma3_file,
 )
@@ -73,18 +73,4 @@ def test_slot_graphs_are_the_single_slot_graph(engine, model):
 
 
 def test_a_nan_slot_gets_non_finite_and_its_neighbour_its_own_tokens(cuda_ctx, tmp_path):
-    from cuda.engine import CudaEngine
-    from runtime.gguf_file import open_gguf
-    from tests.poisoned_gguf import poison_rows
-    from tools.make_synthetic_gguf import write_synthetic_model
-
-    path = write_synthetic_model(
-        tmp_path / "m.gguf", n_layers=1, vocab_size=400, seed=3, tied_output=False
-    )
-    poisoned = 3 + ord("q")
-    with open_gguf(poison_rows(path, "token_embd.weight", [poisoned])) as m:
-        e = CudaEngine.load(m, max_context=32, max_batch=2)
-        try:
-            check_nonfinite_slot_ends_alone(e, poisoned, clean=3 + ord("a"))
-        finally:
-            e.close()
+    check_a_nan_slot_on_a_poisoned_file(tmp_path, vocab_size=400)

@@ -35,9 +35,9 @@ from runtime.numpy_engine import NumpyEngine
 from tests.cuda.engine_checks import (
     SYNTHETIC_TOL,
     banning_file,
+    check_a_nan_slot_on_a_poisoned_file,
     check_banned_never_sampled,
     check_batch_invariance,
-    check_nonfinite_slot_ends_alone,
     check_slots_match_numpy,
     compare_with_numpy,
     gemma3_file,
@@ -333,15 +333,4 @@ def test_a_job_gives_the_same_tokens_alone_and_beside_7_or_63_others(sim, tmp_pa
 
 
 def test_a_nan_slot_gets_non_finite_and_its_neighbour_its_own_tokens(sim, tmp_path):
-    from cuda.engine import CudaEngine
-    from tests.poisoned_gguf import poison_rows
-
-    path = write_synthetic_model(tmp_path / "m.gguf", n_layers=1, vocab_size=300, seed=3,
-                                 tied_output=False, metadata=SMALL_LLAMA)  # fmt: skip
-    poisoned = 3 + ord("q")
-    with open_gguf(poison_rows(path, "token_embd.weight", [poisoned])) as m:
-        e = CudaEngine.load(m, max_context=32, max_batch=2)
-        try:
-            check_nonfinite_slot_ends_alone(e, poisoned, clean=3 + ord("a"))
-        finally:
-            e.close()
+    check_a_nan_slot_on_a_poisoned_file(tmp_path, vocab_size=300, metadata=SMALL_LLAMA)
