@@ -52,20 +52,29 @@ def selected_model() -> str | None:
     return os.environ.get(MODEL_ENV) or None
 
 
-#: A job that is still running a few seconds after it starts, on either backend. On the GPU,
+#: Jobs sized to the backend for the shutdown and signal tests: backend -> kind -> (max_context,
+#: prompt, max_tokens). "outlasts" is still running a few seconds after it starts: on the GPU,
 #: which decodes ~1,400+ tokens/s, a context long enough for ~3 s of decode and a counting
 #: prompt (greedy decoding goes on counting rather than ending); on the cpu a 4-token prompt,
 #: whose one prefill pass stays short on a loaded 2-core box (a cancel waits for the pass).
-LONG_JOB = {  # backend -> (max_context, prompt, max_tokens)
-    "cpu": (None, "Once upon a time", 500),
-    "cuda": (4096, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", 4000),
+#: "finishes" is running when a signal lands right after its start (a GPU decodes 6 tokens in
+#: ~4 ms) and ends well inside a 60 s deadline.
+JOBS = {
+    "cpu": {
+        "outlasts": (None, "Once upon a time", 500),
+        "finishes": (None, "Once upon a time", 6),
+    },
+    "cuda": {
+        "outlasts": (4096, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", 4000),
+        "finishes": (4096, "Once upon a time", 2000),
+    },
 }
 
 
-def long_job(job_id: str, backend: str | None = None) -> tuple[int | None, dict]:
-    """(max_context for start_worker, /execute body) of a job that outlasts a shutdown
-    deadline of a second or two on `backend` (default: the selected one)."""
-    max_context, prompt, max_tokens = LONG_JOB[backend or selected_backend()]
+def sized_job(job_id: str, kind: str, backend: str | None = None) -> tuple[int | None, dict]:
+    """(max_context for start_worker, /execute body) of a `kind` job (JOBS) on `backend`
+    (default: the selected one)."""
+    max_context, prompt, max_tokens = JOBS[backend or selected_backend()][kind]
     return max_context, {"job_id": job_id, "prompt": prompt, "max_tokens": max_tokens}
 
 

@@ -9,13 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    long_job,
-    selected_backend,
-    selected_model,
-    start_worker,
-    stream_execute,
-)
+from tests.e2e.conftest import selected_model, sized_job, start_worker, stream_execute
 
 pytestmark = pytest.mark.slow
 EXIT_WAIT_S = 30.0
@@ -44,7 +38,7 @@ def _wait_for(worker, action: str, timeout_s: float = 60.0) -> None:
 
 def test_post_shutdown_refuses_new_work_cancels_at_the_deadline_and_exits_0(tmp_path):
     deadline = 1.5
-    max_context, body = long_job("long")
+    max_context, body = sized_job("long", "outlasts")
     with start_worker(
         worker_id="shutdown",
         model=selected_model(),
@@ -77,18 +71,15 @@ def test_post_shutdown_refuses_new_work_cancels_at_the_deadline_and_exits_0(tmp_
 
 
 def test_sigterm_takes_the_same_path_and_lets_the_running_job_finish(tmp_path):
-    # Long enough to be running when the signal lands (a GPU decodes 6 tokens in ~4 ms), short
-    # enough to end well inside the deadline on either backend.
-    tokens = 6 if selected_backend() == "cpu" else 2000
+    max_context, body = sized_job("short", "finishes")
     with start_worker(
         worker_id="sigterm",
         model=selected_model(),
-        max_context=None if tokens < 1000 else 4096,
+        max_context=max_context,
         log_path=tmp_path / "worker.log",
         extra_args=("--shutdown-deadline", "60"),  # a loaded 2-core box is slow; never reached
     ) as worker:
         result: dict = {}
-        body = {"job_id": "short", "prompt": "Once upon a time", "max_tokens": tokens}
         reader = _stream_in_thread(worker, body, result)
         _wait_for(worker, "execute_start")
         worker.proc.send_signal(signal.SIGTERM)
@@ -97,7 +88,7 @@ def test_sigterm_takes_the_same_path_and_lets_the_running_job_finish(tmp_path):
     assert rc == 0, worker.log_text()[-3000:]
     name, data = result["t"].terminal
     assert name == "end"  # it finished (all its tokens, or at EOS): it was not cut
-    assert data["tokens_out"] == tokens or data["stop_reason"] == "eos"
+    assert data["tokens_out"] == body["max_tokens"] or data["stop_reason"] == "eos"
     events = worker.narration()
     actions = [e.get("action") for e in events]
     assert "signal" in actions and "shutdown_deadline" not in actions

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import long_job, selected_model, start_worker, stream_execute
+from tests.e2e.conftest import selected_model, sized_job, start_worker, stream_execute
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_repeated_signals_during_shutdown_still_exit_0(tmp_path):
     log_path = tmp_path / "worker.log"
     # The running job may go on for the shutdown deadline (1 s here), then it is cancelled.
-    max_context, body = long_job("long")
+    max_context, body = sized_job("long", "outlasts")
     with start_worker(
         worker_id="signals",
         model=selected_model(),
