@@ -9,18 +9,15 @@
 #      the regression check of issue 8's engine after the merge)
 #   4. the M1 suite on SmolLM2, with fewer samples than its defaults (issue 9)
 #   5. gpt-oss and phi3 on the engine vs transformers' logits (issue 14)
-# Logs come back as $OUT/final-logs.tgz.
+# Logs come back as $OUT/final-logs.tgz (gpu_steps.sh: logs_back).
 set -uo pipefail
 models=/root/models
 smol=$models/SmolLM2-135M-Instruct.Q4_1.gguf
-back=${OUT:-/tmp/gpu-final-back}
-out=/tmp/gpu-session/final
-mkdir -p "$out" "$back"
-trap 'tar -czf "$back/final-logs.tgz" -C "$out" .' EXIT
 export PYTHONUNBUFFERED=1 TAIL=${TAIL:-14} WORKER_ORCD_MODELS_DIR="$models"
 export WORKER_ORCD_MODEL="$smol" WORKER_ORCD_TEST_MODEL="$smol"
 # shellcheck source=tools/gpu_steps.sh
 . "$(dirname "$0")/gpu_steps.sh"
+logs_back final
 pt="python3 -m pytest -q -p no:cacheprovider -rfEs"
 t_end=$((SECONDS + ${BUDGET_S:-330}))
 bounded() {  # NAME LIMIT CMD...: `step`, cut to what is left of the budget

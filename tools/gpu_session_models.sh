@@ -15,10 +15,6 @@
 # (at most 8 files come back from a call).
 set -uo pipefail
 models=/root/models
-back=${OUT:-/tmp/gpu-session-back}
-out=/tmp/gpu-session/${1:-none}
-mkdir -p "$out" "$back"
-trap 'tar -czf "$back/${1:-none}-logs.tgz" -C "$out" .' EXIT
 qwen=$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 gemma=$models/gemma-3-270m-q4_k_m.gguf
 smol=$models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -26,6 +22,7 @@ llama=/root/llama-build
 export PYTHONUNBUFFERED=1 TAIL=${TAIL:-30} WORKER_ORCD_MODELS_DIR="$models"
 # shellcheck source=tools/gpu_steps.sh
 . "$(dirname "$0")/gpu_steps.sh"
+logs_back "${1:-none}"
 pt="python3 -m pytest -q -p no:cacheprovider -rfEs"
 
 wait_llama() {  # the background build, bounded: its binaries or a clear failure
