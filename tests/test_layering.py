@@ -61,7 +61,25 @@ def test_the_checker_sees_lazy_imports(tmp_path):
     assert _allowed("actors.service", ALLOWED["api"])
 
 
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
 def test_the_console_script_is_the_top_level_entry_point():
-    text = (REPO / "pyproject.toml").read_text()
-    assert 'worker-orcd = "worker_orcd.cli:main"' in text
-    assert '"worker_orcd"' in text.split("packages = ", 1)[1].splitlines()[0]
+    project = _pyproject()
+    assert project["project"]["scripts"]["worker-orcd"] == "worker_orcd.cli:main"
+    assert "worker_orcd" in project["tool"]["setuptools"]["packages"]
+
+
+def test_every_package_folder_is_installed():
+    """`pip install .` (the README's run command) copies only the listed packages: a folder of
+    modules left out is missing on a fresh machine (runtime.models was, until 2026-12-02)."""
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    for top in {name.split(".")[0] for name in listed}:
+        for folder in [REPO / top, *(p for p in (REPO / top).rglob("*") if p.is_dir())]:
+            if folder.name == "__pycache__" or not any(folder.glob("*.py")):
+                continue
+            name = ".".join(folder.relative_to(REPO).parts)
+            assert name in listed, f"{name} has modules but is not in [tool.setuptools] packages"
