@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The first GPU session of 2026-12-02's third working session (issues 12, 13, 14 and 8), in calls
+# made back to back on one warm machine (each starts with `source .device-kit/on-device.sh`):
+#   tools/gpu_session3.sh bins     the carried llama.cpp binaries (.device-kit/llama-bin parts,
+#                                  H200 build of the llama-cpp-python 0.3.36 sdist) gathered in
+#                                  /root/llama-parts; unpacked into /root/llama-build/build once
+#                                  all three are there
+#   tools/gpu_session3.sh pool     issue 12 on cuda: the pool's haiku and inventory tests and the
+#                                  preload bench (SmolLM2); issue 13's baseline:
+#                                  llama-batched-bench and our slots (bench_batch.py gpu) on
+#                                  SmolLM2; issue 8: decode profiles and the slot engine's speed
+#                                  on synthetic Qwen2.5- and Gemma 3-shaped files
+#   tools/gpu_session3.sh gptoss   issue 14: tools/gpu_verify_gptoss.sh with llama-bench
+# Every step is bounded (tools/gpu_steps.sh); each call's logs come back as $OUT/NAME-logs.tgz.
+set -uo pipefail
+models=/root/models
+smol=$models/SmolLM2-135M-Instruct.Q4_1.gguf
+llama=/root/llama-build
+export PYTHONUNBUFFERED=1 TAIL=${TAIL:-30} WORKER_ORCD_MODELS_DIR="$models"
+# shellcheck source=tools/gpu_steps.sh
+. "$(dirname "$0")/gpu_steps.sh"
+pt="python3 -m pytest -q -p no:cacheprovider -rfEs"
+
+case "${1:-}" in
+bins)
+    mkdir -p /root/llama-parts
+    cp -n .device-kit/llama-bin/llama-bin.tar.xz.* /root/llama-parts/ 2>/dev/null || true
+    ls /root/llama-parts
+    if [ "$(ls /root/llama-parts | wc -l)" -ge 3 ] && [ ! -x "$llama/build/bin/llama-bench" ]; then
+        mkdir -p "$llama/build"
+        cat /root/llama-parts/llama-bin.tar.xz.* | tar -xJ -C "$llama/build"
+        ls "$llama/build/bin" | head
+    fi
+    ;;
+pool)
+    logs_back pool
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/card.txt"
+    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    # shellcheck disable=SC2086  # $pt is a command line
+    step tests-pool 100 env WORKER_ORCD_TEST_BACKEND=cuda WORKER_ORCD_TEST_MODEL="$smol" \
+        $pt -s tests/pool/test_pool_haiku.py tests/pool/test_inventory.py
+    step pool-preload 70 python3 bench/bench_pool_preload.py --backend cuda --rounds 5 \
+        --model-ref "file:$smol"
+    step batch-smollm2 150 python3 bench/bench_batch.py gpu --model "$smol" --max-context 512 \
+        --http-clients 16 --llama-batched-bench "$llama" --json "$out/batch-smollm2.json"
+    for fam in qwen2 gemma3; do
+        step "profile-$fam" 60 python3 bench/profile_decode.py --family "$fam" --pos 128
+        step "speed-$fam" 60 python3 bench/bench_cuda.py --family "$fam" --reps 3
+    done
+    ;;
+gptoss)
+    logs_back gptoss
+    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    OUT=$out T_KERNELS=150 T_ENGINE=120 T_BENCH=250 bash tools/gpu_verify_gptoss.sh \
+        "$llama/build/bin/llama-bench"
+    ;;
+*)
+    echo "usage: $0 bins|pool|gptoss" >&2
+    exit 2
+    ;;
+esac
