@@ -39,6 +39,7 @@ from cuda import residency
 from cuda.compile import prefetch
 from cuda.estimate import CHECKSUM_SLOTS, DEFAULT_MAX_CHUNK, preflight, vram_needed
 from cuda.forward import Forward, split_levels, splits_for
+from cuda.forward_rows import bucket_for, buckets
 from cuda.ledger import AllocationFailed, Ledger
 from cuda.models import BLOCKS
 from cuda.moe_ops import sources as moe_sources
@@ -72,6 +73,9 @@ class CudaEngine:
     def __init__(self) -> None:  # use CudaEngine.load
         self._ctx = None
         self._graphs: dict[tuple[int, int], cuda_graph.Graph] = {}  # (slot, splits) -> step
+        #: (bucket, splits) -> the batched step of that many rows (cuda/forward_rows.py)
+        self._row_graphs: dict[tuple[int, int], cuda_graph.Graph] = {}
+        self._rows_slots: tuple[int, ...] = ()  # batch.slots as last uploaded
         self._poisoned: str | None = None
         self._closed = False
         self._owner = threading.get_ident()  # the thread whose context stack holds ours
@@ -80,8 +84,9 @@ class CudaEngine:
         self.max_batch = max_batch
         self._pos = [0] * max_batch
         self._last_sampled: list[int | None] = [None] * max_batch  # id left in the slot's ids[0]
-        # the slot's last step left its argmax in its ids[0] and its token_host word
-        self._greedy_ready = [False] * max_batch
+        # where the slot's last step left its argmax (also in its ids[0]): (pinned array, index)
+        # -- its token_host word, or its row of the batched step's rows_host -- or None
+        self._greedy_at: list[tuple | None] = [None] * max_batch
 
     # -- load ------------------------------------------------------------------------------------
 
@@ -154,12 +159,18 @@ class CudaEngine:
             drv, self.ops, self.stream, self.ledger, self.device, self._checksums, CHECKSUM_SLOTS
         )
         self.sampler = GpuSampler(drv, self.ops, self.ledger, self.stream, vocab=mask.n_sampled)
+        self.batched = b > 1 and self.fwd.rows_supported()  # else slots step one by one
         if opts["use_graph"]:  # per slot, one graph per split count: a step replays the one
             for slot in range(b):  # for its slot and length
                 self.fwd.bind(slot)
                 for splits in split_levels(max_context):
                     self._graphs[slot, splits] = cuda_graph.capture(
                         self.stream, lambda n=splits: self.fwd.enqueue_decode(n)
+                    )
+            for k in buckets(b) if self.batched else ():  # and per bucket of rows
+                for splits in split_levels(max_context):
+                    self._row_graphs[k, splits] = cuda_graph.capture(
+                        self.stream, lambda k=k, n=splits: self.fwd.enqueue_decode_rows(k, n)
                     )
         drv.Context.synchronize()
         reporter.finish()
@@ -198,7 +209,7 @@ class CudaEngine:
         self._drv.memcpy_htod(self.fwd.slot_ptr("state.pos", slot), np.array([0], np.int32))
         self._pos[slot] = 0
         self._last_sampled[slot] = None
-        self._greedy_ready[slot] = False
+        self._greedy_at[slot] = None
 
     # -- Engine protocol -------------------------------------------------------------------------
 
@@ -227,12 +238,13 @@ class CudaEngine:
                 fwd.enqueue_prefill(int(chunk.size))
                 self._pos[slot] += int(chunk.size)
             self._last_sampled[slot] = None
-            self._greedy_ready[slot] = False
+            self._greedy_at[slot] = None
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
-        """One decode step per slot, one after another on the stream: each slot replays its
-        own graph (its cache, its position's split count), so its results are what the same
-        slot computes alone (batch invariance by construction). Returns once enqueued."""
+        """The next token of each slot. One slot replays its own graph (its cache, its
+        position's split count); several take one batched step (cuda/forward_rows.py) whose
+        kernels compute each row as that slot's own step does, so a slot's results do not
+        depend on the others (batch invariance, decision 0028). Returns once enqueued."""
         slots, tokens = self._check_decode(slots, tokens)
         fwd = self.fwd
         with self._job(slots):
@@ -243,6 +255,9 @@ class CudaEngine:
                 self.stream.synchronize()
                 for s, t in upload:
                     self._drv.memcpy_htod(fwd.slot_ptr("state.ids", s), np.array([t], np.int32))
+            if len(slots) > 1 and self.batched:
+                self._decode_rows(slots)
+                return
             for s in slots:
                 splits = splits_for(self._pos[s] + 1)
                 if self._graphs:
@@ -252,7 +267,27 @@ class CudaEngine:
                     fwd.enqueue_decode(splits)
                 self._pos[s] += 1
                 self._last_sampled[s] = None
-                self._greedy_ready[s] = True
+                self._greedy_at[s] = (fwd.token_host, s)
+
+    def _decode_rows(self, slots: list[int]) -> None:
+        """The batched step for these slots: rows padded to the bucket with the padding slot,
+        the graph of the bucket and of the most splits a row needs."""
+        fwd = self.fwd
+        k = bucket_for(len(slots), self.max_batch)
+        rows = (*slots, *[fwd.scratch_slot] * (k - len(slots)))
+        if rows != self._rows_slots:  # a sequence joined or left: the rows' slots change
+            self.stream.synchronize()  # the last step may still read them
+            self._drv.memcpy_htod(fwd.base["batch.slots"], np.array(rows, np.int32))
+            self._rows_slots = rows
+        splits = max(splits_for(self._pos[s] + 1) for s in slots)
+        if self._row_graphs:
+            self._row_graphs[k, splits].launch()
+        else:
+            fwd.enqueue_decode_rows(k, splits)
+        for r, s in enumerate(slots):
+            self._pos[s] += 1
+            self._last_sampled[s] = None
+            self._greedy_at[s] = (fwd.rows_host, r)
 
     def logits(self, slot: int) -> np.ndarray:
         slot = self._slot(slot)
@@ -273,21 +308,25 @@ class CudaEngine:
         if not len(slots) == len(params) == len(histories) == len(draws):
             raise InvalidRequest("sample: slots, params, histories and draws differ in length")
         fwd, host = self.fwd, self.fwd.token_host
+        where: dict[int, tuple] = {}  # slot -> (pinned array, index) of its choice
         with self._job(slots):
             for s, p, history, draw in zip(slots, params, histories, draws, strict=True):
-                if self._greedy_ready[s] and p.temperature == 0.0 and p.repetition_penalty == 1:
-                    continue  # the step computed this very choice into host[s]
+                ready = self._greedy_at[s]
+                if ready and p.temperature == 0.0 and p.repetition_penalty == 1:
+                    where[s] = ready  # the step computed this very choice
+                    continue
                 out = fwd.slot_ptr("state.ids", s)
                 self.sampler.enqueue(
                     p, history, draw, logits=fwd.slot_ptr("act.logits", s), out=out
                 )
                 self._drv.memcpy_dtoh_async(host[s : s + 1], out, self.stream)
-                self._greedy_ready[s] = False  # host[s] now holds this choice
+                where[s] = (host, s)
+                self._greedy_at[s] = None  # ids[0] now holds this choice, not the argmax
             self.stream.synchronize()
-            chosen = [int(host[s]) for s in slots]
+            chosen = [int(where[s][0][where[s][1]]) for s in slots]
         for s, token in zip(slots, chosen, strict=True):
             if token < 0:  # ids[0] holds the flag, not a token: never step on it
-                self._greedy_ready[s] = False
+                self._greedy_at[s] = None
                 self._last_sampled[s] = None
             else:
                 self._last_sampled[s] = token
@@ -357,10 +396,10 @@ class CudaEngine:
         """Free everything this engine holds and pop its context (best effort when poisoned)."""
         if self._ctx is None:
             return
-        for g in self._graphs.values():
+        for g in [*self._graphs.values(), *self._row_graphs.values()]:
             with contextlib.suppress(Exception):
                 g.close()
-        self._graphs = {}
+        self._graphs, self._row_graphs = {}, {}
         with contextlib.suppress(Exception):
             self._drv.Context.synchronize()
         ledger = getattr(self, "ledger", None)

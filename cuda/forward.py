@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cuda import residency
+from cuda.forward_rows import RowsPass
 from cuda.layers import Layers
 from cuda.ledger import Ledger
 from cuda.ops import ARGMAX_BLOCKS, Ops
@@ -65,8 +66,10 @@ def buffer_shapes(
     """name -> (numpy dtype, shape) of every non-weight model-state buffer; `n_masked`: ids the
     sampling mask keeps from sampling (`SampleMask.ids`); `max_batch`: slots (SLOT_BUFFERS)."""
     qkv_dim = c.q_dim + 2 * c.kv_dim
-    kv = (max_batch, c.n_layers, c.n_kv_heads, max_context, c.head_dim)
-    splits = splits_for(max_context)
+    # with several slots, one more: the padding rows' of the batched step (cuda/forward_rows.py)
+    slots = max_batch + 1 if max_batch > 1 else 1
+    kv = (slots, c.n_layers, c.n_kv_heads, max_context, c.head_dim)
+    max_chunk = max(max_chunk, max_batch)  # the activation rows: a chunk's, or a batch's
     shapes: dict[str, tuple] = {
         "kv.k": (np.float16, kv),  # (slot, n_layers, n_kv_heads, max_context, head_dim)
         "kv.v": (np.float16, kv),
@@ -95,18 +98,23 @@ def buffer_shapes(
             "moe.h": (np.float32, (max_chunk, m.top_k, m.d_ff)),  # each one's activation
         }
     shapes |= {
-        "act.logits": (np.float32, (max_batch, c.vocab_size)),  # last position's logits
-        "state.ids": (np.int32, (max_batch, max_chunk)),  # token ids of the pass; [0] in decode
-        "state.pos": (np.int32, (max_batch,)),  # tokens in the cache before the pass
-        "attn.part": (np.float32, (c.n_heads, splits, c.head_dim + 2)),  # split partials
-        "attn.counters": (np.uint32, (c.n_heads,)),  # blocks done per head (reset by the last)
-        "greedy.part_v": (np.float32, (ARGMAX_BLOCKS,)),  # per-block maxima of the argmax
-        "greedy.part_i": (np.int32, (ARGMAX_BLOCKS,)),  # and their ids
-        "greedy.counter": (np.uint32, (1,)),  # blocks done (reset by the last)
+        "act.logits": (np.float32, (slots, c.vocab_size)),  # last position's logits
+        "state.ids": (np.int32, (slots, max_chunk)),  # token ids of the pass; [0] in decode
+        "state.pos": (np.int32, (slots,)),  # tokens in the cache before the pass
+        # split partials (n_heads, MAX_SPLITS, head_dim + 2) and blocks done per head (reset
+        # by the last), a row each for the batched step's rows (row 0: the single step's)
+        "attn.part": (np.float32, (max_batch, c.n_heads, MAX_SPLITS, c.head_dim + 2)),
+        "attn.counters": (np.uint32, (max_batch, c.n_heads)),
+        "greedy.part_v": (np.float32, (max_batch, ARGMAX_BLOCKS)),  # per-block argmax maxima
+        "greedy.part_i": (np.int32, (max_batch, ARGMAX_BLOCKS)),  # and their ids
+        "greedy.counter": (np.uint32, (max_batch,)),  # blocks done (reset by the last)
+        "batch.slots": (np.int32, (max_batch,)),  # the batched step's row -> slot
+        "batch.ids": (np.int32, (max_batch,)),  # its rows' token ids
+        "batch.out": (np.int32, (max_batch,)),  # and their greedy choices
     }
     if n_masked:
         shapes["mask.ids"] = (np.int32, (n_masked,))  # ids never sampled
-        shapes["mask.saved"] = (np.float32, (max_batch, n_masked))  # logits before the mask
+        shapes["mask.saved"] = (np.float32, (slots, n_masked))  # logits before the mask
     return shapes
 
 
@@ -139,7 +147,7 @@ def _moe_kernels() -> Any:
     return MoeKernels()
 
 
-class Forward(Layers):
+class Forward(Layers, RowsPass):
     def __init__(
         self,
         drv: Any,
@@ -162,6 +170,7 @@ class Forward(Layers):
         self.block, self.mask = block, mask  # cuda.models.<block>; what sampling may pick
         # each slot's sampled id comes back through this small pinned buffer (not model state)
         self.token_host = drv.pagelocked_empty((max_batch,), np.int32)
+        self.rows_host = drv.pagelocked_empty((max_batch,), np.int32)  # the batched step's
         self.q = _Counting(quant)
         # the mixture-of-experts kernels, for a family with experts (compiled here: only then)
         self.moe = _Counting(_moe_kernels()) if c.moe is not None else None
@@ -173,10 +182,10 @@ class Forward(Layers):
         for name, (dt, shape) in shapes.items():
             nbytes = np.dtype(dt).itemsize * math.prod(shape)
             self.base[name] = ledger.alloc(
-                name, nbytes, zero=name.startswith(("state.", "attn.", "greedy."))
+                name, nbytes, zero=name.startswith(("state.", "attn.", "greedy.", "batch."))
             )
             if name in SLOT_BUFFERS:
-                self.slot_bytes[name] = nbytes // max_batch
+                self.slot_bytes[name] = nbytes // shape[0]
         self.slot = 0
         self.b: dict[str, int] = dict(self.base)  # the buffers as the bound slot sees them
         #: residency checksums of the buffers that hold constants (rope tables, the mask ids)

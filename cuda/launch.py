@@ -107,7 +107,7 @@ class DriverKernel:
             vals[i] = int(vals[i])
         self._struct.pack_into(self._buf, 0, *vals)
         cfg = self._cfg
-        cfg.grid[0], cfg.grid[1], cfg.grid[2] = grid[0], grid[1] if len(grid) > 1 else 1, 1
+        cfg.grid[0], cfg.grid[1], cfg.grid[2] = (tuple(grid) + (1, 1))[:3]
         cfg.block[0], cfg.block[1], cfg.block[2] = (tuple(block) + (1, 1))[:3]
         cfg.stream = stream.handle if stream is not None else None
         cfg.attrs = ctypes.pointer(self._attr) if pdl else None

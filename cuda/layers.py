@@ -22,7 +22,9 @@ class Layers:
     """Mixin of `Forward`: the attributes below are set by its constructor."""
 
     c: Any  # runtime.model_config.ModelConfig
-    b: dict[str, int]  # buffer name -> device pointer
+    b: dict[str, int]  # buffer name -> device pointer (the bound slot's rows)
+    base: dict[str, int]  # buffer name -> its allocation (slot 0's rows)
+    slot_bytes: dict[str, int]  # per-slot buffer -> bytes of one slot's row
     ops: Any  # cuda.ops.Ops
     q: Any  # cuda.quant_ops.QuantKernels (counting its launches)
     stream: Any
@@ -32,6 +34,9 @@ class Layers:
     fuse_rope: bool
     max_context: int
     _layer_kv: int  # bytes of one layer's K (or V) cache
+    #: 0: a decode step (n == 1) is one sequence's; k > 0: the batched step of k rows, one
+    #: per sequence (cuda/forward_rows.py): the n == 1 steps below then take all k rows
+    rows: int = 0
 
     # -- where a layer's state is ----------------------------------------------------------------
 
@@ -58,7 +63,14 @@ class Layers:
         column slice [row0, row0 + rows) of y for all n rows at once (no launch per token)."""
         for sg in segs:
             b = None if bias is None else bias + 4 * sg.row0
-            if n == 1:
+            if n == 1 and self.rows:
+                if b is not None:
+                    raise ValueError("the batched step takes a biased projection fused only")
+                self.q.matvec_rows(
+                    sg.qtype, sg.ptr, sg.rows, sg.cols, x, self.rows, y + 4 * sg.row0,
+                    self.stream, xs=sg.cols, ys=width, pdl=self.pdl,
+                )  # fmt: skip
+            elif n == 1:
                 self.q.matvec(
                     sg.qtype, sg.ptr, sg.rows, sg.cols, x, y + 4 * sg.row0, self.stream,
                     pdl=self.pdl,
@@ -76,6 +88,19 @@ class Layers:
     ) -> None:
         """y (n, rows) = x (n, cols) @ W.T (+ bias, `rows` floats), added to y when
         `accumulate`."""
+        if n == 1 and self.rows:
+            if bias is not None:
+                self.q.matvec_seg_rows(
+                    [(seg.qtype, seg.ptr, seg.rows)], seg.cols, x, self.rows, y, self.stream,
+                    xs=seg.cols, ys=seg.rows, bias_ptr=bias, accumulate=accumulate,
+                    pdl=self.pdl,
+                )  # fmt: skip
+            else:
+                self.q.matvec_rows(
+                    seg.qtype, seg.ptr, seg.rows, seg.cols, x, self.rows, y, self.stream,
+                    xs=seg.cols, ys=seg.rows, accumulate=accumulate, pdl=self.pdl,
+                )  # fmt: skip
+            return
         if bias is not None:  # decode: the segmented kernel adds it; prefill: the epilogue
             if n == 1:
                 self.q.matvec_seg(
@@ -107,8 +132,13 @@ class Layers:
     def rms_norm(self, x: int, w: int, y: int, n: int) -> None:
         """y (n, d_model) = rmsnorm(x) * w."""
         self.ops.rms_norm(
-            x, w, y, n, self.c.d_model, self.c.norm_eps, self.stream, pdl=self.pdl and n == 1
-        )
+            x, w, y, self._n(n), self.c.d_model, self.c.norm_eps, self.stream,
+            pdl=self.pdl and n == 1,
+        )  # fmt: skip
+
+    def _n(self, n: int) -> int:
+        """Rows a step of n tokens covers: the batched step's rows for a decode step."""
+        return self.rows if n == 1 and self.rows else n
 
     def norm_qkv(self, lw: LayerWeights, n: int) -> None:
         """act.qkv (n, q_dim + 2 kv_dim) = q | k | v of rmsnorm(x) * attn_norm (+ bias)."""
@@ -130,6 +160,21 @@ class Layers:
         """Decode: y = W @ (rmsnorm(x) * norm_w) (+ bias) in one launch: the plain fused kernel
         for one segment without bias, else the segmented one (mixed types, qwen2's bias)."""
         c, x = self.c, self.b["act.x"]
+        if self.rows:
+            width = sum(g.rows for g in segs)
+            if len(segs) == 1 and bias is None:
+                g = segs[0]
+                self.q.matvec_norm_rows(
+                    g.qtype, g.ptr, g.rows, g.cols, x, norm_w, c.norm_eps, self.rows, y,
+                    self.stream, xs=c.d_model, ys=width, pdl=self.pdl,
+                )  # fmt: skip
+            else:
+                self.q.matvec_seg_rows(
+                    [(g.qtype, g.ptr, g.rows) for g in segs], segs[0].cols, x, self.rows, y,
+                    self.stream, xs=c.d_model, ys=width, norm_w_ptr=norm_w, eps=c.norm_eps,
+                    bias_ptr=bias, pdl=self.pdl,
+                )  # fmt: skip
+            return
         if len(segs) == 1 and bias is None:
             g = segs[0]
             self.q.matvec_norm(
@@ -163,6 +208,17 @@ class Layers:
             scale=c.attn_scale, window=c.layer_window[i], stream=self.stream, pdl=self.pdl,
             sinks=lw.attn_sinks,
         )  # fmt: skip
+        if self.rows:
+            del geometry["n_splits"]
+            ops.attn_decode_rope_rows(
+                b["act.qkv"], kc, vc, b["act.attn"], self.base["state.pos"], b["attn.part"],
+                b["attn.counters"], cos, sin, rows=self.rows, slots=b["batch.slots"],
+                qkv_stride=c.q_dim + 2 * c.kv_dim, out_stride=c.q_dim,
+                slot_kv=self.slot_bytes["kv.k"] // 2, rope_half=c.rope_dim // 2,
+                neox=c.rope_style == "neox", max_splits=splits, **self._qk_norms(lw),
+                **geometry,
+            )  # fmt: skip
+            return
         if self.fuse_rope:
             ops.attn_decode_rope(
                 b["act.qkv"], kc, vc, b["act.attn"], b["state.pos"], b["attn.part"],
@@ -190,6 +246,13 @@ class Layers:
     def norm_ffn(self, lw: LayerWeights, n: int) -> None:
         """act.h (n, d_ff) = act(gate) * up of rmsnorm(x) * ffn_norm."""
         c, b = self.c, self.b
+        if n == 1 and self.fuse_glu and len(lw.gate_up) == 1 and self.rows:
+            g = lw.gate_up[0]
+            self.q.matvec_norm_glu_rows(
+                g.qtype, g.ptr, c.d_ff, g.cols, b["act.x"], lw.ffn_norm, c.norm_eps, self.rows,
+                b["act.h"], self.stream, xs=c.d_model, ys=c.d_ff, act=c.ffn_act, pdl=self.pdl,
+            )  # fmt: skip
+            return
         if n == 1 and self.fuse_glu and len(lw.gate_up) == 1:
             g = lw.gate_up[0]
             self.q.matvec_norm_glu(
@@ -205,7 +268,7 @@ class Layers:
         c, b = self.c, self.b
         self.project(lw.gate_up, b["act.xn"], b["act.gate_up"], n, 2 * c.d_ff, None)
         self.ops.glu(
-            b["act.gate_up"], b["act.h"], c.d_ff, n, self.stream, act=c.ffn_act,
+            b["act.gate_up"], b["act.h"], c.d_ff, self._n(n), self.stream, act=c.ffn_act,
             pdl=self.pdl and n == 1,
         )  # fmt: skip
 
@@ -214,6 +277,6 @@ class Layers:
         next projection's input, same launch). y may be act.xn."""
         c, b = self.c, self.b
         self.ops.add_rms_norm(
-            y, w_post, b["act.x"], n, c.d_model, c.norm_eps, self.stream, w_next=w_next,
+            y, w_post, b["act.x"], self._n(n), c.d_model, c.norm_eps, self.stream, w_next=w_next,
             xn=None if w_next is None else b["act.xn"], pdl=self.pdl and n == 1,
         )  # fmt: skip

@@ -133,10 +133,15 @@ class Ops:
             self._attn_tc_sinks = tc.get_function("attn_prefill_tc_sinks").prepare("PPPPPiiiifiP")
         self._attn_rope = pair("attn", "attn_decode_rope", "PPPPPPPPPPPfiiiiifi")
         self._attn_rope_sinks = pair("attn", "attn_decode_rope_sinks", "PPPPPPPPPPPfiiiiifiP")
+        self._attn_rows = pair("attn", "attn_decode_rope_rows", "PPPPPPPPPPPfiiiiifiPPiil")
         self._greedy = smp.get_function("sample_greedy").prepare("PiPidPP")
         self._argmax = pair("smp", "argmax_multi", "PiPPPPPi")
         self._full = smp.get_function("sample_full").prepare("PiPidPdidddPP")
         self._mask = pair("smp", "mask_logits", "PPPi")
+        self._argmax_rows = pair("smp", "argmax_rows", "PiPPPPPPiiiP")
+        self._mask_rows = pair("smp", "mask_logits_rows", "PPPiPi")
+        self._gather_ids = pair("smp", "gather_ids", "PPiiP")
+        self._scatter_ids = pair("smp", "scatter_ids", "PPiiP")
         self.head_dim = head_dim
         self.launches = 0
 
@@ -211,6 +216,26 @@ class Ops:
         )  # fmt: skip
         self.launches += 1
 
+    def attn_decode_rope_rows(
+        self, qkv, k_cache, v_cache, out, pos_all, part, counters, cos, sin, *, rows, slots,
+        qkv_stride, out_stride, slot_kv, n_heads, n_kv, max_ctx, rope_half, neox, max_splits,
+        stream, q_norm=None, k_norm=None, norm_eps=0.0, scale=None, window=0, sinks=None,
+        pdl=False,
+    ) -> None:  # fmt: skip
+        """attn_decode_rope for `rows` queries of the batched step: row r is slot slots[r]
+        (int32, device), its q|k|v and output rows qkv_stride / out_stride floats apart, its
+        cache slot_kv halves past slot 0's (k_cache / v_cache: slot 0's layer), its position
+        pos_all[slot]; part and counters hold a row each (n_heads x MAX_SPLITS partials).
+        Each row takes the split count its length gives (forward.splits_for), as the
+        single-sequence step does; `max_splits` (the grid) is the most any row needs."""
+        self._attn_rows(
+            (n_heads, max_splits, rows), (_ATTN_THREADS, 1, 1), stream, qkv, k_cache, v_cache,
+            out, pos_all, part, counters, cos, sin, q_norm or 0, k_norm or 0, float(norm_eps),
+            n_heads, n_kv, max_ctx, rope_half, int(neox), self._scale(scale), int(window),
+            sinks or 0, slots, int(qkv_stride), int(out_stride), int(slot_kv), pdl=pdl,
+        )  # fmt: skip
+        self.launches += 1
+
     def rope_fusable(self, rope_half: int, neox: bool) -> bool:
         return not neox or rope_half % (self.head_dim // 32) == 0
 
@@ -279,6 +304,41 @@ class Ops:
             (ARGMAX_BLOCKS, 1), (256, 1, 1), stream, logits, vocab, part_v, part_i, counter, out,
             pos, advance, pdl=pdl,
         )  # fmt: skip
+        self.launches += 1
+
+    def argmax_rows(
+        self, logits, vocab, part_v, part_i, counters, ids, pos_all, slots, *, rows,
+        logit_stride, ids_stride, scratch, out_rows, stream, pdl=False,
+    ) -> None:  # fmt: skip
+        """`argmax` for each of `rows` rows of the batched step (row r: slot slots[r]'s logits
+        -> ids[slot * ids_stride] and out_rows[r], pos_all[slot] += 1 unless slot == scratch);
+        part_v / part_i / counters hold ARGMAX_BLOCKS / ARGMAX_BLOCKS / 1 entries per row."""
+        self._argmax_rows(
+            (ARGMAX_BLOCKS, rows), (256, 1, 1), stream, logits, vocab, part_v, part_i, counters,
+            ids, pos_all, slots, int(logit_stride), int(ids_stride), int(scratch), out_rows,
+            pdl=pdl,
+        )  # fmt: skip
+        self.launches += 1
+
+    def mask_logits_rows(self, logits, ids, saved, n, slots, rows, logit_stride, stream, pdl=False):
+        """`mask_logits` on the logits and saved rows of slots[0..rows)."""
+        grid = (_blocks(n, _EW_THREADS), rows)
+        self._mask_rows(
+            grid, (_EW_THREADS, 1, 1), stream, logits, ids, saved, n, slots, int(logit_stride),
+            pdl=pdl,
+        )  # fmt: skip
+        self.launches += 1
+
+    def gather_ids(self, ids, slots, ids_stride, rows, ids_rows, stream, pdl=False) -> None:
+        """ids_rows[r] = ids[slots[r] * ids_stride] for r < rows (the batched step's input)."""
+        self._gather_ids((1, 1), (64, 1, 1), stream, ids, slots, int(ids_stride), rows, ids_rows,
+                         pdl=pdl)  # fmt: skip
+        self.launches += 1
+
+    def scatter_ids(self, out_rows, slots, ids_stride, rows, ids, stream, pdl=False) -> None:
+        """ids[slots[r] * ids_stride] = out_rows[r] for r < rows (the step's choices back)."""
+        self._scatter_ids((1, 1), (64, 1, 1), stream, out_rows, slots, int(ids_stride), rows, ids,
+                          pdl=pdl)  # fmt: skip
         self.launches += 1
 
     def mask_logits(self, logits, ids, saved, n: int, stream, pdl=False) -> None:

@@ -30,6 +30,7 @@ from gguf import GGMLQuantizationType as Q
 
 from cuda import matvec_variants as mvv
 from cuda.compile import load_driver_module, load_module, prefetch
+from cuda.quant_rows import RowProducts
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def sources(
     return base + mr_sources(_mr_types(mr))
 
 
-class QuantKernels:
+class QuantKernels(RowProducts):
     """The quant kernels of the current CUDA context, compiled (or loaded from cache) at init.
 
     `batched_loads` compiles the matvec kernels with their branch-free batched slot loop
@@ -170,12 +171,16 @@ class QuantKernels:
                 fn = mm.get_function(f"matmul_{variant}_{suffix}")
                 self._mm[variant, qtype] = fn.prepare(_MM_ARGS)
         mr_specs = iter(specs[3:])
+        self._rows = {}  # the batched decode step's kernels (cuda/quant_rows.py), same builds
         for qtype in self.mr_types:
             for _kind in ("mv", "norm", "glu"):  # one build each, in mr_sources' order
                 module = _module(*next(mr_specs), driver=True)
                 self._prepare_decode(module, "mr", qtype, _TYPES[qtype][0], only=_kind)
+                self._prepare_rows(module, _kind, qtype, _TYPES[qtype][0], GLU_KERNELS)
         if self.mr_types:
-            self._prepare_decode(_module(*next(mr_specs), driver=True), "mr", None, None)
+            module = _module(*next(mr_specs), driver=True)
+            self._prepare_decode(module, "mr", None, None)
+            self._prepare_rows(module, "seg", None, None, GLU_KERNELS)
         self._embed_plain = {
             Q.F32: emb.get_function("embed_plain_f32").prepare("PiPPf"),
             Q.F16: emb.get_function("embed_plain_f16").prepare("PiPPf"),
@@ -360,17 +365,7 @@ class QuantKernels:
         `variant`: "plain" or "mr-..." (default: MATVEC_DEFAULTS', by cols).
         """
         segments = list(segments)
-        if not 0 < len(segments) <= MAX_SEGMENTS:
-            raise ValueError(f"1 to {MAX_SEGMENTS} segments, got {len(segments)}")
-        args: list[int] = []
-        for qtype, w_ptr, rows in segments:
-            qtype, _, qk = self._block(qtype)
-            _check_cols(qtype, cols, qk)
-            if rows < 0:
-                raise ValueError(f"negative rows {rows}")
-            args += [int(w_ptr), _TYPE_CODES[qtype], int(rows)]
-        args += [0, 0, 0] * (MAX_SEGMENTS - len(segments))
-        total = sum(r for _, _, r in segments)
+        args, total = self._seg_args(segments, cols)
         if total <= 0:
             return
         norm = norm_w_ptr is not None
@@ -381,6 +376,21 @@ class QuantKernels:
             cols, int(x_ptr), int(norm_w_ptr or 0), float(eps), int(y_ptr), int(bias_ptr or 0),
             int(accumulate), *args, pdl=pdl,
         )  # fmt: skip
+
+    def _seg_args(self, segments, cols: int) -> tuple[list[int], int]:
+        """The segmented kernels' (W, type code, rows) triples, padded to MAX_SEGMENTS, and the
+        segments' total rows; ValueError for a bad segment."""
+        if not 0 < len(segments) <= MAX_SEGMENTS:
+            raise ValueError(f"1 to {MAX_SEGMENTS} segments, got {len(segments)}")
+        args: list[int] = []
+        for qtype, w_ptr, rows in segments:
+            qtype, _, qk = self._block(qtype)
+            _check_cols(qtype, cols, qk)
+            if rows < 0:
+                raise ValueError(f"negative rows {rows}")
+            args += [int(w_ptr), _TYPE_CODES[qtype], int(rows)]
+        args += [0, 0, 0] * (MAX_SEGMENTS - len(segments))
+        return args, sum(r for _, _, r in segments)
 
     def matmul(
         self, qtype, w_ptr: int, rows: int, cols: int, x_ptr: int, n: int, y_ptr: int, stream,

@@ -66,12 +66,12 @@ __device__ __forceinline__ void decode_impl(const float *__restrict__ qkv, __hal
                                             const float *__restrict__ k_norm, float norm_eps,
                                             int n_heads, int n_kv, int max_ctx, int rope_half,
                                             int neox, float scale, int window,
-                                            const float *__restrict__ sinks) {
+                                            const float *__restrict__ sinks, int n_splits) {
     // s_m, s_l hold the warps' states (AW + 1), later the splits' (MAX_SPLITS)
     __shared__ float s_m[MAX_SPLITS], s_l[MAX_SPLITS], s_w[MAX_SPLITS];
     __shared__ float s_acc[(AW + 1) * HEAD_DIM];
     __shared__ unsigned s_ticket;
-    const int h = blockIdx.x, s = blockIdx.y, n_splits = gridDim.y;
+    const int h = blockIdx.x, s = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = n_heads / n_kv, g = h / group;
     pdl_trigger();
@@ -201,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                 unsigned *counters, int n_heads, int n_kv, int max_ctx, float scale, int window) {
     decode_impl<false>(qkv, k_cache, v_cache, out, pos_dev, part, counters, nullptr, nullptr,
                        nullptr, nullptr, 0.f, n_heads, n_kv, max_ctx, 0, 0, scale, window,
-                       nullptr);
+                       nullptr, gridDim.y);
 }
 
 extern "C" __global__ void __launch_bounds__(AW * 32)
@@ -213,7 +213,7 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                      int max_ctx, int rope_half, int neox, float scale, int window) {
     decode_impl<true>(qkv, k_cache, v_cache, out, pos_dev, part, counters, cos_t, sin_t, q_norm,
                       k_norm, norm_eps, n_heads, n_kv, max_ctx, rope_half, neox, scale, window,
-                      nullptr);
+                      nullptr, gridDim.y);
 }
 
 // attn_decode_rope with gpt-oss's attention sinks: sinks (n_heads,) f32, one logit per head.
@@ -227,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                            const float *__restrict__ sinks) {
     decode_impl<true>(qkv, k_cache, v_cache, out, pos_dev, part, counters, cos_t, sin_t, q_norm,
                       k_norm, norm_eps, n_heads, n_kv, max_ctx, rope_half, neox, scale, window,
-                      sinks);
+                      sinks, gridDim.y);
 }
 
 // attn_decode (after rope_kv_write) with attention sinks.
@@ -237,5 +237,35 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                       unsigned *counters, int n_heads, int n_kv, int max_ctx, float scale,
                       int window, const float *__restrict__ sinks) {
     decode_impl<false>(qkv, k_cache, v_cache, out, pos_dev, part, counters, nullptr, nullptr,
-                       nullptr, nullptr, 0.f, n_heads, n_kv, max_ctx, 0, 0, scale, window, sinks);
+                       nullptr, nullptr, 0.f, n_heads, n_kv, max_ctx, 0, 0, scale, window, sinks,
+                       gridDim.y);
+}
+
+// The batched decode step: grid (n_heads, splits, rows), one query row per sequence. Row r is
+// slot slots[r]: its q | k | v at qkv + r * qkv_stride, its output at out + r * out_stride,
+// its position pos_all[slot], its layer's cache at k_cache / v_cache + slot * slot_kv (halves),
+// its partials and counters in row r of part / counters. The row's split count is the one the
+// single-sequence step is launched with (cuda/forward.py's splits_for of its length), so the
+// row's arithmetic is that step's whatever the other rows; blocks past it return at once (the
+// grid holds the most any row of the batch needs).
+extern "C" __global__ void __launch_bounds__(AW * 32)
+    attn_decode_rope_rows(const float *__restrict__ qkv, __half *k_cache, __half *v_cache,
+                          float *__restrict__ out, const int *__restrict__ pos_all, float *part,
+                          unsigned *counters, const float *__restrict__ cos_t,
+                          const float *__restrict__ sin_t, const float *__restrict__ q_norm,
+                          const float *__restrict__ k_norm, float norm_eps, int n_heads,
+                          int n_kv, int max_ctx, int rope_half, int neox, float scale,
+                          int window, const float *__restrict__ sinks,
+                          const int *__restrict__ slots, int qkv_stride, int out_stride,
+                          long long slot_kv) {
+    const int r = blockIdx.z, slot = slots[r];
+    const int len = pos_all[slot] + 1, need = (len + 31) / 32;
+    int n_splits = 1;
+    while (n_splits < need && n_splits < MAX_SPLITS) n_splits <<= 1;
+    if ((int)blockIdx.y >= n_splits) return;
+    decode_impl<true>(qkv + (size_t)r * qkv_stride, k_cache + slot * slot_kv,
+                      v_cache + slot * slot_kv, out + (size_t)r * out_stride, pos_all + slot,
+                      part + (size_t)r * n_heads * MAX_SPLITS * (HEAD_DIM + 2),
+                      counters + (size_t)r * n_heads, cos_t, sin_t, q_norm, k_norm, norm_eps,
+                      n_heads, n_kv, max_ctx, rope_half, neox, scale, window, sinks, n_splits);
 }

@@ -39,12 +39,19 @@
 // One row group: RPW rows (GLU: RPW / 2 gate rows and their up rows) whose outputs start at
 // row0, computed by WPR warps (sub = this warp's index among them). WPB: warps per block (the
 // partial sums' shared array). Rows past the end are clamped for loading and never stored.
-template <class T, int RPW, int WPR, int U, int WPB, bool NORM, int GLU>
+//
+// NT > 1 (the batched decode step, mvb_* kernels below): the group computes its rows for nt <= NT
+// tokens at once, token t's input at x + t * xs and its outputs in row yrow[t] (or t) of y,
+// ys floats apart. The raw loads and the decode of a slot happen once; each token's sum then
+// takes the slot's product in the single-token order (acc[t][r] as acc[r] alone), so every
+// token's outputs are the single-token kernel's bit for bit, whatever nt and its place.
+template <class T, int RPW, int WPR, int U, int WPB, bool NORM, int GLU, int NT = 1>
 __device__ __forceinline__ void mr_group(const uint8_t *__restrict__ W, int rows, int cols,
                                          const float *__restrict__ x,
                                          const float *__restrict__ g, float eps,
                                          float *__restrict__ y, const float *__restrict__ bias,
-                                         int accumulate, int row0) {
+                                         int accumulate, int row0, int nt = 1, int xs = 0,
+                                         int ys = 0, const int *__restrict__ yrow = nullptr) {
     static_assert(GLU == GLU_NONE || RPW % 2 == 0, "a GLU pairs gate rows with up rows");
     constexpr int NS = T::QK / 8, P = GLU ? RPW / 2 : RPW;  // P: outputs of the group
     constexpr int STEP = 32 * WPR;                          // slots between a lane's rounds
@@ -82,10 +89,13 @@ __device__ __forceinline__ void mr_group(const uint8_t *__restrict__ W, int rows
     };
     load(0);
     pdl_wait();
-    const float inv = NORM ? rms_inv(x, cols, eps, lane) : 1.f;
-    float acc[RPW];
+    float inv[NT], acc[NT * RPW];  // acc[t * RPW + r]: token t's sum of row r
 #pragma unroll
-    for (int r = 0; r < RPW; ++r) acc[r] = 0.f;
+    for (int t = 0; t < NT; ++t) {
+        inv[t] = NORM && t < nt ? rms_inv(x + (size_t)t * xs, cols, eps, lane) : 1.f;
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) acc[t * RPW + r] = 0.f;
+    }
     for (int j0 = 0; j0 < n_rounds; j0 += U) {
         if (j0 > 0) load(j0);
 #pragma unroll
@@ -93,20 +103,44 @@ __device__ __forceinline__ void mr_group(const uint8_t *__restrict__ W, int rows
             const int s = first + (j0 + u) * STEP;
             if (j0 + u < n_rounds && s < nslot) {
                 const int b = s / NS, k = s % NS;
-                float4 xa, xc;
-                x_slot<NORM>(x, g, b * T::QK + T::P0(k), b * T::QK + T::P1(k), xa, xc);
+                if constexpr (NT == 1) {  // the single-token kernels' code, unchanged
+                    float4 xa, xc;
+                    x_slot<NORM>(x, g, b * T::QK + T::P0(k), b * T::QK + T::P1(k), xa, xc);
 #pragma unroll
-                for (int r = 0; r < RPW; ++r) {
-                    float4 a, c;
-                    T::decode(raw[u][r], k, a, c);
-                    acc[r] += dot8(a, c, xa, xc);
+                    for (int r = 0; r < RPW; ++r) {
+                        float4 a, c;
+                        T::decode(raw[u][r], k, a, c);
+                        acc[r] += dot8(a, c, xa, xc);
+                    }
+                } else {
+                    float4 a[RPW], c[RPW];
+#pragma unroll
+                    for (int r = 0; r < RPW; ++r) T::decode(raw[u][r], k, a[r], c[r]);
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) {
+                        if (t >= nt) break;  // warp-uniform
+                        float4 xa, xc;
+                        x_slot<NORM>(x + (size_t)t * xs, g, b * T::QK + T::P0(k),
+                                     b * T::QK + T::P1(k), xa, xc);
+#pragma unroll
+                        for (int r = 0; r < RPW; ++r)
+                            acc[t * RPW + r] += dot8(a[r], c[r], xa, xc);
+                    }
                 }
             }
         }
     }
-    reduce_rows<RPW, WPR, WPB>(acc, lane, warp, sub);
+    reduce_rows<NT * RPW, WPR, WPB>(acc, lane, warp, sub);
     if (sub != 0 || lane != 0) return;
-    store_rows<GLU, P>(acc, inv, y, bias, accumulate, row0, rows);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= nt) break;
+        float mine[RPW];
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) mine[r] = acc[t * RPW + r];
+        const int row = yrow == nullptr ? t : yrow[t];
+        store_rows<GLU, P>(mine, inv[t], y + (size_t)row * ys, bias, accumulate, row0, rows);
+    }
 }
 
 // The plain grid: a block of WPB warps holds WPB / WPR groups.
@@ -119,6 +153,26 @@ __device__ __forceinline__ void mr_grid(const uint8_t *__restrict__ W, int rows,
     mr_group<T, RPW, WPR, U, WPB, NORM, GLU>(W, rows, cols, x, g, eps, y, nullptr, accumulate,
                                              group * P);
 }
+
+// The batched decode step's grid (mvb_* kernels): blockIdx.x as mr_grid, blockIdx.y a tile of
+// NT of the n_tok tokens (rows of x, xs floats apart; outputs in rows yrow[t] of y, or t).
+template <class T, int RPW, int WPR, int U, int WPB, bool NORM, int GLU, int NT>
+__device__ __forceinline__ void mr_grid_rows(const uint8_t *__restrict__ W, int rows, int cols,
+                                             const float *__restrict__ x,
+                                             const float *__restrict__ g, float eps,
+                                             float *__restrict__ y, int accumulate, int n_tok,
+                                             int xs, int ys, const int *__restrict__ yrow) {
+    constexpr int P = GLU ? RPW / 2 : RPW;
+    const int group = blockIdx.x * (WPB / WPR) + (threadIdx.x >> 5) / WPR;
+    const int t0 = blockIdx.y * NT, nt = min(NT, n_tok - t0);
+    mr_group<T, RPW, WPR, U, WPB, NORM, GLU, NT>(
+        W, rows, cols, x + (size_t)t0 * xs, g, eps, yrow == nullptr ? y + (size_t)t0 * ys : y,
+        nullptr, accumulate, group * P, nt, xs, ys, yrow == nullptr ? nullptr : yrow + t0);
+}
+
+#ifndef MVB_NT
+#define MVB_NT 8  // tokens per block of the batched kernels (cuda/quant_ops.py's BATCH_TILE)
+#endif
 
 // Persistent form for the output heads (matvec_norm over 49k..262k rows of <= 32 U slots):
 // a grid of as many blocks as fit on the GPU, each warp looping over groups of RPW rows with a
@@ -194,6 +248,7 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
 #define MVX_ARGS const uint8_t *__restrict__ W, int rows, int cols, const float *__restrict__ x
 #define MVX_OUT float *__restrict__ y, int accumulate
 #define MVX_NORM const float *__restrict__ g, float eps
+#define MVB_ROWS int n_tok, int xs, int ys, const int *__restrict__ yrow
 #define MVX_SIG(kname, WPB, ...) \
     extern "C" __global__ void __launch_bounds__(WPB * 32) kname(__VA_ARGS__)
 
@@ -209,6 +264,11 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
         mr_grid<ggml::MVX_T, RPW, WPR, U, WPB, NORM, GLU>(W, rows, cols, x, g, eps, y,       \
                                                           accumulate);                       \
     }
+#define MVB_K(kind, cfg, sfx, NORM, GLU, RPW, WPR, U, WPB)                                  \
+    MVX_SIG(mvb_##kind##_##cfg##_##sfx, WPB, MVX_ARGS, MVX_NORM, MVX_OUT, MVB_ROWS) {        \
+        mr_grid_rows<ggml::MVX_T, RPW, WPR, U, WPB, NORM, GLU, MVB_NT>(                       \
+            W, rows, cols, x, g, eps, y, accumulate, n_tok, xs, ys, yrow);                    \
+    }
 #if MVX_PART == 0
 // the plain product takes no g / eps: its own signature
 #define MVX_MV(cfg, sfx, RPW, WPR, U, WPB)                                                    \
@@ -216,7 +276,17 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
         mr_grid<ggml::MVX_T, RPW, WPR, U, WPB, false, GLU_NONE>(W, rows, cols, x, nullptr,    \
                                                                 0.f, y, accumulate);          \
     }
+// batched: y rows = W x rows (cuda/quant_ops.py's matvec_rows); cfg b<WPR>
+#define MVB_MV(cfg, sfx, RPW, WPR, U, WPB)                                                    \
+    MVX_SIG(mvb_mv_##cfg##_##sfx, WPB, MVX_ARGS, MVX_OUT, MVB_ROWS) {                         \
+        mr_grid_rows<ggml::MVX_T, RPW, WPR, U, WPB, false, GLU_NONE, MVB_NT>(                  \
+            W, rows, cols, x, nullptr, 0.f, y, accumulate, n_tok, xs, ys, yrow);              \
+    }
 #define MVX_KERNELS(sfx)             \
+    MVB_MV(b1, sfx, 2, 1, 4, 4)      \
+    MVB_MV(b2, sfx, 1, 2, 4, 4)      \
+    MVB_MV(b4, sfx, 1, 4, 5, 4)      \
+    MVB_MV(b8, sfx, 1, 8, 3, 8)      \
     MVX_MV(r1, sfx, 1, 1, 4, 4)      \
     MVX_MV(r2, sfx, 2, 1, 4, 4)      \
     MVX_MV(r4, sfx, 4, 1, 4, 4)      \
@@ -227,6 +297,7 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
     MVX_MV(w8, sfx, 1, 8, 3, 8)
 #elif MVX_PART == 1
 #define MVX_KERNELS(sfx)                                  \
+    MVB_K(norm, b1, sfx, true, GLU_NONE, 2, 1, 4, 4)      \
     MVX_K(norm, r1, sfx, true, GLU_NONE, 1, 1, 4, 4)      \
     MVX_K(norm, r2, sfx, true, GLU_NONE, 2, 1, 4, 4)      \
     MVX_K(norm, r4, sfx, true, GLU_NONE, 4, 1, 4, 4)      \
@@ -257,6 +328,8 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
                                                              accumulate);                       \
     }
 #define MVX_KERNELS(sfx)         \
+    MVB_K(swiglu, b1, sfx, true, GLU_SILU, 2, 1, 4, 4) \
+    MVB_K(geglu, b1, sfx, true, GLU_GELU, 2, 1, 4, 4)  \
     MVX_GLU(r2, sfx, 2, 4)       \
     MVX_GLU(r4, sfx, 4, 4)       \
     MVX_GLU(r2b8, sfx, 2, 8)     \
@@ -268,13 +341,22 @@ MVX_EXPAND(MVX_SFX)
 #else
 // The segmented product (quant_matvec.cu's matvec_seg): a warp takes RPW rows of one segment
 // (segment s has ceil(n_s / RPW) groups), WPR = 1. Type codes: the order of GGML_FOR_EACH_TYPE.
-template <int RPW, int WPB, bool NORM>
+// NT > 1: the batched form (mr_grid_rows' token tiles in blockIdx.y).
+template <int RPW, int WPB, bool NORM, int NT = 1>
 __device__ __forceinline__ void mr_seg(int cols, const float *__restrict__ x,
                                        const float *__restrict__ g, float eps,
                                        float *__restrict__ y, const float *__restrict__ bias,
                                        int accumulate, const uint8_t *__restrict__ W0, int t0,
                                        int n0, const uint8_t *__restrict__ W1, int t1, int n1,
-                                       const uint8_t *__restrict__ W2, int t2, int n2) {
+                                       const uint8_t *__restrict__ W2, int t2, int n2,
+                                       int n_tok = 1, int xs = 0, int ys = 0,
+                                       const int *__restrict__ yrow = nullptr) {
+    const int tok0 = blockIdx.y * NT, nt = min(NT, n_tok - tok0);
+    x += (size_t)tok0 * xs;
+    if (yrow == nullptr)
+        y += (size_t)tok0 * ys;
+    else
+        yrow += tok0;
     const int group = blockIdx.x * WPB + (threadIdx.x >> 5);
     const int g0 = (n0 + RPW - 1) / RPW, g1 = (n1 + RPW - 1) / RPW, g2 = (n2 + RPW - 1) / RPW;
     // past the last group: nothing to load (an empty segment has no row to clamp to)
@@ -284,12 +366,13 @@ __device__ __forceinline__ void mr_seg(int cols, const float *__restrict__ x,
     const int local = group - (s == 0 ? 0 : s == 1 ? g0 : g0 + g1);
     const uint8_t *W = s == 0 ? W0 : s == 1 ? W1 : W2;
     const int type = s == 0 ? t0 : s == 1 ? t1 : t2, rows = s == 0 ? n0 : s == 1 ? n1 : n2;
-    float *ys = y + first;
+    float *y_seg = y + first;  // each token's row: + its row * ys
     const float *bs = bias == nullptr ? nullptr : bias + first;
 #define MVX_SEG_CASE(code, T)                                                                \
     case code:                                                                               \
-        mr_group<ggml::T, RPW, 1, 4, WPB, NORM, GLU_NONE>(W, rows, cols, x, g, eps, ys, bs,  \
-                                                          accumulate, local * RPW);          \
+        mr_group<ggml::T, RPW, 1, 4, WPB, NORM, GLU_NONE, NT>(W, rows, cols, x, g, eps,      \
+                                                              y_seg, bs, accumulate,          \
+                                                              local * RPW, nt, xs, ys, yrow); \
         break;
     switch (type) {
         MVX_SEG_CASE(0, F32)
@@ -316,6 +399,14 @@ __device__ __forceinline__ void mr_seg(int cols, const float *__restrict__ x,
 #define MVX_SEG_K(cfg, RPW, WPB)                                                         \
     MVX_SIG(mvx_seg_##cfg, WPB, MVX_SEG_ARGS) { mr_seg<RPW, WPB, false>(MVX_SEG_PASS); } \
     MVX_SIG(mvx_seg_##cfg##_norm, WPB, MVX_SEG_ARGS) { mr_seg<RPW, WPB, true>(MVX_SEG_PASS); }
+#define MVB_SEG_K(cfg, RPW, WPB)                                                             \
+    MVX_SIG(mvb_seg_##cfg, WPB, MVX_SEG_ARGS, MVB_ROWS) {                                     \
+        mr_seg<RPW, WPB, false, MVB_NT>(MVX_SEG_PASS, n_tok, xs, ys, yrow);                   \
+    }                                                                                         \
+    MVX_SIG(mvb_seg_##cfg##_norm, WPB, MVX_SEG_ARGS, MVB_ROWS) {                              \
+        mr_seg<RPW, WPB, true, MVB_NT>(MVX_SEG_PASS, n_tok, xs, ys, yrow);                    \
+    }
+MVB_SEG_K(b1, 1, 4)
 MVX_SEG_K(r1, 1, 4)
 MVX_SEG_K(r2, 2, 4)
 MVX_SEG_K(r1b8, 1, 8)

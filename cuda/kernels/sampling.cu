@@ -361,9 +361,10 @@ __device__ void block_argmax_f(float &x, int &id) {  // result valid in thread 0
     }
 }
 
-extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vocab, float *part_v,
-                                        int *part_i, unsigned *counter, int *out, int *pos_dev,
-                                        int advance) {
+// One argmax_multi over logits (the grid's x dimension); the rows form runs one per blockIdx.y.
+__device__ __forceinline__ void argmax_impl(const float *__restrict__ logits, int vocab,
+                                            float *part_v, int *part_i, unsigned *counter,
+                                            int *out, int *pos_dev, int advance) {
     __shared__ unsigned s_ticket;
     pdl_wait();
     const int per = (vocab + gridDim.x - 1) / gridDim.x;
@@ -404,6 +405,46 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
     }
 }
 
+extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vocab, float *part_v,
+                                        int *part_i, unsigned *counter, int *out, int *pos_dev,
+                                        int advance) {
+    argmax_impl(logits, vocab, part_v, part_i, counter, out, pos_dev, advance);
+}
+
+// The batched decode step's greedy choices: grid (ARGMAX_BLOCKS, rows). Row r is slot slots[r]:
+// its logits at logits + slot * logit_stride, its choice into ids[slot * ids_stride] and
+// out_rows[r], its position pos_all[slot] advanced, except for the padding slot `scratch` (the
+// rows of a batch smaller than its graph's bucket: never advanced, so it stays at 0). Each
+// row's partials and counter are its own (row r of part_v / part_i / counters).
+extern "C" __global__ void argmax_rows(const float *__restrict__ logits, int vocab,
+                                       float *part_v, int *part_i, unsigned *counters, int *ids,
+                                       int *pos_all, const int *__restrict__ slots,
+                                       int logit_stride, int ids_stride, int scratch,
+                                       int *out_rows) {
+    const int r = blockIdx.y, slot = slots[r];
+    argmax_impl(logits + (size_t)slot * logit_stride, vocab, part_v + (size_t)r * gridDim.x,
+                part_i + (size_t)r * gridDim.x, counters + r, out_rows + r,
+                slot == scratch ? nullptr : pos_all + slot, 1);
+}
+
+// The rows' token ids for the embedding: ids_rows[r] = ids[slots[r] * ids_stride] (each slot's
+// ids[0]: the sampler's or the engine's upload). After the step, ids[slot * ids_stride] gets the
+// greedy choice back from out_rows (argmax_rows writes the row's choice there).
+extern "C" __global__ void gather_ids(const int *__restrict__ ids, const int *__restrict__ slots,
+                                      int ids_stride, int n, int *ids_rows) {
+    pdl_wait();
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < n) ids_rows[r] = ids[(size_t)slots[r] * ids_stride];
+}
+
+extern "C" __global__ void scatter_ids(const int *__restrict__ out_rows,
+                                       const int *__restrict__ slots, int ids_stride, int n,
+                                       int *ids) {
+    pdl_wait();
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < n) ids[(size_t)slots[r] * ids_stride] = out_rows[r];
+}
+
 // The sampling mask for ids that are no token (runtime/models/vocab.py), where they are not a
 // suffix of the vocabulary (a suffix is cut off by sampling over the first n logits instead):
 // logits[ids[j]] = MASKED_LOGIT for j < n, the head's values kept in saved[j] so that the engine
@@ -415,8 +456,8 @@ extern "C" __global__ void argmax_multi(const float *__restrict__ logits, int vo
 // come from the head, the kernel before this one (PDL: read after the wait, not with .nc loads).
 #define MASKED_LOGIT (-3.0e38f)
 
-extern "C" __global__ void mask_logits(float *logits, const int *__restrict__ ids, float *saved,
-                                       int n) {
+__device__ __forceinline__ void mask_impl(float *logits, const int *__restrict__ ids,
+                                          float *saved, int n) {
     pdl_wait();
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
         const int i = ids[j];
@@ -424,4 +465,17 @@ extern "C" __global__ void mask_logits(float *logits, const int *__restrict__ id
         saved[j] = v;
         logits[i] = isfinite(v) ? MASKED_LOGIT : v;
     }
+}
+
+extern "C" __global__ void mask_logits(float *logits, const int *__restrict__ ids, float *saved,
+                                       int n) {
+    mask_impl(logits, ids, saved, n);
+}
+
+// The batched step's: blockIdx.y is the row, slot slots[r]'s logits and saved values.
+extern "C" __global__ void mask_logits_rows(float *logits, const int *__restrict__ ids,
+                                            float *saved, int n, const int *__restrict__ slots,
+                                            int logit_stride) {
+    const int slot = slots[blockIdx.y];
+    mask_impl(logits + (size_t)slot * logit_stride, ids, saved + (size_t)slot * n, n);
 }

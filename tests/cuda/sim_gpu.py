@@ -743,6 +743,10 @@ def _base_name(name: str) -> str:
 
 def resolve(name: str) -> Callable[[Sim, Launch, dict], None]:
     """The numpy contract of kernel `name` (KeyError for a kernel this stand-in lacks)."""
+    from tests.cuda.sim_rows import ROWS_FIXED, resolve_rows
+
+    if name.startswith("mvb_") or name in ROWS_FIXED:  # the batched decode step's
+        return resolve_rows(name)
     name = _base_name(name)
     if name in _FIXED:
         return _FIXED[name]
@@ -771,7 +775,10 @@ def resolve(name: str) -> Callable[[Sim, Launch, dict], None]:
 
 def kernel_kind(name: str) -> str:
     """A launch's kind without type and variant: "matvec", "matvec_norm", "matvec_norm_geglu",
-    "matmul", "embed", or the kernel's own name (attention, norms, argmax, ...)."""
+    "matmul", "embed", or the kernel's own name (attention, norms, argmax, ...); a batched
+    product: "mvb_<kind>"."""
+    if name.startswith("mvb_"):
+        return "_".join(name.split("_")[:2])
     name = _base_name(name)
     if name in _FIXED:
         return name

@@ -255,7 +255,8 @@ def test_real_files_allocate_what_the_estimate_says(sim, name):
         e = _load(m, max_context=1024, max_batch=3, use_graph=False)
         c, shapes = m.config, {x.name: x.nbytes for x in e.ledger.entries()}
         assert shapes["act.attn"] == 4 * 512 * c.q_dim
-        assert shapes["kv.k"] == 2 * 3 * c.n_layers * c.n_kv_heads * 1024 * c.head_dim
+        # 3 slots and the batched step's padding slot (cuda/forward_rows.py)
+        assert shapes["kv.k"] == 2 * (3 + 1) * c.n_layers * c.n_kv_heads * 1024 * c.head_dim
         tables = sorted(n for n in shapes if n.startswith("rope."))
         assert len(tables) == 2 * len(c.rope_bases)
         assert e.sampler.vocab == {"qwen2.5-coder-0.5b": 151665}.get(name, c.vocab_size)
@@ -313,6 +314,7 @@ def test_a_job_gives_the_same_tokens_alone_and_beside_7_or_63_others(sim, tmp_pa
     beside 63 (7 for qwen2 and gemma3), joining late; greedy and temperature 0.8); slots
     decoded together each give the numpy engine's logits and greedy tokens."""
     from cuda.engine import CudaEngine
+    from cuda.forward_rows import buckets
 
     path = tmp_path / f"{family}.gguf"
     if family == "gemma3":
@@ -326,6 +328,9 @@ def test_a_job_gives_the_same_tokens_alone_and_beside_7_or_63_others(sim, tmp_pa
         e = CudaEngine.load(m, max_context=48, max_chunk=16, max_batch=slots)
         try:  # splits 1 and 2 per slot
             assert e.max_batch == slots and len(e._graphs) == slots * 2
+            # several slots decode as one batched step, a graph per bucket and split level
+            assert e.batched and set(e._row_graphs) == {(k, n) for k in buckets(slots)
+                                                        for n in (1, 2)}  # fmt: skip
             check_batch_invariance(e, m.config.vocab_size, n_tokens=n_tokens, crowd=slots - 1)
             check_slots_match_numpy(e, one_slot(NumpyEngine.load(m, max_context=48)))
         finally:
