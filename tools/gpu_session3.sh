@@ -10,6 +10,8 @@
 #                                  llama-batched-bench and our slots (bench_batch.py gpu) on
 #                                  SmolLM2; issue 8: decode profiles and the slot engine's speed
 #                                  on synthetic Qwen2.5- and Gemma 3-shaped files
+#   tools/gpu_session3.sh batch    issue 13: the batched step's GPU tests, bench_batch_cuda.py and
+#                                  bench_batch.py gpu with llama-batched-bench (SmolLM2)
 #   tools/gpu_session3.sh gptoss   issue 14: tools/gpu_verify_gptoss.sh with llama-bench
 # Every step is bounded (tools/gpu_steps.sh); each call's logs come back as $OUT/NAME-logs.tgz.
 set -uo pipefail
@@ -48,6 +50,17 @@ pool)
         step "speed-$fam" 60 python3 bench/bench_cuda.py --family "$fam" --reps 3
     done
     ;;
+batch)  # issue 13: the batched decode step (decision 0028), its tests and its speed
+    logs_back batch
+    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    # shellcheck disable=SC2086  # $pt is a command line
+    step tests-batch 200 $pt tests/cuda/test_engine_batch.py tests/cuda/test_matvec_variants.py \
+        tests/cuda/test_kernels_layers.py tests/cuda/test_kernels_sampling.py
+    step bench-batch-cuda 130 python3 bench/bench_batch_cuda.py --families smollm2,qwen2 \
+        --batches 1,4,16,64 --budget-s 110
+    step batch-smollm2 150 python3 bench/bench_batch.py gpu --model "$smol" --max-context 512 \
+        --http-clients 16 --llama-batched-bench "$llama" --json "$out/batch-smollm2.json"
+    ;;
 gptoss)
     logs_back gptoss
     export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -55,7 +68,7 @@ gptoss)
         "$llama/build/bin/llama-bench"
     ;;
 *)
-    echo "usage: $0 bins|pool|gptoss" >&2
+    echo "usage: $0 bins|pool|batch|gptoss" >&2
     exit 2
     ;;
 esac
