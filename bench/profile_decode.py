@@ -90,7 +90,7 @@ def main() -> None:
         from cuda.forward import splits_for
 
         splits = splits_for(args.pos + 1)
-        whole = time_graph(drv, s, engine._graphs[splits])
+        whole = time_graph(drv, s, engine._graphs[0, splits])  # slot 0's step
         what, enqueue_once = (
             f"decode step at position {args.pos}",
             (lambda: engine.fwd.enqueue_decode(splits)),

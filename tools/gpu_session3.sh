@@ -60,6 +60,12 @@ batch)  # issue 13: the batched decode step (decision 0028), its tests and its s
         --batches 1,4,16,64 --budget-s 110
     step batch-smollm2 150 python3 bench/bench_batch.py gpu --model "$smol" --max-context 512 \
         --http-clients 16 --llama-batched-bench "$llama" --json "$out/batch-smollm2.json"
+    # Qwen2.5's shapes and types, random weights (llama.cpp loads the synthetic files)
+    python3 tools/make_synthetic_gguf.py /tmp/qwen2-synth.gguf --family qwen2 >/dev/null
+    step batch-qwen2 150 python3 bench/bench_batch.py gpu --model /tmp/qwen2-synth.gguf \
+        --max-context 512 --http-clients 0 --llama-batched-bench "$llama" \
+        --json "$out/batch-qwen2.json"
+    step profile-qwen2 60 python3 bench/profile_decode.py --family qwen2 --pos 128
     ;;
 gptoss)
     logs_back gptoss
