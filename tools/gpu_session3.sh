@@ -10,8 +10,9 @@
 #                                  llama-batched-bench and our slots (bench_batch.py gpu) on
 #                                  SmolLM2; issue 8: decode profiles and the slot engine's speed
 #                                  on synthetic Qwen2.5- and Gemma 3-shaped files
-#   tools/gpu_session3.sh batch    issue 13: the batched step's GPU tests, bench_batch_cuda.py and
-#                                  bench_batch.py gpu with llama-batched-bench (SmolLM2)
+#   tools/gpu_session3.sh batch    issue 13: the batched step's GPU tests, bench_batch_cuda.py
+#   tools/gpu_session3.sh batch2   bench_batch.py gpu with llama-batched-bench (SmolLM2, and a
+#                                  Qwen2.5-shaped synthetic file), the Qwen2.5 decode profile
 #   tools/gpu_session3.sh gptoss   issue 14: tools/gpu_verify_gptoss.sh with llama-bench
 # Every step is bounded (tools/gpu_steps.sh); each call's logs come back as $OUT/NAME-logs.tgz.
 set -uo pipefail
@@ -43,6 +44,10 @@ pool)
         $pt -s tests/pool/test_pool_haiku.py tests/pool/test_inventory.py
     step pool-preload 70 python3 bench/bench_pool_preload.py --backend cuda --rounds 5 \
         --model-ref "file:$smol"
+    ;;
+batch2)  # issue 13 against llama-batched-bench; issue 8's Qwen2.5 decode profile
+    logs_back batch2
+    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     step batch-smollm2 150 python3 bench/bench_batch.py gpu --model "$smol" --max-context 512 \
         --http-clients 16 --llama-batched-bench "$llama" --json "$out/batch-smollm2.json"
     for fam in qwen2 gemma3; do
@@ -58,6 +63,10 @@ batch)  # issue 13: the batched decode step (decision 0028), its tests and its s
         tests/cuda/test_kernels_layers.py tests/cuda/test_kernels_sampling.py
     step bench-batch-cuda 130 python3 bench/bench_batch_cuda.py --families smollm2,qwen2 \
         --batches 1,4,16,64 --budget-s 110
+    ;;
+batch2)  # issue 13 against llama-batched-bench; issue 8's Qwen2.5 decode profile
+    logs_back batch2
+    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     step batch-smollm2 150 python3 bench/bench_batch.py gpu --model "$smol" --max-context 512 \
         --http-clients 16 --llama-batched-bench "$llama" --json "$out/batch-smollm2.json"
     # Qwen2.5's shapes and types, random weights (llama.cpp loads the synthetic files)
@@ -74,7 +83,7 @@ gptoss)
         "$llama/build/bin/llama-bench"
     ;;
 *)
-    echo "usage: $0 bins|pool|batch|gptoss" >&2
+    echo "usage: $0 bins|pool|batch|batch2|gptoss" >&2
     exit 2
     ;;
 esac
