@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--pos", type=int, default=256)
     ap.add_argument("--prefill", type=int, default=0, help="profile a prefill pass of N tokens")
+    ap.add_argument("--rows", type=int, default=0, help="profile the batched step of K slots")
     args = ap.parse_args()
     import numpy as np
     import pycuda.driver as drv
@@ -65,11 +66,24 @@ def main() -> None:
             Path(tempfile.mkdtemp()) / f"synthetic-{args.family}.gguf", seed=1, family=args.family
         )
     with open_gguf(path) as model:
-        engine = CudaEngine.load(model, max_context=args.ctx)
+        engine = CudaEngine.load(model, max_context=args.ctx, max_batch=max(1, args.rows))
     s = engine.stream
     engine.release(0)
     pos_buf = engine.fwd.b["state.pos"]
-    if args.prefill:
+    n_pos = 1  # positions the step moves on (restored after each kernel's timing)
+    if args.rows:
+        from cuda.forward import splits_for
+
+        for slot in range(args.rows):
+            engine.prefill(slot, [(5 * i + slot) % 1000 for i in range(args.pos)])
+        drv.memcpy_htod(engine.fwd.base["batch.slots"], np.arange(args.rows, dtype=np.int32))
+        splits, n_pos = splits_for(args.pos + 1), args.rows
+        whole = time_graph(drv, s, engine._row_graphs[args.rows, splits])
+        what, enqueue_once = (
+            f"batched decode step of {args.rows} rows at position {args.pos}",
+            (lambda: engine.fwd.enqueue_decode_rows(args.rows, splits)),
+        )
+    elif args.prefill:
         ids = np.array([(7 * i + 3) % 1000 for i in range(args.prefill)], np.int32)
         drv.memcpy_htod(engine.fwd.b["state.ids"], ids)
         start, end = drv.Event(), drv.Event()
@@ -95,7 +109,7 @@ def main() -> None:
             f"decode step at position {args.pos}",
             (lambda: engine.fwd.enqueue_decode(splits)),
         )
-    pos_now = np.zeros(1, np.int32)
+    pos_now = np.zeros(n_pos, np.int32)
     drv.memcpy_dtoh(pos_now, pos_buf)
     launches = []
     originals = drv.Function.prepared_async_call, DriverKernel.prepared_async_call
@@ -105,7 +119,8 @@ def main() -> None:
         depth = 1
         while stack[depth].function in ("counted", "__call__", "record"):
             depth += 1
-        launches.append((f"{stack[depth].function} {grid[0]}x{grid[1]}", fn, grid, block, a))
+        shape = "x".join(str(g) for g in grid)
+        launches.append((f"{stack[depth].function} {shape}", fn, grid, block, a))
 
     drv.Function.prepared_async_call = record
     DriverKernel.prepared_async_call = record

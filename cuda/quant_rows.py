@@ -3,7 +3,7 @@
 One launch computes a product for `n_tok` rows of x (`xs` floats apart) into rows of y (`ys`
 floats apart; row `yrow[t]` of y for token t when a device int32 array `yrow` is given: the
 output head writes each sequence's logits into its slot's row). The kernels are
-quant_matvec_mr.cu's row groups with a tile of BATCH_TILE tokens per thread block (grid y):
+quant_matvec_mr.cu's row groups with a tile of BATCH_TILE tokens per thread block (grid x):
 each weight slot is loaded and decoded once per tile and its products are summed per token
 in the order of the single-token kernels. Which kernel a product takes follows the
 single-token default (cuda/matvec_variants.py) only through its warps per row: per row the
@@ -22,7 +22,10 @@ from cuda import matvec_variants as mvv
 BATCH_TILE = 8  # tokens per thread block (MVB_NT in quant_matvec_mr.cu)
 #: batched kernel config -> (rows per warp group, warps per row, warps per block), as
 #: quant_matvec_mr.cu's MVB_* lists; "b<W>" is the one for W warps per row
-ROW_CONFIGS = {"b1": (2, 1, 4), "b2": (1, 2, 4), "b4": (1, 4, 4), "b8": (1, 8, 8)}
+#: (more rows per warp than the single-token kernels: each x load serves them all, and x loads
+#: are what bounds the batched products; a row's sum is the same for any rows per warp)
+ROW_CONFIGS = {"b1": (4, 1, 4), "b2": (2, 2, 4), "b4": (2, 4, 4), "b8": (2, 8, 8)}
+SEG_RPW = 2  # rows per warp of mvb_seg_b1
 _ROWS = "iiiP"  # n_tok, xs, ys, yrow
 _MV = "PiiPPi" + _ROWS
 _NORM = "PiiPPfPi" + _ROWS
@@ -65,7 +68,9 @@ class RowProducts:
 
     @staticmethod
     def _grid(blocks: int, n_tok: int) -> tuple[int, int]:
-        return blocks, (n_tok + BATCH_TILE - 1) // BATCH_TILE
+        """(token tiles, row-group blocks): a row group's tiles are neighbours in the launch
+        order, so they share its weights in L2."""
+        return (n_tok + BATCH_TILE - 1) // BATCH_TILE, blocks
 
     def matvec_rows(
         self, qtype, w_ptr, rows: int, cols: int, x_ptr, n_tok: int, y_ptr, stream, *, xs: int,
@@ -102,9 +107,10 @@ class RowProducts:
     ) -> None:  # fmt: skip
         """`matvec_norm_glu` for n_tok tokens (a gate|up pair per warp, as every glu variant)."""
         fn = self._row_kernel("glu", "b1", Q(qtype), act)
-        _, _, wpb = ROW_CONFIGS["b1"]
+        rpw, _, wpb = ROW_CONFIGS["b1"]
+        pairs = wpb * rpw // 2  # outputs per block: a gate and an up row each
         fn.prepared_async_call(
-            self._grid((d_ff + wpb - 1) // wpb, n_tok), (32 * wpb, 1, 1), stream,
+            self._grid((d_ff + pairs - 1) // pairs, n_tok), (32 * wpb, 1, 1), stream,
             int(w_ptr), d_ff, cols, int(x_ptr), int(norm_w_ptr), float(eps), int(h_ptr), 0,
             n_tok, xs, ys, 0, pdl=pdl,
         )  # fmt: skip
@@ -114,10 +120,12 @@ class RowProducts:
         norm_w_ptr=None, eps: float = 0.0, bias_ptr=None, accumulate: bool = False,
         pdl: bool = False,
     ) -> None:  # fmt: skip
-        """`matvec_seg` for n_tok tokens (a warp per row, as every seg variant)."""
-        args, groups = self._seg_args(list(segments), cols)  # a warp (group) per row
-        if groups <= 0:
+        """`matvec_seg` for n_tok tokens (every seg variant has one warp per row)."""
+        segments = list(segments)
+        args, total = self._seg_args(segments, cols)
+        if total <= 0:
             return
+        groups = sum((r + SEG_RPW - 1) // SEG_RPW for _, _, r in segments)  # a warp each
         fn = self._row_kernel("seg", "b1", None, norm_w_ptr is not None)
         _, _, wpb = ROW_CONFIGS["b1"]
         fn.prepared_async_call(

@@ -44,10 +44,6 @@ pool)
         $pt -s tests/pool/test_pool_haiku.py tests/pool/test_inventory.py
     step pool-preload 70 python3 bench/bench_pool_preload.py --backend cuda --rounds 5 \
         --model-ref "file:$smol"
-    ;;
-batch2)  # issue 13 against llama-batched-bench; issue 8's Qwen2.5 decode profile
-    logs_back batch2
-    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     step batch-smollm2 150 python3 bench/bench_batch.py gpu --model "$smol" --max-context 512 \
         --http-clients 16 --llama-batched-bench "$llama" --json "$out/batch-smollm2.json"
     for fam in qwen2 gemma3; do
@@ -76,6 +72,41 @@ batch2)  # issue 13 against llama-batched-bench; issue 8's Qwen2.5 decode profil
         --json "$out/batch-qwen2.json"
     step profile-qwen2 60 python3 bench/profile_decode.py --family qwen2 --pos 128
     ;;
+tune)  # batched kernels retuned (bench_batch_cuda.py, invariance tests), llama-batched-bench
+    # on SmolLM2- and Qwen2.5-shaped synthetic files, decode attention's keys per split
+    logs_back tune
+    export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    # shellcheck disable=SC2086  # $pt is a command line
+    step tests-batch 150 $pt tests/cuda/test_engine_batch.py tests/cuda/test_matvec_variants.py
+    step bench-batch-cuda 130 python3 bench/bench_batch_cuda.py --families smollm2,qwen2 \
+        --batches 1,4,16,64 --budget-s 110
+    for fam in smollm2 qwen2; do
+        python3 tools/make_synthetic_gguf.py "/tmp/$fam-synth.gguf" --family "$fam" >/dev/null
+        step "llama-batched-$fam" 120 python3 -c "import sys; sys.path.insert(0, 'bench')
+import llama_cpp, json
+print(json.dumps(llama_cpp.run_batched('$llama', '/tmp/$fam-synth.gguf')['rows'], indent=1))"
+    done
+    for keys in 32 64 128; do
+        for fam in qwen2 gemma3; do
+            step "split$keys-$fam" 60 python3 -c "import sys, runpy
+import cuda.forward as f
+f._SPLIT_KEYS = $keys
+sys.argv = ['bench_cuda.py', '--family', '$fam', '--reps', '3']
+runpy.run_path('bench/bench_cuda.py', run_name='__main__')"
+        done
+    done
+    ;;
+rows)  # the batched step after the grid swap: invariance, speed, where a 64-row step goes
+    logs_back rows
+    # shellcheck disable=SC2086  # $pt is a command line
+    step tests-batch 150 $pt tests/cuda/test_engine_batch.py
+    step bench-batch-cuda 130 python3 bench/bench_batch_cuda.py --families smollm2,qwen2 \
+        --batches 1,4,16,64 --budget-s 110
+    for fam in smollm2 qwen2; do
+        step "profile-rows64-$fam" 90 python3 bench/profile_decode.py --family "$fam" \
+            --pos 128 --rows 64
+    done
+    ;;
 gptoss)
     logs_back gptoss
     export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -83,7 +114,7 @@ gptoss)
         "$llama/build/bin/llama-bench"
     ;;
 *)
-    echo "usage: $0 bins|pool|batch|batch2|gptoss" >&2
+    echo "usage: $0 bins|pool|batch|batch2|tune|rows|gptoss" >&2
     exit 2
     ;;
 esac

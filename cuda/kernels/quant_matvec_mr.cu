@@ -154,8 +154,10 @@ __device__ __forceinline__ void mr_grid(const uint8_t *__restrict__ W, int rows,
                                              group * P);
 }
 
-// The batched decode step's grid (mvb_* kernels): blockIdx.x as mr_grid, blockIdx.y a tile of
-// NT of the n_tok tokens (rows of x, xs floats apart; outputs in rows yrow[t] of y, or t).
+// The batched decode step's grid (mvb_* kernels): blockIdx.x a tile of NT of the n_tok tokens
+// (rows of x, xs floats apart; outputs in rows yrow[t] of y, or t), blockIdx.y the row groups
+// as mr_grid's blockIdx.x: the tiles of one row group run together, so its weights come from
+// DRAM once even where the matrix is larger than L2 (the output heads).
 template <class T, int RPW, int WPR, int U, int WPB, bool NORM, int GLU, int NT>
 __device__ __forceinline__ void mr_grid_rows(const uint8_t *__restrict__ W, int rows, int cols,
                                              const float *__restrict__ x,
@@ -163,8 +165,8 @@ __device__ __forceinline__ void mr_grid_rows(const uint8_t *__restrict__ W, int 
                                              float *__restrict__ y, int accumulate, int n_tok,
                                              int xs, int ys, const int *__restrict__ yrow) {
     constexpr int P = GLU ? RPW / 2 : RPW;
-    const int group = blockIdx.x * (WPB / WPR) + (threadIdx.x >> 5) / WPR;
-    const int t0 = blockIdx.y * NT, nt = min(NT, n_tok - t0);
+    const int group = blockIdx.y * (WPB / WPR) + (threadIdx.x >> 5) / WPR;
+    const int t0 = blockIdx.x * NT, nt = min(NT, n_tok - t0);
     mr_group<T, RPW, WPR, U, WPB, NORM, GLU, NT>(
         W, rows, cols, x + (size_t)t0 * xs, g, eps, yrow == nullptr ? y + (size_t)t0 * ys : y,
         nullptr, accumulate, group * P, nt, xs, ys, yrow == nullptr ? nullptr : yrow + t0);
@@ -283,10 +285,10 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
             W, rows, cols, x, nullptr, 0.f, y, accumulate, n_tok, xs, ys, yrow);              \
     }
 #define MVX_KERNELS(sfx)             \
-    MVB_MV(b1, sfx, 2, 1, 4, 4)      \
-    MVB_MV(b2, sfx, 1, 2, 4, 4)      \
-    MVB_MV(b4, sfx, 1, 4, 5, 4)      \
-    MVB_MV(b8, sfx, 1, 8, 3, 8)      \
+    MVB_MV(b1, sfx, 4, 1, 2, 4)      \
+    MVB_MV(b2, sfx, 2, 2, 2, 4)      \
+    MVB_MV(b4, sfx, 2, 4, 2, 4)      \
+    MVB_MV(b8, sfx, 2, 8, 2, 8)      \
     MVX_MV(r1, sfx, 1, 1, 4, 4)      \
     MVX_MV(r2, sfx, 2, 1, 4, 4)      \
     MVX_MV(r4, sfx, 4, 1, 4, 4)      \
@@ -297,7 +299,7 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
     MVX_MV(w8, sfx, 1, 8, 3, 8)
 #elif MVX_PART == 1
 #define MVX_KERNELS(sfx)                                  \
-    MVB_K(norm, b1, sfx, true, GLU_NONE, 2, 1, 4, 4)      \
+    MVB_K(norm, b1, sfx, true, GLU_NONE, 4, 1, 2, 4)      \
     MVX_K(norm, r1, sfx, true, GLU_NONE, 1, 1, 4, 4)      \
     MVX_K(norm, r2, sfx, true, GLU_NONE, 2, 1, 4, 4)      \
     MVX_K(norm, r4, sfx, true, GLU_NONE, 4, 1, 4, 4)      \
@@ -328,8 +330,8 @@ __device__ __forceinline__ void mr_persist(const uint8_t *__restrict__ W, int ro
                                                              accumulate);                       \
     }
 #define MVX_KERNELS(sfx)         \
-    MVB_K(swiglu, b1, sfx, true, GLU_SILU, 2, 1, 4, 4) \
-    MVB_K(geglu, b1, sfx, true, GLU_GELU, 2, 1, 4, 4)  \
+    MVB_K(swiglu, b1, sfx, true, GLU_SILU, 4, 1, 2, 4) \
+    MVB_K(geglu, b1, sfx, true, GLU_GELU, 4, 1, 2, 4)  \
     MVX_GLU(r2, sfx, 2, 4)       \
     MVX_GLU(r4, sfx, 4, 4)       \
     MVX_GLU(r2b8, sfx, 2, 8)     \
@@ -351,13 +353,14 @@ __device__ __forceinline__ void mr_seg(int cols, const float *__restrict__ x,
                                        const uint8_t *__restrict__ W2, int t2, int n2,
                                        int n_tok = 1, int xs = 0, int ys = 0,
                                        const int *__restrict__ yrow = nullptr) {
-    const int tok0 = blockIdx.y * NT, nt = min(NT, n_tok - tok0);
+    // NT > 1: blockIdx.x the token tile, blockIdx.y the row groups (as mr_grid_rows)
+    const int tok0 = NT > 1 ? blockIdx.x * NT : 0, nt = min(NT, n_tok - tok0);
     x += (size_t)tok0 * xs;
     if (yrow == nullptr)
         y += (size_t)tok0 * ys;
     else
         yrow += tok0;
-    const int group = blockIdx.x * WPB + (threadIdx.x >> 5);
+    const int group = (NT > 1 ? blockIdx.y : blockIdx.x) * WPB + (threadIdx.x >> 5);
     const int g0 = (n0 + RPW - 1) / RPW, g1 = (n1 + RPW - 1) / RPW, g2 = (n2 + RPW - 1) / RPW;
     // past the last group: nothing to load (an empty segment has no row to clamp to)
     if (group >= g0 + g1 + g2) return;
@@ -406,7 +409,7 @@ __device__ __forceinline__ void mr_seg(int cols, const float *__restrict__ x,
     MVX_SIG(mvb_seg_##cfg##_norm, WPB, MVX_SEG_ARGS, MVB_ROWS) {                              \
         mr_seg<RPW, WPB, true, MVB_NT>(MVX_SEG_PASS, n_tok, xs, ys, yrow);                    \
     }
-MVB_SEG_K(b1, 1, 4)
+MVB_SEG_K(b1, 2, 4)
 MVX_SEG_K(r1, 1, 4)
 MVX_SEG_K(r2, 2, 4)
 MVX_SEG_K(r1b8, 1, 8)

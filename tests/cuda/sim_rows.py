@@ -29,7 +29,7 @@ MAX_SPLITS = 32
 
 
 def _token_rows(sim: Sim, ln: Launch, n_tok: int, yrow: int) -> list[int]:
-    if ln.grid[1] * TILE < n_tok:
+    if ln.grid[0] * TILE < n_tok:  # (token tiles, row-group blocks)
         raise SimFault(f"{ln.name}: grid {ln.grid} covers fewer than {n_tok} tokens")
     return [int(v) for v in sim.i32(yrow, n_tok)] if yrow else list(range(n_tok))
 
@@ -44,7 +44,7 @@ def _per_token(single: Callable, width: int) -> Callable:
             args = list(one)
             args[3] += 4 * t * xs
             args[width - 2] += 4 * row * ys
-            single(sim, Launch(ln.name, (ln.grid[0], 1), tuple(args), ln.letters), d)
+            single(sim, Launch(ln.name, (ln.grid[1], 1), tuple(args), ln.letters), d)
 
     return run
 
@@ -55,7 +55,7 @@ def k_seg_rows(sim: Sim, ln: Launch, d) -> None:
         args = list(one)
         args[1] += 4 * t * xs  # x
         args[4] += 4 * row * ys  # y
-        k_matvec_seg(sim, Launch(ln.name, (ln.grid[0], 1), tuple(args), ln.letters), d)
+        k_matvec_seg(sim, Launch(ln.name, (ln.grid[1], 1), tuple(args), ln.letters), d)
 
 
 def k_attn_rows(sim: Sim, ln: Launch, d) -> None:
