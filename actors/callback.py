@@ -15,13 +15,20 @@ of us would never send work, and a worker nobody knows about only holds a GPU.
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
+
 import trio
 
 from runtime.config import WorkerConfig
 from runtime.errors import ErrorCode, WorkerError
 from runtime.narration import Narrator
 from runtime.state import WorkerState
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported when a callback is sent, not at the worker's start: most workers have no
+# --callback-url, and its import (~30 ms here, its CLI and all) came before the `startup` line.
 
 ACTOR = "callback"
 ATTEMPTS = 3
@@ -56,6 +63,8 @@ def ready_payload(config: WorkerConfig, state: WorkerState, uri: str) -> dict:
 
 async def _attempt(client: httpx.AsyncClient, url: str, payload: dict) -> tuple[bool, bool, str]:
     """(ok, worth retrying, what happened)."""
+    import httpx
+
     with trio.move_on_after(ATTEMPT_TIMEOUT_S):
         try:
             response = await client.post(url, json=payload)
@@ -77,6 +86,8 @@ async def announce_ready(
     narrator = narrator.child(actor=ACTOR)
     payload = ready_payload(config, state, uri)
     reason = "not attempted"
+    import httpx
+
     async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_S) as client:
         for attempt in range(1, ATTEMPTS + 1):
             ok, retry, reason = await _attempt(client, url, payload)

@@ -26,7 +26,6 @@ weight byte is read once per token at --peak-gbps (H100 SXM: 3350 GB/s).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -43,6 +42,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 import bench_http  # noqa: E402  (PROMPT, EngineAlone, bench_http_stream, HealthSampler, ...)
+import bench_startup  # noqa: E402
 import llama_cpp  # noqa: E402
 from bench_cuda import median_time  # noqa: E402
 
@@ -109,18 +109,9 @@ def launch(harness, args, worker_id: str, extra: tuple[str, ...] = ()):
 
 
 def load_phases(worker, popen_wall: float) -> dict:
-    """Narration timestamps: startup -> model_load_start -> model_load_complete -> ready (s)."""
-    ts = {}
-    for event in worker.narration():
-        if event.get("action") in ("startup", "model_load_start", "model_load_complete", "ready"):
-            ts.setdefault(event["action"], datetime.datetime.fromisoformat(event["ts"]))
-    keys = [k for k in ("startup", "model_load_start", "model_load_complete", "ready") if k in ts]
-    pairs = zip(keys, keys[1:], strict=False)
-    phases = {f"{a}->{b}": (ts[b] - ts[a]).total_seconds() for a, b in pairs}
-    if "startup" in ts:  # interpreter start, imports, backend pick (narration ts: UTC, ms)
-        phases = {"process->startup": round(ts["startup"].timestamp() - popen_wall, 3),
-                  **phases}  # fmt: skip
-    return phases
+    """Narration timestamps: process -> startup -> listening -> model_load_start ->
+    model_load_complete -> ready (s); bench_startup.py has the import part too."""
+    return bench_startup.phases(worker.narration(), popen_wall)
 
 
 def prompt_of(tokenizer, n: int) -> str:
