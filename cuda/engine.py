@@ -6,7 +6,8 @@ the context. Load = checks made from the file alone (`weights.check_model`, the 
 block, the sampling mask; before the GPU is touched) -> compile the kernels (our cubin cache) ->
 preflight (bytes needed vs free VRAM and the optional cap) -> upload the weights slot by slot of
 the plan -> allocate the KV caches of all `max_batch` slots, the scratch and the sampler's
-workspace -> capture the decode step as CUDA graphs (one per slot and attention split count).
+workspace -> capture the decode step as CUDA graphs (slot 0's per attention split count, the batched
+step's per bucket of rows and split count; another slot's own at its first step alone).
 Nothing is allocated per job or per step. The engine follows `model.plan` and `model.config`
 only; `cuda.models.<model.family.block>` orders each layer's steps.
 
@@ -73,6 +74,7 @@ class CudaEngine:
     def __init__(self) -> None:  # use CudaEngine.load
         self._ctx = None
         self._graphs: dict[tuple[int, int], cuda_graph.Graph] = {}  # (slot, splits) -> step
+        self._use_graph = False
         #: (bucket, splits) -> the batched step of that many rows (cuda/forward_rows.py)
         self._row_graphs: dict[tuple[int, int], cuda_graph.Graph] = {}
         self._rows_slots: tuple[int, ...] = ()  # batch.slots as last uploaded
@@ -160,13 +162,13 @@ class CudaEngine:
         )
         self.sampler = GpuSampler(drv, self.ops, self.ledger, self.stream, vocab=mask.n_sampled)
         self.batched = b > 1 and self.fwd.rows_supported()  # else slots step one by one
-        if opts["use_graph"]:  # per slot, one graph per split count: a step replays the one
-            for slot in range(b):  # for its slot and length
-                self.fwd.bind(slot)
-                for splits in split_levels(max_context):
-                    self._graphs[slot, splits] = cuda_graph.capture(
-                        self.stream, lambda n=splits: self.fwd.enqueue_decode(n)
-                    )
+        self._use_graph = opts["use_graph"]
+        if self._use_graph:  # a graph per slot and split count: a step replays the one for its
+            # slot and length. Slot 0's now (the batcher fills the lowest free slot first, so a
+            # lone stream is in slot 0); another slot's at its first step alone (~4 ms once),
+            # which keeps 16 slots' load near one slot's (decision 0029)
+            for splits in split_levels(max_context):
+                self._single_graph(0, splits)
             for k in buckets(b) if self.batched else ():  # and per bucket of rows
                 for splits in split_levels(max_context):
                     self._row_graphs[k, splits] = cuda_graph.capture(
@@ -260,14 +262,23 @@ class CudaEngine:
                 return
             for s in slots:
                 splits = splits_for(self._pos[s] + 1)
-                if self._graphs:
-                    self._graphs[s, splits].launch()
+                if self._use_graph:
+                    self._single_graph(s, splits).launch()
                 else:
                     fwd.bind(s)
                     fwd.enqueue_decode(splits)
                 self._pos[s] += 1
                 self._last_sampled[s] = None
                 self._greedy_at[s] = (fwd.token_host, s)
+
+    def _single_graph(self, slot: int, splits: int) -> cuda_graph.Graph:
+        """Slot's decode step with this many attention splits, captured on first use."""
+        graph = self._graphs.get((slot, splits))
+        if graph is None:
+            self.fwd.bind(slot)
+            graph = cuda_graph.capture(self.stream, lambda: self.fwd.enqueue_decode(splits))
+            self._graphs[slot, splits] = graph
+        return graph
 
     def _decode_rows(self, slots: list[int]) -> None:
         """The batched step for these slots: rows padded to the bucket with the padding slot,

@@ -106,6 +106,17 @@ rows)  # the batched step after the grid swap: invariance, speed, where a 64-row
         step "profile-rows64-$fam" 90 python3 bench/profile_decode.py --family "$fam" \
             --pos 128 --rows 64
     done
+    # shellcheck disable=SC2086
+    step tests-engine 200 $pt tests/cuda/test_engine_synthetic.py tests/cuda/test_engine_qwen2.py \
+        tests/cuda/test_engine_gemma3.py tests/cuda/test_oom.py tests/cuda/test_cuda_errors.py \
+        tests/cuda/test_engine_nonfinite.py tests/cuda/test_engine_mask.py
+    # issue 8's load to ready on a Qwen2.5-shaped file (same shapes, types and size)
+    python3 tools/make_synthetic_gguf.py /tmp/qwen2-synth.gguf --family qwen2 >/dev/null
+    for mb in 16 1; do
+        step "startup-qwen2-b$mb" 90 python3 bench/bench_startup.py --backend cuda \
+            --model /tmp/qwen2-synth.gguf --runs 3 --max-batch "$mb" \
+            --json "$out/startup-qwen2-b$mb.json"
+    done
     ;;
 gptoss)
     logs_back gptoss

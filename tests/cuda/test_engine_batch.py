@@ -52,7 +52,7 @@ def engine(model):
 def test_a_job_gives_the_same_tokens_alone_and_beside_7_or_63_others(engine, model):
     from cuda.forward_rows import buckets
 
-    assert engine.max_batch == 64 and len(engine._graphs) == 64 * 4
+    assert engine.max_batch == 64 and {s for s, _ in engine._graphs} >= {0}  # slot 0's at load
     # several slots take the batched step: a graph per bucket of rows and split level
     assert engine.batched and len(engine._row_graphs) == len(buckets(64)) * 4
     check_batch_invariance(engine, model.config.vocab_size, n_tokens=8)
