@@ -14,8 +14,8 @@ decode speed, and llama.cpp's on the same file. No network; bounded by --budget-
    vram_bytes_used), the device memory in use after the load (mem_get_info, with the context's
    own), both against W-1823's ~16 GB +-20 % (12.8 .. 19.2 GB), and the estimate
    (`vram_needed`, which the load allocates exactly) at the model's full context.
-3. /health's model fields from the loaded engine: quant_kind (the file's general.file_type as
-   llama.cpp names it: MXFP4_MOE), resident (the residency check: every allocation device
+3. /health's model fields from the loaded engine: quant_kind (the file's general.file_type 38,
+   llama.cpp's MXFP4_MOE, named as the spec names it: MXFP4), resident (the residency check: every allocation device
    memory, the weight checksums intact).
 4. Decode: a --prompt-token prefill, then --steps greedy steps as the generation loop runs them
    (each on the token sampled after the one before, waited for): tokens/s; "step only" is
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     res["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
-    ok = res["health"]["resident"] and res["health"]["quant_kind"].startswith("MXFP4")
+    ok = res["health"]["resident"] and res["health"]["quant_kind"] == "MXFP4"
     return 0 if ok else 1
 
 

@@ -30,9 +30,13 @@ from runtime.model_config import ModelConfig
 from runtime.models import Family, get_family
 from runtime.models.plan import BoundPlan, Slot
 
-#: `general.file_type` -> llama.cpp's name for it ("MOSTLY_Q4_K_M" -> "Q4_K_M")
+#: The spec's own names where they differ from llama.cpp's: /health's `quant_kind` is one of
+#: "MXFP4" | "Q4_K_M" | "Q4_0" (M0-W-1320), and the GPT-OSS-20B bring-up test (W-1823) expects
+#: "MXFP4" for the file llama.cpp calls MOSTLY_MXFP4_MOE (its experts MXFP4, the rest Q8_0/F32).
+_SPEC_NAMES = {LlamaFileType.MOSTLY_MXFP4_MOE: "MXFP4"}
+#: `general.file_type` -> its name ("MOSTLY_Q4_K_M" -> llama.cpp's "Q4_K_M"; `_SPEC_NAMES` first)
 _FILE_TYPES = {
-    t.value: t.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    t.value: _SPEC_NAMES.get(t, t.name.removeprefix("MOSTLY_").removeprefix("ALL_"))
     for t in LlamaFileType
     if t.name != "GUESSED"
 }
@@ -126,7 +130,8 @@ class GGUFModel:
     def quant_kind(self) -> str:
         """The file's quantization as llama.cpp names it from `general.file_type` ("Q4_K_M" for
         Qwen2.5's and Gemma 3's files, whose weights mix Q4_K, Q5_0, Q6_K and Q8_0; "Q4_1"),
-        else the type holding most bytes among the 2-D weights."""
+        except where the spec names it otherwise ("MXFP4" for gpt-oss's MXFP4_MOE), else the
+        type holding most bytes among the 2-D weights."""
         file_type = self.metadata.get("general.file_type")
         if isinstance(file_type, int) and file_type in _FILE_TYPES:
             return _FILE_TYPES[file_type]

@@ -62,8 +62,8 @@ async def test_gpt_oss_fixture_serves_with_either_tokenizer():
     assert health["tokenizer_kind"] == "gguf-bpe" and health["backend"] == "cpu"
     assert health["vocab_size"] == manifest["config"]["vocab_size"]
     # the file's declared general.file_type (MOD-24): 38, llama.cpp's MXFP4_MOE, as the real
-    # gpt-oss files declare it
-    assert health["quant_kind"] == "MXFP4_MOE"
+    # gpt-oss files declare it; the spec's /health names it MXFP4 (M0-W-1320, W-1823)
+    assert health["quant_kind"] == "MXFP4"
     hf_json = REFERENCE_MODELS_DIR / "gpt-oss-tiny.tokenizer.json"
     hf_health, hf_events = await _serve_once(path, {**body, "job_id": "k"}, tokenizer=hf_json)
     assert hf_health["tokenizer_kind"] == "hf-json"

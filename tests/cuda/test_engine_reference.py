@@ -86,5 +86,5 @@ def test_memory_is_the_estimate_and_resident(engines):
     report = e.check_residency()
     assert report.ok, report.detail
     if name == "gpt-oss-tiny":
-        assert e.quant_kind == "MXFP4_MOE"  # llama.cpp's name of general.file_type 38
+        assert e.quant_kind == "MXFP4"  # general.file_type 38 (llama.cpp: MXFP4_MOE), MOD-24
         assert {"blk.0.ffn_gate_exps", "blk.3.ffn_down_exps"} <= set(e._checksums)

@@ -139,7 +139,7 @@ def test_the_gpt_oss_bench_runs_on_the_simulated_gpu(sim, tmp_path, capsys):
             "--llama-bench", str(tmp_path / "none"), "--json", str(out)]  # fmt: skip
     assert bench_gpt_oss.main(argv) == 0
     res = json.loads(out.read_text())
-    assert res["health"]["quant_kind"] == "MXFP4_MOE" and res["health"]["resident"]
+    assert res["health"]["quant_kind"] == "MXFP4" and res["health"]["resident"]
     assert res["load"]["vram_bytes_used"] > 0 and not res["load"]["in_w1823_band"]
     assert res["decode"]["steps"] == 6 and res["decode"]["decode_tokens_per_s"] > 0
     assert "FileNotFoundError" in res["llama_cpp"]["error"]

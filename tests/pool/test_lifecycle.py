@@ -9,6 +9,7 @@ flags (tests/pool/pool_process.FAST_FLAGS), so every test is bounded by seconds.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import time
@@ -75,6 +76,22 @@ def test_start_ready_stop_with_events_metrics_and_tagged_narration():
         state = pool.state()
         view = device_view(state)
         assert view["workers"] == [wid]
+        # Every field issue 12 names for /v2/state (POOL-API-5), with its value.
+        assert {"id", "total_vram", "allocated_vram", "available_vram", "workers"} <= view.keys()
+        (mine,) = state["workers"]
+        named = {"id", "model_ref", "gpu", "vram_used", "uri", "pid", "status", "started_at"}
+        assert named | {"exit_code"} <= mine.keys()
+        assert (mine["id"], mine["model_ref"], mine["gpu"], mine["status"]) == (
+            wid, pool_model_ref(), pool_device(), "ready"
+        )  # fmt: skip
+        assert mine["pid"] == started["pid"] and mine["uri"] == ready["uri"]
+        assert mine["exit_code"] is None and mine["vram_used"] == view["allocated_vram"]
+        parse = datetime.datetime.fromisoformat
+        assert (
+            parse(mine["started_at"])
+            <= parse(mine["ready_at"])
+            <= datetime.datetime.now(datetime.UTC)
+        )
         assert view["allocated_vram"] == ready["vram_used"] == ready["vram_reserved"]
         assert view["available_vram"] <= view["total_vram"] - view["allocated_vram"]
         scraped = metric_values(pool.client.get("/metrics").text)

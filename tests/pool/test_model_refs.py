@@ -12,6 +12,8 @@ from huggingface_hub import scan_cache_dir
 from pool_managerd.errors import PoolError
 from pool_managerd.model_refs import parse_hf, resolve_model_ref
 from runtime.default_model import default_model_path
+from runtime.models.catalog import CATALOG
+from tests.reference_data import catalog_model_file
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -54,6 +56,17 @@ def test_catalog_names():
     assert resolve_model_ref("smollm2-135m") == default_model_path()
     error = refused("qwen9-unknown", "NOT_FOUND")
     assert "qwen9-unknown" in error.message
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in CATALOG.items() if not e.embedded))
+def test_every_name_the_workers_pull_knows(name, tmp_path, monkeypatch):
+    """The pool resolves catalog names through the worker's own catalog: not pulled into the
+    models folder -> NOT_FOUND naming the `pull` command; pulled -> the file `pull` wrote."""
+    monkeypatch.setenv("WORKER_ORCD_MODELS_DIR", str(tmp_path))  # an empty models folder
+    error = refused(name, "NOT_FOUND")
+    assert f"worker-orcd pull {name}" in error.message
+    monkeypatch.undo()
+    assert resolve_model_ref(name) == catalog_model_file(name)
 
 
 @pytest.mark.parametrize("ref", ["", 7, None, "UPPER case", "x" * 2000, "smollm2\n", "s3:b/k"])

@@ -93,3 +93,35 @@ async def test_a_slow_subscriber_is_dropped_with_overflow_and_others_keep_theirs
     events = parse_sse(b"".join(frames).decode())
     assert [n for n, _ in events[:2]] == ["snapshot", "worker_status"]
     assert len(events) == 1 + SUBSCRIBER_BUFFER + 1 and events[-1][0] == "overflow"
+
+
+async def test_worker_output_reaches_the_pools_log_tagged_with_the_worker(capsys):
+    """POOL-P-5: a worker's own narration (it carries the worker's id) passes through as it is;
+    anything else it prints (a traceback, another id's JSON) is wrapped in `worker_output`
+    naming the worker; every non-blank line is in the record's tail; progress is kept."""
+    import io
+    import json
+
+    from pool_managerd.config import PoolConfig
+    from pool_managerd.inventory import Inventory
+    from pool_managerd.pool import Pool
+    from runtime.narration import Narrator
+
+    log = io.StringIO()
+    pool = Pool(PoolConfig(pool_id="p"), Inventory.cpu(), Narrator("p", stream=log))
+    r = record()
+    own = json.dumps({"worker_id": "w", "action": "model_load_progress", "percent": 40})
+    foreign = json.dumps({"worker_id": "p-w9", "action": "ready"})
+    try:
+        for line in (own, "Traceback (most recent call last):", foreign, "   "):
+            pool._on_line(r, line)
+    finally:
+        await pool.http.aclose()
+    assert capsys.readouterr().err.splitlines() == [own]  # passed through unchanged
+    wrapped = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [(e["action"], e["worker"], e["target"], e["worker_id"]) for e in wrapped] == [
+        ("worker_output", "w", "w", "p")
+    ] * 2
+    assert [e["human"] for e in wrapped] == ["Traceback (most recent call last):", foreign]
+    assert list(r.log_tail) == [own, "Traceback (most recent call last):", foreign]
+    assert r.load_percent == 40

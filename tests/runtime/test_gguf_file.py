@@ -382,3 +382,23 @@ def test_quant_kind_without_a_file_type_is_the_dominant_type(tmp_path: Path):
         if len(t.shape) == 2:
             by_type[t.qtype.name] = by_type.get(t.qtype.name, 0) + t.nbytes
     assert model.quant_kind == max(by_type, key=by_type.get)
+
+
+def test_quant_kind_of_a_gpt_oss_file_is_the_specs_mxfp4():
+    """llama.cpp's converter declares a gpt-oss file MOSTLY_MXFP4_MOE (38): read here with
+    gguf-py, not our walk. The spec's /health names that format "MXFP4" (M0-W-1320, W-1823);
+    every other declared type keeps llama.cpp's name (Q4_K_M, Q4_0, ...)."""
+    from gguf import LlamaFileType
+
+    from runtime.gguf_file import _FILE_TYPES
+    from tests.reference_data import reference_fixture
+
+    path, _, _ = reference_fixture("gpt-oss-tiny")
+    field = GGUFReader(path).get_field("general.file_type")
+    assert int(field.parts[field.data[0]][0]) == LlamaFileType.MOSTLY_MXFP4_MOE
+    with open_gguf(path) as model:
+        assert model.quant_kind == "MXFP4"
+    for t in LlamaFileType:
+        if t.name not in ("GUESSED", "MOSTLY_MXFP4_MOE"):
+            assert _FILE_TYPES[t.value] == t.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    assert _FILE_TYPES[LlamaFileType.MOSTLY_Q4_0] == "Q4_0"

@@ -237,7 +237,7 @@ def test_gpt_oss_family_small_variant_runs_on_the_numpy_engine(tmp_path: Path):
     )
     with open_gguf(path) as model:
         c = model.config
-        assert model.quant_kind == "MXFP4_MOE" and model.family.block == "gpt_oss"
+        assert model.quant_kind == "MXFP4" and model.family.block == "gpt_oss"
         assert c.layer_window == (128, 0) and c.moe.n_experts == 32 and c.moe.top_k == 4
         assert c.rope_yarn.factor == 32.0 and c.rope_yarn.truncate is False
         tok = Tokenizer.from_metadata(model.metadata)
