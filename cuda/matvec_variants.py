@@ -19,6 +19,7 @@ bench/bench_matvec_variants.py measured fastest is one entry changed there.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 from gguf import GGMLQuantizationType as Q
@@ -175,10 +176,16 @@ def uses_mr(table=None) -> bool:
     return any(v.startswith("mr-") for v in (MATVEC_DEFAULTS if table is None else table).values())
 
 
+#: tokens per thread block of the batched decode step's kernels (MVB_NT; cuda/quant_rows.py):
+#: WORKER_ORCD_BATCH_TILE overrides it for bench/bench_batch_cuda.py's comparisons (any value
+#: keeps a row's sums: decision 0028)
+BATCH_TILE = int(os.environ.get("WORKER_ORCD_BATCH_TILE", "8"))
+
+
 def mr_defines(kind: str, struct: str | None = None, suffix: str | None = None) -> dict:
     """Defines of one mr build: a kind and, for every kind but seg, one weight type (its
-    ggml_blocks.cuh struct and kernel suffix: "Q5_0", "q5_0")."""
-    defines: dict = {"GGML_FAST_CVT": 1, "MVX_PART": MR_PART[kind]}
+    ggml_blocks.cuh struct and kernel suffix: "Q5_0", "q5_0"), and the batched tile."""
+    defines: dict = {"GGML_FAST_CVT": 1, "MVX_PART": MR_PART[kind], "MVB_NT": BATCH_TILE}
     if kind != "seg":
         defines |= {"MVX_T": struct, "MVX_SFX": suffix}
     return defines

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as Q
 
 from cuda import matvec_variants as mvv
 
-BATCH_TILE = 8  # tokens per thread block (MVB_NT in quant_matvec_mr.cu)
+BATCH_TILE = mvv.BATCH_TILE  # tokens per thread block (MVB_NT in quant_matvec_mr.cu)
 #: batched kernel config -> (rows per warp group, warps per row, warps per block), as
 #: quant_matvec_mr.cu's MVB_* lists; "b<W>" is the one for W warps per row
 #: (more rows per warp than the single-token kernels: each x load serves them all, and x loads

@@ -118,6 +118,27 @@ rows)  # the batched step after the grid swap: invariance, speed, where a 64-row
             --json "$out/startup-qwen2-b$mb.json"
     done
     ;;
+final)  # the last call: batched step after the g hoist (tile 8 vs 16), MXFP4 kernels, gpt-oss
+    # engine and bench, and a real worker's /health on the synthetic gpt-oss-20b file
+    logs_back final
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/card.txt"
+    # shellcheck disable=SC2086  # $pt is a command line
+    step tests-batch 150 $pt tests/cuda/test_engine_batch.py
+    for tile in 8 16; do
+        step "bench-batch-tile$tile" 120 env WORKER_ORCD_BATCH_TILE=$tile \
+            python3 bench/bench_batch_cuda.py --families smollm2,qwen2 --batches 1,4,16,64 \
+            --budget-s 100
+    done
+    # shellcheck disable=SC2086
+    step tests-mxfp4 150 $pt tests/cuda/test_quant_kernels.py tests/cuda/test_quant_kernels_models.py \
+        tests/cuda/test_matvec_variants.py tests/cuda/test_gpt_oss_kernels.py -k "MXFP4 or mxfp4 or gpt"
+    # shellcheck disable=SC2086
+    step tests-reference 100 $pt -s tests/cuda/test_engine_reference.py
+    step bench-gpt-oss 150 python3 bench/bench_gpt_oss.py --budget-s 120 \
+        --json "$out/bench_gpt_oss.json"
+    step health-gptoss20b 150 env OUT="$out" bash tools/gpu_health_gptoss20b.sh \
+        /tmp/gpt-oss-20b-synth.gguf 140
+    ;;
 gptoss)
     logs_back gptoss
     export LD_LIBRARY_PATH=$llama/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -125,7 +146,7 @@ gptoss)
         "$llama/build/bin/llama-bench"
     ;;
 *)
-    echo "usage: $0 bins|pool|batch|batch2|tune|rows|gptoss" >&2
+    echo "usage: $0 bins|pool|batch|batch2|tune|rows|final|gptoss" >&2
     exit 2
     ;;
 esac

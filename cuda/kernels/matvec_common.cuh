@@ -26,6 +26,25 @@ __device__ __forceinline__ void x_slot(const float *x, const float *__restrict__
     }
 }
 
+// x_slot in two halves, for the batched kernels: g's two quads once per slot (g_slot), then
+// each token's x times them (x_slot_g): the very products x_slot makes.
+__device__ __forceinline__ void g_slot(const float *__restrict__ g, int c0, int c1, float4 &ga,
+                                       float4 &gc) {
+    ga = *reinterpret_cast<const float4 *>(g + c0);
+    gc = *reinterpret_cast<const float4 *>(g + c1);
+}
+
+template <bool NORM>
+__device__ __forceinline__ void x_slot_g(const float *x, float4 ga, float4 gc, int c0, int c1,
+                                         float4 &xa, float4 &xc) {
+    xa = x4(x, c0);
+    xc = x4(x, c1);
+    if (NORM) {
+        xa = make_float4(xa.x * ga.x, xa.y * ga.y, xa.z * ga.z, xa.w * ga.w);
+        xc = make_float4(xc.x * gc.x, xc.y * gc.y, xc.z * gc.z, xc.w * gc.w);
+    }
+}
+
 __device__ __forceinline__ float dot8(float4 a, float4 c, float4 xa, float4 xc) {
     return a.x * xa.x + a.y * xa.y + a.z * xa.z + a.w * xa.w + c.x * xc.x + c.y * xc.y +
            c.z * xc.z + c.w * xc.w;

@@ -116,12 +116,14 @@ __device__ __forceinline__ void mr_group(const uint8_t *__restrict__ W, int rows
                     float4 a[RPW], c[RPW];
 #pragma unroll
                     for (int r = 0; r < RPW; ++r) T::decode(raw[u][r], k, a[r], c[r]);
+                    const int c0 = b * T::QK + T::P0(k), c1 = b * T::QK + T::P1(k);
+                    float4 ga, gc;  // the norm weights once for all tokens (x_slot's products)
+                    if (NORM) g_slot(g, c0, c1, ga, gc);
 #pragma unroll
                     for (int t = 0; t < NT; ++t) {
                         if (t >= nt) break;  // warp-uniform
                         float4 xa, xc;
-                        x_slot<NORM>(x + (size_t)t * xs, g, b * T::QK + T::P0(k),
-                                     b * T::QK + T::P1(k), xa, xc);
+                        x_slot_g<NORM>(x + (size_t)t * xs, ga, gc, c0, c1, xa, xc);
 #pragma unroll
                         for (int r = 0; r < RPW; ++r)
                             acc[t * RPW + r] += dot8(a[r], c[r], xa, xc);

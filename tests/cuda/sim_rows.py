@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cuda.quant_rows import BATCH_TILE
 from tests.cuda.sim_gpu import (
     Launch,
     Sim,
@@ -23,7 +24,7 @@ from tests.cuda.sim_gpu import (
     k_matvec_seg,
 )
 
-TILE = 8  # cuda/quant_rows.py's BATCH_TILE
+TILE = BATCH_TILE  # tokens per block of the batched products
 ARGMAX_BLOCKS = 64  # cuda/ops.py's
 MAX_SPLITS = 32
 

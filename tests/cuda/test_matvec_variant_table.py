@@ -75,10 +75,15 @@ def test_a_table_entry_picks_a_variant_and_a_type_entry_wins():
 def test_mr_builds_are_one_per_kind_and_type_plus_the_segmented_one():
     specs = mr_sources([Q.Q5_0, Q.Q8_0])
     assert len(specs) == 7 and all(f == "quant_matvec_mr.cu" for f, _ in specs)
-    assert specs[-1][1] == {"GGML_FAST_CVT": 1, "MVX_PART": 3}
-    assert {"GGML_FAST_CVT": 1, "MVX_PART": 2, "MVX_T": "Q8_0", "MVX_SFX": "q8_0"} in [
-        d for _, d in specs
-    ]
+    tile = mvv.BATCH_TILE  # the batched step's tokens per block, in every mr build
+    assert specs[-1][1] == {"GGML_FAST_CVT": 1, "MVX_PART": 3, "MVB_NT": tile}
+    assert {
+        "GGML_FAST_CVT": 1,
+        "MVX_PART": 2,
+        "MVX_T": "Q8_0",
+        "MVX_SFX": "q8_0",
+        "MVB_NT": tile,
+    } in [d for _, d in specs]
     assert sources(fast_cvt=True)[0][1]["GGML_FAST_CVT"] == 1
     assert "GGML_FAST_CVT" not in sources(fast_cvt=False)[0][1]  # the cache key of today's build
 
