@@ -15,13 +15,14 @@ tokens to the event loop (the next `sample` waits for it). The executor thread r
 every job (`actors.executor`); `runtime.generate` runs it for one (tests, tools), so one path
 serves both. Errors: an error of `prefill` or a non-finite row of `sample` ends that sequence
 only; a non-fatal error of a whole `decode` or `sample` call ends the sequences in that call (the
-engine cannot say which one is at fault); a fatal error (a lost CUDA context) or a bug propagates.
+engine cannot say which one is at fault), so a sequence whose cache is full ends alone before the
+call; a fatal error (a lost CUDA context) or a bug propagates.
 """
 
 from __future__ import annotations
 
 from runtime.engine_api import NON_FINITE, Engine
-from runtime.errors import NonFiniteLogits, WorkerError
+from runtime.errors import InvalidRequest, NonFiniteLogits, WorkerError
 from runtime.sequence import Event, Sequence
 
 Outcome = Event | WorkerError
@@ -135,6 +136,14 @@ class Batcher:
 
     def _decode(self, out: list[tuple[Sequence, Outcome]]) -> None:
         going = [seq for seq in self.running.values() if seq.next_token is not None]
+        full = [s for s in going if self.engine.position(self._slot[s]) >= self.engine.max_context]
+        for seq in full:  # its cache has no room for the token: it ends alone, not the batch
+            error = InvalidRequest(
+                f"the sequence reached the context length ({self.engine.max_context} tokens)",
+                field="max_tokens",
+            )
+            self._fail(out, [seq], error)
+        going = [s for s in going if s not in full]
         if not going:
             return
         tokens = [s.next_token for s in going]
