@@ -48,6 +48,9 @@ class RowsPass:
     block: Any
     mask: Any
     pdl: bool
+    fuse_norm: bool
+    fuse_glu: bool
+    fuse_rope: bool
     rows: int
     max_batch: int
     rows_host: Any  # pinned int32 (max_batch,): the last batched step's greedy choices
@@ -55,14 +58,12 @@ class RowsPass:
     def rows_supported(self) -> bool:
         """Whether this model's decode steps have batched kernels (the fused decode kernels of
         every product type; gpt-oss's experts have none yet)."""
+        if self.c.moe is not None or not (self.fuse_norm and self.fuse_glu and self.fuse_rope):
+            return False
         w = self.w
         types = {g.qtype for lw in w.layers for grp in (lw.qkv, lw.gate_up) for g in grp}
         types |= {lw.attn_output.qtype for lw in w.layers} | {lw.down.qtype for lw in w.layers}
-        types.add(w.output.qtype)
-        return (
-            self.c.moe is None and self.fuse_norm and self.fuse_glu and self.fuse_rope
-            and all(self.q.rows_supported(t) for t in types)
-        )  # fmt: skip
+        return all(self.q.rows_supported(t) for t in types | {w.output.qtype})
 
     @property
     def scratch_slot(self) -> int:

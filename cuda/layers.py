@@ -88,18 +88,13 @@ class Layers:
     ) -> None:
         """y (n, rows) = x (n, cols) @ W.T (+ bias, `rows` floats), added to y when
         `accumulate`."""
-        if n == 1 and self.rows:
+        if n == 1 and self.rows:  # (a biased product is gpt-oss's router: no batched step)
             if bias is not None:
-                self.q.matvec_seg_rows(
-                    [(seg.qtype, seg.ptr, seg.rows)], seg.cols, x, self.rows, y, self.stream,
-                    xs=seg.cols, ys=seg.rows, bias_ptr=bias, accumulate=accumulate,
-                    pdl=self.pdl,
-                )  # fmt: skip
-            else:
-                self.q.matvec_rows(
-                    seg.qtype, seg.ptr, seg.rows, seg.cols, x, self.rows, y, self.stream,
-                    xs=seg.cols, ys=seg.rows, accumulate=accumulate, pdl=self.pdl,
-                )  # fmt: skip
+                raise ValueError("the batched step takes a biased projection fused only")
+            self.q.matvec_rows(
+                seg.qtype, seg.ptr, seg.rows, seg.cols, x, self.rows, y, self.stream,
+                xs=seg.cols, ys=seg.rows, accumulate=accumulate, pdl=self.pdl,
+            )  # fmt: skip
             return
         if bias is not None:  # decode: the segmented kernel adds it; prefill: the epilogue
             if n == 1:
